@@ -1,0 +1,52 @@
+"""Where the ops run: the CPU path, the CUDA kernels, or the CUDA kernels
+under the CPU emulator.
+
+CPU tensors normally take the CPU path. Inside ``emulated()`` they run the CUDA
+kernels' own source on the CPU emulator instead, each CUDA thread a fiber,
+threads within a barrier phase in an order drawn from ``seed``: two seeds
+giving different bits reveal a race. This is how kernels are verified on
+machines without a GPU; it is slow, so keep shapes small.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from . import _C
+
+BACKENDS = ("cpu", "emu", "cuda")
+
+
+def cuda_built() -> bool:
+    """Whether the CUDA kernels were compiled into this build."""
+    return bool(_C.cuda_built())
+
+
+def available() -> list[str]:
+    """Backends usable on this machine."""
+    names = ["cpu", "emu"]
+    if cuda_built() and torch.cuda.is_available():
+        names.append("cuda")
+    return names
+
+
+@contextlib.contextmanager
+def emulated(seed: int = 0):
+    """Run CPU tensors' ops through the CUDA kernels on the emulator."""
+    previous = _C.emulation_enabled()
+    _C.set_emulation(True, int(seed))
+    try:
+        yield
+    finally:
+        _C.set_emulation(previous, 0)
+
+
+@contextlib.contextmanager
+def decode_tile_elements(n: int):
+    """Temporarily bound the chunked path's decoded tiles to ``n`` entries."""
+    previous = _C.set_decode_chunk_elements(int(n))
+    try:
+        yield
+    finally:
+        _C.set_decode_chunk_elements(previous)

@@ -1,0 +1,320 @@
+// The masked GEMM on tensor cores: f16 / bf16 operands on mma.m16n8k16, fp32
+// operands rounded to TF32 on mma.m16n8k8 (only where TF32 is allowed), fp32
+// accumulation.
+//
+// A block computes a 128 x 128 output tile with 8 warps (2 x 4), each warp
+// 64 x 32 as 4 x 4 mma tiles. The reduction advances 128 bytes of operand per
+// stage (64 halves or 32 floats) through a 3-stage cp.async pipeline that
+// brings both the a tile and the raw W tile. When a stage has landed, each
+// thread masks the W chunks it copied, in place in shared memory, with bit
+// words it loaded when it issued the copy; one barrier later the warps read
+// fragments of W' (by ldmatrix for 16-bit operands, by 32-bit shared loads for
+// TF32). W' exists only tile by tile on chip.
+//
+// The tiles move in whole 16-byte vectors, hence supports(): the reduction
+// and W rows hold whole vectors and a and w are 16-byte aligned.
+#pragma once
+
+#include <type_traits>
+
+#include "cuda/gemm_common.cuh"
+
+namespace cpg {
+namespace CPG_KERNEL_NS {
+namespace mma {
+
+constexpr int kThreads = 256;
+constexpr int kTileM = 128;
+constexpr int kTileN = 128;
+constexpr int kWarpsN = 4;
+constexpr int kFragsM = 4;               // m16 tiles per warp: 64 rows
+constexpr int kFragsN = 4;               // n8 tiles per warp: 32 columns
+constexpr int kStages = 3;
+constexpr int kStageRowBytes = 128;      // operand bytes per tile row per stage
+constexpr int kChunksPerThread = 4;      // 16-byte chunks per operand tile per thread
+
+static_assert(kTileM * kStageRowBytes / kVecBytes == kChunksPerThread * kThreads &&
+                  kTileN * kStageRowBytes / kVecBytes == kChunksPerThread * kThreads,
+              "a and W tiles are kChunksPerThread 16-byte chunks per thread");
+
+// Shared layout of one stage. Tiles are padded so that the 8 rows of an
+// ldmatrix (or of a TF32 fragment read) start in 8 distinct 16-byte bank
+// groups: a and forward W tiles are [rows][kTileK] with 144-byte rows; the
+// grad_input W tile is [kTileK][kTileN] (reduction-major, read transposed)
+// with 272- or 544-byte rows.
+template <typename T, bool kGradInput>
+struct Layout {
+  static constexpr int kV = vec_elems<T>();
+  static constexpr int kTileK = kStageRowBytes / static_cast<int>(sizeof(T));
+  static constexpr int kStepK = sizeof(T) == 2 ? 16 : 8;  // k of one mma
+  static constexpr int kKStride = kTileK + kV;
+  static constexpr int kNStride = kTileN + 8;
+  static constexpr int kATile = kTileM * kKStride;
+  static constexpr int kWTile = kGradInput ? kTileK * kNStride : kTileN * kKStride;
+  static constexpr int kStageElems = kATile + kWTile;
+  static constexpr int kSmemBytes = kStages * kStageElems * static_cast<int>(sizeof(T));
+  static_assert(kATile * sizeof(T) % kVecBytes == 0 && kWTile * sizeof(T) % kVecBytes == 0,
+                "tiles stay 16-byte aligned");
+};
+
+// a[m0 .. m0+128, r0 .. r0+kTileK) into the tile, zero-filled outside [M, R).
+template <typename T, bool kGradInput>
+CPG_DEVICE void load_a_async(const MaskedGemm<T>& g, int64_t R, int64_t m0, int64_t r0, T* tile) {
+  using L = Layout<T, kGradInput>;
+  constexpr int kChunksPerRow = kStageRowBytes / kVecBytes;
+#pragma unroll
+  for (int c = 0; c < kChunksPerThread; ++c) {
+    const int chunk = static_cast<int>(threadIdx.x) + c * kThreads;
+    const int row = chunk / kChunksPerRow, col = (chunk % kChunksPerRow) * L::kV;
+    const int64_t m = m0 + row, r = r0 + col;
+    const bool valid = m < g.M && r < R;
+    cpgdev::cp_async16_zfill(tile + row * L::kKStride + col, valid ? g.a + m * R + r : g.a, valid);
+  }
+}
+
+// Where a 16-byte chunk of the W tile comes from (W row n, columns k..) and
+// goes to (tile offset).
+struct ChunkPos {
+  int64_t n;
+  int64_t k;
+  int offset;
+};
+
+// `red0` is the stage's first reduction index, `col0` the block's first output
+// column: forward, W rows are output columns; grad_input, W rows are the
+// reduction.
+template <typename T, bool kGradInput>
+CPG_DEVICE ChunkPos weight_chunk(int chunk, int64_t red0, int64_t col0) {
+  using L = Layout<T, kGradInput>;
+  if (kGradInput) {
+    constexpr int kChunksPerRow = kTileN * static_cast<int>(sizeof(T)) / kVecBytes;
+    const int row = chunk / kChunksPerRow, col = (chunk % kChunksPerRow) * L::kV;
+    return ChunkPos{red0 + row, col0 + col, row * L::kNStride + col};
+  }
+  constexpr int kChunksPerRow = kStageRowBytes / kVecBytes;
+  const int row = chunk / kChunksPerRow, col = (chunk % kChunksPerRow) * L::kV;
+  return ChunkPos{col0 + row, red0 + col, row * L::kKStride + col};
+}
+
+// W[n, k ..] of this thread's chunks, raw, into the tile (zeros outside
+// [N, K]); returns their bit words for mask_weights.
+template <typename T, bool kGradInput>
+CPG_DEVICE void load_w_async(const MaskedGemm<T>& g, int64_t red0, int64_t col0, T* tile,
+                             uint32_t (&words)[kChunksPerThread]) {
+#pragma unroll
+  for (int c = 0; c < kChunksPerThread; ++c) {
+    const ChunkPos p =
+        weight_chunk<T, kGradInput>(static_cast<int>(threadIdx.x) + c * kThreads, red0, col0);
+    const bool valid = p.n < g.N && p.k < g.K;
+    cpgdev::cp_async16_zfill(tile + p.offset, valid ? g.w + p.n * g.K + p.k : g.w, valid);
+    words[c] = valid ? static_cast<uint32_t>(g.bits[p.n * g.words + word_of(p.k)]) : 0u;
+  }
+}
+
+// Turns this thread's landed chunks of W into W' in place.
+template <typename T, bool kGradInput>
+CPG_DEVICE void mask_weights(T* tile, const uint32_t (&words)[kChunksPerThread], int64_t red0,
+                             int64_t col0) {
+#pragma unroll
+  for (int c = 0; c < kChunksPerThread; ++c) {
+    const ChunkPos p =
+        weight_chunk<T, kGradInput>(static_cast<int>(threadIdx.x) + c * kThreads, red0, col0);
+    cpgdev::store16(tile + p.offset,
+                    select_by_bits<T>(cpgdev::load16(tile + p.offset), words[c], p.k));
+  }
+}
+
+// The m16 x k A fragment at tile rows row0.., columns k0.. (PTX ISA layouts).
+template <typename T>
+CPG_DEVICE void load_a_frag(const T* tile, int row0, int k0, int lane, uint32_t (&a)[4]) {
+  constexpr int kStride = Layout<T, false>::kKStride;
+  if constexpr (sizeof(T) == 2) {
+    // Lanes 0-15 address rows 0-15 at k0, lanes 16-31 the same rows at k0 + 8.
+    cpgdev::ldmatrix_x4(a, tile + (row0 + lane % 16) * kStride + k0 + (lane / 16) * 8);
+  } else {
+    const T* p = tile + (row0 + lane / 4) * kStride + k0 + lane % 4;
+    a[0] = cpgdev::to_tf32(p[0]);
+    a[1] = cpgdev::to_tf32(p[8 * kStride]);
+    a[2] = cpgdev::to_tf32(p[4]);
+    a[3] = cpgdev::to_tf32(p[8 * kStride + 4]);
+  }
+}
+
+// The k x n8 B fragments of the warp's kFragsN column tiles, from column n0
+// and reduction k0: forward tiles hold W' as [n][k] rows, grad_input tiles as
+// [k][n] rows.
+template <typename T, bool kGradInput>
+CPG_DEVICE void load_b_frags(const T* tile, int n0, int k0, int lane,
+                             uint32_t (&b)[kFragsN][2]) {
+  using L = Layout<T, kGradInput>;
+#pragma unroll
+  for (int fn = 0; fn < kFragsN; fn += 2) {
+    const int n = n0 + fn * 8;
+    if constexpr (sizeof(T) == 2) {
+      // One x4 serves two n8 tiles: lanes 0-15 address tile fn, lanes 16-31
+      // tile fn + 1, each as k rows 0-7 then 8-15 (read transposed: [k][n]).
+      uint32_t r[4];
+      if constexpr (kGradInput) {
+        cpgdev::ldmatrix_x4_trans(r, tile + (k0 + lane % 16) * L::kNStride + n + (lane / 16) * 8);
+      } else {
+        cpgdev::ldmatrix_x4(r, tile + (n + (lane / 16) * 8 + lane % 8) * L::kKStride + k0 +
+                                   (lane / 8 % 2) * 8);
+      }
+      b[fn][0] = r[0];
+      b[fn][1] = r[1];
+      b[fn + 1][0] = r[2];
+      b[fn + 1][1] = r[3];
+    } else {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int col = n + h * 8 + lane / 4, k = k0 + lane % 4;
+        if constexpr (kGradInput) {
+          b[fn + h][0] = cpgdev::to_tf32(tile[k * L::kNStride + col]);
+          b[fn + h][1] = cpgdev::to_tf32(tile[(k + 4) * L::kNStride + col]);
+        } else {
+          b[fn + h][0] = cpgdev::to_tf32(tile[col * L::kKStride + k]);
+          b[fn + h][1] = cpgdev::to_tf32(tile[col * L::kKStride + k + 4]);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+CPG_DEVICE void mma_step(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const float c[4] = {acc[0], acc[1], acc[2], acc[3]};
+  if constexpr (std::is_same<T, float>::value) {
+    cpgdev::mma_tf32_1688(acc, a, b, c);
+  } else if constexpr (std::is_same<T, cpgdev::bf16>::value) {
+    cpgdev::mma_bf16_16816(acc, a, b, c);
+  } else {
+    cpgdev::mma_f16_16816(acc, a, b, c);
+  }
+}
+
+template <typename T, bool kGradInput>
+CPG_DEVICE void multiply_stage(const T* a_tile, const T* w_tile, int warp_m, int warp_n, int lane,
+                               float (&acc)[kFragsM][kFragsN][4]) {
+  using L = Layout<T, kGradInput>;
+#pragma unroll
+  for (int k0 = 0; k0 < L::kTileK; k0 += L::kStepK) {
+    uint32_t a[kFragsM][4], b[kFragsN][2];
+#pragma unroll
+    for (int fm = 0; fm < kFragsM; ++fm) {
+      load_a_frag(a_tile, warp_m * kFragsM * 16 + fm * 16, k0, lane, a[fm]);
+    }
+    load_b_frags<T, kGradInput>(w_tile, warp_n * kFragsN * 8, k0, lane, b);
+#pragma unroll
+    for (int fm = 0; fm < kFragsM; ++fm) {
+#pragma unroll
+      for (int fn = 0; fn < kFragsN; ++fn) mma_step<T>(acc[fm][fn], a[fm], b[fn]);
+    }
+  }
+}
+
+// Accumulator element e of an m16n8 tile sits at row lane / 4 + 8 * (e / 2),
+// column 2 * (lane % 4) + e % 2.
+template <typename T, bool kGradInput>
+CPG_DEVICE void write_tile(const MaskedGemm<T>& g, int64_t m0, int64_t c0, int warp_m, int warp_n,
+                           int lane, const float (&acc)[kFragsM][kFragsN][4]) {
+  const int64_t cols = kGradInput ? g.K : g.N;
+  const bool add_bias = !kGradInput && g.bias != nullptr;
+#pragma unroll
+  for (int fm = 0; fm < kFragsM; ++fm) {
+#pragma unroll
+    for (int fn = 0; fn < kFragsN; ++fn) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t m = m0 + warp_m * kFragsM * 16 + fm * 16 + lane / 4 + 8 * (e / 2);
+        const int64_t c = c0 + warp_n * kFragsN * 8 + fn * 8 + 2 * (lane % 4) + e % 2;
+        if (m >= g.M || c >= cols) continue;
+        const float bias = add_bias ? cpgdev::to_float(g.bias[c]) : 0.0f;
+        g.out[m * cols + c] = cpgdev::from_float<T>(acc[fm][fn][e] + bias);
+      }
+    }
+  }
+}
+
+// Issues the copies of reduction stage `stage` into buffer `buf` (nothing
+// past the reduction) and commits them as one group, empty or not, so that
+// cp_async_wait<kStages - 2> always means "stage s has landed".
+template <typename T, bool kGradInput>
+CPG_DEVICE void issue_stage(const MaskedGemm<T>& g, int64_t reduction, int64_t m0, int64_t c0,
+                            int64_t stage, T* buf, uint32_t (&words)[kChunksPerThread]) {
+  using L = Layout<T, kGradInput>;
+  const int64_t red0 = stage * L::kTileK;
+  if (red0 < reduction) {
+    load_a_async<T, kGradInput>(g, reduction, m0, red0, buf);
+    load_w_async<T, kGradInput>(g, red0, c0, buf + L::kATile, words);
+  }
+  cpgdev::cp_async_commit();
+}
+
+// Grid: (ceil(M / 128), ceil(out columns / 128), tasks); dynamic shared
+// memory: Layout::kSmemBytes.
+template <typename T, bool kGradInput>
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_mma_kernel(MaskedGemm<T> problem) {
+  using L = Layout<T, kGradInput>;
+  CPG_DYNAMIC_SHARED(uint4, smem);
+  T* const stages_smem = reinterpret_cast<T*>(&smem[0]);  // [kStages][a tile, W tile]
+
+  const MaskedGemm<T> g = for_task(problem, blockIdx.z);
+  const int64_t reduction = kGradInput ? g.N : g.K;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTileM;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kTileN;
+  const int lane = cpgdev::lane_id(), warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int warp_m = warp / kWarpsN, warp_n = warp % kWarpsN;
+
+  // words[i]: bit words of the chunks of stage s + i, issued but not yet masked.
+  uint32_t words[kStages - 1][kChunksPerThread] = {};
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    issue_stage<T, kGradInput>(g, reduction, m0, c0, i, stages_smem + i * L::kStageElems,
+                               words[i]);
+  }
+
+  float acc[kFragsM][kFragsN][4] = {};
+  const int64_t stages = ceil_div(reduction, L::kTileK);
+  for (int64_t s = 0; s < stages; ++s) {
+    T* const cur = stages_smem + static_cast<int>(s % kStages) * L::kStageElems;
+    cpgdev::cp_async_wait<kStages - 2>();
+    mask_weights<T, kGradInput>(cur + L::kATile, words[0], s * L::kTileK, c0);
+    // Stage s is W' for everyone, and stage s - 1 (the buffer refilled next)
+    // is no longer read.
+    cpgdev::syncthreads();
+#pragma unroll
+    for (int i = 0; i < kStages - 2; ++i) {
+#pragma unroll
+      for (int c = 0; c < kChunksPerThread; ++c) words[i][c] = words[i + 1][c];
+    }
+    const int64_t refill = s + kStages - 1;
+    issue_stage<T, kGradInput>(g, reduction, m0, c0, refill,
+                               stages_smem + static_cast<int>(refill % kStages) * L::kStageElems,
+                               words[kStages - 2]);
+    multiply_stage<T, kGradInput>(cur, cur + L::kATile, warp_m, warp_n, lane, acc);
+  }
+  write_tile<T, kGradInput>(g, m0, c0, warp_m, warp_n, lane, acc);
+}
+
+template <typename T, bool kGradInput>
+bool supports(const MaskedGemm<T>& g) {
+  const int64_t v = vec_elems<T>();
+  const int64_t reduction = kGradInput ? g.N : g.K;
+  return reduction > 0 && reduction % v == 0 && g.K % v == 0 && is_aligned16(g.a) &&
+         is_aligned16(g.w);
+}
+
+template <typename T, bool kGradInput>
+void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
+  const int64_t cols = kGradInput ? g.K : g.N;
+  const dim3 grid(static_cast<unsigned>(ceil_div(g.M, kTileM)),
+                  static_cast<unsigned>(ceil_div(cols, kTileN)), static_cast<unsigned>(g.tasks));
+  auto* kernel = &masked_gemm_mma_kernel<T, kGradInput>;
+  constexpr int kSmem = Layout<T, kGradInput>::kSmemBytes;  // over the 48 KiB default
+  cpgdev::set_max_dynamic_smem(kernel, kSmem);
+  CPG_LAUNCH(kernel, grid, kThreads, kSmem, stream, g);
+}
+
+}  // namespace mma
+}  // namespace CPG_KERNEL_NS
+}  // namespace cpg

@@ -1,0 +1,297 @@
+// The forward at small batch (M <= 16, any number of tasks): weight-bandwidth
+// bound, so the kernel streams W exactly once per group of up to 16 x rows.
+//
+// The x rows of a problem are its T * M rows [task][row]; a group is up to 16
+// of them from whole tasks (blockIdx.y), and every x row is multiplied by its
+// own task's bits, so multitask inference reads W once for many tasks.
+//
+// A block of 8 warps owns a few W rows. Each warp streams 2 of those rows
+// (one x read serves both, and twice the loads are in flight) with four
+// 16-byte loads per lane per row, decodes the bits in registers and dots
+// against the x chunk that the block stages in shared memory. When N alone
+// cannot fill the device, the warps of a row group split the K range
+// (`slices`); their partial sums meet in shared memory and are added in a
+// fixed order, so results are bit-reproducible (no atomics).
+#pragma once
+
+#include "cuda/gemm_common.cuh"
+
+namespace cpg {
+namespace CPG_KERNEL_NS {
+namespace small_batch {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kRowsPerWarp = 2;
+constexpr int kLoadsPerRow = 4;          // 16-byte loads per lane per W row per chunk
+constexpr int kMaxXRows = 16;
+constexpr int kSmemBudget = 48 * 1024;   // no opt-in attribute needed up to here
+
+// Columns of one W row that a warp covers per chunk.
+template <typename T>
+CPG_HD constexpr int warp_chunk() {
+  return kWarpSize * kLoadsPerRow * vec_elems<T>();
+}
+
+// How a launch divides the work (choose_shape).
+struct Shape {
+  int slices;           // warps splitting one row group's K range: 1, 2, 4 or 8
+  int rows_per_block;   // W rows per block: kWarps / slices * kRowsPerWarp
+  int tasks_per_group;  // tasks whose x rows share one pass over W
+  bool w_aligned;       // every W row starts 16-byte aligned
+  bool x_aligned;       // every x row likewise
+};
+
+// The x rows of this block's group and the task each belongs to.
+struct GroupRows {
+  int rows;             // x rows in the group (<= kXRows)
+  int M;                // rows per task
+  int64_t first_task;
+  uint32_t task_starts; // bit r set where x row r is a task's first row
+
+  CPG_DEVICE bool starts_task(int r) const { return (task_starts >> r) & 1u; }
+  CPG_DEVICE int64_t task_of(int r) const { return first_task + r / M; }
+};
+
+template <typename T>
+struct WeightChunk {
+  T v[kRowsPerWarp][kLoadsPerRow][vec_elems<T>()];
+};
+
+// First column of load u of this lane: a warp's 32 lanes read 512
+// consecutive bytes per load.
+template <typename T>
+CPG_DEVICE int lane_offset(int u, int lane) {
+  return (u * kWarpSize + lane) * vec_elems<T>();
+}
+
+template <typename T>
+CPG_DEVICE void fetch_weights(const MaskedGemm<T>& g, int64_t n_first, int64_t k_warp, int lane,
+                              bool aligned, WeightChunk<T>& chunk) {
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    const int64_t n = n_first + i < g.N ? n_first + i : g.N - 1;  // rows past N are never used
+#pragma unroll
+    for (int u = 0; u < kLoadsPerRow; ++u) {
+      load_row_vec(g.w + n * g.K, k_warp + lane_offset<T>(u, lane), g.K, aligned, chunk.v[i][u]);
+    }
+  }
+}
+
+// x rows [0, kXRows) x columns [kb, kb + width) into stage[r * width + c],
+// all threads of the block together. Zeros past K and in the rows past
+// `rows`, so the dot products can run over all kXRows rows unguarded.
+template <typename T, int kXRows, typename Smem>
+CPG_DEVICE void stage_x(const T* x, int64_t K, int rows, int64_t kb, int width, bool aligned,
+                        Smem stage) {
+  constexpr int kV = vec_elems<T>();
+  const int vecs_per_row = width / kV;
+  for (int i = static_cast<int>(threadIdx.x); i < kXRows * vecs_per_row; i += kThreads) {
+    const int r = i / vecs_per_row, c = (i % vecs_per_row) * kV;
+    T v[kV];
+    if (r < rows) {
+      load_row_vec(x + r * K, kb + c, K, aligned, v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kV; ++j) v[j] = cpgdev::from_float<T>(0.0f);
+    }
+    store_vec(stage + r * width + c, v);
+  }
+}
+
+// This lane's weights of load u under one task's bits, as floats.
+template <typename T>
+CPG_DEVICE void decode_weights(const MaskedGemm<T>& g, const int32_t* task_bits, int64_t n_first,
+                               int64_t k, const WeightChunk<T>& chunk, int u,
+                               float (&wm)[kRowsPerWarp][vec_elems<T>()]) {
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    const int64_t n = n_first + i;
+    const uint32_t word =
+        n < g.N ? static_cast<uint32_t>(task_bits[n * g.words + word_of(k)]) : 0u;
+#pragma unroll
+    for (int j = 0; j < vec_elems<T>(); ++j) {
+      wm[i][j] = (word & bit_of(k + j)) != 0u ? cpgdev::to_float(chunk.v[i][u][j]) : 0.0f;
+    }
+  }
+}
+
+// acc[i][r] += wm[i] . x_row (one lane's columns of one load).
+template <typename T, int kXRows, typename Smem>
+CPG_DEVICE void dot_row(const float (&wm)[kRowsPerWarp][vec_elems<T>()], Smem x_row, int r,
+                        float (&acc)[kRowsPerWarp][kXRows]) {
+  constexpr int kV = vec_elems<T>();
+  T xr[kV];
+  load_vec(x_row, xr);
+#pragma unroll
+  for (int j = 0; j < kV; ++j) {
+    const float xv = cpgdev::to_float(xr[j]);
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) acc[i][r] += wm[i][j] * xv;
+  }
+}
+
+// acc[i][r] += W'[n_first + i, this lane's columns] . x[r, same columns].
+// One task: the weights are decoded once per load and the row loop has no
+// branch, so the 2 * kXRows accumulation chains interleave. Several tasks:
+// the weights are decoded again where x row r starts the next task.
+template <typename T, int kXRows, bool kMultiTask, typename Smem>
+CPG_DEVICE void accumulate_chunk(const MaskedGemm<T>& g, const GroupRows& group,
+                                 const WeightChunk<T>& chunk, Smem x_cols, int stage_width,
+                                 int64_t n_first, int64_t k_warp, int lane,
+                                 float (&acc)[kRowsPerWarp][kXRows]) {
+  constexpr int kV = vec_elems<T>();
+#pragma unroll
+  for (int u = 0; u < kLoadsPerRow; ++u) {
+    const int64_t k = k_warp + lane_offset<T>(u, lane);
+    if (k >= g.K) continue;
+    const auto x_u = x_cols + lane_offset<T>(u, lane);
+    float wm[kRowsPerWarp][kV] = {};
+    if constexpr (!kMultiTask) decode_weights(g, g.bits, n_first, k, chunk, u, wm);
+#pragma unroll
+    for (int r = 0; r < kXRows; ++r) {
+      if constexpr (kMultiTask) {
+        if (group.starts_task(r)) {
+          const int32_t* task_bits = g.bits + group.task_of(r) * g.bits_task_stride;
+          decode_weights(g, task_bits, n_first, k, chunk, u, wm);
+        }
+      }
+      dot_row<T>(wm, x_u + r * stage_width, r, acc);
+    }
+  }
+}
+
+// Adds the slices' partial sums of each (W row, x row) in slice order, adds
+// the bias once, and writes y; consecutive threads write consecutive n.
+template <typename T, int kXRows, typename Smem>
+CPG_DEVICE void write_outputs(const MaskedGemm<T>& g, const Shape& s, const GroupRows& group,
+                              Smem partials, T* out) {
+  for (int t = static_cast<int>(threadIdx.x); t < group.rows * s.rows_per_block; t += kThreads) {
+    const int r = t / s.rows_per_block, b = t % s.rows_per_block;
+    const int64_t n = static_cast<int64_t>(blockIdx.x) * s.rows_per_block + b;
+    if (n >= g.N) continue;
+    const int row_group = b / kRowsPerWarp, i = b % kRowsPerWarp;
+    float sum = 0.0f;
+    for (int slice = 0; slice < s.slices; ++slice) {
+      const int warp = row_group * s.slices + slice;
+      sum += partials[(warp * kRowsPerWarp + i) * kXRows + r];
+    }
+    if (g.bias != nullptr) sum += cpgdev::to_float(g.bias[n]);
+    out[r * g.N + n] = cpgdev::from_float<T>(sum);
+  }
+}
+
+// Grid: (ceil(N / rows_per_block), task groups); dynamic shared memory: the x
+// stage, smem_bytes(slices).
+template <typename T, int kXRows, bool kMultiTask>
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_linear_small_batch_kernel(MaskedGemm<T> g,
+                                                                             Shape s) {
+  CPG_DYNAMIC_SHARED(T, x_stage);  // [kXRows][stage_width]
+  CPG_SHARED_ARRAY(float, partials, kWarps * kRowsPerWarp * kXRows);
+  const int stage_width = s.slices * warp_chunk<T>();
+
+  GroupRows group;
+  group.M = static_cast<int>(g.M);
+  group.first_task = static_cast<int64_t>(blockIdx.y) * s.tasks_per_group;
+  const int64_t tasks_left = g.tasks - group.first_task;
+  group.rows = static_cast<int>(tasks_left < s.tasks_per_group ? tasks_left : s.tasks_per_group) *
+               group.M;
+  group.task_starts = 0;
+  for (int r = 0; r < group.rows; r += group.M) group.task_starts |= 1u << r;
+  const T* x = g.a + group.first_task * g.a_task_stride;
+
+  const int lane = cpgdev::lane_id(), warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int slice = warp % s.slices;
+  const int64_t n_first =
+      static_cast<int64_t>(blockIdx.x) * s.rows_per_block + (warp / s.slices) * kRowsPerWarp;
+  const auto x_cols = x_stage + slice * warp_chunk<T>();  // this slice's columns
+
+  float acc[kRowsPerWarp][kXRows] = {};
+  for (int64_t kb = 0; kb < g.K; kb += stage_width) {
+    const int64_t k_warp = kb + slice * warp_chunk<T>();
+    WeightChunk<T> chunk;
+    fetch_weights(g, n_first, k_warp, lane, s.w_aligned, chunk);  // in flight across the staging
+    cpgdev::syncthreads();  // the previous chunk's x is no longer read
+    stage_x<T, kXRows>(x, g.K, group.rows, kb, stage_width, s.x_aligned, x_stage);
+    cpgdev::syncthreads();
+    accumulate_chunk<T, kXRows, kMultiTask>(g, group, chunk, x_cols, stage_width, n_first, k_warp,
+                                            lane, acc);
+  }
+
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+#pragma unroll
+    for (int r = 0; r < kXRows; ++r) {
+      if (r >= group.rows) continue;  // uniform across the warp: all lanes shuffle
+      const float total = warp_sum(acc[i][r]);
+      if (lane == 0) partials[(warp * kRowsPerWarp + i) * kXRows + r] = total;
+    }
+  }
+  cpgdev::syncthreads();
+  write_outputs<T, kXRows>(g, s, group, partials, g.out + group.first_task * g.out_task_stride);
+}
+
+// Dynamic shared memory: the x stage.
+template <int kXRows, typename T>
+size_t smem_bytes(int slices) {
+  return static_cast<size_t>(kXRows) * slices * warp_chunk<T>() * sizeof(T);
+}
+
+// Static shared memory: the partial sums.
+template <int kXRows>
+constexpr size_t static_smem_bytes() {
+  return sizeof(float) * kWarps * kRowsPerWarp * kXRows;
+}
+
+// The fewest slices that give the grid two blocks per multiprocessor, within
+// the K range's chunks and the shared-memory budget.
+template <int kXRows, typename T>
+Shape choose_shape(const MaskedGemm<T>& g, int tasks_per_group) {
+  Shape s;
+  s.tasks_per_group = tasks_per_group;
+  s.w_aligned = is_aligned16(g.w) && (g.K * sizeof(T)) % kVecBytes == 0;
+  s.x_aligned = is_aligned16(g.a) && (g.K * sizeof(T)) % kVecBytes == 0;
+  const int64_t groups = ceil_div(g.tasks, tasks_per_group);
+  const int64_t k_chunks = ceil_div(g.K, warp_chunk<T>());
+  const int64_t wanted_blocks = 2 * static_cast<int64_t>(cpgdev::sm_count());
+  s.slices = 1;
+  while (s.slices < kWarps && 2 * s.slices <= k_chunks &&
+         smem_bytes<kXRows, T>(2 * s.slices) + static_smem_bytes<kXRows>() <=
+             static_cast<size_t>(kSmemBudget) &&
+         ceil_div(g.N, kWarps / s.slices * kRowsPerWarp) * groups < wanted_blocks) {
+    s.slices *= 2;
+  }
+  s.rows_per_block = kWarps / s.slices * kRowsPerWarp;
+  return s;
+}
+
+template <int kXRows, bool kMultiTask, typename T>
+void launch_with(const MaskedGemm<T>& g, int tasks_per_group, cpgdev::stream_t stream) {
+  const Shape s = choose_shape<kXRows>(g, tasks_per_group);
+  const dim3 grid(static_cast<unsigned>(ceil_div(g.N, s.rows_per_block)),
+                  static_cast<unsigned>(ceil_div(g.tasks, tasks_per_group)));
+  const size_t smem = smem_bytes<kXRows, T>(s.slices);
+  auto* kernel = &masked_linear_small_batch_kernel<T, kXRows, kMultiTask>;
+  CPG_LAUNCH(kernel, grid, kThreads, smem, stream, g, s);
+}
+
+// Requires g.M <= kMaxXRows. The x rows are rounded up to a power of two
+// (one task) or to 4 or 16 (several tasks); the extra rows are zeros.
+template <typename T>
+void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
+  if (g.tasks == 1) {
+    if (g.M == 1) return launch_with<1, false>(g, 1, stream);
+    if (g.M <= 2) return launch_with<2, false>(g, 1, stream);
+    if (g.M <= 4) return launch_with<4, false>(g, 1, stream);
+    if (g.M <= 8) return launch_with<8, false>(g, 1, stream);
+    return launch_with<kMaxXRows, false>(g, 1, stream);
+  }
+  const int64_t per_group = kMaxXRows / g.M;
+  const int tasks_per_group = static_cast<int>(g.tasks < per_group ? g.tasks : per_group);
+  if (tasks_per_group * g.M <= 4) return launch_with<4, true>(g, tasks_per_group, stream);
+  launch_with<kMaxXRows, true>(g, tasks_per_group, stream);
+}
+
+}  // namespace small_batch
+}  // namespace CPG_KERNEL_NS
+}  // namespace cpg

@@ -1,0 +1,86 @@
+// The masked linear launchers of launchers.h, and the dispatcher that picks a
+// kernel for each problem. W is always decoded on chip, tile by tile or in
+// registers; no kernel writes W' = W masked to global memory.
+//
+// Kernels (each in its own header):
+//   small_batch  forward only, M <= 16: streams W once per group of up to 16
+//                x rows (several tasks' rows at once in multitask), fp32 FMA.
+//   mma          tensor cores, fp32 accumulate: f16/bf16 operands as they are,
+//                fp32 operands rounded to TF32.
+//   simt         CUDA-core tiles, exact fp32 FMA; any shape, any alignment.
+//
+// Dispatch, first rule that matches:
+//   1. forward / multitask with M <= 16                  -> small_batch
+//   2. f16 / bf16, or f32 with allow_tf32, where the
+//      tensor-core layout holds (the reduction and W rows
+//      are whole 16-byte vectors, a and w 16-byte aligned) -> mma
+//   3. everything else (f32 without TF32, odd K, offset
+//      views, an empty reduction)                         -> simt
+// grad_input (dx = dy W', reduction over N) uses rules 2-3 at every M, and
+// multitask at M > 16 runs tasks on gridDim.z of the same kernels. All three
+// kernels are deterministic: no atomics, fixed reduction orders.
+#include "cuda/gemm_common.cuh"
+#include "cuda/gemm_mma.cuh"
+#include "cuda/gemm_simt.cuh"
+#include "cuda/gemm_small_batch.cuh"
+
+namespace cpg {
+namespace CPG_KERNEL_NS {
+namespace {
+
+template <typename T>
+bool tensor_cores_allowed(bool allow_tf32) {
+  return sizeof(T) == 2 || allow_tf32;
+}
+
+template <typename T, bool kGradInput>
+void run_tiled(const MaskedGemm<T>& g, bool allow_tf32, cpgdev::stream_t stream) {
+  if (tensor_cores_allowed<T>(allow_tf32) && mma::supports<T, kGradInput>(g)) {
+    mma::launch<T, kGradInput>(g, stream);
+  } else {
+    simt::launch<T, kGradInput>(g, stream);
+  }
+}
+
+template <typename T>
+void run_forward(const MaskedGemm<T>& g, bool allow_tf32, cpgdev::stream_t stream) {
+  if (g.M <= small_batch::kMaxXRows) {
+    small_batch::launch(g, stream);
+  } else {
+    run_tiled<T, false>(g, allow_tf32, stream);
+  }
+}
+
+}  // namespace
+
+void masked_linear_multitask(DType dtype, const void* x, const void* w, const int32_t* bits,
+                             const void* bias, void* y, int64_t T, int64_t M, int64_t N,
+                             int64_t K, bool allow_tf32, void* stream) {
+  if (T == 0 || M == 0 || N == 0) return;  // K == 0 still writes y = bias (or 0)
+  dispatch_dtype(dtype, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    const MaskedGemm<E> g = make_gemm<E>(x, w, bits, bias, y, T, M, N, K, /*grad_input=*/false);
+    run_forward(g, allow_tf32, as_stream(stream));
+  });
+}
+
+void masked_linear(DType dtype, const void* x, const void* w, const int32_t* bits,
+                   const void* bias, void* y, int64_t M, int64_t N, int64_t K, bool allow_tf32,
+                   void* stream) {
+  masked_linear_multitask(dtype, x, w, bits, bias, y, 1, M, N, K, allow_tf32, stream);
+}
+
+void masked_linear_grad_input(DType dtype, const void* dy, const void* w, const int32_t* bits,
+                              void* dx, int64_t M, int64_t N, int64_t K, bool allow_tf32,
+                              void* stream) {
+  if (M == 0 || K == 0) return;  // N == 0 still writes dx = 0
+  dispatch_dtype(dtype, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    const MaskedGemm<E> g =
+        make_gemm<E>(dy, w, bits, nullptr, dx, 1, M, N, K, /*grad_input=*/true);
+    run_tiled<E, true>(g, allow_tf32, as_stream(stream));
+  });
+}
+
+}  // namespace CPG_KERNEL_NS
+}  // namespace cpg

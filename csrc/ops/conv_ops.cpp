@@ -1,0 +1,154 @@
+#include "ops/conv_ops.h"
+
+#include "core/conv_shape.h"
+#include "ops/backend.h"
+#include "ops/checks.h"
+#include "ops/chunking.h"
+#include "ops/mask_ops.h"
+
+namespace cpg::ops {
+
+namespace {
+
+struct ConvParams {
+  std::vector<int64_t> stride, padding, dilation;
+  int64_t groups;
+};
+
+ConvParams check_conv_params(at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups) {
+  TORCH_CHECK_VALUE(stride.size() == 2 && stride[0] >= 1 && stride[1] >= 1,
+                    "stride: expected two positive ints, got ", stride);
+  TORCH_CHECK_VALUE(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0,
+                    "padding: expected two non-negative ints, got ", padding);
+  TORCH_CHECK_VALUE(dilation.size() == 2 && dilation[0] >= 1 && dilation[1] >= 1,
+                    "dilation: expected two positive ints, got ", dilation);
+  TORCH_CHECK_VALUE(groups >= 1, "groups: expected a positive int, got ", groups);
+  return {stride.vec(), padding.vec(), dilation.vec(), groups};
+}
+
+void check_conv_weight(const at::Tensor& weight, const at::Tensor& bits, int64_t groups) {
+  check_floating(weight, "weight");
+  TORCH_CHECK_VALUE(weight.dim() == 4,
+                    "weight: expected a 4-D conv2d weight [out, in/groups, kh, kw], got ",
+                    weight.dim(), " dimensions");
+  TORCH_CHECK_VALUE(weight.size(0) % groups == 0, "weight: out_channels ", weight.size(0),
+                    " must be divisible by groups = ", groups);
+  check_bits(bits, weight, matrix_shape(weight));
+}
+
+// A tile of output channels that one library call handles: whole groups when a
+// group is small, or a slice of one group's channels when it is large.
+struct ConvTile {
+  int64_t n0, rows;         // output channels [n0, n0 + rows)
+  int64_t c0, channels;     // input channels they read
+  int64_t groups;           // groups inside the tile
+};
+
+template <typename Fn>
+void for_each_tile(const at::Tensor& weight, int64_t groups, Fn&& fn) {
+  const int64_t N = weight.size(0), per_group_out = N / groups;
+  const int64_t per_group_in = weight.size(1);
+  const int64_t step = chunk_rows(weight.numel() / std::max<int64_t>(N, 1));
+  if (per_group_out <= step) {
+    const int64_t groups_per_tile = std::max<int64_t>(1, step / per_group_out);
+    for (int64_t g0 = 0; g0 < groups; g0 += groups_per_tile) {
+      const int64_t g = std::min(groups_per_tile, groups - g0);
+      fn(ConvTile{g0 * per_group_out, g * per_group_out, g0 * per_group_in, g * per_group_in, g});
+    }
+  } else {
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t r0 = 0; r0 < per_group_out; r0 += step) {
+        const int64_t rows = std::min(step, per_group_out - r0);
+        fn(ConvTile{g * per_group_out + r0, rows, g * per_group_in, per_group_in, 1});
+      }
+    }
+  }
+}
+
+at::Tensor decode_tile(const at::Tensor& w, const at::Tensor& w2d, const at::Tensor& bits,
+                       const ConvTile& t) {
+  return decode_rows(w2d, bits, t.n0, t.rows).view({t.rows, w.size(1), w.size(2), w.size(3)});
+}
+
+}  // namespace
+
+at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits,
+                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                         const std::optional<at::Tensor>& owner,
+                         const std::optional<at::Tensor>& mask, int64_t task) {
+  const ConvParams p = check_conv_params(stride, padding, dilation, groups);
+  check_conv_weight(weight, bits, groups);
+  check_same_dtype(x, weight, "x", "weight");
+  check_same_device(x, weight, "x", "weight");
+  check_grad_context(weight, owner, mask, task);
+  check_bias(bias, weight, weight.size(0));
+  TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D input [batch, channels, height, width], got ",
+                    x.dim(), " dimensions");
+  TORCH_CHECK_VALUE(x.size(1) == weight.size(1) * groups, "x: expected ", weight.size(1) * groups,
+                    " input channels (weight in/groups = ", weight.size(1), ", groups = ", groups,
+                    "), got ", x.size(1));
+  const int64_t Ho = cpg::conv_out_size(x.size(2), weight.size(2), p.stride[0], p.padding[0],
+                                        p.dilation[0]);
+  const int64_t Wo = cpg::conv_out_size(x.size(3), weight.size(3), p.stride[1], p.padding[1],
+                                        p.dilation[1]);
+  TORCH_CHECK_VALUE(Ho >= 1 && Wo >= 1, "x: input of spatial size ", x.size(2), "x", x.size(3),
+                    " is smaller than the dilated kernel");
+  const at::Tensor w = weight.contiguous(), b = bits.contiguous();
+  const at::Tensor w2d = w.view({w.size(0), -1});
+  at::Tensor y = at::empty({x.size(0), w.size(0), Ho, Wo},
+                           x.options().memory_format(x.suggest_memory_format()));
+  if (y.numel() == 0) return y;
+  for_each_tile(w, groups, [&](const ConvTile& t) {
+    const at::Tensor tile = decode_tile(w, w2d, b, t);
+    const std::optional<at::Tensor> tile_bias =
+        bias ? std::optional<at::Tensor>(bias->narrow(0, t.n0, t.rows)) : std::nullopt;
+    y.narrow(1, t.n0, t.rows)
+        .copy_(at::conv2d(x.narrow(1, t.c0, t.channels), tile, tile_bias, p.stride, p.padding,
+                          p.dilation, t.groups));
+  });
+  return y;
+}
+
+at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor& weight,
+                                    const at::Tensor& bits, at::IntArrayRef input_size,
+                                    at::IntArrayRef stride, at::IntArrayRef padding,
+                                    at::IntArrayRef dilation, int64_t groups) {
+  const ConvParams p = check_conv_params(stride, padding, dilation, groups);
+  check_conv_weight(weight, bits, groups);
+  check_same_dtype(grad_out, weight, "grad_out", "weight");
+  check_same_device(grad_out, weight, "grad_out", "weight");
+  TORCH_CHECK_VALUE(input_size.size() == 4 && input_size[1] == weight.size(1) * groups,
+                    "input_size: expected [batch, ", weight.size(1) * groups,
+                    ", height, width], got ", input_size);
+  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == input_size[0] &&
+                        grad_out.size(1) == weight.size(0),
+                    "grad_out: expected shape [", input_size[0], ", ", weight.size(0),
+                    ", Ho, Wo], got ", grad_out.sizes());
+  // conv_transpose2d needs the output padding that recovers the input size.
+  std::vector<int64_t> out_pad(2);
+  for (int d = 0; d < 2; ++d) {
+    const int64_t k = weight.size(2 + d);
+    const int64_t expect = cpg::conv_out_size(input_size[2 + d], k, p.stride[d], p.padding[d],
+                                              p.dilation[d]);
+    TORCH_CHECK_VALUE(grad_out.size(2 + d) == expect, "grad_out: expected spatial size ", expect,
+                      " in dimension ", 2 + d, ", got ", grad_out.size(2 + d));
+    out_pad[d] = input_size[2 + d] -
+                 ((expect - 1) * p.stride[d] - 2 * p.padding[d] + p.dilation[d] * (k - 1) + 1);
+  }
+  const at::Tensor w = weight.contiguous(), b = bits.contiguous();
+  const at::Tensor w2d = w.view({w.size(0), -1});
+  at::Tensor dx = at::zeros(input_size, grad_out.options().memory_format(
+                                            grad_out.suggest_memory_format()));
+  if (dx.numel() == 0 || grad_out.numel() == 0) return dx;
+  for_each_tile(w, groups, [&](const ConvTile& t) {
+    const at::Tensor tile = decode_tile(w, w2d, b, t);
+    dx.narrow(1, t.c0, t.channels)
+        .add_(at::conv_transpose2d(grad_out.narrow(1, t.n0, t.rows), tile, {}, p.stride,
+                                   p.padding, out_pad, t.groups, p.dilation));
+  });
+  return dx;
+}
+
+}  // namespace cpg::ops

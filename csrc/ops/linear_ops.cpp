@@ -1,0 +1,139 @@
+#include "ops/linear_ops.h"
+
+#include "ops/backend.h"
+#include "ops/checks.h"
+#include "ops/chunking.h"
+#include "ops/mask_ops.h"
+
+namespace cpg::ops {
+
+namespace {
+
+void check_linear_operands(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits,
+                           const char* x_name) {
+  check_floating(weight, "weight");
+  TORCH_CHECK_VALUE(weight.dim() == 2, "weight: expected a 2-D linear weight [out, in], got ",
+                    weight.dim(), " dimensions");
+  check_same_dtype(x, weight, x_name, "weight");
+  check_same_device(x, weight, x_name, "weight");
+  check_bits(bits, weight, matrix_shape(weight));
+}
+
+bool use_fused_kernels(const at::Tensor& t) {
+  return backend_for(t) != Backend::CPU && kernel_dtype(t.scalar_type()).has_value();
+}
+
+bool allow_tf32() { return at::globalContext().allowTF32CuBLAS(); }
+
+// y2d[M, N] = x2d[M, K] (W.bits)^T (+ bias), one decoded tile of rows at a time.
+void chunked_linear(const at::Tensor& x2d, const at::Tensor& w, const at::Tensor& bits,
+                    const std::optional<at::Tensor>& bias, at::Tensor& y2d) {
+  const int64_t N = w.size(0), step = chunk_rows(w.size(1));
+  for (int64_t n0 = 0; n0 < N; n0 += step) {
+    const int64_t rows = std::min(step, N - n0);
+    const at::Tensor tile = decode_rows(w, bits, n0, rows);
+    at::Tensor out = y2d.narrow(1, n0, rows);
+    if (bias) {
+      out.copy_(at::addmm(bias->narrow(0, n0, rows), x2d, tile.t()));
+    } else {
+      out.copy_(at::mm(x2d, tile.t()));
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits,
+                         const std::optional<at::Tensor>& bias,
+                         const std::optional<at::Tensor>& owner,
+                         const std::optional<at::Tensor>& mask, int64_t task) {
+  check_linear_operands(x, weight, bits, "x");
+  check_grad_context(weight, owner, mask, task);
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x: expected last dimension ", K,
+                    " (the weight's in_features), got shape ", x.sizes());
+  check_bias(bias, weight, N);
+  const at::Tensor x2d = x.reshape({-1, K}).contiguous();
+  const at::Tensor w = weight.contiguous(), b = bits.contiguous();
+  const int64_t M = x2d.size(0);
+  auto out_sizes = x.sizes().vec();
+  out_sizes.back() = N;
+  at::Tensor y2d = at::empty({M, N}, x.options());
+  if (M > 0 && N > 0) {
+    if (use_fused_kernels(x)) {
+      const auto bias_c = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+      CPG_RUN_LAUNCHER(backend_for(x), x, masked_linear, *kernel_dtype(x.scalar_type()),
+                       x2d.data_ptr(), w.data_ptr(), b.data_ptr<int32_t>(),
+                       bias_c ? bias_c->data_ptr() : nullptr, y2d.data_ptr(), M, N, K,
+                       allow_tf32());
+    } else {
+      chunked_linear(x2d, w, b, bias, y2d);
+    }
+  }
+  return y2d.view(out_sizes);
+}
+
+at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor& weight,
+                                    const at::Tensor& bits) {
+  check_linear_operands(grad_out, weight, bits, "grad_out");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK_VALUE(grad_out.dim() >= 1 && grad_out.size(-1) == N,
+                    "grad_out: expected last dimension ", N, " (the weight's out_features), got "
+                    "shape ", grad_out.sizes());
+  const at::Tensor dy = grad_out.reshape({-1, N}).contiguous();
+  const at::Tensor w = weight.contiguous(), b = bits.contiguous();
+  const int64_t M = dy.size(0);
+  auto out_sizes = grad_out.sizes().vec();
+  out_sizes.back() = K;
+  const bool fused = use_fused_kernels(dy);
+  // The chunked path accumulates tile by tile, so it starts from zeros.
+  at::Tensor dx = fused ? at::empty({M, K}, grad_out.options()) : at::zeros({M, K}, grad_out.options());
+  if (M > 0 && K > 0 && N == 0) dx.zero_();
+  if (M > 0 && K > 0 && N > 0) {
+    if (fused) {
+      CPG_RUN_LAUNCHER(backend_for(dy), dy, masked_linear_grad_input,
+                       *kernel_dtype(dy.scalar_type()), dy.data_ptr(), w.data_ptr(),
+                       b.data_ptr<int32_t>(), dx.data_ptr(), M, N, K, allow_tf32());
+    } else {
+      const int64_t step = chunk_rows(K);
+      for (int64_t n0 = 0; n0 < N; n0 += step) {
+        const int64_t rows = std::min(step, N - n0);
+        dx.addmm_(dy.narrow(1, n0, rows), decode_rows(w, b, n0, rows));
+      }
+    }
+  }
+  return dx.view(out_sizes);
+}
+
+at::Tensor masked_linear_multitask(const at::Tensor& x, const at::Tensor& weight,
+                                   const at::Tensor& bits, const std::optional<at::Tensor>& bias) {
+  check_floating(weight, "weight");
+  TORCH_CHECK_VALUE(weight.dim() == 2, "weight: expected a 2-D linear weight [out, in], got ",
+                    weight.dim(), " dimensions");
+  check_same_dtype(x, weight, "x", "weight");
+  check_same_device(x, weight, "x", "weight");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK_VALUE(x.dim() == 3 && x.size(2) == K, "x: expected shape [T, B, ", K,
+                    "] (tasks, batch, in_features), got ", x.sizes());
+  const int64_t T = x.size(0), B = x.size(1);
+  check_bits(bits, weight, matrix_shape(weight), T);
+  check_bias(bias, weight, N);
+  const at::Tensor xc = x.contiguous(), w = weight.contiguous(), b = bits.contiguous();
+  at::Tensor y = at::empty({T, B, N}, x.options());
+  if (T == 0 || B == 0 || N == 0) return y;
+  if (use_fused_kernels(xc)) {
+    const auto bias_c = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+    CPG_RUN_LAUNCHER(backend_for(xc), xc, masked_linear_multitask, *kernel_dtype(x.scalar_type()),
+                     xc.data_ptr(), w.data_ptr(), b.data_ptr<int32_t>(),
+                     bias_c ? bias_c->data_ptr() : nullptr, y.data_ptr(), T, B, N, K,
+                     allow_tf32());
+  } else {
+    for (int64_t t = 0; t < T; ++t) {
+      at::Tensor yt = y.select(0, t);
+      chunked_linear(xc.select(0, t), w, b.select(0, t), bias, yt);
+    }
+  }
+  return y;
+}
+
+}  // namespace cpg::ops

@@ -1,0 +1,29 @@
+// Element-wise mask ops (pack, unpack, active set, counts, apply, gradient
+// epilogue): validation plus routing to the CPU path, the CUDA kernels or the
+// emulator.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace cpg::ops {
+
+at::Tensor pack_bits(const at::Tensor& mask);
+at::Tensor unpack_bits(const at::Tensor& bits, int64_t K);
+at::Tensor active_bits(const at::Tensor& owner, int64_t task, const std::optional<at::Tensor>& mask,
+                       const std::optional<at::Tensor>& pick_bits, double threshold);
+at::Tensor owner_histogram(const at::Tensor& owner);
+at::Tensor count_bits(const at::Tensor& bits);
+at::Tensor apply_bits(const at::Tensor& weight, const at::Tensor& bits);
+std::tuple<at::Tensor, at::Tensor> grad_epilogue(const at::Tensor& grad, const at::Tensor& weight,
+                                                 const at::Tensor& owner, int64_t task,
+                                                 bool mask_grad);
+
+// Rows [n0, n0 + rows) of weight (viewed [N, K]) with inactive entries zeroed,
+// as a new contiguous [rows, K] tensor: the tile decode every chunked path uses.
+at::Tensor decode_rows(const at::Tensor& weight2d, const at::Tensor& bits, int64_t n0,
+                       int64_t rows);
+
+}  // namespace cpg::ops

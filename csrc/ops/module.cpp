@@ -1,0 +1,18 @@
+// The Python module cpg_kernels._C: loading it registers the `cpg` ops; the few
+// functions below configure how they run.
+#include <torch/extension.h>
+
+#include "ops/backend.h"
+#include "ops/chunking.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "cpg-kernels: masked conv/GEMM ops from dense weights plus packed masks";
+  m.def("cuda_built", &cpg::ops::cuda_built, "Whether the CUDA kernels were compiled in.");
+  m.def("set_emulation", &cpg::ops::set_emulation, pybind11::arg("enabled"),
+        pybind11::arg("seed") = 0,
+        "Run the CUDA kernels under the CPU emulator for CPU tensors (testing).");
+  m.def("emulation_enabled", &cpg::ops::emulation_enabled);
+  m.def("set_decode_chunk_elements", &cpg::ops::set_decode_chunk_elements,
+        "Entries per decoded weight tile on the chunked path; returns the old value.");
+  m.def("decode_chunk_elements", &cpg::ops::decode_chunk_elements);
+}

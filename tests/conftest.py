@@ -1,0 +1,63 @@
+"""Backend selection for the op suites.
+
+Every op test takes the ``backend`` fixture and runs once per backend:
+``cpu`` (the CPU path), ``emu`` (the CUDA kernels' source under the CPU
+emulator, on CPU tensors) and ``cuda`` (the GPU). ``CPG_TEST_BACKENDS``
+(comma-separated) narrows the set; a requested backend that is not available
+here is skipped with the reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from cpg_kernels import backends
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    device: str
+
+    @property
+    def small(self) -> bool:
+        """The emulator is slow: tests shrink their shapes under it."""
+        return self.name == "emu"
+
+    def context(self, seed: int = 0):
+        return backends.emulated(seed) if self.name == "emu" else contextlib.nullcontext()
+
+    def run(self, fn, *args, seed: int = 0, **kwargs):
+        with self.context(seed):
+            return fn(*args, **kwargs)
+
+
+def _requested() -> list[str]:
+    raw = os.environ.get("CPG_TEST_BACKENDS", ",".join(backends.BACKENDS))
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = set(names) - set(backends.BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"CPG_TEST_BACKENDS: unknown backends {sorted(unknown)}")
+    return names
+
+
+def _param(name: str):
+    marks = [pytest.mark.cuda] if name == "cuda" else []
+    return pytest.param(name, marks=marks, id=name)
+
+
+@pytest.fixture(params=[_param(n) for n in _requested()])
+def backend(request) -> Backend:
+    name = request.param
+    if name == "cuda" and not (backends.cuda_built() and torch.cuda.is_available()):
+        pytest.skip("cuda backend: no CUDA device or the CUDA kernels were not built")
+    return Backend(name, "cuda" if name == "cuda" else "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
