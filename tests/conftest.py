@@ -61,3 +61,13 @@ def backend(request) -> Backend:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    """fp32 means fp32: TF32 is switched off for cuBLAS and cuDNN (cuDNN allows it by
+    default) so the float32 tolerances hold; tests that want TF32 turn it on."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

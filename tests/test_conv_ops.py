@@ -127,3 +127,13 @@ def test_conv_bad_arguments():
         functional.masked_conv2d(torch.randn(1, 3, 2, 2), w, bits)
     with pytest.raises(ValueError, match="bits: expected shape"):
         functional.masked_conv2d(x, w, bits[:1])
+
+
+def test_tf32_switch_is_respected(backend):
+    x, w, owner, mask, bias, conv = make_conv(CASES[0], torch.float32, backend.device)
+    bits = masks.active_bits(owner, 4, mask=mask)
+    ref = reference.masked_conv2d(x.cpu().double(), w.cpu().double(),
+                                  masks.unpack(bits.cpu(), w.shape), bias.cpu().double(), **conv)
+    torch.backends.cudnn.allow_tf32 = True
+    y = backend.run(functional.masked_conv2d, x, w, bits, bias, **conv)
+    assert rel_error(y, ref) < 2e-3

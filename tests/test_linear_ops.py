@@ -169,3 +169,17 @@ def test_linear_bad_arguments():
     if torch.cuda.is_available() and backends.cuda_built():
         with pytest.raises(ValueError, match="expected a tensor on"):
             functional.masked_linear(x, w.cuda(), bits.cuda())
+
+
+def test_tf32_switch_is_respected(backend):
+    """With TF32 allowed, fp32 may use TF32 tensor cores (error near 1e-3 of the norm);
+    without, it must be exact fp32 (checked by the other tests)."""
+    n, k = (16, 64) if backend.small else (70, 300)
+    w, owner, mask, bias = make_layer(n, k, torch.float32, backend.device)
+    bits = masks.active_bits(owner, 4, mask=mask)
+    x = torch.randn(40, k, device=backend.device)
+    ref = reference.masked_linear(x.cpu().double(), w.cpu().double(),
+                                  masks.unpack(bits.cpu(), (n, k)), bias.cpu().double())
+    torch.backends.cuda.matmul.allow_tf32 = True
+    y = backend.run(functional.masked_linear, x, w, bits, bias)
+    assert rel_error(y, ref) < 2e-3

@@ -1,5 +1,7 @@
 #include "ops/conv_ops.h"
 
+#include <c10/util/accumulate.h>
+
 #include "core/conv_shape.h"
 #include "ops/backend.h"
 #include "ops/checks.h"
@@ -66,6 +68,12 @@ void for_each_tile(const at::Tensor& weight, int64_t groups, Fn&& fn) {
   }
 }
 
+// Whether the whole weight fits one decoded tile (the common case): then the
+// library call writes the result directly, with no copy into a slice.
+bool is_single_tile(const at::Tensor& weight) {
+  return weight.size(0) <= chunk_rows(weight.numel() / std::max<int64_t>(weight.size(0), 1));
+}
+
 at::Tensor decode_tile(const at::Tensor& w, const at::Tensor& w2d, const at::Tensor& bits,
                        const ConvTile& t) {
   return decode_rows(w2d, bits, t.n0, t.rows).view({t.rows, w.size(1), w.size(2), w.size(3)});
@@ -97,17 +105,20 @@ at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
                     " is smaller than the dilated kernel");
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
   const at::Tensor w2d = w.view({w.size(0), -1});
-  at::Tensor y = at::empty({x.size(0), w.size(0), Ho, Wo},
-                           x.options().memory_format(x.suggest_memory_format()));
-  if (y.numel() == 0) return y;
-  for_each_tile(w, groups, [&](const ConvTile& t) {
-    const at::Tensor tile = decode_tile(w, w2d, b, t);
+  auto conv_tile = [&](const ConvTile& t) {
     const std::optional<at::Tensor> tile_bias =
         bias ? std::optional<at::Tensor>(bias->narrow(0, t.n0, t.rows)) : std::nullopt;
-    y.narrow(1, t.n0, t.rows)
-        .copy_(at::conv2d(x.narrow(1, t.c0, t.channels), tile, tile_bias, p.stride, p.padding,
-                          p.dilation, t.groups));
-  });
+    return at::conv2d(x.narrow(1, t.c0, t.channels), decode_tile(w, w2d, b, t), tile_bias,
+                      p.stride, p.padding, p.dilation, t.groups);
+  };
+  if (x.size(0) == 0 || w.size(0) == 0) {
+    return at::empty({x.size(0), w.size(0), Ho, Wo},
+                     x.options().memory_format(x.suggest_memory_format()));
+  }
+  if (is_single_tile(w)) return conv_tile(ConvTile{0, w.size(0), 0, x.size(1), groups});
+  at::Tensor y = at::empty({x.size(0), w.size(0), Ho, Wo},
+                           x.options().memory_format(x.suggest_memory_format()));
+  for_each_tile(w, groups, [&](const ConvTile& t) { y.narrow(1, t.n0, t.rows).copy_(conv_tile(t)); });
   return y;
 }
 
@@ -139,15 +150,17 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor
   }
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
   const at::Tensor w2d = w.view({w.size(0), -1});
-  at::Tensor dx = at::zeros(input_size, grad_out.options().memory_format(
-                                            grad_out.suggest_memory_format()));
-  if (dx.numel() == 0 || grad_out.numel() == 0) return dx;
-  for_each_tile(w, groups, [&](const ConvTile& t) {
-    const at::Tensor tile = decode_tile(w, w2d, b, t);
-    dx.narrow(1, t.c0, t.channels)
-        .add_(at::conv_transpose2d(grad_out.narrow(1, t.n0, t.rows), tile, {}, p.stride,
-                                   p.padding, out_pad, t.groups, p.dilation));
-  });
+  auto grad_tile = [&](const ConvTile& t) {
+    return at::conv_transpose2d(grad_out.narrow(1, t.n0, t.rows), decode_tile(w, w2d, b, t), {},
+                                p.stride, p.padding, out_pad, t.groups, p.dilation);
+  };
+  const auto fmt = grad_out.suggest_memory_format();
+  if (grad_out.numel() == 0 || c10::multiply_integers(input_size) == 0) {
+    return at::zeros(input_size, grad_out.options().memory_format(fmt));
+  }
+  if (is_single_tile(w)) return grad_tile(ConvTile{0, w.size(0), 0, input_size[1], groups});
+  at::Tensor dx = at::zeros(input_size, grad_out.options().memory_format(fmt));
+  for_each_tile(w, groups, [&](const ConvTile& t) { dx.narrow(1, t.c0, t.channels).add_(grad_tile(t)); });
   return dx;
 }
 

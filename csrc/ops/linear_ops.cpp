@@ -34,9 +34,9 @@ void chunked_linear(const at::Tensor& x2d, const at::Tensor& w, const at::Tensor
     const at::Tensor tile = decode_rows(w, bits, n0, rows);
     at::Tensor out = y2d.narrow(1, n0, rows);
     if (bias) {
-      out.copy_(at::addmm(bias->narrow(0, n0, rows), x2d, tile.t()));
+      at::addmm_out(out, bias->narrow(0, n0, rows), x2d, tile.t());
     } else {
-      out.copy_(at::mm(x2d, tile.t()));
+      at::mm_out(out, x2d, tile.t());
     }
   }
 }
@@ -58,7 +58,10 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
   const int64_t M = x2d.size(0);
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = N;
-  at::Tensor y2d = at::empty({M, N}, x.options());
+  // Allocate the result in its final shape and write through a 2-D view: an
+  // op output that is itself a view would forbid in-place ops after it.
+  at::Tensor y = at::empty(out_sizes, x.options());
+  at::Tensor y2d = y.view({M, N});
   if (M > 0 && N > 0) {
     if (use_fused_kernels(x)) {
       const auto bias_c = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
@@ -70,7 +73,7 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
       chunked_linear(x2d, w, b, bias, y2d);
     }
   }
-  return y2d.view(out_sizes);
+  return y;
 }
 
 at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor& weight,
@@ -85,10 +88,11 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor
   const int64_t M = dy.size(0);
   auto out_sizes = grad_out.sizes().vec();
   out_sizes.back() = K;
-  const bool fused = use_fused_kernels(dy);
+  const bool fused = use_fused_kernels(dy) && N > 0;
   // The chunked path accumulates tile by tile, so it starts from zeros.
-  at::Tensor dx = fused ? at::empty({M, K}, grad_out.options()) : at::zeros({M, K}, grad_out.options());
-  if (M > 0 && K > 0 && N == 0) dx.zero_();
+  at::Tensor dx_out = fused ? at::empty(out_sizes, grad_out.options())
+                            : at::zeros(out_sizes, grad_out.options());
+  at::Tensor dx = dx_out.view({M, K});
   if (M > 0 && K > 0 && N > 0) {
     if (fused) {
       CPG_RUN_LAUNCHER(backend_for(dy), dy, masked_linear_grad_input,
@@ -102,7 +106,7 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor
       }
     }
   }
-  return dx.view(out_sizes);
+  return dx_out;
 }
 
 at::Tensor masked_linear_multitask(const at::Tensor& x, const at::Tensor& weight,

@@ -102,11 +102,10 @@ at::Tensor count_bits(const at::Tensor& bits) {
   return counts;
 }
 
-at::Tensor decode_rows(const at::Tensor& weight2d, const at::Tensor& bits, int64_t n0,
-                       int64_t rows) {
-  const int64_t K = weight2d.size(1);
-  auto out = at::empty({rows, K}, weight2d.options());
-  if (rows == 0 || K == 0) return out;
+void decode_rows_into(const at::Tensor& weight2d, const at::Tensor& bits, int64_t n0,
+                      at::Tensor& out) {
+  const int64_t rows = out.size(0), K = weight2d.size(1);
+  if (rows == 0 || K == 0) return;
   const Backend be = backend_for(weight2d);
   const auto kdt = kernel_dtype(weight2d.scalar_type());
   if (be == Backend::CPU) {
@@ -120,8 +119,14 @@ at::Tensor decode_rows(const at::Tensor& weight2d, const at::Tensor& bits, int64
     // float64 on a kernel backend: the kernels do not take it; decode through
     // the bit-unpack kernel and one masked select over this tile only.
     const at::Tensor tile_mask = unpack_bits(bits.narrow(0, n0, rows), K);
-    out = at::where(tile_mask, weight2d.narrow(0, n0, rows), at::zeros({}, out.options()));
+    out.copy_(at::where(tile_mask, weight2d.narrow(0, n0, rows), at::zeros({}, out.options())));
   }
+}
+
+at::Tensor decode_rows(const at::Tensor& weight2d, const at::Tensor& bits, int64_t n0,
+                       int64_t rows) {
+  at::Tensor out = at::empty({rows, weight2d.size(1)}, weight2d.options());
+  decode_rows_into(weight2d, bits, n0, out);
   return out;
 }
 
@@ -130,7 +135,10 @@ at::Tensor apply_bits(const at::Tensor& weight, const at::Tensor& bits) {
   const MatrixShape s = matrix_shape(weight);
   check_bits(bits, weight, s);
   const at::Tensor w = weight.contiguous().view({s.N, s.K});
-  return decode_rows(w, bits.contiguous(), 0, s.N).view(weight.sizes());
+  at::Tensor out = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out2d = out.view({s.N, s.K});
+  decode_rows_into(w, bits.contiguous(), 0, out2d);
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> grad_epilogue(const at::Tensor& grad, const at::Tensor& weight,

@@ -25,5 +25,8 @@ std::tuple<at::Tensor, at::Tensor> grad_epilogue(const at::Tensor& grad, const a
 // as a new contiguous [rows, K] tensor: the tile decode every chunked path uses.
 at::Tensor decode_rows(const at::Tensor& weight2d, const at::Tensor& bits, int64_t n0,
                        int64_t rows);
+// The same into a preallocated contiguous [rows, K] tensor.
+void decode_rows_into(const at::Tensor& weight2d, const at::Tensor& bits, int64_t n0,
+                      at::Tensor& out);
 
 }  // namespace cpg::ops
