@@ -4,7 +4,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
 #include "core/mask_format.h"
 #include "cuda/kernel_utils.cuh"
@@ -79,20 +78,32 @@ CPG_DEVICE void load_row_vec(const T* row, int64_t k, int64_t K, bool row_aligne
   for (int j = 0; j < kV; ++j) v[j] = k + j < K ? row[k + j] : cpgdev::from_float<T>(0.0f);
 }
 
-// The 16 bytes of W at row n, columns [k, k + 16 / sizeof(T)), with every
-// element whose bit is clear set to all-zero bits (+0 in any float format).
-// Raw bits in, raw bits out: no rounding, and a NaN behind a clear bit is gone.
+// All-ones over each element of a 32-bit lane whose bit is set; the lane's
+// bits (one per element, LSB first) are the low bits of `bits`.
+template <int kElemBytes>
+CPG_DEVICE uint32_t keep_mask(uint32_t bits) {
+  if constexpr (kElemBytes == 4) {
+    return 0u - (bits & 1u);
+  } else {
+    // Two bits b0 b1 -> b0 at bit 0 and b1 at bit 16; times 0xFFFF fills each half.
+    return ((bits & 3u) * 0x8001u & 0x10001u) * 0xFFFFu;
+  }
+}
+
+// The 16 bytes of W at columns [k, k + 16 / sizeof(T)) of a row whose bit
+// word for k is `word`, with every element whose bit is clear set to all-zero
+// bits (+0 in any float format). Raw bits in, raw bits out: no rounding, and
+// a NaN behind a clear bit is gone.
 template <typename T>
 CPG_DEVICE uint4 select_by_bits(uint4 raw, uint32_t word, int64_t k) {
-  using Raw = typename std::conditional<sizeof(T) == 2, uint16_t, uint32_t>::type;
-  constexpr int kV = vec_elems<T>();
-  Raw e[kV];
-  memcpy(e, &raw, kVecBytes);
-#pragma unroll
-  for (int j = 0; j < kV; ++j) {
-    if ((word & bit_of(k + j)) == 0u) e[j] = 0;
-  }
-  memcpy(&raw, e, kVecBytes);
+  constexpr int kBytes = static_cast<int>(sizeof(T));
+  constexpr int kPerLane = 4 / kBytes;
+  // The vector's bits, LSB first as bit_of() numbers them.
+  const uint32_t bits = word >> (static_cast<uint32_t>(k) % kBitsPerWord);
+  raw.x &= keep_mask<kBytes>(bits);
+  raw.y &= keep_mask<kBytes>(bits >> kPerLane);
+  raw.z &= keep_mask<kBytes>(bits >> (2 * kPerLane));
+  raw.w &= keep_mask<kBytes>(bits >> (3 * kPerLane));
   return raw;
 }
 

@@ -192,23 +192,47 @@ CPG_DEVICE void mma_step(float (&acc)[4], const uint32_t (&a)[4], const uint32_t
   }
 }
 
+// The A and B fragments of one mma k-step of a warp's 64 x 32 tile.
+struct Fragments {
+  uint32_t a[kFragsM][4];
+  uint32_t b[kFragsN][2];
+};
+
+template <typename T, bool kGradInput>
+CPG_DEVICE void load_fragments(const T* a_tile, const T* w_tile, int warp_m, int warp_n, int k0,
+                               int lane, Fragments& f) {
+#pragma unroll
+  for (int fm = 0; fm < kFragsM; ++fm) {
+    load_a_frag(a_tile, warp_m * kFragsM * 16 + fm * 16, k0, lane, f.a[fm]);
+  }
+  load_b_frags<T, kGradInput>(w_tile, warp_n * kFragsN * 8, k0, lane, f.b);
+}
+
+template <typename T>
+CPG_DEVICE void mma_fragments(const Fragments& f, float (&acc)[kFragsM][kFragsN][4]) {
+#pragma unroll
+  for (int fm = 0; fm < kFragsM; ++fm) {
+#pragma unroll
+    for (int fn = 0; fn < kFragsN; ++fn) mma_step<T>(acc[fm][fn], f.a[fm], f.b[fn]);
+  }
+}
+
+// The fragments of k-step i + 1 are loaded before the mmas of step i are
+// issued, so their shared-memory latency hides behind tensor-core work.
 template <typename T, bool kGradInput>
 CPG_DEVICE void multiply_stage(const T* a_tile, const T* w_tile, int warp_m, int warp_n, int lane,
                                float (&acc)[kFragsM][kFragsN][4]) {
   using L = Layout<T, kGradInput>;
+  constexpr int kSteps = L::kTileK / L::kStepK;
+  Fragments f[2];
+  load_fragments<T, kGradInput>(a_tile, w_tile, warp_m, warp_n, 0, lane, f[0]);
 #pragma unroll
-  for (int k0 = 0; k0 < L::kTileK; k0 += L::kStepK) {
-    uint32_t a[kFragsM][4], b[kFragsN][2];
-#pragma unroll
-    for (int fm = 0; fm < kFragsM; ++fm) {
-      load_a_frag(a_tile, warp_m * kFragsM * 16 + fm * 16, k0, lane, a[fm]);
+  for (int i = 0; i < kSteps; ++i) {
+    if (i + 1 < kSteps) {
+      load_fragments<T, kGradInput>(a_tile, w_tile, warp_m, warp_n, (i + 1) * L::kStepK, lane,
+                                    f[(i + 1) % 2]);
     }
-    load_b_frags<T, kGradInput>(w_tile, warp_n * kFragsN * 8, k0, lane, b);
-#pragma unroll
-    for (int fm = 0; fm < kFragsM; ++fm) {
-#pragma unroll
-      for (int fn = 0; fn < kFragsN; ++fn) mma_step<T>(acc[fm][fn], a[fm], b[fn]);
-    }
+    mma_fragments<T>(f[i % 2], acc);
   }
 }
 
@@ -275,8 +299,9 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_mma_kernel(MaskedGemm<T>
 
   float acc[kFragsM][kFragsN][4] = {};
   const int64_t stages = ceil_div(reduction, L::kTileK);
+  int read_buf = 0, refill_buf = kStages - 1;  // s % kStages, (s - 1) % kStages
   for (int64_t s = 0; s < stages; ++s) {
-    T* const cur = stages_smem + static_cast<int>(s % kStages) * L::kStageElems;
+    T* const cur = stages_smem + read_buf * L::kStageElems;
     cpgdev::cp_async_wait<kStages - 2>();
     mask_weights<T, kGradInput>(cur + L::kATile, words[0], s * L::kTileK, c0);
     // Stage s is W' for everyone, and stage s - 1 (the buffer refilled next)
@@ -287,11 +312,11 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_mma_kernel(MaskedGemm<T>
 #pragma unroll
       for (int c = 0; c < kChunksPerThread; ++c) words[i][c] = words[i + 1][c];
     }
-    const int64_t refill = s + kStages - 1;
-    issue_stage<T, kGradInput>(g, reduction, m0, c0, refill,
-                               stages_smem + static_cast<int>(refill % kStages) * L::kStageElems,
-                               words[kStages - 2]);
+    issue_stage<T, kGradInput>(g, reduction, m0, c0, s + kStages - 1,
+                               stages_smem + refill_buf * L::kStageElems, words[kStages - 2]);
     multiply_stage<T, kGradInput>(cur, cur + L::kATile, warp_m, warp_n, lane, acc);
+    refill_buf = read_buf;
+    read_buf = read_buf + 1 < kStages ? read_buf + 1 : 0;
   }
   write_tile<T, kGradInput>(g, m0, c0, warp_m, warp_n, lane, acc);
 }

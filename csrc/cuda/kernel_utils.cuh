@@ -52,10 +52,11 @@ void dispatch_dtype(DType dtype, Fn&& fn) {
 inline cpgdev::stream_t as_stream(void* stream) { return static_cast<cpgdev::stream_t>(stream); }
 
 // Blocks for a grid-stride loop over `work` items: never more than the work
-// needs, and at most a few waves, so each thread amortises its setup.
+// needs, and at most 8 per multiprocessor (one wave of 256-thread blocks at
+// full occupancy), so threads loop rather than blocks queue.
 inline unsigned grid_stride_blocks(int64_t work, int threads) {
-  constexpr int64_t kWavesPerSm = 8;
-  const int64_t cap = kWavesPerSm * cpgdev::sm_count();
+  constexpr int64_t kBlocksPerSm = 8;
+  const int64_t cap = kBlocksPerSm * cpgdev::sm_count();
   const int64_t needed = ceil_div(work, threads);
   return static_cast<unsigned>(needed < cap ? (needed > 0 ? needed : 1) : cap);
 }
