@@ -104,7 +104,7 @@ def extension(torch, with_cuda):
 
     sources = sorted(glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp") +
                      glob.glob("csrc/emu/*.cpp"))
-    cxx = ["-O2", "-fvisibility=hidden", "-Wno-unknown-pragmas"]  # kernels carry #pragma unroll
+    cxx = ["-O2", "-Wno-unknown-pragmas"]  # kernels carry #pragma unroll
     if not with_cuda:
         sources.remove("csrc/ops/cuda_stream.cpp")
         return cpp_extension.CppExtension(

@@ -183,3 +183,33 @@ def test_tf32_switch_is_respected(backend):
     torch.backends.cuda.matmul.allow_tf32 = True
     y = backend.run(functional.masked_linear, x, w, bits, bias)
     assert rel_error(y, ref) < 2e-3
+
+
+# One case per kernel of the masked-GEMM dispatcher (csrc/cuda/masked_gemm.cu), small enough
+# for the emulator: (M, N, K, dtype, tf32, path).
+DISPATCH_CASES = [
+    (3, 20, 70, torch.float32, False, "small_batch"),
+    (16, 9, 64, torch.bfloat16, False, "small_batch at its M limit"),
+    (33, 20, 64, torch.bfloat16, False, "mma bf16"),
+    (33, 20, 64, torch.float16, False, "mma fp16"),
+    (33, 20, 64, torch.float32, True, "mma tf32"),
+    (33, 20, 64, torch.float32, False, "simt: fp32 without tf32"),
+    (33, 20, 70, torch.bfloat16, False, "simt: rows not whole 16-byte vectors"),
+    (130, 136, 96, torch.bfloat16, False, "mma: several tiles, partial edges"),
+]
+
+
+@pytest.mark.parametrize("m,n,k,dtype,tf32,path", DISPATCH_CASES,
+                         ids=[c[-1] for c in DISPATCH_CASES])
+def test_every_gemm_kernel_forward_and_grad_input(backend, m, n, k, dtype, tf32, path):
+    w, owner, mask, bias = make_layer(n, k, dtype, backend.device)
+    bits = masks.active_bits(owner, 4, mask=mask)
+    x = torch.randn(m, k).to(dtype).to(backend.device)
+    gy = torch.randn(m, n).to(dtype).to(backend.device)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    y = backend.run(functional.masked_linear, x, w, bits, bias)
+    dx = backend.run(torch.ops.cpg.masked_linear_grad_input, gy, w, bits)
+    w_eff = w.cpu().double() * masks.unpack(bits.cpu(), (n, k))
+    tol = 2e-3 if tf32 else TOLERANCE[dtype]
+    assert rel_error(y, x.cpu().double() @ w_eff.t() + bias.cpu().double()) < tol
+    assert rel_error(dx, gy.cpu().double() @ w_eff) < tol
