@@ -58,6 +58,16 @@ def backend(request) -> Backend:
     return Backend(name, "cuda" if name == "cuda" else "cpu")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Test tensors are tiny: a second thread only adds synchronisation, which on a
+    busy 2-core machine costs more than the work itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -14,15 +14,6 @@ from cpg_kernels import lifecycle as L
 from cpg_kernels.convert import convert
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which on a busy
-    2-core machine costs more than the work itself."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _network(width: float = 1 / 16) -> nn.Module:
     return convert(models.resnet18(10, width=width))

@@ -12,15 +12,6 @@ from cpg_kernels.convert import convert
 from cpg_kernels.nn import CPGBatchNorm1d, CPGBatchNorm2d, CPGConv2d, CPGLinear, TaskHeads
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which on a busy
-    2-core machine costs more than the work itself."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _user_sequential() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),

@@ -13,15 +13,6 @@ from cpg_kernels.masks import unpack
 from cpg_kernels.nn import CPGConv2d, CPGModule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which on a busy
-    2-core machine costs more than the work itself."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 BUILDERS = {
     "vgg16_bn": lambda: models.vgg16_bn(10, width=1 / 16, hidden=16, pool=1),
     "resnet18": lambda: models.resnet18(10, width=1 / 16),

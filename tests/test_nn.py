@@ -17,15 +17,6 @@ from cpg_kernels.nn import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which on a busy
-    2-core machine costs more than the work itself."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 CONV_CONFIGS = [
     pytest.param((3, 8, 3), dict(padding=1), id="3x3-pad1"),
     pytest.param((4, 6, (3, 2)), dict(stride=2, padding=(1, 0), dilation=(1, 2), bias=False),

@@ -48,5 +48,5 @@ def test_two_seeds_agree_bitwise(name):
         second = run()
     first = first if isinstance(first, tuple) else (first,)
     second = second if isinstance(second, tuple) else (second,)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b), name
