@@ -94,11 +94,20 @@ bench_and_report() {  # bench_and_report BUDGET_S
   return $rc
 }
 
-export -f environment build sanitize bench_and_report
+probe_error_paths() {  # ok only if the probe itself reached its last line
+  local out
+  out=$(cuda-gdb -batch -ex run -ex bt --args python3 scripts/error_path_probe.py 2>&1)
+  echo "$out"
+  grep -q "^0 probes failed" <<<"$out"
+}
+
+export -f environment build sanitize bench_and_report probe_error_paths
 export OUT CPG_TEST_BACKENDS=cuda PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 step environment 30 environment
 step build 300 build
 step driver 60 python3 scripts/sanitizer_driver.py
+# Error paths after CUDA is up, under cuda-gdb so that a crash leaves a native backtrace.
+step error-paths 60 probe_error_paths
 step pytest-cuda 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests \
   --junitxml "$OUT/junit-cuda.xml"
 step memcheck 120 sanitize memcheck
