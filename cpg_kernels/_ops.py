@@ -111,7 +111,6 @@ def _setup_linear(ctx, inputs, output):
     x, weight, bits, bias, owner, mask, task = inputs
     ctx.save_for_backward(x, weight, bits, owner)
     ctx.task = task
-    ctx.has_mask = mask is not None
 
 
 def _backward_linear(ctx, grad_y):
@@ -123,8 +122,7 @@ def _backward_linear(ctx, grad_y):
         dx = torch.ops.cpg.masked_linear_grad_input(grad_y, weight, bits)
     if need_w or need_m:
         G = grad_y.reshape(-1, n).t().mm(x.reshape(-1, k))  # dL/dW_eff, no mask on operands
-        dw, dm = _weight_and_mask_grads(G, weight, bits, owner, ctx.task,
-                                        need_m and ctx.has_mask)
+        dw, dm = _weight_and_mask_grads(G, weight, bits, owner, ctx.task, need_m)
         dw = dw if need_w else None
     if need_b:
         db = grad_y.reshape(-1, n).sum(0)
@@ -140,7 +138,6 @@ def _setup_conv(ctx, inputs, output):
     ctx.save_for_backward(x, weight, bits, owner)
     ctx.conv = (list(stride), list(padding), list(dilation), groups)
     ctx.task = task
-    ctx.has_mask = mask is not None
 
 
 def _backward_conv(ctx, grad_y):
@@ -156,8 +153,7 @@ def _backward_conv(ctx, grad_y):
         # dL/dW_eff from the library; only the weight's shape matters here.
         G = torch.ops.aten.convolution_backward(grad_y, x, weight, None, stride, padding, dilation,
                                                 False, [0, 0], groups, [False, True, False])[1]
-        dw, dm = _weight_and_mask_grads(G, weight, bits, owner, ctx.task,
-                                        need_m and ctx.has_mask)
+        dw, dm = _weight_and_mask_grads(G, weight, bits, owner, ctx.task, need_m)
         dw = dw if need_w else None
     if need_b:
         db = grad_y.sum((0, 2, 3))
