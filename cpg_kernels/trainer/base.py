@@ -1,0 +1,98 @@
+"""What every trainer shares: config, device, seeding, callbacks, training phases."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..data import Task
+from . import distributed
+from .callbacks import Callback
+from .config import TrainConfig
+from .loops import accuracy, run_epochs, train_loader
+from .results import TaskResult
+
+EVAL_BATCH = 256
+
+
+class Trainer(ABC):
+    """Learns a sequence of tasks; ``fit`` is the whole run, ``learn`` one task."""
+
+    def __init__(self, config: TrainConfig, callbacks: Iterable[Callback] = ()):
+        self.config = config
+        self.device = torch.device(config.device)
+        self.callbacks = list(callbacks)
+        self.results: list[TaskResult] = []
+
+    def fit(self, tasks: Sequence[Task]) -> list[TaskResult]:
+        """Learn ``tasks`` in order, then measure every one of them again.
+
+        Returns ``results``, whose ``accuracy`` is measured after the last
+        task: comparing it with ``learned_accuracy`` shows any forgetting.
+        """
+        first = len(self.results)
+        for task in tasks:
+            self.learn(task)
+        for result, task in zip(self.results[first:], tasks, strict=True):
+            result.accuracy = self.evaluate(result.task_id, task.test)
+        return self.results
+
+    @abstractmethod
+    def learn(self, task: Task) -> TaskResult:
+        """Learn ``task`` as the next task, append its result to ``results`` and return it."""
+
+    @abstractmethod
+    def evaluate(self, task_id: int, dataset) -> float:
+        """Accuracy of learned task ``task_id`` on ``dataset``."""
+
+    # ------------------------------------------------------------ helpers
+
+    def _seed(self, task_id: int) -> None:
+        """Seed torch for one task: a task's run depends on the seed and the model alone."""
+        torch.manual_seed(self.config.seed * 1_000_003 + task_id)
+
+    def _emit(self, hook: str, *args) -> None:
+        if distributed.is_main():
+            for callback in self.callbacks:
+                getattr(callback, hook)(*args)
+
+    def _train(self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
+               epochs: int, task_id: int, phase: str) -> float:
+        """``epochs`` of training on ``task.train``; returns the validation accuracy."""
+        loader = train_loader(task.train, self.config.batch_size,
+                              seed=int(torch.randint(2**31, ())))
+        self._emit("on_phase_begin", task_id, phase, epochs * len(loader))
+        run_epochs(distributed.wrap(model, self.device), optimizer, loader, epochs, self.device,
+                   on_step=lambda loss: self._emit("on_step", task_id, phase, loss))
+        distributed.average_batch_norm(model)
+        result = self._accuracy(model, task.val)
+        self._emit("on_phase_end", task_id, phase, result)
+        return result
+
+    def _accuracy(self, model: nn.Module, dataset) -> float:
+        return accuracy(model, dataset, EVAL_BATCH, self.device)
+
+    def _optimizer(self, lr: float) -> tuple[type[torch.optim.Optimizer], dict]:
+        """The configured optimizer class and its options at learning rate ``lr``."""
+        if self.config.optimizer == "adam":
+            return torch.optim.Adam, {"lr": lr}
+        momentum = self.config.momentum
+        return torch.optim.SGD, {"lr": lr, "momentum": momentum, "nesterov": momentum > 0}
+
+
+def classifier_name(model: nn.Module) -> str:
+    """The name of ``model``'s last ``nn.Linear``: its classifier (``convert``'s rule)."""
+    names = [name for name, m in model.named_modules() if type(m) is nn.Linear]
+    if not names:
+        raise ValueError("the network has no nn.Linear classifier to give each task its own")
+    return names[-1]
+
+
+def replace_classifier(model: nn.Module, name: str, in_features: int,
+                       num_classes: int) -> None:
+    """Put a fresh ``nn.Linear(in_features, num_classes)`` at ``name`` in ``model``."""
+    weight = next(model.parameters())
+    model.set_submodule(name, nn.Linear(in_features, num_classes, device=weight.device,
+                                        dtype=weight.dtype))

@@ -1,0 +1,268 @@
+"""The trainer end to end on synthetic tasks: pruning, growth, exact unforgetting, baselines."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from cpg_kernels import lifecycle as L
+from cpg_kernels.convert import convert
+from cpg_kernels.data import synthetic_tasks
+from cpg_kernels.trainer import (Callback, CPGTrainer, IndependentTrainer, LoggingCallback,
+                                 TrainConfig, cubic_sparsity, make_trainer, pruning_targets)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second thread only adds synchronisation on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _network() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.BatchNorm1d(24), nn.ReLU(),
+                         nn.Linear(24, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 2))
+
+
+def _tasks(n: int = 3, **options):
+    return synthetic_tasks(num_tasks=n, shape=(16,), train=64, val=32, test=32, **options)
+
+
+def _config(**options) -> TrainConfig:
+    values = dict(epochs=2, batch_size=16, optimizer="adam", lr=3e-3, prune_lr=1e-3, goal=0.6,
+                  final_sparsity=0.75, prune_steps=3, retrain_epochs=1)
+    return TrainConfig(**{**values, **options})
+
+
+class _Recorder(Callback):
+    """Keeps every event, and each task's logits on fixed inputs right after it finished."""
+
+    def __init__(self, model: nn.Module | None = None, probe: torch.Tensor | None = None):
+        self.model, self.probe = model, probe
+        self.events: list[tuple] = []
+        self.logits: dict[int, torch.Tensor] = {}
+
+    def on_goal(self, task_id, goal, reference):
+        self.events.append(("goal", task_id, goal, reference))
+
+    def on_grow(self, task_id, old_size, new_size):
+        self.events.append(("grow", task_id, old_size, new_size))
+
+    def on_prune(self, task_id, sparsity, accuracy, kept):
+        self.events.append(("prune", task_id, sparsity, kept, _own(self.model, task_id)))
+
+    def on_task_end(self, result):
+        if self.probe is not None:
+            self.logits[result.task_id] = _logits(self.model, result.task_id, self.probe)
+
+    def of(self, kind: str) -> list[tuple]:
+        return [e for e in self.events if e[0] == kind]
+
+
+def _logits(model: nn.Module, t: int, x: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad(), L.task(model, t):
+        return model(x)
+
+
+def _own(model, t: int) -> int | None:
+    if model is None:
+        return None
+    return sum(int((layer.owner == t).sum()) for _, layer in L.masked_layers(model))
+
+
+# ------------------------------------------------------------------- schedule
+
+def test_cubic_schedule_rises_fast_then_gently():
+    assert cubic_sparsity(0, 4, 0.0, 0.8) == 0.0
+    assert cubic_sparsity(4, 4, 0.0, 0.8) == pytest.approx(0.8)
+    steps = [cubic_sparsity(i, 4, 0.0, 0.8) for i in range(5)]
+    gains = [b - a for a, b in zip(steps, steps[1:], strict=False)]
+    assert all(g > 0 for g in gains) and gains == sorted(gains, reverse=True)
+    assert pruning_targets(0.0, 0.8, 4) == pytest.approx(steps[1:])
+    assert pruning_targets(0.2, 0.8, 2)[0] == pytest.approx(0.2)  # s_0 > 0: prune there first
+    with pytest.raises(ValueError, match="step"):
+        cubic_sparsity(5, 4, 0.0, 0.8)
+
+
+# ------------------------------------------------------------------------ CPG
+
+def test_cpg_prunes_to_its_sparsity_and_forgets_nothing():
+    tasks = _tasks()
+    model = convert(_network())
+    probe = torch.stack([tasks[0].test[i][0] for i in range(8)])
+    recorder = _Recorder(model, probe)
+    results = CPGTrainer(model, _config(), [recorder]).fit(tasks)
+
+    assert [r.task_id for r in results] == [1, 2, 3]
+    for r in results:
+        assert r.sparsity == pytest.approx(0.75, abs=0.01), r  # the goal held to the end
+        assert r.forgetting == 0.0 and r.accuracy == r.learned_accuracy
+        assert torch.equal(_logits(model, r.task_id, probe), recorder.logits[r.task_id])
+        assert r.val_accuracy >= r.goal
+    # Later tasks pick older weights: they compute with more than they own.
+    assert results[2].used_weights > results[2].own_weights
+    targets = [e[2] for e in recorder.of("prune") if e[1] == 1]
+    assert targets == pytest.approx(pruning_targets(0.0, 0.75, 3))
+    assert L.task_state(model) == ([1, 2, 3], None)
+
+
+def test_pruning_keeps_the_sparsest_state_that_meets_the_goal():
+    tasks = _tasks(1)
+    model = convert(_network())
+    recorder = _Recorder(model)
+    config = _config(goal=0.8, final_sparsity=0.995, prune_steps=4, epochs=4)
+    result = CPGTrainer(model, config, [recorder]).learn(tasks[0])
+
+    steps = recorder.of("prune")
+    kept = [e for e in steps if e[3]]
+    assert not steps[-1][3], "the last step should miss the goal at 99.5% sparsity"
+    assert kept, "some pruning should meet the goal"
+    assert result.own_weights == kept[-1][4]  # the state after the last kept step
+    assert result.sparsity == pytest.approx(kept[-1][2], abs=0.01)
+    assert result.val_accuracy >= 0.8
+
+
+def test_growth_when_the_goal_is_unreachable_stops_at_the_cap():
+    tasks = _tasks(2, label_noise=0.5)  # random labels: 100% is out of reach
+    model = convert(_network())
+    recorder = _Recorder(model, torch.stack([tasks[0].test[i][0] for i in range(8)]))
+    config = _config(goal=1.0, growth_step=0.3, max_size=1.7)
+    results = CPGTrainer(model, config, [recorder]).fit(tasks)
+
+    grows = recorder.of("grow")
+    assert len(grows) >= 2 and grows[0][1] == 1
+    assert all(new > old for _, _, old, new in grows)
+    assert 1.3 < results[-1].model_size <= 1.7
+    assert all(r.sparsity == 0.0 for r in results)  # the goal failed: nothing pruned
+    assert results[0].growths >= 1
+    for r in results:
+        assert torch.equal(_logits(model, r.task_id, recorder.probe), recorder.logits[r.task_id])
+        assert r.forgetting == 0.0
+
+
+def test_relative_goal_comes_from_a_fine_tuned_reference(caplog):
+    tasks = _tasks(2)
+    model = convert(_network())
+    recorder = _Recorder()
+    with caplog.at_level(logging.INFO, logger="cpg_kernels.trainer"):
+        CPGTrainer(model, _config(goal=None, goal_drop=0.1, reference_epochs=1),
+                   [recorder, LoggingCallback()]).fit(tasks)
+    assert "task 2: reference: validation accuracy" in caplog.text
+    assert "task 2 done: test accuracy" in caplog.text
+    goals = recorder.of("goal")
+    assert [e[1] for e in goals] == [1, 2]
+    for _, _, goal, reference in goals:
+        assert 0 < reference <= 1 and goal == pytest.approx(max(reference - 0.1, 0.0))
+
+
+def test_packnet_uses_every_older_weight_and_never_grows():
+    tasks = _tasks(2)
+    model = convert(_network())
+    recorder = _Recorder()
+    config = _config(method="packnet", goal=1.0)
+    trainer = CPGTrainer(model, config, [recorder])
+    trainer.learn(tasks[0])
+    result = trainer.learn(tasks[1])
+    assert not recorder.of("grow") and result.model_size == 1.0
+    older = sum(int(((layer.owner > 0) & (layer.owner < 2)).sum())
+                for _, layer in L.masked_layers(model))
+    assert result.used_weights == result.own_weights + older
+
+
+def test_pae_grows_but_picks_every_older_weight():
+    tasks = _tasks(2, label_noise=0.5)
+    model = convert(_network())
+    recorder = _Recorder()
+    results = CPGTrainer(model, _config(method="pae", goal=1.0), [recorder]).fit(tasks)
+    assert recorder.of("grow") and results[-1].model_size > 1.0
+    older = results[0].own_weights
+    assert results[1].used_weights == results[1].own_weights + older
+
+
+def test_same_seed_same_run_other_seed_other_run():
+    def run(seed: int):
+        torch.manual_seed(seed)  # the initial weights, as `cpg train` seeds them
+        model = convert(_network())
+        results = CPGTrainer(model, _config(seed=seed)).fit(_tasks(2))
+        return model.state_dict(), [r.to_dict() for r in results]
+
+    first, again, other = run(1), run(1), run(2)
+    assert first[1] == again[1]
+    for key, value in first[0].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, again[0][key]), key
+    assert not torch.equal(first[0]["1.weight"], other[0]["1.weight"])
+
+
+# ------------------------------------------------------------------ baselines
+
+@pytest.mark.parametrize("method", ["finetune", "scratch"])
+def test_independent_baselines_keep_one_network_per_task(method):
+    trainer = make_trainer(_network, _config(method=method))
+    assert isinstance(trainer, IndependentTrainer)
+    results = trainer.fit(_tasks(2))
+    assert [r.model_size for r in results] == [1, 2]
+    assert all(r.forgetting == 0.0 and r.goal is None for r in results)
+    assert len(trainer.networks) == 2
+    assert trainer.networks[0] is not trainer.networks[1]
+
+
+def test_finetune_starts_from_the_previous_task_and_scratch_does_not():
+    def second_start_matches_first(method: str) -> bool:
+        trainer = make_trainer(_network, _config(method=method, lr=1e-7))  # barely moves
+        trainer.fit(_tasks(2))
+        first, second = (net[1].weight for net in trainer.networks)
+        return torch.allclose(first, second, atol=1e-5)
+
+    assert second_start_matches_first("finetune")
+    assert not second_start_matches_first("scratch")
+
+
+# ---------------------------------------------------------------- bad inputs
+
+@pytest.mark.parametrize("options,message", [
+    (dict(method="ewc"), "unknown method"),
+    (dict(epochs=0), "epochs"),
+    (dict(goal=1.5), "goal"),
+    (dict(initial_sparsity=0.5, final_sparsity=0.2), "sparsities"),
+    (dict(final_sparsity=1.0), "sparsities"),
+    (dict(max_size=0.5), "max_size"),
+    (dict(lr=0.0), "lr"),
+    (dict(optimizer="lbfgs"), "optimizer"),
+])
+def test_config_rejects_bad_values(options, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options)
+
+
+def test_trainers_refuse_what_they_cannot_train():
+    with pytest.raises(ValueError, match="IndependentTrainer"):
+        CPGTrainer(convert(_network()), _config(method="scratch"))
+    with pytest.raises(ValueError, match="CPGTrainer"):
+        IndependentTrainer(_network, _config())
+    with pytest.raises(ValueError, match="convert"):
+        CPGTrainer(_network(), _config())
+    model = convert(_network())
+    L.begin_task(model, 1, num_classes=2)
+    with pytest.raises(ValueError, match="still training"):
+        CPGTrainer(model, _config())
+
+
+class _Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Linear(16, 4), nn.Linear(16, 4), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.cat([self.a(x), self.b(x)], 1))
+
+
+def test_growth_methods_check_the_network_can_grow_up_front():
+    with pytest.raises(ValueError, match="cat"):
+        CPGTrainer(convert(_Concat()), _config())
+    CPGTrainer(convert(_Concat()), _config(method="packnet"))  # packnet never grows
