@@ -123,6 +123,40 @@ def test_optimizer_moves_only_the_training_tasks_weights(optimizer_class, option
         assert not torch.equal(layer.weight, before), f"{name} did not train"
 
 
+def test_separate_optimizers_for_weights_and_masks():
+    """The paper's pairing: SGD with momentum and decay for weights, Adam for masks."""
+    model = _network()
+    _learn(model, 1)
+    L.begin_task(model, 2, num_classes=3)
+    x, y = _batch(3, seed=2)
+    layers = L.masked_layers(model)
+    frozen = {name: (layer.weight.detach().clone(), layer.owner != 2) for name, layer in layers}
+    masks_before = {name: layer.mask.detach().clone() for name, layer in layers}
+    sgd = torch.optim.SGD(L.param_groups(model, 5e-4, parts=("weights", "own")), lr=0.05,
+                          momentum=0.9)
+    L.guard_optimizer(sgd, model)
+    adam = torch.optim.Adam(L.param_groups(model, parts=("masks",)), lr=1e-3)
+    L.guard_optimizer(adam, model)
+    assert {g["cpg_part"] for g in sgd.param_groups} == {"weights", "own"}
+    model.train()
+    for _ in range(2):
+        sgd.zero_grad()
+        adam.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        sgd.step()
+        adam.step()
+    for name, layer in layers:
+        before, mask = frozen[name]
+        assert torch.equal(layer.weight[mask], before[mask]), name
+        assert not torch.equal(layer.mask, masks_before[name]), f"{name} mask did not train"
+    L.grow(model, 1.5)  # both optimizers now hold stale tensors of their own part
+    for stale in (sgd, adam):
+        with pytest.raises(RuntimeError, match="build a new one"):
+            stale.step()
+    with pytest.raises(ValueError, match="parts: expected a subset"):
+        L.param_groups(model, parts=("bias",))
+
+
 def test_a_plain_optimizer_would_move_frozen_weights():
     """Why the guard exists: weight decay and momentum reach every entry."""
     model = _network()
@@ -157,7 +191,8 @@ def test_param_groups_refuse_unconverted_parameters():
         L.param_groups(model)
     model[1].requires_grad_(False)
     groups = L.param_groups(model, weight_decay=1e-4)
-    assert [g["weight_decay"] for g in groups] == [0.0, 1e-4]
+    assert [(g["cpg_part"], g["weight_decay"]) for g in groups] == [("weights", 0.0),
+                                                                     ("own", 1e-4)]
     assert groups[0]["cpg_weight_decay"] == 1e-4
 
 

@@ -24,16 +24,24 @@ from torch import nn
 from .tasks import cpg_modules, masked_layers, task_state
 
 
-def param_groups(model: nn.Module, weight_decay: float = 0.0,
-                 mask_lr: float | None = None) -> list[dict]:
+PARTS = ("weights", "masks", "own")
+
+
+def param_groups(model: nn.Module, weight_decay: float = 0.0, mask_lr: float | None = None,
+                 parts: tuple[str, ...] = PARTS) -> list[dict]:
     """Parameter groups for training the current task.
 
-    Groups: shared weights (decay applied by ``guard_optimizer``), picking
-    masks (no decay; learning rate ``mask_lr`` if given), and the task's own
-    parameters -- biases, batch norm, head -- with ``weight_decay``. A
-    trainable parameter outside every CPG module would be shared by all
-    tasks unprotected: that is a ValueError.
+    Groups (each tagged ``cpg_part``): shared ``weights`` (decay applied by
+    ``guard_optimizer``), picking ``masks`` (no decay; learning rate
+    ``mask_lr`` if given), and the task's ``own`` parameters -- biases, batch
+    norm, head -- with ``weight_decay``. ``parts`` selects groups, so weights
+    and masks can have optimizers of their own (the paper: SGD for weights,
+    Adam for masks). A trainable parameter outside every CPG module would be
+    shared by all tasks unprotected: that is a ValueError.
     """
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"parts: expected a subset of {PARTS}, got {sorted(unknown)}")
     _, training = task_state(model)
     if training is None:
         raise RuntimeError("no task is training: call begin_task first")
@@ -51,11 +59,12 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0,
         names = ", ".join(name for name, _ in foreign)
         raise ValueError(f"trainable parameters outside CPG modules would change every task: "
                          f"{names}; convert those layers or freeze them (requires_grad_(False))")
-    groups = [{"params": weights, "weight_decay": 0.0, "cpg_weight_decay": weight_decay},
-              {"params": masks, "weight_decay": 0.0,
+    groups = [{"cpg_part": "weights", "params": weights, "weight_decay": 0.0,
+               "cpg_weight_decay": weight_decay},
+              {"cpg_part": "masks", "params": masks, "weight_decay": 0.0,
                **({"lr": mask_lr} if mask_lr is not None else {})},
-              {"params": [p for _, p in own], "weight_decay": weight_decay}]
-    return [g for g in groups if g["params"]]
+              {"cpg_part": "own", "params": [p for _, p in own], "weight_decay": weight_decay}]
+    return [g for g in groups if g["params"] and g["cpg_part"] in parts]
 
 
 def guard_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):
@@ -93,10 +102,15 @@ def make_optimizer(model: nn.Module, optimizer_class=torch.optim.SGD, *,
 
 
 def _check_current(opt: torch.optim.Optimizer, layers) -> None:
+    """The optimizer holds today's tensors of every part it was built for (by
+    ``param_groups``' tags; untagged groups count as holding every part)."""
     held = {id(p) for group in opt.param_groups for p in group["params"]}
+    tags = {group.get("cpg_part") for group in opt.param_groups}
+    parts = set(PARTS) if None in tags else tags
     stale = [name for name, layer in layers
-             if (layer.weight.requires_grad and id(layer.weight) not in held)
-             or (layer.mask is not None and id(layer.mask) not in held)]
+             if ("weights" in parts and layer.weight.requires_grad
+                 and id(layer.weight) not in held)
+             or ("masks" in parts and layer.mask is not None and id(layer.mask) not in held)]
     if stale:
         raise RuntimeError(f"the optimizer does not hold the current parameters of {stale}: "
                            "a task began or the model grew after it was built; build a new one")

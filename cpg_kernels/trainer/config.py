@@ -49,10 +49,10 @@ class TrainConfig:
     ``batch_size`` is per process under DistributedDataParallel.
 
     The defaults run the embedded digits tasks in seconds. One optimizer
-    (``optimizer``, with ``mask_lr`` for the picking masks) trains everything,
-    because ``lifecycle.guard_optimizer`` protects frozen weights only in an
-    optimizer that holds every trainable tensor; Adam suits the masks, whose
-    gradients are tiny (the paper trains weights with SGD, masks with Adam).
+    (``optimizer``, with ``mask_lr`` for the picking masks) trains everything;
+    Adam suits the masks, whose gradients are tiny. (The paper trains weights
+    with SGD and masks with Adam; ``lifecycle.param_groups(parts=...)`` builds
+    such a pair, which the trainer does not offer yet.)
     ``goal_drop=0.015`` forgives one error on a digits task's validation set.
     """
 
