@@ -137,3 +137,84 @@ def test_tf32_switch_is_respected(backend):
     torch.backends.cudnn.allow_tf32 = True
     y = backend.run(functional.masked_conv2d, x, w, bits, bias, **conv)
     assert rel_error(y, ref) < 2e-3
+
+
+# One case per variant and kernel path of the fused conv dispatcher (csrc/cuda/masked_conv.cu),
+# small enough for the emulator: (batch, C_in, H, W, C_out, kernel, stride, padding, dilation,
+# groups). The paths, by the "columns" of a group (C_out / groups forward, C_in / groups for the
+# input gradient) and the other, "reduction" channels:
+#   linear  1x1, stride 1, unpadded, one group, channels_last: the masked-linear kernels
+#   direct  at most 8 columns
+#   mma     16-bit, or fp32 with TF32, reduction channels in whole 16-byte vectors
+#   simt    the rest: fp32 without TF32 everywhere, and odd reduction channel counts
+VARIANTS = {
+    "3x3 C_in=3, batch 1, K % 32 != 0 (simt; dx direct)": (1, 3, 7, 7, 12, 3, 1, 1, 1, 1),
+    "3x3 stride 2, padding 0, odd sizes (mma)": (2, 16, 9, 7, 16, 3, 2, 0, 1, 1),
+    "3x3 dilation 2, padding 2 (mma)": (1, 16, 7, 6, 16, 3, 1, 2, 2, 1),
+    "groups 2 (dx: simt for 16-bit, mma for tf32)": (2, 32, 5, 5, 24, 3, 1, 1, 1, 2),
+    "narrow groups (direct)": (2, 8, 5, 5, 8, 3, 1, 1, 1, 2),
+    "depthwise, groups = C (direct)": (2, 6, 7, 7, 6, 3, 1, 1, 1, 6),
+    "1x1 (linear on channels_last, else mma)": (1, 16, 5, 5, 16, 1, 1, 0, 1, 1),
+    "1x1 stride 2 (mma)": (2, 16, 6, 5, 16, 1, 2, 0, 1, 1),
+    "7x7 stride 2, padding 3 (simt, tf32 mma; dx direct)": (1, 4, 9, 9, 16, 7, 2, 3, 1, 1),
+    "two row tiles: 154 pixels (mma)": (2, 16, 11, 7, 16, 3, 1, 1, 1, 1),
+    "two column tiles: 136 output channels (mma; dx direct)": (1, 8, 5, 5, 136, 3, 1, 1, 1, 1),
+    "2x3 kernel, (h, w) stride (2, 1), padding (0, 2), dilation (1, 2) (mma)":
+        (2, 16, 7, 8, 16, (2, 3), (2, 1), (0, 2), (1, 2), 1),
+}
+# (dtype, tf32): fp32 exact and on TF32 tensor cores, and the 16-bit dtypes.
+PRECISIONS = [(torch.float32, False), (torch.float32, True), (torch.float16, False),
+              (torch.bfloat16, False)]
+
+
+def conv_operands(case, dtype, device, channels_last, seed=0):
+    """Kernel size, stride, padding and dilation are ints or (h, w) pairs."""
+    b, c, h, w_, n, k, stride, pad, dil, groups = case
+    k, stride, pad, dil = ((v, v) if isinstance(v, int) else v for v in (k, stride, pad, dil))
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, c // groups, *k, generator=g).to(dtype).to(device)
+    bits = masks.pack(torch.rand(w.shape, generator=g) < 0.6).to(device)
+    bias = torch.randn(n, generator=g).to(dtype).to(device)
+    x = torch.randn(b, c, h, w_, generator=g).to(dtype)
+    ho, wo = ((size + 2 * pad[d] - dil[d] * (k[d] - 1) - 1) // stride[d] + 1
+              for d, size in enumerate((h, w_)))
+    gy = torch.randn(b, n, ho, wo, generator=g).to(dtype)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x, gy = (t.to(device).contiguous(memory_format=fmt) for t in (x, gy))
+    conv = {"stride": list(stride), "padding": list(pad), "dilation": list(dil),
+            "groups": groups}
+    return x, w, bits, bias, gy, conv
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype,tf32", PRECISIONS,
+                         ids=[f"{str(d)[6:]}{'-tf32' if t else ''}" for d, t in PRECISIONS])
+@pytest.mark.parametrize("case", list(VARIANTS.values()), ids=list(VARIANTS))
+def test_every_conv_variant_forward_and_grad_input(backend, case, dtype, tf32, channels_last):
+    x, w, bits, bias, gy, conv = conv_operands(case, dtype, backend.device, channels_last)
+    torch.backends.cudnn.allow_tf32 = tf32
+    y = backend.run(functional.masked_conv2d, x, w, bits, bias, **conv)
+    dx = backend.run(torch.ops.cpg.masked_conv2d_grad_input, gy, w, bits, list(x.shape),
+                     conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
+    w_eff = w.cpu().double() * masks.unpack(bits.cpu(), w.shape)
+    ref_y = torch.nn.functional.conv2d(x.cpu().double(), w_eff, bias.cpu().double(), **conv)
+    ref_dx = torch.nn.grad.conv2d_input(x.shape, w_eff, gy.cpu().double(), **conv)
+    tol = 2e-3 if tf32 else TOLERANCE[dtype]
+    assert y.dtype == dx.dtype == dtype
+    assert rel_error(y, ref_y) < tol
+    assert rel_error(dx, ref_dx) < tol
+    # The layout the op's fake kernel promises: channels_last in, channels_last out.
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
+
+
+def test_conv_kernels_take_offset_views(backend):
+    """Activations that start mid-storage (not 16-byte aligned) take the unaligned paths."""
+    case = (1, 8, 6, 5, 8, 3, 1, 1, 1, 1)
+    x, w, bits, bias, _, conv = conv_operands(case, torch.bfloat16, backend.device, True)
+    x_off = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:]
+    x_off = x_off.as_strided(x.shape, x.stride()).copy_(x)
+    y = backend.run(functional.masked_conv2d, x_off, w, bits, bias, **conv)
+    w_eff = w.cpu().double() * masks.unpack(bits.cpu(), w.shape)
+    ref = torch.nn.functional.conv2d(x.cpu().double(), w_eff, bias.cpu().double(), **conv)
+    assert rel_error(y, ref) < TOLERANCE[torch.bfloat16]

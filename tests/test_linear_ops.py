@@ -186,7 +186,8 @@ def test_tf32_switch_is_respected(backend):
 
 
 # One case per kernel of the masked-GEMM dispatcher (csrc/cuda/masked_gemm.cu), small enough
-# for the emulator: (M, N, K, dtype, tf32, path).
+# for the emulator: (M, N, K, dtype, tf32, path). At M <= 16 the path names the forward's
+# kernel; the input gradient takes small_batch_grad there.
 DISPATCH_CASES = [
     (3, 20, 70, torch.float32, False, "small_batch"),
     (16, 9, 64, torch.bfloat16, False, "small_batch at its M limit"),
@@ -213,3 +214,41 @@ def test_every_gemm_kernel_forward_and_grad_input(backend, m, n, k, dtype, tf32,
     tol = 2e-3 if tf32 else TOLERANCE[dtype]
     assert rel_error(y, x.cpu().double() @ w_eff.t() + bias.cpu().double()) < tol
     assert rel_error(dx, gy.cpu().double() @ w_eff) < tol
+
+
+# small_batch_grad: the input gradient at M <= 16. Under the emulator (4 SMs), N = 2100 splits
+# the reduction over N across blocks for every M and dtype here (a split takes at least
+# max(32, 128 M / itemsize) rows); N = 9 is one block per column tile.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 5, 16])
+def test_small_batch_grad_input(backend, dtype, m):
+    for n in (9, 2100):
+        for k in (1, 31, 70, 96):
+            w, owner, mask, _ = make_layer(n, k, dtype, backend.device)
+            bits = masks.active_bits(owner, 4, mask=mask)
+            gy = torch.randn(m, n).to(dtype).to(backend.device)
+            dx = backend.run(torch.ops.cpg.masked_linear_grad_input, gy, w, bits)
+            w_eff = w.cpu().double() * masks.unpack(bits.cpu(), (n, k))
+            assert dx.shape == (m, k) and dx.dtype == dtype
+            assert rel_error(dx, gy.cpu().double() @ w_eff) < TOLERANCE[dtype], (n, k)
+
+
+# Column layouts of small_batch_grad, as the emulator (4 SMs) shapes them: (M, N, K, dtype,
+# offset of W in its storage, in elements).
+GRAD_LAYOUT_CASES = [
+    (3, 40, 4000, torch.float32, 0, "two column tiles per block, the last one past K"),
+    (2, 3, 16500, torch.float32, 0, "a tile per warp: K alone fills the device"),
+    (5, 300, 96, torch.bfloat16, 3, "W rows not 16-byte aligned"),
+    (1, 300, 64, torch.float32, 2, "W not 16-byte aligned, rows whole vectors"),
+]
+
+
+@pytest.mark.parametrize("m,n,k,dtype,offset,layout", GRAD_LAYOUT_CASES,
+                         ids=[c[-1] for c in GRAD_LAYOUT_CASES])
+def test_small_batch_grad_input_layouts(backend, m, n, k, dtype, offset, layout):
+    w = torch.randn(n * k + offset).to(dtype)[offset:].view(n, k).to(backend.device)
+    bits = masks.pack(torch.rand(n, k) < 0.5).to(backend.device)
+    gy = torch.randn(m, n).to(dtype).to(backend.device)
+    dx = backend.run(torch.ops.cpg.masked_linear_grad_input, gy, w, bits)
+    w_eff = w.cpu().double() * masks.unpack(bits.cpu(), (n, k))
+    assert rel_error(dx, gy.cpu().double() @ w_eff) < TOLERANCE[dtype]

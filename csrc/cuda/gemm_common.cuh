@@ -49,6 +49,13 @@ MaskedGemm<T> make_gemm(const void* a, const void* w, const int32_t* bits, const
   return g;
 }
 
+// Tensor cores take 16-bit operands as they are, and fp32 ones only rounded
+// to TF32, which the caller must allow (torch's TF32 switches).
+template <typename T>
+CPG_HD bool tensor_cores_allowed(bool allow_tf32) {
+  return sizeof(T) == 2 || allow_tf32;
+}
+
 // Offsets a, bits and out to task `task`'s problem.
 template <typename T>
 CPG_DEVICE MaskedGemm<T> for_task(MaskedGemm<T> g, int64_t task) {
@@ -58,11 +65,86 @@ CPG_DEVICE MaskedGemm<T> for_task(MaskedGemm<T> g, int64_t task) {
   return g;
 }
 
-// W'[n, k] as float (n < N, k < K).
+// W'[n, k] as float for W [N, K] with bits [N, words] (n < N, k < K).
+template <typename T>
+CPG_DEVICE float masked_weight(const T* w, const int32_t* bits, int64_t K, int64_t words,
+                               int64_t n, int64_t k) {
+  return test_bit(bits + n * words, k) ? cpgdev::to_float(w[n * K + k]) : 0.0f;
+}
+
 template <typename T>
 CPG_DEVICE float masked_weight(const MaskedGemm<T>& g, int64_t n, int64_t k) {
-  return test_bit(g.bits + n * g.words, k) ? cpgdev::to_float(g.w[n * g.K + k]) : 0.0f;
+  return masked_weight(g.w, g.bits, g.K, g.words, n, k);
 }
+
+// ------------------------------------------------------------------- views
+//
+// The tiled kernels (simt, mma) compute out[rows, cols] = a[rows, reduction]
+// W' for a problem they see through a *view*: GemmView below for the linear
+// layer, the conv views (conv_views.cuh) for an implicit GEMM that gathers a
+// from an image. A view provides:
+//   Elem                      the element type
+//   kGradInput                W' is read with its rows along the reduction
+//                             (grad_input) or along the output columns
+//                             (forward); this picks the kernels' tile layouts
+//   select_z(z)               narrows the view to blockIdx.z's sub-problem
+//   rows() cols() reduction()
+//   a_row(m) a_col(r)         handles of a's row m and reduction index r (any
+//                             values: outside the problem they read zeros)
+//   a(row, col)               a[m, r] as float
+//   weight(r, c)              W' at reduction r, output column c, as float
+//                             (zero outside)
+//   out_row(m) out_col(c)     handles of an output element (m < rows, c < cols)
+//   store(row, col, acc)      out[m, c] = acc (+ bias), in Elem
+// Handles let a kernel decode a row or column once and reuse it across the
+// reduction (an implicit GEMM's rows are image positions, costly to decode).
+// The mma kernel needs a view's stage loads as well (gemm_mma.cuh).
+
+// The linear layer's masked GEMM (one task of a MaskedGemm).
+template <typename T, bool kGradInputV>
+struct GemmView {
+  using Elem = T;
+  static constexpr bool kGradInput = kGradInputV;
+  MaskedGemm<T> g;
+
+  struct ARow {
+    int64_t offset;  // of a[m, 0]
+    bool valid;
+  };
+  struct ACol {
+    int64_t r;
+    bool valid;
+  };
+  struct OutCol {
+    int64_t c;
+    float bias;
+  };
+
+  CPG_DEVICE void select_z(int64_t z) { g = for_task(g, z); }
+  CPG_HD int64_t rows() const { return g.M; }
+  CPG_HD int64_t cols() const { return kGradInput ? g.K : g.N; }
+  CPG_HD int64_t reduction() const { return kGradInput ? g.N : g.K; }
+
+  CPG_DEVICE ARow a_row(int64_t m) const { return {m * reduction(), m < g.M}; }
+  CPG_DEVICE ACol a_col(int64_t r) const { return {r, r < reduction()}; }
+  CPG_DEVICE float a(const ARow& row, const ACol& col) const {
+    return row.valid && col.valid ? cpgdev::to_float(g.a[row.offset + col.r]) : 0.0f;
+  }
+
+  CPG_DEVICE float weight(int64_t r, int64_t c) const {
+    const int64_t n = kGradInput ? r : c, k = kGradInput ? c : r;
+    return n < g.N && k < g.K ? masked_weight(g, n, k) : 0.0f;
+  }
+
+  CPG_DEVICE int64_t out_row(int64_t m) const { return m * cols(); }
+  CPG_DEVICE OutCol out_col(int64_t c) const {
+    const bool add_bias = !kGradInput && g.bias != nullptr;
+    return {c, add_bias ? cpgdev::to_float(g.bias[c]) : 0.0f};
+  }
+  CPG_DEVICE void store(int64_t row, const OutCol& col, float acc) const {
+    g.out[row + col.c] = cpgdev::from_float<T>(acc + col.bias);
+  }
+};
 
 // row[k .. k + 16 / sizeof(T)) with zeros past K: one 16-byte load when the
 // vector is whole and `row_aligned` (the row starts 16-byte aligned).

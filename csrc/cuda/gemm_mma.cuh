@@ -11,8 +11,11 @@
 // fragments of W' (by ldmatrix for 16-bit operands, by 32-bit shared loads for
 // TF32). W' exists only tile by tile on chip.
 //
-// The tiles move in whole 16-byte vectors, hence supports(): the reduction
-// and W rows hold whole vectors and a and w are 16-byte aligned.
+// The pipeline and the fragment code are generic over a view (gemm_common.cuh)
+// that also says how a stage's tiles are loaded (see "Stage loads" below):
+// LinearView here, the implicit-GEMM conv views in conv_views.cuh. The linear
+// tiles move in whole 16-byte vectors, hence supports(): the reduction and W
+// rows hold whole vectors and a and w are 16-byte aligned.
 #pragma once
 
 #include <type_traits>
@@ -238,87 +241,135 @@ CPG_DEVICE void multiply_stage(const T* a_tile, const T* w_tile, int warp_m, int
 
 // Accumulator element e of an m16n8 tile sits at row lane / 4 + 8 * (e / 2),
 // column 2 * (lane % 4) + e % 2.
-template <typename T, bool kGradInput>
-CPG_DEVICE void write_tile(const MaskedGemm<T>& g, int64_t m0, int64_t c0, int warp_m, int warp_n,
+template <typename View>
+CPG_DEVICE void write_tile(const View& v, int64_t m0, int64_t c0, int warp_m, int warp_n,
                            int lane, const float (&acc)[kFragsM][kFragsN][4]) {
-  const int64_t cols = kGradInput ? g.K : g.N;
-  const bool add_bias = !kGradInput && g.bias != nullptr;
 #pragma unroll
   for (int fm = 0; fm < kFragsM; ++fm) {
 #pragma unroll
-    for (int fn = 0; fn < kFragsN; ++fn) {
+    for (int half = 0; half < 2; ++half) {
+      const int64_t m = m0 + warp_m * kFragsM * 16 + fm * 16 + lane / 4 + 8 * half;
+      if (m >= v.rows()) continue;
+      const auto row = v.out_row(m);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t m = m0 + warp_m * kFragsM * 16 + fm * 16 + lane / 4 + 8 * (e / 2);
-        const int64_t c = c0 + warp_n * kFragsN * 8 + fn * 8 + 2 * (lane % 4) + e % 2;
-        if (m >= g.M || c >= cols) continue;
-        const float bias = add_bias ? cpgdev::to_float(g.bias[c]) : 0.0f;
-        g.out[m * cols + c] = cpgdev::from_float<T>(acc[fm][fn][e] + bias);
+      for (int fn = 0; fn < kFragsN; ++fn) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t c = c0 + warp_n * kFragsN * 8 + fn * 8 + 2 * (lane % 4) + e;
+          if (c < v.cols()) v.store(row, v.out_col(c), acc[fm][fn][2 * half + e]);
+        }
       }
     }
   }
 }
 
-// Issues the copies of reduction stage `stage` into buffer `buf` (nothing
-// past the reduction) and commits them as one group, empty or not, so that
-// cp_async_wait<kStages - 2> always means "stage s has landed".
-template <typename T, bool kGradInput>
-CPG_DEVICE void issue_stage(const MaskedGemm<T>& g, int64_t reduction, int64_t m0, int64_t c0,
-                            int64_t stage, T* buf, uint32_t (&words)[kChunksPerThread]) {
-  using L = Layout<T, kGradInput>;
-  const int64_t red0 = stage * L::kTileK;
-  if (red0 < reduction) {
-    load_a_async<T, kGradInput>(g, reduction, m0, red0, buf);
-    load_w_async<T, kGradInput>(g, red0, c0, buf + L::kATile, words);
+// ------------------------------------------------------------- stage loads
+//
+// Besides the view interface of gemm_common.cuh, the pipeline asks a view:
+//   stages()                 the reduction stages (of Layout::kTileK each)
+//   block_rows(m0)           what a thread keeps of its a rows for the whole
+//                            reduction (a BlockRows; decoded once)
+//   Pending, Staged          registers that a stage's loads leave behind:
+//                            Pending until the stage has landed (the kernel
+//                            keeps kStages - 1 of them), Staged until the
+//                            multiply issued after the loads
+//   issue_stage(s, m0, c0, rows, buf, pending, staged)
+//                            starts stage s's loads into buffer buf: cp.async
+//                            copies, or loads into `staged`
+//   land_stage(s, c0, buf, pending)
+//                            once s's copies have landed, before the barrier
+//                            that hands buf to the warps
+//   store_staged(buf, staged)
+//                            after the multiply: writes `staged` into buf
+// Each thread touches only its own chunks in these calls.
+
+// The linear GEMM: a and raw W arrive by cp.async; each thread masks the W
+// chunks it copied once they land, with the bit words it loaded at issue.
+template <typename T, bool kGradInputV>
+struct LinearView : GemmView<T, kGradInputV> {
+  using L = Layout<T, kGradInputV>;
+  struct BlockRows {};
+  struct Pending {
+    uint32_t words[kChunksPerThread];
+  };
+  struct Staged {};
+
+  CPG_DEVICE int64_t stages() const { return ceil_div(this->reduction(), L::kTileK); }
+  CPG_DEVICE BlockRows block_rows(int64_t) const { return {}; }
+
+  CPG_DEVICE void issue_stage(int64_t stage, int64_t m0, int64_t c0, const BlockRows&, T* buf,
+                              Pending& pending, Staged&) const {
+    const int64_t red0 = stage * L::kTileK;
+    load_a_async<T, kGradInputV>(this->g, this->reduction(), m0, red0, buf);
+    load_w_async<T, kGradInputV>(this->g, red0, c0, buf + L::kATile, pending.words);
   }
+  CPG_DEVICE void land_stage(int64_t stage, int64_t c0, T* buf, const Pending& pending) const {
+    mask_weights<T, kGradInputV>(buf + L::kATile, pending.words, stage * L::kTileK, c0);
+  }
+  CPG_DEVICE void store_staged(T*, const Staged&) const {}
+};
+
+// Starts stage `stage` where it exists, and commits its copies as one group,
+// empty or not, so that cp_async_wait<kStages - 2> always means "stage s has
+// landed". Returns whether the stage exists.
+template <typename View, typename T>
+CPG_DEVICE bool start_stage(const View& v, int64_t stage, int64_t m0, int64_t c0,
+                            const typename View::BlockRows& rows, T* buf,
+                            typename View::Pending& pending, typename View::Staged& staged) {
+  const bool exists = stage < v.stages();
+  if (exists) v.issue_stage(stage, m0, c0, rows, buf, pending, staged);
   cpgdev::cp_async_commit();
+  return exists;
 }
 
-// Grid: (ceil(M / 128), ceil(out columns / 128), tasks); dynamic shared
+// Grid: (ceil(rows / 128), ceil(cols / 128), sub-problems); dynamic shared
 // memory: Layout::kSmemBytes.
-template <typename T, bool kGradInput>
-CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_mma_kernel(MaskedGemm<T> problem) {
-  using L = Layout<T, kGradInput>;
+template <typename View>
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_mma_kernel(View problem) {
+  using T = typename View::Elem;
+  using L = Layout<T, View::kGradInput>;
   CPG_DYNAMIC_SHARED(uint4, smem);
   T* const stages_smem = reinterpret_cast<T*>(&smem[0]);  // [kStages][a tile, W tile]
 
-  const MaskedGemm<T> g = for_task(problem, blockIdx.z);
-  const int64_t reduction = kGradInput ? g.N : g.K;
+  View v = problem;
+  v.select_z(blockIdx.z);
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTileM;
   const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kTileN;
   const int lane = cpgdev::lane_id(), warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int warp_m = warp / kWarpsN, warp_n = warp % kWarpsN;
+  const typename View::BlockRows rows = v.block_rows(m0);
 
-  // words[i]: bit words of the chunks of stage s + i, issued but not yet masked.
-  uint32_t words[kStages - 1][kChunksPerThread] = {};
+  // pending[i]: what stage s + i left behind, issued but not yet landed.
+  typename View::Pending pending[kStages - 1] = {};
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) {
-    issue_stage<T, kGradInput>(g, reduction, m0, c0, i, stages_smem + i * L::kStageElems,
-                               words[i]);
+    T* const buf = stages_smem + i * L::kStageElems;
+    typename View::Staged staged;
+    if (start_stage(v, i, m0, c0, rows, buf, pending[i], staged)) v.store_staged(buf, staged);
   }
 
   float acc[kFragsM][kFragsN][4] = {};
-  const int64_t stages = ceil_div(reduction, L::kTileK);
+  const int64_t stages = v.stages();
   int read_buf = 0, refill_buf = kStages - 1;  // s % kStages, (s - 1) % kStages
   for (int64_t s = 0; s < stages; ++s) {
     T* const cur = stages_smem + read_buf * L::kStageElems;
+    T* const refill = stages_smem + refill_buf * L::kStageElems;
     cpgdev::cp_async_wait<kStages - 2>();
-    mask_weights<T, kGradInput>(cur + L::kATile, words[0], s * L::kTileK, c0);
+    v.land_stage(s, c0, cur, pending[0]);
     // Stage s is W' for everyone, and stage s - 1 (the buffer refilled next)
     // is no longer read.
     cpgdev::syncthreads();
 #pragma unroll
-    for (int i = 0; i < kStages - 2; ++i) {
-#pragma unroll
-      for (int c = 0; c < kChunksPerThread; ++c) words[i][c] = words[i + 1][c];
-    }
-    issue_stage<T, kGradInput>(g, reduction, m0, c0, s + kStages - 1,
-                               stages_smem + refill_buf * L::kStageElems, words[kStages - 2]);
-    multiply_stage<T, kGradInput>(cur, cur + L::kATile, warp_m, warp_n, lane, acc);
+    for (int i = 0; i < kStages - 2; ++i) pending[i] = pending[i + 1];
+    typename View::Staged staged;
+    const bool refilled =
+        start_stage(v, s + kStages - 1, m0, c0, rows, refill, pending[kStages - 2], staged);
+    multiply_stage<T, View::kGradInput>(cur, cur + L::kATile, warp_m, warp_n, lane, acc);
+    if (refilled) v.store_staged(refill, staged);
     refill_buf = read_buf;
     read_buf = read_buf + 1 < kStages ? read_buf + 1 : 0;
   }
-  write_tile<T, kGradInput>(g, m0, c0, warp_m, warp_n, lane, acc);
+  write_tile(v, m0, c0, warp_m, warp_n, lane, acc);
 }
 
 template <typename T, bool kGradInput>
@@ -329,15 +380,23 @@ bool supports(const MaskedGemm<T>& g) {
          is_aligned16(g.w);
 }
 
+// `subproblems` is the grid's z extent (tasks, conv groups).
+template <typename View>
+void launch_view(const View& v, int64_t subproblems, cpgdev::stream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(v.rows(), kTileM)),
+                  static_cast<unsigned>(ceil_div(v.cols(), kTileN)),
+                  static_cast<unsigned>(subproblems));
+  auto* kernel = &masked_gemm_mma_kernel<View>;
+  constexpr int kSmem = Layout<typename View::Elem, View::kGradInput>::kSmemBytes;  // > 48 KiB
+  cpgdev::set_max_dynamic_smem(kernel, kSmem);
+  CPG_LAUNCH(kernel, grid, kThreads, kSmem, stream, v);
+}
+
 template <typename T, bool kGradInput>
 void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
-  const int64_t cols = kGradInput ? g.K : g.N;
-  const dim3 grid(static_cast<unsigned>(ceil_div(g.M, kTileM)),
-                  static_cast<unsigned>(ceil_div(cols, kTileN)), static_cast<unsigned>(g.tasks));
-  auto* kernel = &masked_gemm_mma_kernel<T, kGradInput>;
-  constexpr int kSmem = Layout<T, kGradInput>::kSmemBytes;  // over the 48 KiB default
-  cpgdev::set_max_dynamic_smem(kernel, kSmem);
-  CPG_LAUNCH(kernel, grid, kThreads, kSmem, stream, g);
+  LinearView<T, kGradInput> v;
+  v.g = g;
+  launch_view(v, g.tasks, stream);
 }
 
 }  // namespace mma

@@ -5,7 +5,9 @@
 // 8 x 8 register tile. The reduction advances 8 at a time through two shared
 // slices: while one is multiplied, the next is fetched into registers (its
 // weights decoded there) and then stored into the other, so a step needs one
-// barrier. Tasks of a batched problem run on gridDim.z.
+// barrier. The problem is seen through a view (gemm_common.cuh), so the same
+// kernel runs the linear layer and the implicit-GEMM convolutions; tasks of a
+// batched GEMM, or conv groups, run on gridDim.z.
 #pragma once
 
 #include "cuda/gemm_common.cuh"
@@ -44,51 +46,56 @@ struct SliceRegs {
   float w[kLoads];
 };
 
-// a[m0 .. m0+128, r0 .. r0+8) of the row-major [M, R] operand; element e of
-// the slice is (e / 8, e % 8), so 8 consecutive threads read one row segment.
-template <typename T>
-CPG_DEVICE void fetch_a(const MaskedGemm<T>& g, int64_t R, int64_t m0, int64_t r0,
-                        float (&v)[kLoads]) {
+// The a rows a thread fetches: element e = threadIdx.x + l * kThreads of a
+// slice is (e / 8, e % 8), so 8 consecutive threads read one row segment and
+// a thread's rows stay the same for the whole reduction.
+template <typename View>
+struct ARows {
+  typename View::ARow row[kLoads];
+};
+
+template <typename View>
+CPG_DEVICE ARows<View> a_rows(const View& v, int64_t m0) {
+  ARows<View> rows;
 #pragma unroll
   for (int l = 0; l < kLoads; ++l) {
     const int e = static_cast<int>(threadIdx.x) + l * kThreads;
-    const int64_t m = m0 + e / kTileK, r = r0 + e % kTileK;
-    v[l] = (m < g.M && r < R) ? cpgdev::to_float(g.a[m * R + r]) : 0.0f;
+    rows.row[l] = v.a_row(m0 + e / kTileK);
   }
+  return rows;
 }
 
-// Forward: W'[n0 .. n0+128, k0 .. k0+8), laid out like a's slice.
-template <typename T>
-CPG_DEVICE void fetch_w_rows(const MaskedGemm<T>& g, int64_t n0, int64_t k0, float (&v)[kLoads]) {
+// a[the thread's rows, r0 + threadIdx.x % 8].
+template <typename View>
+CPG_DEVICE void fetch_a(const View& v, const ARows<View>& rows, int64_t r0, float (&out)[kLoads]) {
+  const auto col = v.a_col(r0 + static_cast<int>(threadIdx.x) % kTileK);
+#pragma unroll
+  for (int l = 0; l < kLoads; ++l) out[l] = v.a(rows.row[l], col);
+}
+
+// W' of output columns [c0, c0 + 128) and reductions [r0, r0 + 8). Forward
+// slices are fetched like a's (element e is column e / 8, reduction e % 8: a
+// linear W row segment per 8 threads); grad_input slices reduction-major
+// (element e is reduction e / 128, column e % 128: a warp reads 32
+// consecutive columns of one W row).
+template <typename View>
+CPG_DEVICE void fetch_w(const View& v, int64_t c0, int64_t r0, float (&out)[kLoads]) {
 #pragma unroll
   for (int l = 0; l < kLoads; ++l) {
     const int e = static_cast<int>(threadIdx.x) + l * kThreads;
-    const int64_t n = n0 + e / kTileK, k = k0 + e % kTileK;
-    v[l] = (n < g.N && k < g.K) ? masked_weight(g, n, k) : 0.0f;
+    if constexpr (View::kGradInput) {
+      out[l] = v.weight(r0 + e / kTile, c0 + e % kTile);
+    } else {
+      out[l] = v.weight(r0 + e % kTileK, c0 + e / kTileK);
+    }
   }
 }
 
-// grad_input: W'[r0 .. r0+8, c0 .. c0+128) (reduction over N); element e is
-// (e / 128, e % 128), so a warp reads 32 consecutive columns of one row.
-template <typename T>
-CPG_DEVICE void fetch_w_cols(const MaskedGemm<T>& g, int64_t r0, int64_t c0, float (&v)[kLoads]) {
-#pragma unroll
-  for (int l = 0; l < kLoads; ++l) {
-    const int e = static_cast<int>(threadIdx.x) + l * kThreads;
-    const int64_t n = r0 + e / kTile, k = c0 + e % kTile;
-    v[l] = (n < g.N && k < g.K) ? masked_weight(g, n, k) : 0.0f;
-  }
-}
-
-template <typename T, bool kGradInput>
-CPG_DEVICE void fetch_slice(const MaskedGemm<T>& g, int64_t m0, int64_t c0, int64_t r0,
+template <typename View>
+CPG_DEVICE void fetch_slice(const View& v, const ARows<View>& rows, int64_t c0, int64_t r0,
                             SliceRegs& regs) {
-  fetch_a(g, kGradInput ? g.N : g.K, m0, r0, regs.a);
-  if (kGradInput) {
-    fetch_w_cols(g, r0, c0, regs.w);
-  } else {
-    fetch_w_rows(g, c0, r0, regs.w);
-  }
+  fetch_a(v, rows, r0, regs.a);
+  fetch_w(v, c0, r0, regs.w);
 }
 
 // Row-major fetches (e / 8, e % 8) go to slice[e % 8][e / 8].
@@ -146,64 +153,69 @@ CPG_DEVICE void multiply_slice(Smem a_slice, Smem w_slice, int ty, int tx,
   }
 }
 
-template <typename T, bool kGradInput>
-CPG_DEVICE void write_tile(const MaskedGemm<T>& g, int64_t m0, int64_t c0, int ty, int tx,
+template <typename View>
+CPG_DEVICE void write_tile(const View& v, int64_t m0, int64_t c0, int ty, int tx,
                            const float (&acc)[kThreadTile][kThreadTile]) {
-  const int64_t cols = kGradInput ? g.K : g.N;
-  const bool add_bias = !kGradInput && g.bias != nullptr;
 #pragma unroll
   for (int i = 0; i < kThreadTile; ++i) {
     const int64_t m = m0 + strip_offset(ty, i);
-    if (m >= g.M) continue;
+    if (m >= v.rows()) continue;
+    const auto row = v.out_row(m);
 #pragma unroll
     for (int j = 0; j < kThreadTile; ++j) {
       const int64_t c = c0 + strip_offset(tx, j);
-      if (c >= cols) continue;
-      const float bias = add_bias ? cpgdev::to_float(g.bias[c]) : 0.0f;
-      g.out[m * cols + c] = cpgdev::from_float<T>(acc[i][j] + bias);
+      if (c >= v.cols()) continue;
+      v.store(row, v.out_col(c), acc[i][j]);
     }
   }
 }
 
-// Grid: (ceil(M / 128), ceil(out columns / 128), tasks).
-template <typename T, bool kGradInput>
-CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_simt_kernel(MaskedGemm<T> problem) {
+// Grid: (ceil(rows / 128), ceil(cols / 128), sub-problems).
+template <typename View>
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_simt_kernel(View problem) {
   CPG_SHARED_ARRAY(float, a_slices, 2 * kSliceFloats);
   CPG_SHARED_ARRAY(float, w_slices, 2 * kSliceFloats);
-  const MaskedGemm<T> g = for_task(problem, blockIdx.z);
-  const int64_t reduction = kGradInput ? g.N : g.K;
+  View v = problem;
+  v.select_z(blockIdx.z);
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTile;
   const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kTile;
   const int tx = static_cast<int>(threadIdx.x) % kAxisThreads;
   const int ty = static_cast<int>(threadIdx.x) / kAxisThreads;
+  const ARows<View> rows = a_rows(v, m0);
 
   SliceRegs regs;
-  fetch_slice<T, kGradInput>(g, m0, c0, 0, regs);
-  store_slice<kGradInput>(a_slices, w_slices, regs);
+  fetch_slice(v, rows, c0, 0, regs);
+  store_slice<View::kGradInput>(a_slices, w_slices, regs);
   cpgdev::syncthreads();
 
   float acc[kThreadTile][kThreadTile] = {};
-  const int64_t slices = ceil_div(reduction, kTileK);
+  const int64_t slices = ceil_div(v.reduction(), kTileK);
   for (int64_t s = 0; s < slices; ++s) {
     const int cur = static_cast<int>(s & 1) * kSliceFloats;
     const int next = kSliceFloats - cur;
     const bool more = s + 1 < slices;
-    if (more) fetch_slice<T, kGradInput>(g, m0, c0, (s + 1) * kTileK, regs);
+    if (more) fetch_slice(v, rows, c0, (s + 1) * kTileK, regs);
     multiply_slice(a_slices + cur, w_slices + cur, ty, tx, acc);
     // The other buffer was last read before the previous barrier.
-    if (more) store_slice<kGradInput>(a_slices + next, w_slices + next, regs);
+    if (more) store_slice<View::kGradInput>(a_slices + next, w_slices + next, regs);
     cpgdev::syncthreads();
   }
-  write_tile<T, kGradInput>(g, m0, c0, ty, tx, acc);
+  write_tile(v, m0, c0, ty, tx, acc);
+}
+
+// `subproblems` is the grid's z extent (tasks, conv groups).
+template <typename View>
+void launch_view(const View& v, int64_t subproblems, cpgdev::stream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(v.rows(), kTile)),
+                  static_cast<unsigned>(ceil_div(v.cols(), kTile)),
+                  static_cast<unsigned>(subproblems));
+  auto* kernel = &masked_gemm_simt_kernel<View>;
+  CPG_LAUNCH(kernel, grid, kThreads, 0, stream, v);
 }
 
 template <typename T, bool kGradInput>
 void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
-  const int64_t cols = kGradInput ? g.K : g.N;
-  const dim3 grid(static_cast<unsigned>(ceil_div(g.M, kTile)),
-                  static_cast<unsigned>(ceil_div(cols, kTile)), static_cast<unsigned>(g.tasks));
-  auto* kernel = &masked_gemm_simt_kernel<T, kGradInput>;
-  CPG_LAUNCH(kernel, grid, kThreads, 0, stream, g);
+  launch_view(GemmView<T, kGradInput>{g}, g.tasks, stream);
 }
 
 }  // namespace simt

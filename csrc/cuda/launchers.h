@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "core/conv_shape.h"
 #include "core/dtype.h"
 
 #define CPG_DECLARE_LAUNCHERS                                                                    \
@@ -47,7 +48,18 @@
   /* y[T, M, N] = x[T, M, K] (W.bits[t])^T (+ bias); bits is [T, N, words]. */                 \
   void masked_linear_multitask(cpg::DType dtype, const void* x, const void* w,                 \
                                const int32_t* bits, const void* bias, void* y, int64_t T,      \
-                               int64_t M, int64_t N, int64_t K, bool allow_tf32, void* stream);
+                               int64_t M, int64_t N, int64_t K, bool allow_tf32, void* stream); \
+  /* y = conv2d(x, W.bits) (+ bias[N]) with W [N, C/groups, kh, kw] dense row-major; x, y  */   \
+  /* [batch, C, H, W] and [batch, N, Ho, Wo], both dense NCHW or both dense NHWC          */   \
+  /* (channels_last); fp32 accumulation.                                                  */   \
+  void masked_conv2d(cpg::DType dtype, const void* x, const void* w, const int32_t* bits,      \
+                     const void* bias, void* y, const cpg::ConvShape& shape,                   \
+                     bool channels_last, bool allow_tf32, void* stream);                       \
+  /* dx = the input gradient of that conv for dy, through the same W.bits; dy, dx in one */    \
+  /* layout as above.                                                                     */   \
+  void masked_conv2d_grad_input(cpg::DType dtype, const void* dy, const void* w,               \
+                                const int32_t* bits, void* dx, const cpg::ConvShape& shape,    \
+                                bool channels_last, bool allow_tf32, void* stream);
 
 namespace cpg {
 namespace cuda {

@@ -3,35 +3,37 @@
 // registers; no kernel writes W' = W masked to global memory.
 //
 // Kernels (each in its own header):
-//   small_batch  forward only, M <= 16: streams W once per group of up to 16
-//                x rows (several tasks' rows at once in multitask), fp32 FMA.
-//   mma          tensor cores, fp32 accumulate: f16/bf16 operands as they are,
-//                fp32 operands rounded to TF32.
-//   simt         CUDA-core tiles, exact fp32 FMA; any shape, any alignment.
+//   small_batch       forward only, M <= 16: streams W once per group of up to
+//                     16 x rows (several tasks' rows at once in multitask),
+//                     fp32 FMA.
+//   small_batch_grad  grad_input only, M <= 16: the transpose, streams W once
+//                     for all dy rows, fp32 FMA; the reduction over N is split
+//                     across warps and, when K alone cannot fill the device,
+//                     across blocks (fp32 partials, added by a second kernel).
+//   mma               tensor cores, fp32 accumulate: f16/bf16 operands as they
+//                     are, fp32 operands rounded to TF32.
+//   simt              CUDA-core tiles, exact fp32 FMA; any shape, any alignment.
 //
 // Dispatch, first rule that matches:
 //   1. forward / multitask with M <= 16                  -> small_batch
-//   2. f16 / bf16, or f32 with allow_tf32, where the
+//   2. grad_input (dx = dy W', reduction over N) with
+//      M <= 16                                           -> small_batch_grad
+//   3. f16 / bf16, or f32 with allow_tf32, where the
 //      tensor-core layout holds (the reduction and W rows
 //      are whole 16-byte vectors, a and w 16-byte aligned) -> mma
-//   3. everything else (f32 without TF32, odd K, offset
+//   4. everything else (f32 without TF32, odd K, offset
 //      views, an empty reduction)                         -> simt
-// grad_input (dx = dy W', reduction over N) uses rules 2-3 at every M, and
-// multitask at M > 16 runs tasks on gridDim.z of the same kernels. All three
+// Multitask at M > 16 runs tasks on gridDim.z of the tiled kernels (3-4). All
 // kernels are deterministic: no atomics, fixed reduction orders.
 #include "cuda/gemm_common.cuh"
 #include "cuda/gemm_mma.cuh"
 #include "cuda/gemm_simt.cuh"
 #include "cuda/gemm_small_batch.cuh"
+#include "cuda/gemm_small_batch_grad.cuh"
 
 namespace cpg {
 namespace CPG_KERNEL_NS {
 namespace {
-
-template <typename T>
-bool tensor_cores_allowed(bool allow_tf32) {
-  return sizeof(T) == 2 || allow_tf32;
-}
 
 template <typename T, bool kGradInput>
 void run_tiled(const MaskedGemm<T>& g, bool allow_tf32, cpgdev::stream_t stream) {
@@ -48,6 +50,15 @@ void run_forward(const MaskedGemm<T>& g, bool allow_tf32, cpgdev::stream_t strea
     small_batch::launch(g, stream);
   } else {
     run_tiled<T, false>(g, allow_tf32, stream);
+  }
+}
+
+template <typename T>
+void run_grad_input(const MaskedGemm<T>& g, bool allow_tf32, cpgdev::stream_t stream) {
+  if (g.M <= small_batch_grad::kMaxDyRows) {
+    small_batch_grad::launch(g, stream);
+  } else {
+    run_tiled<T, true>(g, allow_tf32, stream);
   }
 }
 
@@ -78,7 +89,7 @@ void masked_linear_grad_input(DType dtype, const void* dy, const void* w, const 
     using E = typename decltype(tag)::type;
     const MaskedGemm<E> g =
         make_gemm<E>(dy, w, bits, nullptr, dx, 1, M, N, K, /*grad_input=*/true);
-    run_tiled<E, true>(g, allow_tf32, as_stream(stream));
+    run_grad_input(g, allow_tf32, as_stream(stream));
   });
 }
 

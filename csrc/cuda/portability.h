@@ -37,6 +37,9 @@
 //                                   launch and check; throws std::runtime_error
 //   cpgdev::set_max_dynamic_smem(kernel, bytes)
 //   cpgdev::sm_count()              multiprocessors of the current device
+//   cpgdev::device_alloc(bytes, stream) device_free(p, stream)
+//                                   stream-ordered global scratch (a launcher's
+//                                   workspace); throws std::runtime_error
 #pragma once
 
 #include <cstdint>
@@ -194,6 +197,18 @@ inline int sm_count() {
   check(cudaGetDevice(&dev), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
   return n;
+}
+
+// Usable by work queued on `stream` after the call; device_free releases it
+// once the work queued before it is done. From the device's default memory
+// pool: stream-ordered, without cudaMalloc's device-wide synchronisation.
+inline void* device_alloc(size_t bytes, stream_t stream) {
+  void* p = nullptr;
+  check(cudaMallocAsync(&p, bytes, stream), "cudaMallocAsync");
+  return p;
+}
+inline void device_free(void* p, stream_t stream) {
+  check(cudaFreeAsync(p, stream), "cudaFreeAsync");
 }
 
 }  // namespace cpgdev

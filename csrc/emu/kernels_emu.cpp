@@ -3,4 +3,5 @@
 // Their launchers land in namespace cpg::emu_kernels (see cuda/launchers.h).
 #define CPG_EMU 1
 #include "cuda/elementwise.cu"
+#include "cuda/masked_conv.cu"
 #include "cuda/masked_gemm.cu"

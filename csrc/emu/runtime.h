@@ -32,8 +32,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <new>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -465,6 +467,15 @@ inline void set_max_dynamic_smem(Kernel kernel, int bytes) {
 }
 
 inline int sm_count() { return 4; }
+
+// Device memory is host memory here, and launches are synchronous: what the
+// CUDA build orders on the stream is already done when device_free runs.
+inline void* device_alloc(size_t bytes, stream_t) {
+  void* p = std::malloc(bytes > 0 ? bytes : 1);
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+inline void device_free(void* p, stream_t) { std::free(p); }
 
 }  // namespace cpgdev
 

@@ -32,6 +32,10 @@ std::optional<cpg::DType> kernel_dtype(at::ScalarType t) {
   }
 }
 
+bool use_fused_kernels(const at::Tensor& t) {
+  return backend_for(t) != Backend::CPU && kernel_dtype(t.scalar_type()).has_value();
+}
+
 EmulatorLaunch::EmulatorLaunch() { cpg::emu::set_seed(g_seed); }
 
 #if !defined(CPG_WITH_CUDA)

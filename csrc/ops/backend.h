@@ -24,6 +24,10 @@ Backend backend_for(const at::Tensor& t);
 // path handles it (float64).
 std::optional<cpg::DType> kernel_dtype(at::ScalarType t);
 
+// Whether an op on `t` runs the fused kernels of csrc/cuda (on the GPU or
+// under the emulator): everywhere but the CPU backend, for the kernels' dtypes.
+bool use_fused_kernels(const at::Tensor& t);
+
 // The current CUDA stream of t's device (defined only in CUDA builds).
 void* cuda_stream(const at::Tensor& t);
 bool cuda_built();

@@ -1,8 +1,8 @@
 // The chunked path: decode a block of weight rows into a small scratch tile and
-// hand it to ATen (cuDNN/cuBLAS/oneDNN). Used by the CPU backend, for dtypes the
-// kernels do not take, and for conv until the fused conv kernels land. The
-// tile never exceeds decode_chunk_elements() entries, so no weight-sized masked
-// copy exists at any time.
+// hand it to ATen (cuDNN/cuBLAS/oneDNN). Used by the CPU backend and for the
+// dtypes the fused kernels do not take (float64). The tile never exceeds
+// decode_chunk_elements() entries, so no weight-sized masked copy exists at
+// any time.
 #pragma once
 
 #include <cstdint>

@@ -79,6 +79,61 @@ at::Tensor decode_tile(const at::Tensor& w, const at::Tensor& w2d, const at::Ten
   return decode_rows(w2d, bits, t.n0, t.rows).view({t.rows, w.size(1), w.size(2), w.size(3)});
 }
 
+// ---------------------------------------------------------- fused kernels
+//
+// Which path runs a conv: on the CUDA and emu backends, fp32 / fp16 / bf16
+// run the fused implicit-GEMM kernels (csrc/cuda/masked_conv.cu; they take
+// every shape, stride, padding, dilation and group count); the CPU backend
+// and float64 anywhere take the chunked path below.
+
+// The conv switch of torch's TF32 settings (torch.backends.cudnn.allow_tf32).
+bool allow_tf32() { return at::globalContext().allowTF32CuDNN(at::Float32Op::CONV); }
+
+// Exactly the rule of the ops' fake kernels (cpg_kernels/_ops.py): an
+// activation in channels_last that is not also plain contiguous (size-1
+// dimensions make a tensor both) gives a channels_last result. The kernels
+// take both layouts directly; any other strides are made contiguous first.
+at::MemoryFormat layout_of(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+cpg::ConvShape conv_shape(at::IntArrayRef input_size, const at::Tensor& w, const ConvParams& p) {
+  return {input_size[0], input_size[1], input_size[2], input_size[3],  // batch, C, H, W
+          w.size(0),     w.size(2),     w.size(3),                      // N, kh, kw
+          p.stride[0],   p.stride[1],   p.padding[0],  p.padding[1],
+          p.dilation[0], p.dilation[1], p.groups};
+}
+
+// w and bits contiguous.
+at::Tensor fused_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bits,
+                        const std::optional<at::Tensor>& bias, const ConvParams& p) {
+  const at::MemoryFormat fmt = layout_of(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  const cpg::ConvShape s = conv_shape(x.sizes(), w, p);
+  at::Tensor y = at::empty({s.batch, s.N, s.Ho(), s.Wo()}, x.options().memory_format(fmt));
+  const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
+  CPG_RUN_LAUNCHER(backend_for(x), x, masked_conv2d, *kernel_dtype(x.scalar_type()),
+                   xc.data_ptr(), w.data_ptr(), bits.data_ptr<int32_t>(),
+                   bias_c.defined() ? bias_c.data_ptr() : nullptr, y.data_ptr(), s,
+                   fmt == at::MemoryFormat::ChannelsLast, allow_tf32());
+  return y;
+}
+
+at::Tensor fused_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor& w,
+                                   const at::Tensor& bits, at::IntArrayRef input_size,
+                                   const ConvParams& p) {
+  const at::MemoryFormat fmt = layout_of(grad_out);
+  const at::Tensor dy = grad_out.contiguous(fmt);
+  at::Tensor dx = at::empty(input_size, grad_out.options().memory_format(fmt));
+  CPG_RUN_LAUNCHER(backend_for(dy), dy, masked_conv2d_grad_input,
+                   *kernel_dtype(dy.scalar_type()), dy.data_ptr(), w.data_ptr(),
+                   bits.data_ptr<int32_t>(), dx.data_ptr(), conv_shape(input_size, w, p),
+                   fmt == at::MemoryFormat::ChannelsLast, allow_tf32());
+  return dx;
+}
+
 }  // namespace
 
 at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits,
@@ -104,6 +159,7 @@ at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
   TORCH_CHECK_VALUE(Ho >= 1 && Wo >= 1, "x: input of spatial size ", x.size(2), "x", x.size(3),
                     " is smaller than the dilated kernel");
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
+  if (use_fused_kernels(x)) return fused_conv2d(x, w, b, bias, p);
   const at::Tensor w2d = w.view({w.size(0), -1});
   auto conv_tile = [&](const ConvTile& t) {
     const std::optional<at::Tensor> tile_bias =
@@ -149,6 +205,7 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor
                  ((expect - 1) * p.stride[d] - 2 * p.padding[d] + p.dilation[d] * (k - 1) + 1);
   }
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
+  if (use_fused_kernels(grad_out)) return fused_conv2d_grad_input(grad_out, w, b, input_size, p);
   const at::Tensor w2d = w.view({w.size(0), -1});
   auto grad_tile = [&](const ConvTile& t) {
     return at::conv_transpose2d(grad_out.narrow(1, t.n0, t.rows), decode_tile(w, w2d, b, t), {},

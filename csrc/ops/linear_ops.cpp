@@ -19,10 +19,6 @@ void check_linear_operands(const at::Tensor& x, const at::Tensor& weight, const 
   check_bits(bits, weight, matrix_shape(weight));
 }
 
-bool use_fused_kernels(const at::Tensor& t) {
-  return backend_for(t) != Backend::CPU && kernel_dtype(t.scalar_type()).has_value();
-}
-
 bool allow_tf32() { return at::globalContext().allowTF32CuBLAS(); }
 
 // y2d[M, N] = x2d[M, K] (W.bits)^T (+ bias), one decoded tile of rows at a time.

@@ -1,0 +1,161 @@
+// The masked conv2d launchers of launchers.h: implicit GEMMs on the masked-GEMM
+// kernels (gemm_simt.cuh, gemm_mma.cuh) through the conv views of
+// conv_views.cuh. W is decoded on chip tile by tile, as for the linear layer;
+// no kernel writes W' = W masked to global memory, and no im2col matrix exists.
+//
+// Layouts: x / y (forward) and dy / dx (grad_input) are dense NCHW or dense
+// NHWC (channels_last), both handled directly. NHWC is the fast layout: a
+// pixel's channels are contiguous, so the tensor-core kernel copies its a
+// tiles with cp.async; NCHW tiles are gathered element by element.
+//
+// Dispatch, first rule that matches (forward and grad_input alike; "columns"
+// are a group's output channels forward, its input channels grad_input, and
+// the "reduction channels" the other ones):
+//   1. 1x1 kernel, stride 1, no padding, one group, NHWC: a linear layer on
+//      the [batch * H * W, C] pixel matrix -> the masked-linear launchers
+//      (their dispatcher: small_batch, mma, simt)
+//   2. at most kDirectMaxCols columns (depthwise, narrow groups), where a
+//      128-column tile would be nearly all padding      -> direct
+//   3. f16 / bf16, or f32 with allow_tf32, where the reduction channels are
+//      whole 16-byte vectors and an NHWC image is 16-byte aligned
+//                                                        -> mma (ConvMmaView)
+//   4. everything else (f32 without TF32, odd channel counts)
+//                                                        -> simt
+// All paths are deterministic: no atomics, fixed reduction orders.
+//
+// Not yet here: a small-batch path for late layers with tiny images (only the
+// 1x1 convs of rule 1 get the linear small-batch kernel; others run few
+// blocks of the tiled kernels), and a strided input gradient that skips the
+// taps a stride never reaches (the implicit GEMM multiplies their zeros).
+#include <algorithm>
+
+#include "cuda/conv_direct.cuh"
+#include "cuda/conv_views.cuh"
+#include "cuda/gemm_mma.cuh"
+#include "cuda/gemm_simt.cuh"
+
+namespace cpg {
+namespace CPG_KERNEL_NS {
+namespace {
+
+constexpr int64_t kMaxGridZ = 65535;  // groups per launch of the tiled kernels
+constexpr int64_t kDirectMaxCols = 8;  // rule 2
+
+// The views decode image and channel sizes as 32-bit ints.
+void check_dims(const ConvShape& s) {
+  constexpr int64_t kMax = int64_t{1} << 31;
+  const int64_t sizes[] = {s.C, s.N, s.H * s.W, s.Ho() * s.Wo(), s.taps()};
+  for (int64_t v : sizes) {
+    if (v >= kMax) throw std::invalid_argument("cpg_kernels: conv2d dimensions exceed 2^31");
+  }
+}
+
+// Rule 1: a 1x1 conv that every pixel applies alone, to NHWC rows.
+bool is_pointwise(const ConvShape& s, bool channels_last) {
+  return channels_last && s.kh == 1 && s.kw == 1 && s.stride_h == 1 && s.stride_w == 1 &&
+         s.pad_h == 0 && s.pad_w == 0 && s.groups == 1;
+}
+
+template <typename View>
+View make_view(const void* a, const void* w, const int32_t* bits, const void* bias, void* out,
+               const ConvShape& s, bool channels_last) {
+  using T = typename View::Elem;
+  View v{};
+  v.image = static_cast<const T*>(a);
+  v.w = static_cast<const T*>(w);
+  v.bits = bits;
+  v.bias = static_cast<const T*>(bias);
+  v.out = static_cast<T*>(out);
+  v.d = conv::conv_dims(s);
+  const conv::ImageStrides input = conv::dense_strides(s.C, s.H, s.W, channels_last);
+  const conv::ImageStrides output = conv::dense_strides(s.N, s.Ho(), s.Wo(), channels_last);
+  v.image_strides = View::kGradInput ? output : input;
+  v.out_strides = View::kGradInput ? input : output;
+  v.group = 0;
+  v.w_rows_aligned = is_aligned16(w) && (s.K() * sizeof(T)) % kVecBytes == 0;
+  return v;
+}
+
+// launch(part, n) for the groups, at most kMaxGridZ (gridDim.z) at a time.
+template <typename View, typename Launch>
+void for_group_chunks(const View& v, int64_t groups, Launch&& launch) {
+  for (int64_t g0 = 0; g0 < groups; g0 += kMaxGridZ) {
+    View part = v;
+    part.group = g0;
+    launch(part, std::min(kMaxGridZ, groups - g0));
+  }
+}
+
+template <typename View>
+bool mma_supports(const View& v, bool channels_last) {
+  const int64_t kV = vec_elems<typename View::Elem>();
+  return v.reduction_channels() % kV == 0 && (!channels_last || is_aligned16(v.image));
+}
+
+template <bool kChannelsContiguous, typename View>
+void launch_mma(const View& v, int64_t groups, cpgdev::stream_t stream) {
+  conv::ConvMmaView<View, kChannelsContiguous> staged;
+  static_cast<View&>(staged) = v;
+  for_group_chunks(staged, groups,
+                   [&](const auto& part, int64_t n) { mma::launch_view(part, n, stream); });
+}
+
+// Rules 2-4.
+template <typename View>
+void run_implicit_gemm(const View& v, int64_t groups, bool channels_last, bool allow_tf32,
+                       cpgdev::stream_t stream) {
+  if (v.cols() <= kDirectMaxCols) {
+    conv::direct::launch_view(v, groups, channels_last, stream);
+    return;
+  }
+  if (tensor_cores_allowed<typename View::Elem>(allow_tf32) && mma_supports(v, channels_last)) {
+    if (channels_last) {
+      launch_mma<true>(v, groups, stream);
+    } else {
+      launch_mma<false>(v, groups, stream);
+    }
+    return;
+  }
+  for_group_chunks(v, groups,
+                   [&](const auto& part, int64_t n) { simt::launch_view(part, n, stream); });
+}
+
+}  // namespace
+
+void masked_conv2d(DType dtype, const void* x, const void* w, const int32_t* bits,
+                   const void* bias, void* y, const ConvShape& shape, bool channels_last,
+                   bool allow_tf32, void* stream) {
+  if (shape.batch == 0 || shape.N == 0) return;  // C == 0 still writes y = bias (or 0)
+  check_dims(shape);
+  if (is_pointwise(shape, channels_last)) {
+    masked_linear(dtype, x, w, bits, bias, y, shape.batch * shape.H * shape.W, shape.N, shape.C,
+                  allow_tf32, stream);
+    return;
+  }
+  dispatch_dtype(dtype, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    const auto v = make_view<conv::ForwardView<E>>(x, w, bits, bias, y, shape, channels_last);
+    run_implicit_gemm(v, shape.groups, channels_last, allow_tf32, as_stream(stream));
+  });
+}
+
+void masked_conv2d_grad_input(DType dtype, const void* dy, const void* w, const int32_t* bits,
+                              void* dx, const ConvShape& shape, bool channels_last,
+                              bool allow_tf32, void* stream) {
+  if (shape.batch == 0 || shape.C == 0) return;  // N == 0 still writes dx = 0
+  check_dims(shape);
+  if (is_pointwise(shape, channels_last)) {
+    masked_linear_grad_input(dtype, dy, w, bits, dx, shape.batch * shape.H * shape.W, shape.N,
+                             shape.C, allow_tf32, stream);
+    return;
+  }
+  dispatch_dtype(dtype, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    const auto v =
+        make_view<conv::GradInputView<E>>(dy, w, bits, nullptr, dx, shape, channels_last);
+    run_implicit_gemm(v, shape.groups, channels_last, allow_tf32, as_stream(stream));
+  });
+}
+
+}  // namespace CPG_KERNEL_NS
+}  // namespace cpg
