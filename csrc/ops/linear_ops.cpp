@@ -60,10 +60,10 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
   at::Tensor y2d = y.view({M, N});
   if (M > 0 && N > 0) {
     if (use_fused_kernels(x)) {
-      const auto bias_c = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+      const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
       CPG_RUN_LAUNCHER(backend_for(x), x, masked_linear, *kernel_dtype(x.scalar_type()),
                        x2d.data_ptr(), w.data_ptr(), b.data_ptr<int32_t>(),
-                       bias_c ? bias_c->data_ptr() : nullptr, y2d.data_ptr(), M, N, K,
+                       bias_c.defined() ? bias_c.data_ptr() : nullptr, y2d.data_ptr(), M, N, K,
                        allow_tf32());
     } else {
       chunked_linear(x2d, w, b, bias, y2d);
@@ -122,10 +122,10 @@ at::Tensor masked_linear_multitask(const at::Tensor& x, const at::Tensor& weight
   at::Tensor y = at::empty({T, B, N}, x.options());
   if (T == 0 || B == 0 || N == 0) return y;
   if (use_fused_kernels(xc)) {
-    const auto bias_c = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+    const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
     CPG_RUN_LAUNCHER(backend_for(xc), xc, masked_linear_multitask, *kernel_dtype(x.scalar_type()),
                      xc.data_ptr(), w.data_ptr(), b.data_ptr<int32_t>(),
-                     bias_c ? bias_c->data_ptr() : nullptr, y.data_ptr(), T, B, N, K,
+                     bias_c.defined() ? bias_c.data_ptr() : nullptr, y.data_ptr(), T, B, N, K,
                      allow_tf32());
   } else {
     for (int64_t t = 0; t < T; ++t) {
