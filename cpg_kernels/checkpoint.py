@@ -14,8 +14,6 @@ to match; other shape differences are errors) and hold consistent CPG state
 """
 from __future__ import annotations
 
-import copy
-import itertools
 import os
 import uuid
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from .lifecycle import cpg_modules, export_task, masked_layers, task_state, validate
+from .lifecycle.export import meta_copy
 
 FORMAT = "cpg-kernels checkpoint"
 VERSION = 1
@@ -54,7 +53,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
     payload = _read(path)
     state = payload["state_dict"]
     try:
-        staging = _meta_copy(model)
+        staging = meta_copy(model)
         staging.load_state_dict(state, strict=True, assign=True)
         validate(staging)
     except (RuntimeError, ValueError) as err:
@@ -113,15 +112,6 @@ def _read(path: str) -> dict:
             not isinstance(payload.get("metadata"), dict):
         raise ValueError(f"{path}: checkpoint lacks its state_dict or metadata")
     return payload
-
-
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose tensors live on the meta device: a free dry run."""
-    memo = {}
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        meta = torch.empty_like(t, device="meta")
-        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    return copy.deepcopy(model, memo)
 
 
 # ------------------------------------------------------------------ sizes

@@ -101,17 +101,24 @@ def test_packnet_picks_every_older_weight():
 
 # ----------------------------------------------------------------- optimizer rule
 
-@pytest.mark.parametrize("optimizer_class,options", [
-    (torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
-    (torch.optim.Adam, dict(lr=1e-3)),
-], ids=["sgd", "adam"])
-def test_optimizer_moves_only_the_training_tasks_weights(optimizer_class, options):
+def _second_task():
+    """A network that finished task 1 and began task 2, with a snapshot of each layer's
+    weight and of the entries task 2 must not move."""
     model = _network()
     _learn(model, 1)
     L.begin_task(model, 2, num_classes=3)
     x, y = _batch(3, seed=2)
     layers = L.masked_layers(model)
     frozen = {name: (layer.weight.detach().clone(), layer.owner != 2) for name, layer in layers}
+    return model, x, y, layers, frozen
+
+
+@pytest.mark.parametrize("optimizer_class,options", [
+    (torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
+    (torch.optim.Adam, dict(lr=1e-3)),
+], ids=["sgd", "adam"])
+def test_optimizer_moves_only_the_training_tasks_weights(optimizer_class, options):
+    model, x, y, layers, frozen = _second_task()
     optimizer = L.make_optimizer(model, optimizer_class, weight_decay=5e-4, **options)
     _train(model, x, y, steps=2, optimizer=optimizer)
     L.prune(model, 0.5)  # momentum from before the prune must not revive pruned weights
@@ -125,12 +132,7 @@ def test_optimizer_moves_only_the_training_tasks_weights(optimizer_class, option
 
 def test_separate_optimizers_for_weights_and_masks():
     """The paper's pairing: SGD with momentum and decay for weights, Adam for masks."""
-    model = _network()
-    _learn(model, 1)
-    L.begin_task(model, 2, num_classes=3)
-    x, y = _batch(3, seed=2)
-    layers = L.masked_layers(model)
-    frozen = {name: (layer.weight.detach().clone(), layer.owner != 2) for name, layer in layers}
+    model, x, y, layers, frozen = _second_task()
     masks_before = {name: layer.mask.detach().clone() for name, layer in layers}
     sgd = torch.optim.SGD(L.param_groups(model, 5e-4, parts=("weights", "own")), lr=0.05,
                           momentum=0.9)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 
 import torch
 from torch import nn
@@ -39,3 +40,13 @@ def fingerprint(model: nn.Module, t: int) -> str:
         digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose tensors live on the meta device: a free dry run
+    (of a checkpoint load, of growth) that allocates no memory."""
+    memo = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)

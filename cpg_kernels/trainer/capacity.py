@@ -8,13 +8,11 @@ target is found by trying factors on a weightless copy of the network.
 """
 from __future__ import annotations
 
-import copy
-import itertools
 
-import torch
 from torch import nn
 
 from .. import lifecycle as L
+from ..lifecycle.export import meta_copy
 
 
 def shared_weights(model: nn.Module) -> int:
@@ -45,15 +43,7 @@ def growth_factor(model: nn.Module, target: int, attempts: int = 20) -> float | 
 
 
 def _grown_weights(model: nn.Module, factor: float) -> int:
-    dry = _weightless_copy(model)
+    dry = meta_copy(model)
     L.grow(dry, factor)
     return shared_weights(dry)
 
-
-def _weightless_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose tensors live on the meta device: free to grow."""
-    memo = {}
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        meta = torch.empty_like(t, device="meta")
-        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    return copy.deepcopy(model, memo)
