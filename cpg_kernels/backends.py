@@ -43,6 +43,24 @@ def emulated(seed: int = 0):
 
 
 @contextlib.contextmanager
+def emulator_launches():
+    """Record the kernels that the emulator launches inside the block.
+
+    Yields a list that, when the block ends, holds one ``"<file>:<kernel>"``
+    entry per launch: the CUDA source file of the launch site and the kernel
+    expression there (``"conv_unfolded.cuh:unfold"``). Tests use it to check
+    which kernels a dispatcher picked.
+    """
+    launches: list[str] = []
+    _C.set_emulator_launch_log(True)
+    try:
+        yield launches
+    finally:
+        launches.extend(_C.take_emulator_launch_log())
+        _C.set_emulator_launch_log(False)
+
+
+@contextlib.contextmanager
 def decode_tile_elements(n: int):
     """Temporarily bound the chunked path's decoded tiles to ``n`` entries."""
     previous = _C.set_decode_chunk_elements(int(n))

@@ -187,12 +187,13 @@ def test_tf32_switch_is_respected(backend):
 
 # One case per kernel of the masked-GEMM dispatcher (csrc/cuda/masked_gemm.cu), small enough
 # for the emulator: (M, N, K, dtype, tf32, path). At M <= 16 the path names the forward's
-# kernel; the input gradient takes small_batch_grad there.
+# kernel; the input gradient takes small_batch_grad there. The input gradient reduces over N,
+# so the tensor-core cases have N in whole 16-byte vectors too.
 DISPATCH_CASES = [
     (3, 20, 70, torch.float32, False, "small_batch"),
     (16, 9, 64, torch.bfloat16, False, "small_batch at its M limit"),
-    (33, 20, 64, torch.bfloat16, False, "mma bf16"),
-    (33, 20, 64, torch.float16, False, "mma fp16"),
+    (33, 24, 64, torch.bfloat16, False, "mma bf16"),
+    (33, 24, 64, torch.float16, False, "mma fp16"),
     (33, 20, 64, torch.float32, True, "mma tf32"),
     (33, 20, 64, torch.float32, False, "simt: fp32 without tf32"),
     (33, 20, 70, torch.bfloat16, False, "simt: rows not whole 16-byte vectors"),
@@ -208,12 +209,24 @@ def test_every_gemm_kernel_forward_and_grad_input(backend, m, n, k, dtype, tf32,
     x = torch.randn(m, k).to(dtype).to(backend.device)
     gy = torch.randn(m, n).to(dtype).to(backend.device)
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    y = backend.run(functional.masked_linear, x, w, bits, bias)
-    dx = backend.run(torch.ops.cpg.masked_linear_grad_input, gy, w, bits)
+    with backends.emulator_launches() as forward_launches:
+        y = backend.run(functional.masked_linear, x, w, bits, bias)
+    with backends.emulator_launches() as grad_input_launches:
+        dx = backend.run(torch.ops.cpg.masked_linear_grad_input, gy, w, bits)
     w_eff = w.cpu().double() * masks.unpack(bits.cpu(), (n, k))
     tol = 2e-3 if tf32 else TOLERANCE[dtype]
     assert rel_error(y, x.cpu().double() @ w_eff.t() + bias.cpu().double()) < tol
     assert rel_error(dx, gy.cpu().double() @ w_eff) < tol
+    if backend.name == "emu":  # the kernels launched are the path's
+        kernel = path.split(" ")[0].rstrip(":")
+        forward_file, grad_input_file = {
+            "small_batch": ("gemm_small_batch.cuh", "gemm_small_batch_grad.cuh"),
+            "mma": ("gemm_mma.cuh", "gemm_mma.cuh"),
+            "simt": ("gemm_simt.cuh", "gemm_simt.cuh"),
+        }[kernel]
+        assert [e.split(":")[0] for e in forward_launches] == [forward_file], forward_launches
+        assert [e.split(":")[0] for e in grad_input_launches] == [grad_input_file], \
+            grad_input_launches
 
 
 # small_batch_grad: the input gradient at M <= 16. Under the emulator (4 SMs), N = 2100 splits

@@ -574,8 +574,24 @@ void set_max_dynamic_smem(const void* kernel_id, int bytes) {
   g_max_dynamic_bytes[kernel_id] = static_cast<size_t>(bytes);
 }
 
-void launch(const char* kernel_name, const void* kernel_id, dim3 grid, dim3 block,
-            size_t dynamic_smem_bytes, const std::function<void()>& body) {
+namespace {
+bool g_launch_log_enabled = false;  // guarded by g_mutex, as is the log
+std::vector<std::string> g_launch_log;
+}  // namespace
+
+void set_launch_log(bool enabled) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_launch_log_enabled = enabled;
+  g_launch_log.clear();
+}
+
+std::vector<std::string> take_launch_log() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return std::exchange(g_launch_log, {});
+}
+
+void launch(const char* kernel_name, const char* file, const void* kernel_id, dim3 grid,
+            dim3 block, size_t dynamic_smem_bytes, const std::function<void()>& body) {
   const std::string name = "cpg emulator: launch of " + std::string(kernel_name) + ": ";
   if (t_launch) throw std::runtime_error(name + "launches from device code are not supported");
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
@@ -587,6 +603,10 @@ void launch(const char* kernel_name, const void* kernel_id, dim3 grid, dim3 bloc
   }
 
   std::lock_guard<std::mutex> lock(g_mutex);
+  if (g_launch_log_enabled) {
+    const std::string path(file);
+    g_launch_log.push_back(path.substr(path.find_last_of("/\\") + 1) + ":" + kernel_name);
+  }
   const auto attr = g_max_dynamic_bytes.find(kernel_id);
   const size_t max_dynamic =
       attr == g_max_dynamic_bytes.end() ? kDefaultMaxDynamicBytes : attr->second;

@@ -36,9 +36,11 @@
 #include <cstring>
 #include <functional>
 #include <new>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 // CUDA's built-in vector types, as far as the contract uses them. g++ and clang
 // accept __restrict__ as is; `#pragma unroll` is ignored (with -Wunknown-pragmas
@@ -78,8 +80,13 @@ const dim3& grid_dim();
 
 // Runs `body` as each thread of each block (see the execution model above).
 // `kernel_id` identifies the kernel for set_max_dynamic_smem.
-void launch(const char* kernel_name, const void* kernel_id, dim3 grid, dim3 block,
-            size_t dynamic_smem_bytes, const std::function<void()>& body);
+void launch(const char* kernel_name, const char* file, const void* kernel_id, dim3 grid,
+            dim3 block, size_t dynamic_smem_bytes, const std::function<void()>& body);
+// The launch log, for tests that check which kernels a dispatcher chose: while
+// it is on, each launch appends "<source file name>:<kernel expression>" of its
+// CPG_LAUNCH site (e.g. "conv_unfolded.cuh:unfold").
+void set_launch_log(bool enabled);
+std::vector<std::string> take_launch_log();
 // Allows launches of `kernel_id` with up to `bytes` of dynamic shared memory
 // (CUDA's default limit without this opt-in is 48 KiB).
 void set_max_dynamic_smem(const void* kernel_id, int bytes);
@@ -221,6 +228,7 @@ inline float bits_float(uint32_t u) {
 template <typename... P>
 struct KernelLaunch {
   const char* name;
+  const char* file;
   void (*kernel)(P...);
   dim3 grid, block;
   size_t smem;
@@ -229,15 +237,16 @@ struct KernelLaunch {
   void operator()(A&&... args) const {
     static_assert(sizeof...(A) == sizeof...(P), "wrong number of kernel arguments");
     const std::tuple<P...> params(std::forward<A>(args)...);
-    launch(name, reinterpret_cast<const void*>(kernel), grid, block, smem,
+    launch(name, file, reinterpret_cast<const void*>(kernel), grid, block, smem,
            [&] { std::apply(kernel, params); });
   }
 };
 
 template <typename... P>
-KernelLaunch<P...> launch_kernel(const char* name, void (*kernel)(P...), dim3 grid, dim3 block,
-                                 size_t smem, void* /* stream: launches are synchronous */) {
-  return {name, kernel, grid, block, smem};
+KernelLaunch<P...> launch_kernel(const char* name, const char* file, void (*kernel)(P...),
+                                 dim3 grid, dim3 block, size_t smem,
+                                 void* /* stream: launches are synchronous */) {
+  return {name, file, kernel, grid, block, smem};
 }
 
 }  // namespace emu
@@ -258,7 +267,8 @@ KernelLaunch<P...> launch_kernel(const char* name, void (*kernel)(P...), dim3 gr
   ::cpg::emu::Shared<T> name = ::cpg::emu::dynamic_shared_of<T>(#name)
 
 #define CPG_LAUNCH(kernel, grid, block, smem, stream, ...) \
-  ::cpg::emu::launch_kernel(#kernel, kernel, (grid), (block), (smem), (stream))(__VA_ARGS__)
+  ::cpg::emu::launch_kernel(#kernel, __FILE__, kernel, (grid), (block), (smem), (stream))( \
+      __VA_ARGS__)
 
 // The last parameter of each blocking operation: the caller's source location.
 #define CPG_EMU_SITE ::cpg::emu::Site site = ::cpg::emu::Site::here()
