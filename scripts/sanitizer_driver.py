@@ -89,12 +89,15 @@ def linear(m: int, n: int, k: int, dtype, label: str) -> None:
          lambda: backward(fn.masked_linear_multitask(xt, w, bits_t, b)))
 
 
-def conv(batch, cin, cout, hw, kernel, stride, padding, dilation, groups, dtype, label) -> None:
+def conv(batch, cin, cout, hw, kernel, stride, padding, dilation, groups, dtype, label,
+         channels_last=False) -> None:
     tag = (f"B{batch} C{cin}->{cout} {hw}x{hw} k{kernel} s{stride} p{padding} d{dilation} "
-           f"g{groups} {label}")
+           f"g{groups} {'nhwc' if channels_last else 'nchw'} {label}")
     shape = (cout, cin // groups, kernel, kernel)
-    w, b, x = leaf(*shape, dtype=dtype), leaf(cout, dtype=dtype), leaf(batch, cin, hw, hw,
-                                                                        dtype=dtype)
+    w, b = leaf(*shape, dtype=dtype), leaf(cout, dtype=dtype)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = leaf(batch, cin, hw, hw, dtype=dtype).detach().contiguous(memory_format=fmt)
+    x.requires_grad_(True)
     owner, mask = state(shape)
     bits = masks.active_bits(owner, TASK, mask=mask)
     geometry = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
@@ -121,6 +124,10 @@ def main() -> int:
         conv(2, 6, 10, 9, 3, 1, 1, 1, 1, dtype, label)
         conv(1, 6, 10, 9, 3, 2, 0, 2, 2, dtype, label)
         conv(3, 32, 64, 8, 1, 1, 0, 1, 1, dtype, label)
+        conv(2, 16, 32, 9, 3, 1, 1, 1, 1, dtype, label, channels_last=True)
+        # Late layers (the unfolded path): 16 and 49 output pixels.
+        conv(1, 64, 128, 4, 3, 1, 1, 1, 1, dtype, label)
+        conv(1, 32, 48, 7, 3, 1, 1, 1, 1, dtype, label, channels_last=True)
     print(f"{len(FAILURES)} calls failed" + (": " + "; ".join(FAILURES) if FAILURES else ""))
     return 1 if FAILURES else 0
 

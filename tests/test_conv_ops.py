@@ -141,26 +141,44 @@ def test_tf32_switch_is_respected(backend):
 
 # One case per variant and kernel path of the fused conv dispatcher (csrc/cuda/masked_conv.cu),
 # small enough for the emulator: (batch, C_in, H, W, C_out, kernel, stride, padding, dilation,
-# groups). The paths, by the "columns" of a group (C_out / groups forward, C_in / groups for the
-# input gradient) and the other, "reduction" channels:
-#   linear  1x1, stride 1, unpadded, one group, channels_last: the masked-linear kernels
-#   direct  at most 8 columns
-#   mma     16-bit, or fp32 with TF32, reduction channels in whole 16-byte vectors
-#   simt    the rest: fp32 without TF32 everywhere, and odd reduction channel counts
+# groups), then the path of the forward and of the input gradient, each one path for both
+# layouts or an (NCHW, NHWC) pair. The paths, by the "columns" of a group (C_out / groups
+# forward, C_in / groups for the input gradient), the output pixels batch * Ho * Wo, and the
+# other, "reduction" channels:
+#   linear    1x1, stride 1, unpadded, one group, channels_last: the masked-linear kernels
+#   direct    at most 8 columns
+#   unfolded  one group, at most 64 output pixels: the small-batch linear kernels on the windows
+#   tiled     mma for 16-bit, or fp32 with TF32, with reduction channels in whole 16-byte
+#             vectors; simt for the rest (fp32 without TF32, odd reduction channel counts)
+# On the emulator, the test checks from the kernels launched that the case took its path.
 VARIANTS = {
-    "3x3 C_in=3, batch 1, K % 32 != 0 (simt; dx direct)": (1, 3, 7, 7, 12, 3, 1, 1, 1, 1),
-    "3x3 stride 2, padding 0, odd sizes (mma)": (2, 16, 9, 7, 16, 3, 2, 0, 1, 1),
-    "3x3 dilation 2, padding 2 (mma)": (1, 16, 7, 6, 16, 3, 1, 2, 2, 1),
-    "groups 2 (dx: simt for 16-bit, mma for tf32)": (2, 32, 5, 5, 24, 3, 1, 1, 1, 2),
-    "narrow groups (direct)": (2, 8, 5, 5, 8, 3, 1, 1, 1, 2),
-    "depthwise, groups = C (direct)": (2, 6, 7, 7, 6, 3, 1, 1, 1, 6),
-    "1x1 (linear on channels_last, else mma)": (1, 16, 5, 5, 16, 1, 1, 0, 1, 1),
-    "1x1 stride 2 (mma)": (2, 16, 6, 5, 16, 1, 2, 0, 1, 1),
-    "7x7 stride 2, padding 3 (simt, tf32 mma; dx direct)": (1, 4, 9, 9, 16, 7, 2, 3, 1, 1),
-    "two row tiles: 154 pixels (mma)": (2, 16, 11, 7, 16, 3, 1, 1, 1, 1),
-    "two column tiles: 136 output channels (mma; dx direct)": (1, 8, 5, 5, 136, 3, 1, 1, 1, 1),
-    "2x3 kernel, (h, w) stride (2, 1), padding (0, 2), dilation (1, 2) (mma)":
-        (2, 16, 7, 8, 16, (2, 3), (2, 1), (0, 2), (1, 2), 1),
+    "3x3 C_in=3, K % 32 != 0 (simt)": ((2, 3, 7, 7, 12, 3, 1, 1, 1, 1), "tiled", "direct"),
+    "3x3 stride 2, padding 0, odd sizes": ((2, 16, 15, 11, 16, 3, 2, 0, 1, 1), "tiled", "tiled"),
+    "3x3 dilation 2, padding 2": ((2, 16, 7, 6, 16, 3, 1, 2, 2, 1), "tiled", "tiled"),
+    "groups 2 (dx: simt for 16-bit, mma for tf32)":
+        ((2, 32, 5, 5, 24, 3, 1, 1, 1, 2), "tiled", "tiled"),
+    "narrow groups": ((2, 8, 5, 5, 8, 3, 1, 1, 1, 2), "direct", "direct"),
+    "depthwise, groups = C": ((2, 6, 7, 7, 6, 3, 1, 1, 1, 6), "direct", "direct"),
+    "1x1": ((3, 16, 5, 5, 16, 1, 1, 0, 1, 1), ("tiled", "linear"), ("tiled", "linear")),
+    "1x1 stride 2": ((4, 16, 9, 7, 16, 1, 2, 0, 1, 1), "tiled", "tiled"),
+    "7x7 stride 2, padding 3 (simt, tf32 mma)": ((3, 4, 9, 9, 16, 7, 2, 3, 1, 1), "tiled", "direct"),
+    "two row tiles: 154 pixels": ((2, 16, 11, 7, 16, 3, 1, 1, 1, 1), "tiled", "tiled"),
+    "two column tiles: 136 output channels": ((3, 8, 5, 5, 136, 3, 1, 1, 1, 1), "tiled", "direct"),
+    "2x3 kernel, (h, w) stride (2, 1), padding (0, 2), dilation (1, 2)":
+        ((3, 16, 7, 8, 16, (2, 3), (2, 1), (0, 2), (1, 2), 1), "tiled", "tiled"),
+    "late layer: 4x4 image, batch 1": ((1, 16, 4, 4, 24, 3, 1, 1, 1, 1), "unfolded", "unfolded"),
+    "late layer, stride 2: 49 pixels, 4 row groups":
+        ((1, 12, 13, 13, 20, 3, 2, 1, 1, 1), "unfolded", "unfolded"),
+    "late layer, 64 pixels (the unfolded limit)":
+        ((4, 16, 4, 4, 12, 3, 1, 1, 1, 1), "unfolded", "unfolded"),
+    "late layer, C_in=3, K unaligned, dilation 2":
+        ((1, 3, 6, 6, 12, 3, 1, 2, 2, 1), "unfolded", "direct"),
+    "late layer, 1x1 (NHWC: linear)":
+        ((1, 16, 5, 5, 16, 1, 1, 0, 1, 1), ("unfolded", "linear"), ("unfolded", "linear")),
+    "late layer, one pixel, 128 output channels: split reduction":
+        ((1, 16, 3, 3, 128, 3, 1, 0, 1, 1), "unfolded", "unfolded"),
+    "late layer, 2x3 kernel, (h, w) stride (2, 1), padding (0, 2), dilation (1, 2)":
+        ((1, 16, 7, 8, 16, (2, 3), (2, 1), (0, 2), (1, 2), 1), "unfolded", "unfolded"),
 }
 # (dtype, tf32): fp32 exact and on TF32 tensor cores, and the 16-bit dtypes.
 PRECISIONS = [(torch.float32, False), (torch.float32, True), (torch.float16, False),
@@ -186,16 +204,47 @@ def conv_operands(case, dtype, device, channels_last, seed=0):
     return x, w, bits, bias, gy, conv
 
 
+def promised_layout(activation):
+    channels_last = (activation.is_contiguous(memory_format=torch.channels_last)
+                     and not activation.is_contiguous())
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+# The CUDA source files whose kernels each path launches.
+PATH_FILES = {
+    "direct": {"conv_direct.cuh"},
+    "unfolded": {"conv_unfolded.cuh", "gemm_small_batch.cuh", "gemm_small_batch_grad.cuh"},
+    "tiled": {"gemm_mma.cuh", "gemm_simt.cuh"},
+    "linear": {"gemm_small_batch.cuh", "gemm_small_batch_grad.cuh", "gemm_mma.cuh",
+               "gemm_simt.cuh"},
+}
+
+
+def check_path(launches, path, channels_last, tensor_cores):
+    """The launches (backends.emulator_launches) are those of the expected path."""
+    if isinstance(path, tuple):
+        path = path[channels_last]
+    files = {entry.split(":")[0] for entry in launches}
+    assert files and files <= PATH_FILES[path], (path, launches)
+    if path == "unfolded":
+        assert "conv_unfolded.cuh" in files, launches
+    if path in ("tiled", "linear") and not tensor_cores:
+        assert "gemm_mma.cuh" not in files, launches
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype,tf32", PRECISIONS,
                          ids=[f"{str(d)[6:]}{'-tf32' if t else ''}" for d, t in PRECISIONS])
-@pytest.mark.parametrize("case", list(VARIANTS.values()), ids=list(VARIANTS))
-def test_every_conv_variant_forward_and_grad_input(backend, case, dtype, tf32, channels_last):
+@pytest.mark.parametrize("variant", list(VARIANTS.values()), ids=list(VARIANTS))
+def test_every_conv_variant_forward_and_grad_input(backend, variant, dtype, tf32, channels_last):
+    case, forward_path, grad_input_path = variant
     x, w, bits, bias, gy, conv = conv_operands(case, dtype, backend.device, channels_last)
     torch.backends.cudnn.allow_tf32 = tf32
-    y = backend.run(functional.masked_conv2d, x, w, bits, bias, **conv)
-    dx = backend.run(torch.ops.cpg.masked_conv2d_grad_input, gy, w, bits, list(x.shape),
-                     conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
+    with backends.emulator_launches() as forward_launches:
+        y = backend.run(functional.masked_conv2d, x, w, bits, bias, **conv)
+    with backends.emulator_launches() as grad_input_launches:
+        dx = backend.run(torch.ops.cpg.masked_conv2d_grad_input, gy, w, bits, list(x.shape),
+                         conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
     w_eff = w.cpu().double() * masks.unpack(bits.cpu(), w.shape)
     ref_y = torch.nn.functional.conv2d(x.cpu().double(), w_eff, bias.cpu().double(), **conv)
     ref_dx = torch.nn.grad.conv2d_input(x.shape, w_eff, gy.cpu().double(), **conv)
@@ -203,9 +252,14 @@ def test_every_conv_variant_forward_and_grad_input(backend, case, dtype, tf32, c
     assert y.dtype == dx.dtype == dtype
     assert rel_error(y, ref_y) < tol
     assert rel_error(dx, ref_dx) < tol
-    # The layout the op's fake kernel promises: channels_last in, channels_last out.
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
+    # The layout the op's fake kernel promises: channels_last in, channels_last out, where
+    # "channels_last" excludes tensors that size-1 dimensions make plain contiguous too.
+    assert y.is_contiguous(memory_format=promised_layout(x))
+    assert dx.is_contiguous(memory_format=promised_layout(gy))
+    if backend.name == "emu":
+        tensor_cores = dtype != torch.float32 or tf32
+        check_path(forward_launches, forward_path, channels_last, tensor_cores)
+        check_path(grad_input_launches, grad_input_path, channels_last, tensor_cores)
 
 
 def test_conv_kernels_take_offset_views(backend):

@@ -290,16 +290,22 @@ struct GradInputView : ConvOperands<T, GradInputView<T>> {
   CPG_DEVICE ImageCol a_col_at(int64_t n, Tap tap) const {
     return {n * this->image_strides.c, tap.dy, tap.dx, n < this->d.Ng};
   }
-  // The output pixel whose window puts this tap on the row's input pixel, or
-  // null where there is none (the stride skips it, or it lies past dy).
-  CPG_DEVICE const T* a_ptr(const ImageRow& row, const ImageCol& col) const {
+  // The output pixel (oy, ox) whose window puts `tap` on the padded input
+  // position (py, px); false where there is none (the stride skips it, or it
+  // lies past dy).
+  CPG_DEVICE bool source_pixel(int py, int px, Tap tap, int& oy, int& ox) const {
     const ConvDims& d = this->d;
-    const int ty = row.y0 - col.dy, tx = row.x0 - col.dx;
-    if (!col.valid || ty < 0 || tx < 0 || ty % d.stride_h != 0 || tx % d.stride_w != 0) {
-      return nullptr;
-    }
-    const int oy = ty / d.stride_h, ox = tx / d.stride_w;
-    if (oy >= d.Ho || ox >= d.Wo) return nullptr;
+    const int ty = py - tap.dy, tx = px - tap.dx;
+    if (ty < 0 || tx < 0 || ty % d.stride_h != 0 || tx % d.stride_w != 0) return false;
+    oy = ty / d.stride_h;
+    ox = tx / d.stride_w;
+    return oy < d.Ho && ox < d.Wo;
+  }
+  // Where a[row, col] lives (that source pixel's channel), or null where it
+  // reads zero.
+  CPG_DEVICE const T* a_ptr(const ImageRow& row, const ImageCol& col) const {
+    int oy, ox;
+    if (!col.valid || !source_pixel(row.y0, row.x0, {col.dy, col.dx}, oy, ox)) return nullptr;
     const ImageStrides& s = this->image_strides;
     return this->image + row.base + col.offset + oy * s.h + ox * s.w;
   }

@@ -16,6 +16,11 @@ namespace CPG_KERNEL_NS {
 //   grad_input: out[M, K] = a[M, N] W'
 // batched over `tasks` problems that share W (and bias) but not a, bits, out:
 // task t's operands start at a + t * a_task_stride, and so on.
+//
+// a and out are row-major, except that the small-batch kernels also read a
+// (grad_input) and write out (forward) whose rows are the pixels of
+// channel-planar (NCHW) images of `a_plane` / `out_plane` pixels each: the
+// conv layers' unfolded path (conv_unfolded.cuh). A plane of 1 is row-major.
 template <typename T>
 struct MaskedGemm {
   const T* a;
@@ -26,7 +31,17 @@ struct MaskedGemm {
   int64_t M, N, K, words;
   int64_t tasks;
   int64_t a_task_stride, bits_task_stride, out_task_stride;
+  int64_t a_plane, out_plane;
 };
+
+// Element (row m, column c) of a matrix with `cols` columns whose rows are
+// the pixels of channel-planar images of `plane` pixels each (plane 1:
+// row-major, element m * cols + c).
+CPG_HD int64_t planar_offset(int64_t m, int64_t c, int64_t cols, int64_t plane) {
+  if (plane == 1) return m * cols + c;
+  const int64_t image = m / plane;
+  return (image * cols + c) * plane + (m - image * plane);
+}
 
 template <typename T>
 MaskedGemm<T> make_gemm(const void* a, const void* w, const int32_t* bits, const void* bias,
@@ -46,6 +61,8 @@ MaskedGemm<T> make_gemm(const void* a, const void* w, const int32_t* bits, const
   g.a_task_stride = M * (grad_input ? N : K);
   g.bits_task_stride = N * g.words;
   g.out_task_stride = M * (grad_input ? K : N);
+  g.a_plane = 1;
+  g.out_plane = 1;
   return g;
 }
 

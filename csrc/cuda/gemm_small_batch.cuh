@@ -2,8 +2,11 @@
 // bound, so the kernel streams W exactly once per group of up to 16 x rows.
 //
 // The x rows of a problem are its T * M rows [task][row]; a group is up to 16
-// of them from whole tasks (blockIdx.y), and every x row is multiplied by its
-// own task's bits, so multitask inference reads W once for many tasks.
+// of them (blockIdx.y), and every x row is multiplied by its own task's bits,
+// so multitask inference reads W once for many tasks. Several tasks: a group
+// is whole tasks (M <= 16). One task with M > 16: the groups are 16 rows
+// each, and every group streams W again (from L2 while W fits there); the
+// conv layers' unfolded path (conv_unfolded.cuh) uses this up to 64 rows.
 //
 // A block of 8 warps owns a few W rows. Each warp streams 2 of those rows
 // (one x read serves both, and twice the loads are in flight) with four
@@ -37,20 +40,30 @@ CPG_HD constexpr int warp_chunk() {
 struct Shape {
   int slices;           // warps splitting one row group's K range: 1, 2, 4 or 8
   int rows_per_block;   // W rows per block: kWarps / slices * kRowsPerWarp
-  int tasks_per_group;  // tasks whose x rows share one pass over W
+  int group_rows;       // x rows per group (blockIdx.y): whole tasks, or kXRows of one task
   bool w_aligned;       // every W row starts 16-byte aligned
   bool x_aligned;       // every x row likewise
 };
 
-// The x rows of this block's group and the task each belongs to.
+// The x rows of this block's group and the task each belongs to: group row r
+// is row first_row + r of the problem's T * M rows, which x holds [task][row]
+// (a_task_stride = M * K, as make_gemm sets it).
 struct GroupRows {
+  int64_t first_row;
+  int64_t first_task;   // the task of group row 0
+  int first_offset;     // and its row within that task
   int rows;             // x rows in the group (<= kXRows)
   int M;                // rows per task
-  int64_t first_task;
   uint32_t task_starts; // bit r set where x row r is a task's first row
 
   CPG_DEVICE bool starts_task(int r) const { return (task_starts >> r) & 1u; }
-  CPG_DEVICE int64_t task_of(int r) const { return first_task + r / M; }
+  CPG_DEVICE int64_t task_of(int r) const { return first_task + (first_offset + r) / M; }
+  CPG_DEVICE int row_in_task(int r) const { return (first_offset + r) % M; }
+
+  template <typename T>
+  CPG_DEVICE const T* x_row(const MaskedGemm<T>& g, int r) const {
+    return g.a + (first_row + r) * g.K;
+  }
 };
 
 template <typename T>
@@ -78,19 +91,20 @@ CPG_DEVICE void fetch_weights(const MaskedGemm<T>& g, int64_t n_first, int64_t k
   }
 }
 
-// x rows [0, kXRows) x columns [kb, kb + width) into stage[r * width + c],
-// all threads of the block together. Zeros past K and in the rows past
-// `rows`, so the dot products can run over all kXRows rows unguarded.
+// The group's x rows [0, kXRows) x columns [kb, kb + width) into
+// stage[r * width + c], all threads of the block together. Zeros past K and
+// in the rows past the group's, so the dot products can run over all kXRows
+// rows unguarded.
 template <typename T, int kXRows, typename Smem>
-CPG_DEVICE void stage_x(const T* x, int64_t K, int rows, int64_t kb, int width, bool aligned,
-                        Smem stage) {
+CPG_DEVICE void stage_x(const MaskedGemm<T>& g, const GroupRows& group, int64_t kb, int width,
+                        bool aligned, Smem stage) {
   constexpr int kV = vec_elems<T>();
   const int vecs_per_row = width / kV;
   for (int i = static_cast<int>(threadIdx.x); i < kXRows * vecs_per_row; i += kThreads) {
     const int r = i / vecs_per_row, c = (i % vecs_per_row) * kV;
     T v[kV];
-    if (r < rows) {
-      load_row_vec(x + r * K, kb + c, K, aligned, v);
+    if (r < group.rows) {
+      load_row_vec(group.x_row(g, r), kb + c, g.K, aligned, v);
     } else {
 #pragma unroll
       for (int j = 0; j < kV; ++j) v[j] = cpgdev::from_float<T>(0.0f);
@@ -165,7 +179,7 @@ CPG_DEVICE void accumulate_chunk(const MaskedGemm<T>& g, const GroupRows& group,
 // the bias once, and writes y; consecutive threads write consecutive n.
 template <typename T, int kXRows, typename Smem>
 CPG_DEVICE void write_outputs(const MaskedGemm<T>& g, const Shape& s, const GroupRows& group,
-                              Smem partials, T* out) {
+                              Smem partials) {
   for (int t = static_cast<int>(threadIdx.x); t < group.rows * s.rows_per_block; t += kThreads) {
     const int r = t / s.rows_per_block, b = t % s.rows_per_block;
     const int64_t n = static_cast<int64_t>(blockIdx.x) * s.rows_per_block + b;
@@ -177,7 +191,8 @@ CPG_DEVICE void write_outputs(const MaskedGemm<T>& g, const Shape& s, const Grou
       sum += partials[(warp * kRowsPerWarp + i) * kXRows + r];
     }
     if (g.bias != nullptr) sum += cpgdev::to_float(g.bias[n]);
-    out[r * g.N + n] = cpgdev::from_float<T>(sum);
+    T* out = g.out + group.task_of(r) * g.out_task_stride;
+    out[planar_offset(group.row_in_task(r), n, g.N, g.out_plane)] = cpgdev::from_float<T>(sum);
   }
 }
 
@@ -192,13 +207,15 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_linear_small_batch_kernel(Mas
 
   GroupRows group;
   group.M = static_cast<int>(g.M);
-  group.first_task = static_cast<int64_t>(blockIdx.y) * s.tasks_per_group;
-  const int64_t tasks_left = g.tasks - group.first_task;
-  group.rows = static_cast<int>(tasks_left < s.tasks_per_group ? tasks_left : s.tasks_per_group) *
-               group.M;
+  group.first_row = static_cast<int64_t>(blockIdx.y) * s.group_rows;
+  group.first_task = group.first_row / g.M;
+  group.first_offset = static_cast<int>(group.first_row % g.M);
+  const int64_t rows_left = g.tasks * g.M - group.first_row;
+  group.rows = static_cast<int>(rows_left < s.group_rows ? rows_left : s.group_rows);
   group.task_starts = 0;
-  for (int r = 0; r < group.rows; r += group.M) group.task_starts |= 1u << r;
-  const T* x = g.a + group.first_task * g.a_task_stride;
+  for (int r = 0; r < group.rows; ++r) {
+    if (group.row_in_task(r) == 0) group.task_starts |= 1u << r;
+  }
 
   const int lane = cpgdev::lane_id(), warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int slice = warp % s.slices;
@@ -212,7 +229,7 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_linear_small_batch_kernel(Mas
     WeightChunk<T> chunk;
     fetch_weights(g, n_first, k_warp, lane, s.w_aligned, chunk);  // in flight across the staging
     cpgdev::syncthreads();  // the previous chunk's x is no longer read
-    stage_x<T, kXRows>(x, g.K, group.rows, kb, stage_width, s.x_aligned, x_stage);
+    stage_x<T, kXRows>(g, group, kb, stage_width, s.x_aligned, x_stage);
     cpgdev::syncthreads();
     accumulate_chunk<T, kXRows, kMultiTask>(g, group, chunk, x_cols, stage_width, n_first, k_warp,
                                             lane, acc);
@@ -228,7 +245,7 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_linear_small_batch_kernel(Mas
     }
   }
   cpgdev::syncthreads();
-  write_outputs<T, kXRows>(g, s, group, partials, g.out + group.first_task * g.out_task_stride);
+  write_outputs<T, kXRows>(g, s, group, partials);
 }
 
 // Dynamic shared memory: the x stage.
@@ -246,12 +263,12 @@ constexpr size_t static_smem_bytes() {
 // The fewest slices that give the grid two blocks per multiprocessor, within
 // the K range's chunks and the shared-memory budget.
 template <int kXRows, typename T>
-Shape choose_shape(const MaskedGemm<T>& g, int tasks_per_group) {
+Shape choose_shape(const MaskedGemm<T>& g, int group_rows) {
   Shape s;
-  s.tasks_per_group = tasks_per_group;
+  s.group_rows = group_rows;
   s.w_aligned = is_aligned16(g.w) && (g.K * sizeof(T)) % kVecBytes == 0;
   s.x_aligned = is_aligned16(g.a) && (g.K * sizeof(T)) % kVecBytes == 0;
-  const int64_t groups = ceil_div(g.tasks, tasks_per_group);
+  const int64_t groups = ceil_div(g.tasks * g.M, group_rows);
   const int64_t k_chunks = ceil_div(g.K, warp_chunk<T>());
   const int64_t wanted_blocks = 2 * static_cast<int64_t>(cpgdev::sm_count());
   s.slices = 1;
@@ -266,30 +283,33 @@ Shape choose_shape(const MaskedGemm<T>& g, int tasks_per_group) {
 }
 
 template <int kXRows, bool kMultiTask, typename T>
-void launch_with(const MaskedGemm<T>& g, int tasks_per_group, cpgdev::stream_t stream) {
-  const Shape s = choose_shape<kXRows>(g, tasks_per_group);
+void launch_with(const MaskedGemm<T>& g, int group_rows, cpgdev::stream_t stream) {
+  const Shape s = choose_shape<kXRows>(g, group_rows);
   const dim3 grid(static_cast<unsigned>(ceil_div(g.N, s.rows_per_block)),
-                  static_cast<unsigned>(ceil_div(g.tasks, tasks_per_group)));
+                  static_cast<unsigned>(ceil_div(g.tasks * g.M, group_rows)));
   const size_t smem = smem_bytes<kXRows, T>(s.slices);
   auto* kernel = &masked_linear_small_batch_kernel<T, kXRows, kMultiTask>;
   CPG_LAUNCH(kernel, grid, kThreads, smem, stream, g, s);
 }
 
-// Requires g.M <= kMaxXRows. The x rows are rounded up to a power of two
-// (one task) or to 4 or 16 (several tasks); the extra rows are zeros.
+// Requires g.M <= kMaxXRows when g.tasks > 1 (one task: any M, in groups of
+// kMaxXRows rows). The x rows are rounded up to a power of two (one task) or
+// to 4 or 16 (several tasks); the extra rows are zeros.
 template <typename T>
 void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
   if (g.tasks == 1) {
-    if (g.M == 1) return launch_with<1, false>(g, 1, stream);
-    if (g.M <= 2) return launch_with<2, false>(g, 1, stream);
-    if (g.M <= 4) return launch_with<4, false>(g, 1, stream);
-    if (g.M <= 8) return launch_with<8, false>(g, 1, stream);
-    return launch_with<kMaxXRows, false>(g, 1, stream);
+    const int rows = static_cast<int>(g.M < kMaxXRows ? g.M : kMaxXRows);
+    if (g.M == 1) return launch_with<1, false>(g, rows, stream);
+    if (g.M <= 2) return launch_with<2, false>(g, rows, stream);
+    if (g.M <= 4) return launch_with<4, false>(g, rows, stream);
+    if (g.M <= 8) return launch_with<8, false>(g, rows, stream);
+    return launch_with<kMaxXRows, false>(g, rows, stream);
   }
   const int64_t per_group = kMaxXRows / g.M;
   const int tasks_per_group = static_cast<int>(g.tasks < per_group ? g.tasks : per_group);
-  if (tasks_per_group * g.M <= 4) return launch_with<4, true>(g, tasks_per_group, stream);
-  launch_with<kMaxXRows, true>(g, tasks_per_group, stream);
+  const int group_rows = tasks_per_group * static_cast<int>(g.M);
+  if (group_rows <= 4) return launch_with<4, true>(g, group_rows, stream);
+  launch_with<kMaxXRows, true>(g, group_rows, stream);
 }
 
 }  // namespace small_batch

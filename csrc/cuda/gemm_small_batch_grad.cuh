@@ -20,6 +20,11 @@
 //    output dtype.
 // Every sum has a fixed order and there are no atomics, so the results are
 // bit-reproducible.
+//
+// More than 16 dy rows (the conv layers' unfolded path, conv_unfolded.cuh)
+// run in groups of 16 on gridDim.z, each streaming W again (from L2 while W
+// fits there). That path also reads dy as NCHW pixels (a_plane) and takes
+// the fp32 partials themselves (launch_partials) to fold them into dx.
 #pragma once
 
 #include "cuda/gemm_common.cuh"
@@ -91,16 +96,18 @@ CPG_DEVICE void fetch_step(const MaskedGemm<T>& g, int64_t n, int64_t n_end, int
   }
 }
 
-// dy[0 .. kDyRows) x [n0, n0 + rows) into stage[(n - n0) * kDyRows + m] as
-// floats, all threads of the block together (consecutive threads read
-// consecutive n). Zeros for m >= M and for the rows up to the next whole
-// step, so the accumulation runs unguarded.
+// dy rows [m0, m0 + kDyRows) x [n0, n0 + rows) into
+// stage[(n - n0) * kDyRows + (m - m0)] as floats, all threads of the block
+// together (consecutive threads read consecutive n). Zeros for m >= M and for
+// the rows up to the next whole step, so the accumulation runs unguarded.
 template <typename T, int kDyRows, typename Smem>
-CPG_DEVICE void stage_dy(const MaskedGemm<T>& g, int64_t n0, int rows, Smem stage) {
+CPG_DEVICE void stage_dy(const MaskedGemm<T>& g, int64_t m0, int64_t n0, int rows, Smem stage) {
   const int padded = static_cast<int>(ceil_div(rows, kRowsPerStep)) * kRowsPerStep;
   for (int i = static_cast<int>(threadIdx.x); i < kDyRows * padded; i += kThreads) {
     const int m = i / padded, r = i % padded;
-    stage[r * kDyRows + m] = m < g.M && r < rows ? cpgdev::to_float(g.a[m * g.N + n0 + r]) : 0.0f;
+    const bool inside = m0 + m < g.M && r < rows;
+    stage[r * kDyRows + m] =
+        inside ? cpgdev::to_float(g.a[planar_offset(m0 + m, n0 + r, g.N, g.a_plane)]) : 0.0f;
   }
 }
 
@@ -141,7 +148,7 @@ CPG_DEVICE void accumulate_step(const WeightStep& step, int64_t k, Smem dy_rows,
 // Slice 0's threads add the other slices' acc to theirs, in slice order, a
 // few dy rows per round through the stage (which is free by now).
 template <typename T, int kDyRows, typename Smem>
-CPG_DEVICE void add_slices(const MaskedGemm<T>& g, int slices, int slice, Smem stage,
+CPG_DEVICE void add_slices(int group_rows, int slices, int slice, Smem stage,
                            float (&acc)[kDyRows][vec_elems<T>()]) {
   constexpr int kV = vec_elems<T>();
   constexpr int kRound = reduce_rows<T, kDyRows>();
@@ -151,7 +158,7 @@ CPG_DEVICE void add_slices(const MaskedGemm<T>& g, int slices, int slice, Smem s
   const int slice_stride = kThreads / slices * kV;
 #pragma unroll
   for (int m0 = 0; m0 < kDyRows; m0 += kRound) {
-    if (m0 >= g.M) break;  // uniform: the rows past M are zeros, never written
+    if (m0 >= group_rows) break;  // uniform: the rows past M are zeros, never written
     if (slice > 0) {
 #pragma unroll
       for (int r = 0; r < kRound; ++r) store_vec(own + r * kThreads * kV, acc[m0 + r]);
@@ -172,8 +179,9 @@ CPG_DEVICE void add_slices(const MaskedGemm<T>& g, int slices, int slice, Smem s
   }
 }
 
-// Grid: (column tiles / (kWarps / slices), splits). Writes dx when splits is
-// 1, else this split's fp32 partial sums to partials[blockIdx.y][M][K].
+// Grid: (column tiles / (kWarps / slices), splits, groups of kDyRows dy
+// rows). Writes dx when `partials` is null (then splits is 1), else this
+// split's fp32 partial sums to partials[blockIdx.y][M][K].
 template <typename T, int kDyRows>
 CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
     masked_linear_grad_input_small_batch_kernel(MaskedGemm<T> g, Shape s, float* partials) {
@@ -189,12 +197,14 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
       (static_cast<int64_t>(blockIdx.x) * col_groups + col_group) * warp_cols<T>() + lane * kV;
   const int64_t n_begin = static_cast<int64_t>(blockIdx.y) * s.rows_per_split;
   const int64_t n_end = n_begin + s.rows_per_split < g.N ? n_begin + s.rows_per_split : g.N;
+  const int64_t m_first = static_cast<int64_t>(blockIdx.z) * kDyRows;
+  const int group_rows = static_cast<int>(g.M - m_first < kDyRows ? g.M - m_first : kDyRows);
 
   float acc[kDyRows][kV] = {};
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kStageRows) {
     const int rows = static_cast<int>(n_end - n0 < kStageRows ? n_end - n0 : kStageRows);
     cpgdev::syncthreads();  // the previous chunk's dy is no longer read
-    stage_dy<T, kDyRows>(g, n0, rows, stage);
+    stage_dy<T, kDyRows>(g, m_first, n0, rows, stage);
     cpgdev::syncthreads();
     if (k >= g.K) continue;  // a lane past the last column only keeps the barriers
     for (int r = slice * kRowsPerStep; r < rows; r += s.slices * kRowsPerStep) {
@@ -206,20 +216,21 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
 
   if (s.slices > 1) {
     cpgdev::syncthreads();  // the last chunk's dy is no longer read
-    add_slices<T, kDyRows>(g, s.slices, slice, stage, acc);
+    add_slices<T, kDyRows>(group_rows, s.slices, slice, stage, acc);
   }
   if (slice != 0 || k >= g.K) return;
   const int count = static_cast<int>(g.K - k < kV ? g.K - k : kV);
 #pragma unroll
   for (int m = 0; m < kDyRows; ++m) {
-    if (m >= g.M) break;
-    if (s.splits == 1) {
+    if (m >= group_rows) break;
+    const int64_t row = m_first + m;
+    if (partials == nullptr) {
       T out[kV];
 #pragma unroll
       for (int j = 0; j < kV; ++j) out[j] = cpgdev::from_float<T>(acc[m][j]);
-      store_prefix(g.out + m * g.K + k, count, out);
+      store_prefix(g.out + row * g.K + k, count, out);
     } else {
-      store_prefix(partials + (blockIdx.y * g.M + m) * g.K + k, count, acc[m]);
+      store_prefix(partials + (blockIdx.y * g.M + row) * g.K + k, count, acc[m]);
     }
   }
 }
@@ -241,21 +252,29 @@ int64_t col_blocks(int64_t K, int slices) {
   return ceil_div(ceil_div(K, warp_cols<T>()), kWarps / slices);
 }
 
+// Groups of dy rows (gridDim.z): up to kMaxDyRows rows each.
+inline int64_t row_groups(int64_t M) { return ceil_div(M, kMaxDyRows); }
+
 // The fewest slices that give the grid kBlocksPerSm blocks per multiprocessor
-// along K alone; then as many splits of N as still needed, within
-// kPartialsShare. A block's warps each get whole steps of every split.
+// along K and the row groups alone; then as many splits of N as still
+// needed, within kPartialsShare. A block's warps each get whole steps of
+// every split.
 template <typename T>
 Shape choose_shape(const MaskedGemm<T>& g) {
   Shape s;
   s.w_aligned = is_aligned16(g.w) && (g.K * sizeof(T)) % kVecBytes == 0;
   const int64_t wanted_blocks = kBlocksPerSm * static_cast<int64_t>(cpgdev::sm_count());
+  const int64_t groups = row_groups(g.M);
+  const int64_t group_rows = g.M < kMaxDyRows ? g.M : kMaxDyRows;
   s.slices = 1;
-  while (s.slices < kWarps && col_blocks<T>(g.K, s.slices) < wanted_blocks) s.slices *= 2;
+  while (s.slices < kWarps && col_blocks<T>(g.K, s.slices) * groups < wanted_blocks) {
+    s.slices *= 2;
+  }
   const int64_t step_rows = static_cast<int64_t>(s.slices) * kRowsPerStep;
   const int64_t min_split_rows =
-      g.M * static_cast<int64_t>(kPartialsShare * 2 * sizeof(float) / sizeof(T));
+      group_rows * static_cast<int64_t>(kPartialsShare * 2 * sizeof(float) / sizeof(T));
   const int64_t max_splits = g.N / (min_split_rows > step_rows ? min_split_rows : step_rows);
-  int64_t splits = ceil_div(wanted_blocks, col_blocks<T>(g.K, s.slices));
+  int64_t splits = ceil_div(wanted_blocks, col_blocks<T>(g.K, s.slices) * groups);
   if (splits > max_splits) splits = max_splits;
   if (splits < 1) splits = 1;
   s.rows_per_split = ceil_div(ceil_div(g.N, splits), step_rows) * step_rows;
@@ -263,40 +282,37 @@ Shape choose_shape(const MaskedGemm<T>& g) {
   return s;
 }
 
-template <int kDyRows, typename T>
-void launch_with(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
-  const Shape s = choose_shape(g);
+// Runs the kernel for s (from choose_shape(g)), with kDyRows the power of
+// two that holds a row group. partials null: writes dx (s.splits must be 1);
+// else leaves dx's fp32 partial sums in partials[s.splits][M][K], for a
+// caller that adds them up itself. Requires g.M >= 1 and g.tasks == 1.
+template <typename T>
+void launch_kernel(const MaskedGemm<T>& g, const Shape& s, float* partials,
+                   cpgdev::stream_t stream) {
   const dim3 grid(static_cast<unsigned>(col_blocks<T>(g.K, s.slices)),
-                  static_cast<unsigned>(s.splits));
-  auto* kernel = &masked_linear_grad_input_small_batch_kernel<T, kDyRows>;
-  if (s.splits == 1) {
-    CPG_LAUNCH(kernel, grid, kThreads, 0, stream, g, s, nullptr);
-    return;
-  }
-  const int64_t count = g.M * g.K;
-  auto* sum_kernel = &sum_splits_kernel<T>;
-  float* partials =
-      static_cast<float*>(cpgdev::device_alloc(sizeof(float) * s.splits * count, stream));
-  try {
-    CPG_LAUNCH(kernel, grid, kThreads, 0, stream, g, s, partials);
-    CPG_LAUNCH(sum_kernel, grid_stride_blocks(count, kThreads), kThreads, 0, stream, partials,
-               g.out, count, s.splits);
-  } catch (...) {
-    cpgdev::device_free(partials, stream);
-    throw;
-  }
-  cpgdev::device_free(partials, stream);
+                  static_cast<unsigned>(s.splits), static_cast<unsigned>(row_groups(g.M)));
+  auto run = [&](auto kernel) { CPG_LAUNCH(kernel, grid, kThreads, 0, stream, g, s, partials); };
+  if (g.M == 1) return run(&masked_linear_grad_input_small_batch_kernel<T, 1>);
+  if (g.M <= 2) return run(&masked_linear_grad_input_small_batch_kernel<T, 2>);
+  if (g.M <= 4) return run(&masked_linear_grad_input_small_batch_kernel<T, 4>);
+  if (g.M <= 8) return run(&masked_linear_grad_input_small_batch_kernel<T, 8>);
+  run(&masked_linear_grad_input_small_batch_kernel<T, kMaxDyRows>);
 }
 
-// Requires 1 <= g.M <= kMaxDyRows and g.tasks == 1. The dy rows are rounded
-// up to a power of two; the extra rows are zeros.
+// dx = dy W' into g.out. Requires g.M >= 1 and g.tasks == 1; the dy rows are
+// rounded up to a power of two (or to groups of kMaxDyRows); the extra rows
+// are zeros.
 template <typename T>
 void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
-  if (g.M == 1) return launch_with<1>(g, stream);
-  if (g.M <= 2) return launch_with<2>(g, stream);
-  if (g.M <= 4) return launch_with<4>(g, stream);
-  if (g.M <= 8) return launch_with<8>(g, stream);
-  launch_with<kMaxDyRows>(g, stream);
+  const Shape s = choose_shape(g);
+  if (s.splits == 1) return launch_kernel(g, s, nullptr, stream);
+  const int64_t count = g.M * g.K;
+  DeviceWorkspace partials(sizeof(float) * s.splits * count, stream);
+  launch_kernel(g, s, partials.as<float>(), stream);
+  auto* sum_kernel = &sum_splits_kernel<T>;
+  CPG_LAUNCH(sum_kernel, grid_stride_blocks(count, kThreads), kThreads, 0, stream,
+             partials.as<float>(), g.out, count, s.splits);
+  partials.release();
 }
 
 }  // namespace small_batch_grad

@@ -61,6 +61,39 @@ inline unsigned grid_stride_blocks(int64_t work, int threads) {
   return static_cast<unsigned>(needed < cap ? (needed > 0 ? needed : 1) : cap);
 }
 
+// Device memory for the launches a launcher queues on `stream`: release()
+// frees it (stream-ordered) once they are queued. If a launch throws first,
+// the destructor frees it and keeps quiet, since the launch's error is the
+// one to report.
+class DeviceWorkspace {
+ public:
+  DeviceWorkspace(size_t bytes, cpgdev::stream_t stream)
+      : p_(cpgdev::device_alloc(bytes, stream)), stream_(stream) {}
+  ~DeviceWorkspace() {
+    if (p_ == nullptr) return;
+    try {
+      cpgdev::device_free(p_, stream_);
+    } catch (...) {
+    }
+  }
+  DeviceWorkspace(const DeviceWorkspace&) = delete;
+  DeviceWorkspace& operator=(const DeviceWorkspace&) = delete;
+
+  template <typename E>
+  E* as() const {
+    return static_cast<E*>(p_);
+  }
+  void release() {
+    void* p = p_;
+    p_ = nullptr;
+    cpgdev::device_free(p, stream_);
+  }
+
+ private:
+  void* p_;
+  cpgdev::stream_t stream_;
+};
+
 // -------------------------------------------------------------- device side
 
 CPG_DEVICE int64_t global_thread_index() {

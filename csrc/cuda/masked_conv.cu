@@ -1,7 +1,8 @@
 // The masked conv2d launchers of launchers.h: implicit GEMMs on the masked-GEMM
 // kernels (gemm_simt.cuh, gemm_mma.cuh) through the conv views of
 // conv_views.cuh. W is decoded on chip tile by tile, as for the linear layer;
-// no kernel writes W' = W masked to global memory, and no im2col matrix exists.
+// no kernel writes W' = W masked to global memory, and no im2col matrix exists
+// (except the at most 64 pixel windows of the unfolded path, rule 3).
 //
 // Layouts: x / y (forward) and dy / dx (grad_input) are dense NCHW or dense
 // NHWC (channels_last), both handled directly. NHWC is the fast layout: a
@@ -16,20 +17,25 @@
 //      (their dispatcher: small_batch, mma, simt)
 //   2. at most kDirectMaxCols columns (depthwise, narrow groups), where a
 //      128-column tile would be nearly all padding      -> direct
-//   3. f16 / bf16, or f32 with allow_tf32, where the reduction channels are
+//   3. one group and at most 64 output pixels (batch * Ho * Wo, forward and
+//      grad_input alike): late layers, where reading W is the cost and a
+//      128-row tile would be mostly padding               -> unfolded
+//      (conv_unfolded.cuh: the small-batch linear kernels on the windows)
+//   4. f16 / bf16, or f32 with allow_tf32, where the reduction channels are
 //      whole 16-byte vectors and an NHWC image is 16-byte aligned
 //                                                        -> mma (ConvMmaView)
-//   4. everything else (f32 without TF32, odd channel counts)
+//   5. everything else (f32 without TF32, odd channel counts)
 //                                                        -> simt
-// All paths are deterministic: no atomics, fixed reduction orders.
+// All paths are deterministic: no atomics, fixed reduction orders. The
+// unfolded path computes in exact fp32 even where TF32 is allowed.
 //
-// Not yet here: a small-batch path for late layers with tiny images (only the
-// 1x1 convs of rule 1 get the linear small-batch kernel; others run few
-// blocks of the tiled kernels), and a strided input gradient that skips the
-// taps a stride never reaches (the implicit GEMM multiplies their zeros).
+// Not yet here: a strided input gradient that skips the taps a stride never
+// reaches (the implicit GEMM multiplies their zeros), and the unfolded path
+// for grouped convs.
 #include <algorithm>
 
 #include "cuda/conv_direct.cuh"
+#include "cuda/conv_unfolded.cuh"
 #include "cuda/conv_views.cuh"
 #include "cuda/gemm_mma.cuh"
 #include "cuda/gemm_simt.cuh"
@@ -100,23 +106,27 @@ void launch_mma(const View& v, int64_t groups, cpgdev::stream_t stream) {
                    [&](const auto& part, int64_t n) { mma::launch_view(part, n, stream); });
 }
 
-// Rules 2-4.
+// Rules 2-5.
 template <typename View>
-void run_implicit_gemm(const View& v, int64_t groups, bool channels_last, bool allow_tf32,
-                       cpgdev::stream_t stream) {
+void run_implicit_gemm(const View& v, const ConvShape& shape, bool channels_last,
+                       bool allow_tf32, cpgdev::stream_t stream) {
   if (v.cols() <= kDirectMaxCols) {
-    conv::direct::launch_view(v, groups, channels_last, stream);
+    conv::direct::launch_view(v, shape.groups, channels_last, stream);
+    return;
+  }
+  if (conv::unfolded::applies(shape, shape.batch * shape.Ho() * shape.Wo())) {
+    conv::unfolded::launch(v, channels_last, stream);
     return;
   }
   if (tensor_cores_allowed<typename View::Elem>(allow_tf32) && mma_supports(v, channels_last)) {
     if (channels_last) {
-      launch_mma<true>(v, groups, stream);
+      launch_mma<true>(v, shape.groups, stream);
     } else {
-      launch_mma<false>(v, groups, stream);
+      launch_mma<false>(v, shape.groups, stream);
     }
     return;
   }
-  for_group_chunks(v, groups,
+  for_group_chunks(v, shape.groups,
                    [&](const auto& part, int64_t n) { simt::launch_view(part, n, stream); });
 }
 
@@ -135,7 +145,7 @@ void masked_conv2d(DType dtype, const void* x, const void* w, const int32_t* bit
   dispatch_dtype(dtype, [&](auto tag) {
     using E = typename decltype(tag)::type;
     const auto v = make_view<conv::ForwardView<E>>(x, w, bits, bias, y, shape, channels_last);
-    run_implicit_gemm(v, shape.groups, channels_last, allow_tf32, as_stream(stream));
+    run_implicit_gemm(v, shape, channels_last, allow_tf32, as_stream(stream));
   });
 }
 
@@ -153,7 +163,7 @@ void masked_conv2d_grad_input(DType dtype, const void* dy, const void* w, const 
     using E = typename decltype(tag)::type;
     const auto v =
         make_view<conv::GradInputView<E>>(dy, w, bits, nullptr, dx, shape, channels_last);
-    run_implicit_gemm(v, shape.groups, channels_last, allow_tf32, as_stream(stream));
+    run_implicit_gemm(v, shape, channels_last, allow_tf32, as_stream(stream));
   });
 }
 

@@ -167,13 +167,16 @@ at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
     return at::conv2d(x.narrow(1, t.c0, t.channels), decode_tile(w, w2d, b, t), tile_bias,
                       p.stride, p.padding, p.dilation, t.groups);
   };
+  // ATen picks its own layout where size-1 dimensions make x ambiguous; the
+  // result takes layout_of's, as on the fused path and in the fake kernel.
+  const at::MemoryFormat fmt = layout_of(x);
   if (x.size(0) == 0 || w.size(0) == 0) {
-    return at::empty({x.size(0), w.size(0), Ho, Wo},
-                     x.options().memory_format(x.suggest_memory_format()));
+    return at::empty({x.size(0), w.size(0), Ho, Wo}, x.options().memory_format(fmt));
   }
-  if (is_single_tile(w)) return conv_tile(ConvTile{0, w.size(0), 0, x.size(1), groups});
-  at::Tensor y = at::empty({x.size(0), w.size(0), Ho, Wo},
-                           x.options().memory_format(x.suggest_memory_format()));
+  if (is_single_tile(w)) {
+    return conv_tile(ConvTile{0, w.size(0), 0, x.size(1), groups}).contiguous(fmt);
+  }
+  at::Tensor y = at::empty({x.size(0), w.size(0), Ho, Wo}, x.options().memory_format(fmt));
   for_each_tile(w, groups, [&](const ConvTile& t) { y.narrow(1, t.n0, t.rows).copy_(conv_tile(t)); });
   return y;
 }
@@ -211,11 +214,13 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor
     return at::conv_transpose2d(grad_out.narrow(1, t.n0, t.rows), decode_tile(w, w2d, b, t), {},
                                 p.stride, p.padding, out_pad, t.groups, p.dilation);
   };
-  const auto fmt = grad_out.suggest_memory_format();
+  const at::MemoryFormat fmt = layout_of(grad_out);  // as in masked_conv2d
   if (grad_out.numel() == 0 || c10::multiply_integers(input_size) == 0) {
     return at::zeros(input_size, grad_out.options().memory_format(fmt));
   }
-  if (is_single_tile(w)) return grad_tile(ConvTile{0, w.size(0), 0, input_size[1], groups});
+  if (is_single_tile(w)) {
+    return grad_tile(ConvTile{0, w.size(0), 0, input_size[1], groups}).contiguous(fmt);
+  }
   at::Tensor dx = at::zeros(input_size, grad_out.options().memory_format(fmt));
   for_each_tile(w, groups, [&](const ConvTile& t) { dx.narrow(1, t.c0, t.channels).add_(grad_tile(t)); });
   return dx;

@@ -1,0 +1,115 @@
+// Masked conv2d for late layers: few pixels, a large weight. When the
+// implicit GEMM has at most kMaxRows rows (batch * Ho * Wo output pixels), a
+// 128-row tile of the tiled kernels is mostly padding and a grid of
+// ceil(C_out / 128) blocks leaves the device idle, while reading W is the
+// real cost. Here the masked-linear small-batch kernels, which stream W
+// across the whole device, do the work on the pixels' unfolded windows:
+//
+//   forward     cols[m, (c, tap)] = x under pixel m's window (unfold_kernel),
+//               then y = cols W'^T (+ bias) by small_batch, written straight
+//               into NCHW or NHWC y (out_plane)
+//   grad_input  dcols = dy W' by small_batch_grad, dy read straight from
+//               NCHW or NHWC (a_plane), left as fp32 partial sums; then
+//               fold_kernel adds each dx element's taps (and the partials'
+//               splits) in a fixed order and rounds once
+//
+// The workspaces are activation-sized: cols holds at most kMaxRows pixel
+// windows (kMaxRows * K elements), dcols the same in fp32 per split. Nothing
+// weight-sized is written; W' is decoded in registers as in the linear layer.
+// One group only (grouped late layers take the tiled kernels). Every sum has
+// a fixed order: deterministic.
+#pragma once
+
+#include "cuda/conv_direct.cuh"
+#include "cuda/conv_views.cuh"
+#include "cuda/gemm_small_batch.cuh"
+#include "cuda/gemm_small_batch_grad.cuh"
+
+namespace cpg {
+namespace CPG_KERNEL_NS {
+namespace conv {
+namespace unfolded {
+
+constexpr int kThreads = 256;
+// Up to 4 groups of 16 rows, each a pass over W. Beyond that the tiled
+// kernels' grids fill the device better (a model, pending GPU timings).
+constexpr int64_t kMaxRows = 64;
+
+// Whether a conv with `rows` GEMM rows (output pixels forward, dy pixels for
+// the input gradient) takes this path.
+inline bool applies(const ConvShape& s, int64_t rows) {
+  return s.groups == 1 && rows <= kMaxRows && s.K() > 0 && s.N > 0;
+}
+
+// cols[m, k] = a[m, k] of the forward view: x under pixel m's window, channel
+// k / taps at tap k % taps (the weight's own order), zero in the padding.
+template <typename T>
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) unfold_kernel(ForwardView<T> v, T* cols) {
+  const int64_t K = v.d.K, total = v.rows() * K;
+  for (int64_t i = global_thread_index(); i < total; i += global_thread_count()) {
+    const DivMod mk = divmod(i, K);
+    const DivMod ct = divmod(mk.r, v.d.taps);
+    const T* p = v.a_ptr(v.a_row(mk.q), v.a_col_at(ct.q, v.tap_of(static_cast<int>(ct.r))));
+    cols[i] = p != nullptr ? *p : cpgdev::from_float<T>(0.0f);
+  }
+}
+
+// dx[b, c, h, w] = sum over taps and splits of dcols[split][dy pixel][c, tap],
+// for the dy pixels whose windows put a tap on (h, w). Threads take dx's
+// elements in its memory order (NCHW or NHWC), so the stores coalesce.
+template <typename T>
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
+    fold_kernel(GradInputView<T> v, const float* partials, int splits, bool channels_last) {
+  const ConvDims& d = v.d;
+  const int64_t rows = v.rows(), cols = v.cols();
+  const int64_t dy_rows = d.batch * d.Ho * d.Wo, split_stride = dy_rows * d.K;
+  for (int64_t i = global_thread_index(); i < rows * cols; i += global_thread_count()) {
+    const direct::Element e = direct::element_of(i, rows, 1, cols, channels_last);
+    const Pixel p = pixel_of(e.m, d.H, d.W);
+    float acc = 0.0f;
+    for (int t = 0; t < d.taps; ++t) {
+      int oy, ox;
+      if (!v.source_pixel(p.y + d.pad_h, p.x + d.pad_w, v.tap_of(t), oy, ox)) continue;
+      const int64_t dy_pixel = (p.b * d.Ho + oy) * d.Wo + ox;
+      const float* src = partials + dy_pixel * d.K + e.c * d.taps + t;
+      for (int split = 0; split < splits; ++split) acc += src[split * split_stride];
+    }
+    v.store(v.out_row(e.m), v.out_col(e.c), acc);
+  }
+}
+
+// y for a view with applies(shape, v.rows()).
+template <typename T>
+void launch(const ForwardView<T>& v, bool channels_last, cpgdev::stream_t stream) {
+  const int64_t rows = v.rows(), K = v.d.K;
+  DeviceWorkspace cols(sizeof(T) * rows * K, stream);
+  auto* unfold = &unfold_kernel<T>;
+  CPG_LAUNCH(unfold, grid_stride_blocks(rows * K, kThreads), kThreads, 0, stream, v,
+             cols.as<T>());
+  MaskedGemm<T> g = make_gemm<T>(cols.as<T>(), v.w, v.bits, v.bias, v.out, 1, rows, v.cols(), K,
+                                 /*grad_input=*/false);
+  g.out_plane = channels_last ? 1 : static_cast<int64_t>(v.d.Ho) * v.d.Wo;
+  small_batch::launch(g, stream);
+  cols.release();
+}
+
+// dx for a view with applies(shape, batch * Ho * Wo).
+template <typename T>
+void launch(const GradInputView<T>& v, bool channels_last, cpgdev::stream_t stream) {
+  const int64_t dy_rows = v.d.batch * v.d.Ho * v.d.Wo;
+  MaskedGemm<T> g = make_gemm<T>(v.image, v.w, v.bits, nullptr, nullptr, 1, dy_rows, v.d.Ng,
+                                 v.d.K, /*grad_input=*/true);
+  g.a_plane = channels_last ? 1 : static_cast<int64_t>(v.d.Ho) * v.d.Wo;
+  const small_batch_grad::Shape s = small_batch_grad::choose_shape(g);
+  DeviceWorkspace partials(sizeof(float) * s.splits * dy_rows * v.d.K, stream);
+  small_batch_grad::launch_kernel(g, s, partials.as<float>(), stream);
+  auto* fold = &fold_kernel<T>;
+  CPG_LAUNCH(fold, grid_stride_blocks(v.rows() * v.cols(), kThreads), kThreads, 0, stream, v,
+             partials.as<float>(), s.splits, channels_last);
+  partials.release();
+}
+
+}  // namespace unfolded
+}  // namespace conv
+}  // namespace CPG_KERNEL_NS
+}  // namespace cpg
