@@ -150,22 +150,27 @@ def test_tf32_switch_is_respected(backend):
 #   unfolded  one group, at most 64 output pixels: the small-batch linear kernels on the windows
 #   tiled     mma for 16-bit, or fp32 with TF32, with reduction channels in whole 16-byte
 #             vectors; simt for the rest (fp32 without TF32, odd reduction channel counts)
+#   phases    a strided input gradient on the tiled kernels: one per stride phase, over the
+#             taps that reach it; the direct kernel writes the zeros of phases that none reaches
 # On the emulator, the test checks from the kernels launched that the case took its path.
 VARIANTS = {
     "3x3 C_in=3, K % 32 != 0 (simt)": ((2, 3, 7, 7, 12, 3, 1, 1, 1, 1), "tiled", "direct"),
-    "3x3 stride 2, padding 0, odd sizes": ((2, 16, 15, 11, 16, 3, 2, 0, 1, 1), "tiled", "tiled"),
+    "3x3 stride 2, padding 0, odd sizes": ((2, 16, 15, 11, 16, 3, 2, 0, 1, 1), "tiled", "phases"),
+    "3x3 stride 3: one tap per phase": ((3, 16, 14, 14, 16, 3, 3, 1, 1, 1), "tiled", "phases"),
+    "3x3 stride 2, dilation 2: phases no tap reaches":
+        ((2, 16, 13, 13, 16, 3, 2, 2, 2, 1), "tiled", "phases"),
     "3x3 dilation 2, padding 2": ((2, 16, 7, 6, 16, 3, 1, 2, 2, 1), "tiled", "tiled"),
     "groups 2 (dx: simt for 16-bit, mma for tf32)":
         ((2, 32, 5, 5, 24, 3, 1, 1, 1, 2), "tiled", "tiled"),
     "narrow groups": ((2, 8, 5, 5, 8, 3, 1, 1, 1, 2), "direct", "direct"),
     "depthwise, groups = C": ((2, 6, 7, 7, 6, 3, 1, 1, 1, 6), "direct", "direct"),
     "1x1": ((3, 16, 5, 5, 16, 1, 1, 0, 1, 1), ("tiled", "linear"), ("tiled", "linear")),
-    "1x1 stride 2": ((4, 16, 9, 7, 16, 1, 2, 0, 1, 1), "tiled", "tiled"),
+    "1x1 stride 2": ((4, 16, 9, 7, 16, 1, 2, 0, 1, 1), "tiled", "phases"),
     "7x7 stride 2, padding 3 (simt, tf32 mma)": ((3, 4, 9, 9, 16, 7, 2, 3, 1, 1), "tiled", "direct"),
     "two row tiles: 154 pixels": ((2, 16, 11, 7, 16, 3, 1, 1, 1, 1), "tiled", "tiled"),
     "two column tiles: 136 output channels": ((3, 8, 5, 5, 136, 3, 1, 1, 1, 1), "tiled", "direct"),
     "2x3 kernel, (h, w) stride (2, 1), padding (0, 2), dilation (1, 2)":
-        ((3, 16, 7, 8, 16, (2, 3), (2, 1), (0, 2), (1, 2), 1), "tiled", "tiled"),
+        ((3, 16, 7, 8, 16, (2, 3), (2, 1), (0, 2), (1, 2), 1), "tiled", "phases"),
     "late layer: 4x4 image, batch 1": ((1, 16, 4, 4, 24, 3, 1, 1, 1, 1), "unfolded", "unfolded"),
     "late layer, stride 2: 49 pixels, 4 row groups":
         ((1, 12, 13, 13, 20, 3, 2, 1, 1, 1), "unfolded", "unfolded"),
@@ -215,6 +220,7 @@ PATH_FILES = {
     "direct": {"conv_direct.cuh"},
     "unfolded": {"conv_unfolded.cuh", "gemm_small_batch.cuh", "gemm_small_batch_grad.cuh"},
     "tiled": {"gemm_mma.cuh", "gemm_simt.cuh"},
+    "phases": {"gemm_mma.cuh", "gemm_simt.cuh", "conv_direct.cuh"},
     "linear": {"gemm_small_batch.cuh", "gemm_small_batch_grad.cuh", "gemm_mma.cuh",
                "gemm_simt.cuh"},
 }
@@ -228,7 +234,9 @@ def check_path(launches, path, channels_last, tensor_cores):
     assert files and files <= PATH_FILES[path], (path, launches)
     if path == "unfolded":
         assert "conv_unfolded.cuh" in files, launches
-    if path in ("tiled", "linear") and not tensor_cores:
+    if path == "phases":
+        assert files & PATH_FILES["tiled"], launches
+    if path in ("tiled", "phases", "linear") and not tensor_cores:
         assert "gemm_mma.cuh" not in files, launches
 
 

@@ -48,10 +48,10 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
     v.select_z(e.z);
     const ImageRow row = v.a_row(e.m);
     float acc = 0.0f;
-    for (int t = 0; t < v.d.taps; ++t) {
+    for (int t = 0; t < v.taps(); ++t) {
       const Tap tap = v.tap_of(t);
       for (int64_t ch = 0; ch < v.reduction_channels(); ++ch) {
-        acc += v.a(row, v.a_col_at(ch, tap)) * v.weight_tap(ch, t, e.c);
+        acc += v.a(row, v.a_col_at(ch, tap)) * v.weight_tap(ch, tap.index, e.c);
       }
     }
     v.store(v.out_row(e.m), v.out_col(e.c), acc);

@@ -56,7 +56,8 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) unfold_kernel(ForwardView<T> v, T* c
 
 // dx[b, c, h, w] = sum over taps and splits of dcols[split][dy pixel][c, tap],
 // for the dy pixels whose windows put a tap on (h, w). Threads take dx's
-// elements in its memory order (NCHW or NHWC), so the stores coalesce.
+// elements in its memory order (NCHW or NHWC), so the stores coalesce. The
+// view's phase is full_phase (every pixel, every tap).
 template <typename T>
 CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
     fold_kernel(GradInputView<T> v, const float* partials, int splits, bool channels_last) {
@@ -65,13 +66,14 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
   const int64_t dy_rows = d.batch * d.Ho * d.Wo, split_stride = dy_rows * d.K;
   for (int64_t i = global_thread_index(); i < rows * cols; i += global_thread_count()) {
     const direct::Element e = direct::element_of(i, rows, 1, cols, channels_last);
-    const Pixel p = pixel_of(e.m, d.H, d.W);
+    const Pixel p = v.input_pixel(e.m);
     float acc = 0.0f;
-    for (int t = 0; t < d.taps; ++t) {
+    for (int t = 0; t < v.taps(); ++t) {
+      const Tap tap = v.tap_of(t);
       int oy, ox;
-      if (!v.source_pixel(p.y + d.pad_h, p.x + d.pad_w, v.tap_of(t), oy, ox)) continue;
+      if (!v.source_pixel(p.y + d.pad_h, p.x + d.pad_w, tap.dy, tap.dx, oy, ox)) continue;
       const int64_t dy_pixel = (p.b * d.Ho + oy) * d.Wo + ox;
-      const float* src = partials + dy_pixel * d.K + e.c * d.taps + t;
+      const float* src = partials + dy_pixel * d.K + e.c * d.taps + tap.index;
       for (int split = 0; split < splits; ++split) acc += src[split * split_stride];
     }
     v.store(v.out_row(e.m), v.out_col(e.c), acc);

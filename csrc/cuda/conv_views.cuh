@@ -87,9 +87,11 @@ struct ImageCol {
   bool valid;
 };
 
-// The displacement of kernel tap t.
+// A kernel tap: its displacement in the image, and its index r * kw + s in a
+// weight row's taps.
 struct Tap {
   int dy, dx;
+  int index;
 };
 
 struct OutCol {
@@ -131,6 +133,57 @@ inline ConvDims conv_dims(const ConvShape& s) {
   return d;
 }
 
+// The input gradient of a strided conv, one stride phase at a time: input
+// row h only receives kernel rows r with (h + pad_h - r * dil_h) % stride_h
+// == 0, so the pixels whose padded position is q (mod stride) share one set
+// of taps, about 1 / stride of them per dimension. A Phase is one such set of
+// pixels (h = h0 + i * step, i < count) and its taps (r = r0 + j * step,
+// j < count), per dimension; the implicit GEMM of a phase skips the taps that
+// would only multiply zeros. full_phase is every pixel and every tap.
+struct PhaseDim {
+  int pixel0, pixel_step, pixels;
+  int tap0, tap_step, taps;
+};
+struct Phase {
+  PhaseDim y, x;
+};
+
+inline PhaseDim full_phase_dim(int size, int kernel) { return {0, 1, size, 0, 1, kernel}; }
+
+// Residue q of dimension (size, kernel, stride, pad, dil).
+inline PhaseDim stride_phase_dim(int size, int kernel, int stride, int pad, int dil, int q) {
+  PhaseDim p;
+  p.pixel0 = ((q - pad) % stride + stride) % stride;
+  p.pixel_step = stride;
+  p.pixels = p.pixel0 < size ? (size - p.pixel0 + stride - 1) / stride : 0;
+  // r * dil = q (mod stride) holds for r0, r0 + stride / gcd(stride, dil), ...
+  int g = stride, b = dil;
+  while (b != 0) {
+    const int t = g % b;
+    g = b;
+    b = t;
+  }
+  p.tap_step = stride / g;
+  p.tap0 = 0;
+  while (p.tap0 < kernel && p.tap0 < p.tap_step &&
+         (static_cast<int64_t>(p.tap0) * dil) % stride != q) {
+    ++p.tap0;
+  }
+  const bool any = p.tap0 < kernel && (static_cast<int64_t>(p.tap0) * dil) % stride == q;
+  p.taps = any ? (kernel - 1 - p.tap0) / p.tap_step + 1 : 0;
+  return p;
+}
+
+inline Phase full_phase(const ConvDims& d) {
+  return {full_phase_dim(d.H, d.kh), full_phase_dim(d.W, d.kw)};
+}
+
+// Phase (qy, qx), qy < stride_h and qx < stride_w.
+inline Phase stride_phase(const ConvDims& d, int qy, int qx) {
+  return {stride_phase_dim(d.H, d.kh, d.stride_h, d.pad_h, d.dil_h, qy),
+          stride_phase_dim(d.W, d.kw, d.stride_w, d.pad_w, d.dil_w, qx)};
+}
+
 // What both directions share: operands, dimensions, the group, the weights,
 // and the view interface's a and W' elements from the direction's a_col_at,
 // a_ptr and weight_tap (View: the derived view).
@@ -151,22 +204,28 @@ struct ConvOperands {
 
   CPG_DEVICE void select_z(int64_t z) { group += z; }
 
-  CPG_DEVICE Tap tap_of(int t) const { return {t / d.kw * d.dil_h, t % d.kw * d.dil_w}; }
+  // Kernel tap (r, s).
+  CPG_DEVICE Tap tap_at(int r, int s) const { return {r * d.dil_h, s * d.dil_w, r * d.kw + s}; }
 
-  // Reduction r of a: channel r / taps under tap r % taps.
+  // Reduction r of a: channel r / taps under the view's tap r % taps (the
+  // view walks view().taps() of the kernel's taps: all of them, or a stride
+  // phase's).
   CPG_DEVICE ImageCol a_col(int64_t r) const {
-    return view().a_col_at(r / d.taps, tap_of(static_cast<int>(r % d.taps)));
+    const int taps = view().taps();
+    return view().a_col_at(r / taps, view().tap_of(static_cast<int>(r % taps)));
   }
   CPG_DEVICE float a(const ImageRow& row, const ImageCol& col) const {
     const T* p = view().a_ptr(row, col);
     return p != nullptr ? cpgdev::to_float(*p) : 0.0f;
   }
 
-  // W' at reduction r (channel r / taps, tap r % taps) and output column c.
+  // W' at reduction r (channel r / taps, the view's tap r % taps) and output
+  // column c.
   CPG_DEVICE float weight(int64_t r, int64_t c) const {
-    const int64_t ch = r / d.taps;
+    const int taps = view().taps();
+    const int64_t ch = r / taps;
     if (ch >= view().reduction_channels() || c >= view().cols()) return 0.0f;
-    return view().weight_tap(ch, static_cast<int>(r % d.taps), c);
+    return view().weight_tap(ch, view().tap_of(static_cast<int>(r % taps)).index, c);
   }
 
   // W'[n, c, tap t] of the group (n < Ng, c < Cg).
@@ -229,6 +288,9 @@ struct ForwardView : ConvOperands<T, ForwardView<T>> {
   CPG_HD int64_t reduction() const { return this->d.K; }
   // The channels a's columns walk per tap: the group's input channels.
   CPG_HD int64_t reduction_channels() const { return this->d.Cg; }
+  // Every kernel tap, in the weight's order.
+  CPG_HD int taps() const { return this->d.taps; }
+  CPG_DEVICE Tap tap_of(int t) const { return this->tap_at(t / this->d.kw, t % this->d.kw); }
 
   CPG_DEVICE ImageRow a_row(int64_t m) const {
     const ConvDims& d = this->d;
@@ -250,7 +312,8 @@ struct ForwardView : ConvOperands<T, ForwardView<T>> {
     return this->image + row.base + col.offset + y * s.h + x * s.w;
   }
 
-  // W' of input channel ch under tap t, for output channel c (all in range).
+  // W' of input channel ch under kernel tap t (Tap::index), for output
+  // channel c (all in range).
   CPG_DEVICE float weight_tap(int64_t ch, int t, int64_t c) const {
     return this->weight_at(c, ch, t);
   }
@@ -268,21 +331,39 @@ struct ForwardView : ConvOperands<T, ForwardView<T>> {
 };
 
 // dx = conv2d's input gradient for dy through W' (the transposed convolution).
+// Its rows are the input pixels of `phase` (full_phase: all of them) and its
+// reduction walks that phase's taps only.
 template <typename T>
 struct GradInputView : ConvOperands<T, GradInputView<T>> {
   using Elem = T;
   static constexpr bool kGradInput = true;
+  Phase phase;
 
-  CPG_HD int64_t rows() const { return this->d.batch * this->d.H * this->d.W; }
+  CPG_HD int64_t rows() const {
+    return this->d.batch * phase.y.pixels * phase.x.pixels;
+  }
   CPG_HD int64_t cols() const { return this->d.Cg; }
-  CPG_HD int64_t reduction() const { return static_cast<int64_t>(this->d.Ng) * this->d.taps; }
+  CPG_HD int64_t reduction() const { return static_cast<int64_t>(this->d.Ng) * taps(); }
   // The channels a's columns walk per tap: the group's output channels.
   CPG_HD int64_t reduction_channels() const { return this->d.Ng; }
+  // The phase's taps, row-major over its kernel rows and columns.
+  CPG_HD int taps() const { return phase.y.taps * phase.x.taps; }
+  CPG_DEVICE Tap tap_of(int slot) const {
+    const int j = slot / phase.x.taps, i = slot % phase.x.taps;
+    return this->tap_at(phase.y.tap0 + j * phase.y.tap_step, phase.x.tap0 + i * phase.x.tap_step);
+  }
+
+  // Row m's input pixel (m < rows()).
+  CPG_DEVICE Pixel input_pixel(int64_t m) const {
+    const Pixel p = pixel_of(m, phase.y.pixels, phase.x.pixels);
+    return {p.b, phase.y.pixel0 + p.y * phase.y.pixel_step,
+            phase.x.pixel0 + p.x * phase.x.pixel_step};
+  }
 
   CPG_DEVICE ImageRow a_row(int64_t m) const {
     const ConvDims& d = this->d;
     if (m >= rows()) return {0, kOutside, kOutside};
-    const Pixel p = pixel_of(m, d.H, d.W);
+    const Pixel p = input_pixel(m);
     const ImageStrides& s = this->image_strides;
     return {p.b * s.n + this->group * d.Ng * s.c, p.y + d.pad_h, p.x + d.pad_w};
   }
@@ -290,12 +371,12 @@ struct GradInputView : ConvOperands<T, GradInputView<T>> {
   CPG_DEVICE ImageCol a_col_at(int64_t n, Tap tap) const {
     return {n * this->image_strides.c, tap.dy, tap.dx, n < this->d.Ng};
   }
-  // The output pixel (oy, ox) whose window puts `tap` on the padded input
-  // position (py, px); false where there is none (the stride skips it, or it
-  // lies past dy).
-  CPG_DEVICE bool source_pixel(int py, int px, Tap tap, int& oy, int& ox) const {
+  // The output pixel (oy, ox) whose window puts the tap displaced by (dy, dx)
+  // on the padded input position (py, px); false where there is none (the
+  // stride skips it, or it lies past dy).
+  CPG_DEVICE bool source_pixel(int py, int px, int dy, int dx, int& oy, int& ox) const {
     const ConvDims& d = this->d;
-    const int ty = py - tap.dy, tx = px - tap.dx;
+    const int ty = py - dy, tx = px - dx;
     if (ty < 0 || tx < 0 || ty % d.stride_h != 0 || tx % d.stride_w != 0) return false;
     oy = ty / d.stride_h;
     ox = tx / d.stride_w;
@@ -305,18 +386,19 @@ struct GradInputView : ConvOperands<T, GradInputView<T>> {
   // reads zero.
   CPG_DEVICE const T* a_ptr(const ImageRow& row, const ImageCol& col) const {
     int oy, ox;
-    if (!col.valid || !source_pixel(row.y0, row.x0, {col.dy, col.dx}, oy, ox)) return nullptr;
+    if (!col.valid || !source_pixel(row.y0, row.x0, col.dy, col.dx, oy, ox)) return nullptr;
     const ImageStrides& s = this->image_strides;
     return this->image + row.base + col.offset + oy * s.h + ox * s.w;
   }
 
-  // W' of output channel ch under tap t, for input channel c (all in range).
+  // W' of output channel ch under kernel tap t (Tap::index), for input
+  // channel c (all in range).
   CPG_DEVICE float weight_tap(int64_t ch, int t, int64_t c) const {
     return this->weight_at(ch, c, t);
   }
 
   CPG_DEVICE int64_t out_row(int64_t m) const {
-    const Pixel p = pixel_of(m, this->d.H, this->d.W);
+    const Pixel p = input_pixel(m);
     const ImageStrides& o = this->out_strides;
     return p.b * o.n + p.y * o.h + p.x * o.w;
   }
@@ -326,7 +408,7 @@ struct GradInputView : ConvOperands<T, GradInputView<T>> {
 };
 
 // A conv view with the stage loads of the mma kernel (gemm_mma.cuh). Stage s
-// is tap s % taps and channels [kTileK * (s / taps), + kTileK) of the
+// is the view's tap s % taps and channels [kTileK * (s / taps), + kTileK) of the
 // reduction's channels; a tile row of a is then one pixel's channels:
 //  - kChannelsContiguous (NHWC): 16-byte vectors, copied by cp.async with zero
 //    fill where the window leaves the image. A warp copies 4 pixels' 128
@@ -371,7 +453,7 @@ struct ConvMmaView : View {
   }
 
   CPG_DEVICE int64_t stages() const {
-    return this->d.taps * ceil_div(this->reduction_channels(), L::kTileK);
+    return this->taps() * ceil_div(this->reduction_channels(), L::kTileK);
   }
 
   CPG_DEVICE BlockRows block_rows(int64_t m0) const {
@@ -383,9 +465,8 @@ struct ConvMmaView : View {
 
   CPG_DEVICE void issue_stage(int64_t stage, int64_t, int64_t c0, const BlockRows& rows, T* buf,
                               Pending&, Staged& staged) const {
-    const int t = static_cast<int>(stage % this->d.taps);
-    const int64_t ch0 = stage / this->d.taps * L::kTileK;
-    const Tap tap = this->tap_of(t);
+    const Tap tap = this->tap_of(static_cast<int>(stage % this->taps()));
+    const int64_t ch0 = stage / this->taps() * L::kTileK;
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
       const ImageCol col = this->a_col_at(ch0 + a_chunk_vec(i) * kV, tap);
@@ -400,7 +481,7 @@ struct ConvMmaView : View {
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
       const mma::ChunkPos p = weight_pos(i, ch0, c0);
-      staged.w[i] = this->weight_vector(p.n, p.k, t);
+      staged.w[i] = this->weight_vector(p.n, p.k, tap.index);
     }
   }
 

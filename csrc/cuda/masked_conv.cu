@@ -29,9 +29,13 @@
 // All paths are deterministic: no atomics, fixed reduction orders. The
 // unfolded path computes in exact fp32 even where TF32 is allowed.
 //
-// Not yet here: a strided input gradient that skips the taps a stride never
-// reaches (the implicit GEMM multiplies their zeros), and the unfolded path
-// for grouped convs.
+// A strided input gradient on the tiled kernels (rules 4-5) runs one implicit
+// GEMM per stride phase (conv_views.cuh, Phase): the input pixels whose
+// padded position has one residue modulo the stride, against only the taps
+// that reach them, about 1 / (stride_h * stride_w) of the taps each, instead
+// of multiplying the zeros between dy's pixels.
+//
+// Not yet here: the unfolded path for grouped convs.
 #include <algorithm>
 
 #include "cuda/conv_direct.cuh"
@@ -79,6 +83,7 @@ View make_view(const void* a, const void* w, const int32_t* bits, const void* bi
   v.out_strides = View::kGradInput ? input : output;
   v.group = 0;
   v.w_rows_aligned = is_aligned16(w) && (s.K() * sizeof(T)) % kVecBytes == 0;
+  if constexpr (View::kGradInput) v.phase = conv::full_phase(v.d);
   return v;
 }
 
@@ -106,6 +111,22 @@ void launch_mma(const View& v, int64_t groups, cpgdev::stream_t stream) {
                    [&](const auto& part, int64_t n) { mma::launch_view(part, n, stream); });
 }
 
+// Rules 4-5 for one view.
+template <typename View>
+void run_tiled(const View& v, const ConvShape& shape, bool channels_last, bool allow_tf32,
+               cpgdev::stream_t stream) {
+  if (tensor_cores_allowed<typename View::Elem>(allow_tf32) && mma_supports(v, channels_last)) {
+    if (channels_last) {
+      launch_mma<true>(v, shape.groups, stream);
+    } else {
+      launch_mma<false>(v, shape.groups, stream);
+    }
+    return;
+  }
+  for_group_chunks(v, shape.groups,
+                   [&](const auto& part, int64_t n) { simt::launch_view(part, n, stream); });
+}
+
 // Rules 2-5.
 template <typename View>
 void run_implicit_gemm(const View& v, const ConvShape& shape, bool channels_last,
@@ -118,16 +139,27 @@ void run_implicit_gemm(const View& v, const ConvShape& shape, bool channels_last
     conv::unfolded::launch(v, channels_last, stream);
     return;
   }
-  if (tensor_cores_allowed<typename View::Elem>(allow_tf32) && mma_supports(v, channels_last)) {
-    if (channels_last) {
-      launch_mma<true>(v, shape.groups, stream);
-    } else {
-      launch_mma<false>(v, shape.groups, stream);
+  const bool strided = shape.stride_h > 1 || shape.stride_w > 1;
+  if constexpr (View::kGradInput) {
+    if (strided) {
+      // One implicit GEMM per stride phase, over the taps that reach it; a
+      // phase that no tap reaches is zeros, which the direct kernel writes.
+      for (int qy = 0; qy < shape.stride_h; ++qy) {
+        for (int qx = 0; qx < shape.stride_w; ++qx) {
+          View part = v;
+          part.phase = conv::stride_phase(v.d, qy, qx);
+          if (part.rows() == 0) continue;
+          if (part.taps() == 0) {
+            conv::direct::launch_view(part, shape.groups, channels_last, stream);
+          } else {
+            run_tiled(part, shape, channels_last, allow_tf32, stream);
+          }
+        }
+      }
+      return;
     }
-    return;
   }
-  for_group_chunks(v, shape.groups,
-                   [&](const auto& part, int64_t n) { simt::launch_view(part, n, stream); });
+  run_tiled(v, shape, channels_last, allow_tf32, stream);
 }
 
 }  // namespace
