@@ -114,6 +114,7 @@ def test_independent_baseline_reports_its_size(capsys, tmp_path):
     (["train", "--epochs", "0"], "epochs must be an int >= 1"),
     (["train", "--epochs", "x"], "invalid int value"),
     (["train", "--method", "ewc"], "invalid choice"),
+    (["train", "--mask-optimizer", "lbfgs"], "invalid choice"),
     (["train", "--goal", "2"], "goal is an accuracy"),
     (["train", "--data", "cifar100"], "needs its folder"),
     (["train", "--data", "cifar100", "--data-dir", "/nonexistent"], "cifar-100-python.tar.gz"),

@@ -12,6 +12,8 @@ from cpg_kernels.convert import convert
 from cpg_kernels.data import synthetic_tasks
 from cpg_kernels.trainer import (Callback, CPGTrainer, IndependentTrainer, LoggingCallback,
                                  TrainConfig, cubic_sparsity, make_trainer, pruning_targets)
+from cpg_kernels.trainer import base as trainer_base
+from cpg_kernels.trainer.loops import run_epochs
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -109,6 +111,35 @@ def test_cpg_prunes_to_its_sparsity_and_forgets_nothing():
     targets = [e[2] for e in recorder.of("prune") if e[1] == 1]
     assert targets == pytest.approx(pruning_targets(0.0, 0.75, 3))
     assert L.task_state(model) == ([1, 2, 3], None)
+
+
+def test_paper_optimizers_sgd_for_weights_adam_for_masks(monkeypatch):
+    steps = []  # per training phase: [(optimizer class, {id of each parameter})]
+
+    def spy(model, optimizers, *args, **kwargs):
+        steps.append([(type(o), {id(p) for g in o.param_groups for p in g["params"]})
+                      for o in optimizers])
+        return run_epochs(model, optimizers, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_base, "run_epochs", spy)
+    tasks = _tasks()
+    model = convert(_network())
+    probe = torch.stack([tasks[0].test[i][0] for i in range(8)])
+    recorder = _Recorder(model, probe)
+    config = _config(optimizer="sgd", lr=0.05, mask_optimizer="adam", mask_lr=5e-4)
+    results = CPGTrainer(model, config, [recorder]).fit(tasks)
+
+    # Task 1 has no older weights to pick: SGD alone. Later tasks: SGD for the weights and the
+    # task's own parameters, Adam for exactly the picking masks.
+    assert [cls for cls, _ in steps[0]] == [torch.optim.SGD]
+    later = steps[-1]
+    assert [cls for cls, _ in later] == [torch.optim.SGD, torch.optim.Adam]
+    weights = {id(layer.weight) for _, layer in L.masked_layers(model)}
+    assert weights <= later[0][1] and not (later[0][1] & later[1][1])
+    assert len(later[1][1]) == len(weights)  # a mask per masked layer (gone once finalized)
+    for r in results:
+        assert r.forgetting == 0.0
+        assert torch.equal(_logits(model, r.task_id, probe), recorder.logits[r.task_id])
 
 
 def test_pruning_keeps_the_sparsest_state_that_meets_the_goal():
@@ -234,6 +265,7 @@ def test_finetune_starts_from_the_previous_task_and_scratch_does_not():
     (dict(max_size=0.5), "max_size"),
     (dict(lr=0.0), "lr"),
     (dict(optimizer="lbfgs"), "optimizer"),
+    (dict(mask_optimizer="lbfgs"), "mask_optimizer"),
 ])
 def test_config_rejects_bad_values(options, message):
     with pytest.raises(ValueError, match=message):

@@ -108,7 +108,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     optim.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, metavar="N",
                        help="per process (default: %(default)s)")
     optim.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer,
-                       help="for weights and masks alike (default: %(default)s)")
+                       help="for the weights, and for the masks unless --mask-optimizer is "
+                            "given (default: %(default)s)")
+    optim.add_argument("--mask-optimizer", choices=OPTIMIZERS, default=DEFAULTS.mask_optimizer,
+                       help="the picking masks' own optimizer, at --mask-lr (the paper: "
+                            "--optimizer sgd --mask-optimizer adam)")
     optim.add_argument("--lr", type=float, default=DEFAULTS.lr, help="(default: %(default)s)")
     optim.add_argument("--mask-lr", type=float, default=DEFAULTS.mask_lr, metavar="LR",
                        help="learning rate of the picking masks (default: %(default)s)")

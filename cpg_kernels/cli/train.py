@@ -28,7 +28,8 @@ def _train(args: argparse.Namespace, device: str) -> int:
     check_device(device)
     config = TrainConfig(
         method=args.method, epochs=args.epochs, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, mask_lr=args.mask_lr, momentum=args.momentum,
+        optimizer=args.optimizer, mask_optimizer=args.mask_optimizer, lr=args.lr,
+        mask_lr=args.mask_lr, momentum=args.momentum,
         weight_decay=args.weight_decay, goal=args.goal, goal_drop=args.goal_drop,
         reference_epochs=args.reference_epochs, initial_sparsity=args.initial_sparsity,
         final_sparsity=args.final_sparsity, prune_steps=args.prune_steps,

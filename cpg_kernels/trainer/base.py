@@ -58,7 +58,8 @@ class Trainer(ABC):
             for callback in self.callbacks:
                 getattr(callback, hook)(*args)
 
-    def _train(self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
+    def _train(self, model: nn.Module,
+               optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer], task: Task,
                epochs: int, task_id: int, phase: str) -> float:
         """``epochs`` of training on ``task.train``; returns the validation accuracy."""
         loader = train_loader(task.train, self.config.batch_size,
@@ -74,9 +75,11 @@ class Trainer(ABC):
     def _accuracy(self, model: nn.Module, dataset) -> float:
         return accuracy(model, dataset, EVAL_BATCH, self.device)
 
-    def _optimizer(self, lr: float) -> tuple[type[torch.optim.Optimizer], dict]:
-        """The configured optimizer class and its options at learning rate ``lr``."""
-        if self.config.optimizer == "adam":
+    def _optimizer(self, lr: float, name: str | None = None
+                   ) -> tuple[type[torch.optim.Optimizer], dict]:
+        """Optimizer ``name`` (default: the configured one): its class and its
+        options at learning rate ``lr``."""
+        if (name or self.config.optimizer) == "adam":
             return torch.optim.Adam, {"lr": lr}
         momentum = self.config.momentum
         return torch.optim.SGD, {"lr": lr, "momentum": momentum, "nesterov": momentum > 0}

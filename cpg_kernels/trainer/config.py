@@ -49,10 +49,11 @@ class TrainConfig:
     ``batch_size`` is per process under DistributedDataParallel.
 
     The defaults run the embedded digits tasks in seconds. One optimizer
-    (``optimizer``, with ``mask_lr`` for the picking masks) trains everything;
-    Adam suits the masks, whose gradients are tiny. (The paper trains weights
-    with SGD and masks with Adam; ``lifecycle.param_groups(parts=...)`` builds
-    such a pair, which the trainer does not offer yet.)
+    (``optimizer``, with ``mask_lr`` for the picking masks) trains everything,
+    unless ``mask_optimizer`` gives the masks one of their own at ``mask_lr``:
+    the paper trains weights with SGD and masks with Adam
+    (``optimizer="sgd", mask_optimizer="adam"``). Adam suits the masks, whose
+    gradients are tiny.
     ``goal_drop=0.015`` forgives one error on a digits task's validation set.
     """
 
@@ -62,6 +63,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 3e-3
     mask_lr: float = 5e-4
+    mask_optimizer: str | None = None
     momentum: float = 0.9
     weight_decay: float = 4e-5
     goal: float | None = None
@@ -80,6 +82,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.mask_optimizer is not None:
+            _choice("mask_optimizer", self.mask_optimizer, OPTIMIZERS)
         for name in ("epochs", "batch_size", "prune_steps"):
             _at_least(name, getattr(self, name), 1)
         _at_least("retrain_epochs", self.retrain_epochs, 0)

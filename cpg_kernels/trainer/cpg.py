@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from .. import lifecycle as L
@@ -118,11 +119,26 @@ class CPGTrainer(Trainer):
         return self._train(net, optimizer, task, epochs, t, "reference")
 
     def _train_task(self, t: int, task: Task, phase: str, epochs: int, lr: float) -> float:
+        return self._train(self.model, self._task_optimizers(lr), task, epochs, t, phase)
+
+    def _task_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
+        """Guarded optimizers for the training task: one for everything, or
+        with ``mask_optimizer`` one for the weights and the task's own
+        parameters at ``lr`` and one for the picking masks at ``mask_lr``."""
+        config = self.config
         optimizer_class, options = self._optimizer(lr)
-        optimizer = L.make_optimizer(self.model, optimizer_class,
-                                     weight_decay=self.config.weight_decay,
-                                     mask_lr=self.config.mask_lr, **options)
-        return self._train(self.model, optimizer, task, epochs, t, phase)
+        if config.mask_optimizer is None:
+            return [L.make_optimizer(self.model, optimizer_class, weight_decay=config.weight_decay,
+                                     mask_lr=config.mask_lr, **options)]
+        mask_class, mask_options = self._optimizer(config.mask_lr, config.mask_optimizer)
+        weight_groups = L.param_groups(self.model, config.weight_decay, parts=("weights", "own"))
+        mask_groups = L.param_groups(self.model, parts=("masks",))
+        optimizers = [optimizer_class(weight_groups, **options)]
+        if mask_groups:  # the first task has no masks: nothing older to pick
+            optimizers.append(mask_class(mask_groups, **mask_options))
+        for optimizer in optimizers:
+            L.guard_optimizer(optimizer, self.model)
+        return optimizers
 
     def _grow(self, t: int) -> bool:
         """Grow by up to ``growth_step`` of the original size within ``max_size``; False if full."""

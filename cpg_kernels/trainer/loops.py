@@ -7,7 +7,7 @@ sees the same accuracy and takes the same decisions.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,20 +31,26 @@ def train_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
                       drop_last=len(sampler) % batch_size == 1)
 
 
-def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-               epochs: int, device: torch.device,
+def run_epochs(model: nn.Module,
+               optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+               loader: DataLoader, epochs: int, device: torch.device,
                on_step: Callable[[float], None] | None = None) -> None:
-    """``epochs`` passes of cross-entropy training over ``loader``."""
+    """``epochs`` passes of cross-entropy training over ``loader``; every step
+    steps each optimizer (e.g. one for the weights and one for the masks)."""
+    if isinstance(optimizers, torch.optim.Optimizer):
+        optimizers = [optimizers]
     model.train()
     for epoch in range(epochs):
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             if on_step is not None:
                 on_step(loss.item())
 
