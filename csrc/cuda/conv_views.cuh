@@ -269,6 +269,25 @@ struct ConvOperands {
     return u;
   }
 
+  // W'[n, [c, c + 4 / sizeof(T)), tap t] of the group packed into 32 bits,
+  // zeros past Ng and Cg: the span of one lane when a warp reads consecutive
+  // channels (ConvMmaView).
+  CPG_DEVICE uint32_t weight_span(int64_t n, int64_t c, int t) const {
+    constexpr int kE = 4 / static_cast<int>(sizeof(T));
+    T v[kE];
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      v[e] = cpgdev::from_float<T>(0.0f);
+      if (n < d.Ng && c + e < d.Cg) {
+        const int64_t row = group * d.Ng + n, k = (c + e) * d.taps + t;
+        if (test_bit(bits + row * d.words, k)) v[e] = w[row * d.K + k];
+      }
+    }
+    uint32_t u;
+    memcpy(&u, v, 4);
+    return u;
+  }
+
   CPG_DEVICE void store(int64_t row, const OutCol& col, float acc) const {
     out[row + col.offset] = cpgdev::from_float<T>(acc + col.bias);
   }
@@ -416,9 +435,15 @@ struct GradInputView : ConvOperands<T, GradInputView<T>> {
 //  - otherwise (NCHW): gathered into registers element by element (channels
 //    lie H*W apart), 32 consecutive pixels per warp load so that it
 //    coalesces, and stored after the multiply.
-// W' is gathered for every layout (weight_vector) and stored after the
-// multiply: its chunks are the linear kernel's (mma::weight_chunk), with the
-// tile's reduction index read as a channel.
+// W' is read into registers for every layout and stored after the multiply:
+//  - 1x1 kernels: a row's channels are contiguous, so as the linear kernel's
+//    16-byte chunks (mma::weight_chunk, the tile's reduction index read as a
+//    channel; weight_vector);
+//  - larger kernels: a row's channels lie `taps` elements apart. A thread
+//    gathering 16-byte chunks would have each warp load touch ~32 cache lines
+//    (8 W rows x 4 lanes); instead the 32 lanes of a warp read consecutive
+//    channels of one W row, 4 bytes each (weight_span), so a load touches the
+//    few lines that 32 channels x taps span, and store 4-byte spans.
 // Needs reduction_channels() % vec_elems<T>() == 0 (chunks are all in or all
 // out), and for kChannelsContiguous a 16-byte aligned image.
 template <typename View, bool kChannelsContiguous>
@@ -434,9 +459,21 @@ struct ConvMmaView : View {
     ImageRow row[kRows];
   };
   struct Pending {};
+  // The W tile as [output channel][input channel] (forward: [col][reduction],
+  // grad_input: [reduction][col]), its rows' stride, and the 4-byte spans per
+  // thread that tile it when a warp takes consecutive input channels.
+  static constexpr int kWRows = View::kGradInput ? L::kTileK : mma::kTileN;
+  static constexpr int kWCols = View::kGradInput ? mma::kTileN : L::kTileK;
+  static constexpr int kWStride = View::kGradInput ? L::kNStride : L::kKStride;
+  static constexpr int kSpanElems = 4 / static_cast<int>(sizeof(T));
+  static constexpr int kWarpCols = kWarpSize * kSpanElems;  // input channels per warp load
+  static constexpr int kWarps = mma::kThreads / kWarpSize;
+  static constexpr int kSpans = kWRows * (kWCols / kWarpCols) / kWarps;
+  static_assert(kWCols % kWarpCols == 0 && kSpans * 4 == kChunks * kVecBytes,
+                "the spans hold what the chunks hold");
   struct Staged {
-    uint4 a[kChunks];  // gathered layouts only
-    uint4 w[kChunks];
+    uint4 a[kChunks];       // gathered layouts only
+    uint32_t w[kSpans];     // W' as chunks (1x1 kernels) or spans
   };
 
   // Tile row and 16-byte column of this thread's a chunk i.
@@ -478,10 +515,21 @@ struct ConvMmaView : View {
         staged.a[i] = gather_channels(src);
       }
     }
+    if (this->d.taps == 1) {
 #pragma unroll
-    for (int i = 0; i < kChunks; ++i) {
-      const mma::ChunkPos p = weight_pos(i, ch0, c0);
-      staged.w[i] = this->weight_vector(p.n, p.k, tap.index);
+      for (int i = 0; i < kChunks; ++i) {
+        const mma::ChunkPos p = weight_pos(i, ch0, c0);
+        const uint4 chunk = this->weight_vector(p.n, p.k, tap.index);
+        memcpy(staged.w + i * 4, &chunk, kVecBytes);
+      }
+      return;
+    }
+    // Output channels n0.. and input channels c_in0.. of the tile.
+    const int64_t n0 = View::kGradInput ? ch0 : c0, c_in0 = View::kGradInput ? c0 : ch0;
+#pragma unroll
+    for (int i = 0; i < kSpans; ++i) {
+      const SpanPos p = span_pos(i);
+      staged.w[i] = this->weight_span(n0 + p.row, c_in0 + p.col, tap.index);
     }
   }
 
@@ -492,13 +540,34 @@ struct ConvMmaView : View {
 #pragma unroll
       for (int i = 0; i < kChunks; ++i) cpgdev::store16(buf + a_chunk_offset(i), staged.a[i]);
     }
+    if (this->d.taps == 1) {
 #pragma unroll
-    for (int i = 0; i < kChunks; ++i) {
-      cpgdev::store16(buf + L::kATile + weight_pos(i, 0, 0).offset, staged.w[i]);
+      for (int i = 0; i < kChunks; ++i) {
+        uint4 chunk;
+        memcpy(&chunk, staged.w + i * 4, kVecBytes);
+        cpgdev::store16(buf + L::kATile + weight_pos(i, 0, 0).offset, chunk);
+      }
+      return;
+    }
+#pragma unroll
+    for (int i = 0; i < kSpans; ++i) {
+      const SpanPos p = span_pos(i);
+      memcpy(buf + L::kATile + p.row * kWStride + p.col, &staged.w[i], 4);
     }
   }
 
  private:
+  // Span i of this thread in the W tile: warp load u = warp + i * kWarps
+  // covers kWarpCols consecutive input channels of one tile row.
+  struct SpanPos {
+    int row, col;
+  };
+  CPG_DEVICE static SpanPos span_pos(int i) {
+    constexpr int kLoadsPerRow = kWCols / kWarpCols;
+    const int u = static_cast<int>(threadIdx.x) / kWarpSize + i * kWarps;
+    return {u / kLoadsPerRow, (u % kLoadsPerRow) * kWarpCols + cpgdev::lane_id() * kSpanElems};
+  }
+
   // Chunk i of the W tile: (output channel n, channel k) of the group.
   CPG_DEVICE static mma::ChunkPos weight_pos(int i, int64_t ch0, int64_t c0) {
     return mma::weight_chunk<T, View::kGradInput>(static_cast<int>(threadIdx.x) + i * mma::kThreads,
