@@ -168,6 +168,8 @@ VARIANTS = {
     "1x1 stride 2": ((4, 16, 9, 7, 16, 1, 2, 0, 1, 1), "tiled", "phases"),
     "7x7 stride 2, padding 3 (simt, tf32 mma)": ((3, 4, 9, 9, 16, 7, 2, 3, 1, 1), "tiled", "direct"),
     "two row tiles: 154 pixels": ((2, 16, 11, 7, 16, 3, 1, 1, 1, 1), "tiled", "tiled"),
+    "one tile, 18 reduction stages (16-bit: split-K)":
+        ((2, 128, 7, 7, 16, 3, 1, 1, 1, 1), "tiled", "tiled"),
     "two column tiles: 136 output channels": ((3, 8, 5, 5, 136, 3, 1, 1, 1, 1), "tiled", "direct"),
     "2x3 kernel, (h, w) stride (2, 1), padding (0, 2), dilation (1, 2)":
         ((3, 16, 7, 8, 16, (2, 3), (2, 1), (0, 2), (1, 2), 1), "tiled", "phases"),

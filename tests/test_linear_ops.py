@@ -198,6 +198,11 @@ DISPATCH_CASES = [
     (33, 20, 64, torch.float32, False, "simt: fp32 without tf32"),
     (33, 20, 70, torch.bfloat16, False, "simt: rows not whole 16-byte vectors"),
     (130, 136, 96, torch.bfloat16, False, "mma: several tiles, partial edges"),
+    # One tile on the emulator's 4 SMs, 16 to 32 reduction stages: split-K over 2 or 4 splits
+    # (K = 1032: 17 stages, the last one partial, in splits of 9 and 8).
+    (33, 24, 1032, torch.bfloat16, False, "mma split-K forward"),
+    (33, 1024, 24, torch.bfloat16, False, "mma split-K grad_input"),
+    (40, 20, 1024, torch.float32, True, "mma split-K forward, tf32, 4 splits"),
 ]
 
 
@@ -224,9 +229,14 @@ def test_every_gemm_kernel_forward_and_grad_input(backend, m, n, k, dtype, tf32,
             "mma": ("gemm_mma.cuh", "gemm_mma.cuh"),
             "simt": ("gemm_simt.cuh", "gemm_simt.cuh"),
         }[kernel]
-        assert [e.split(":")[0] for e in forward_launches] == [forward_file], forward_launches
-        assert [e.split(":")[0] for e in grad_input_launches] == [grad_input_file], \
+        assert {e.split(":")[0] for e in forward_launches} == {forward_file}, forward_launches
+        assert {e.split(":")[0] for e in grad_input_launches} == {grad_input_file}, \
             grad_input_launches
+        # Split-K adds the launch of the kernel that adds up the splits, and only then.
+        for direction, launches in (("forward", forward_launches),
+                                    ("grad_input", grad_input_launches)):
+            split = "split-K" in path and direction in path
+            assert ("gemm_mma.cuh:reduce" in launches) == split, (direction, launches)
 
 
 # small_batch_grad: the input gradient at M <= 16. Under the emulator (4 SMs), N = 2100 splits

@@ -489,7 +489,7 @@ struct ConvMmaView : View {
     return a_chunk_row(i) * L::kKStride + a_chunk_vec(i) * kV;
   }
 
-  CPG_DEVICE int64_t stages() const {
+  CPG_HD int64_t stages() const {
     return this->taps() * ceil_div(this->reduction_channels(), L::kTileK);
   }
 
