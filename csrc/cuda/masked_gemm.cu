@@ -11,7 +11,9 @@
 //                     across warps and, when K alone cannot fill the device,
 //                     across blocks (fp32 partials, added by a second kernel).
 //   mma               tensor cores, fp32 accumulate: f16/bf16 operands as they
-//                     are, fp32 operands rounded to TF32.
+//                     are, fp32 operands rounded to TF32; splits the reduction
+//                     across blocks (split-K, ordered fp32 sums) when its
+//                     128 x 128 tiles alone would leave multiprocessors idle.
 //   simt              CUDA-core tiles, exact fp32 FMA; any shape, any alignment.
 //
 // Dispatch, first rule that matches:
