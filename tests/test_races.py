@@ -81,6 +81,7 @@ def _workloads():
         "linear_bf16": lambda: functional.masked_linear(x64.bfloat16(), w64.bfloat16(), bits64),
         "linear_bf16_split_k": lambda: functional.masked_linear(
             x_long.bfloat16(), w_long.bfloat16(), bits_long),
+        "linear_split_k": lambda: functional.masked_linear(x_long, w_long, bits_long),
         "linear_grad_input": lambda: torch.ops.cpg.masked_linear_grad_input(
             torch.randn(19, 21, generator=torch.Generator().manual_seed(2)), w, bits),
         "linear_grad_input_small_batch": lambda: torch.ops.cpg.masked_linear_grad_input(
@@ -114,14 +115,14 @@ KERNEL_FILE = {
     "grad_epilogue": "elementwise.cu",
     "linear_small_batch": "gemm_small_batch.cuh", "linear": "gemm_simt.cuh",
     "linear_bf16": "gemm_mma.cuh", "linear_grad_input": "gemm_simt.cuh",
-    "linear_bf16_split_k": "gemm_mma.cuh:reduce",
+    "linear_bf16_split_k": "gemm_split_k.cuh:reduce", "linear_split_k": "gemm_split_k.cuh:reduce",
     "linear_grad_input_small_batch": "gemm_small_batch_grad.cuh",
     "multitask": "gemm_small_batch.cuh",
     "conv": "conv_direct.cuh", "conv_nhwc": "gemm_simt.cuh",
     "conv_nchw_bf16": "gemm_mma.cuh", "conv_nhwc_bf16": "gemm_mma.cuh",
     "conv_grad_input": "gemm_simt.cuh", "conv_grad_input_nhwc": "gemm_simt.cuh",
     "conv_grad_input_nchw_bf16": "gemm_mma.cuh", "conv_grad_input_nhwc_bf16": "gemm_mma.cuh",
-    "conv_split_k_nhwc_bf16": "gemm_mma.cuh:reduce",
+    "conv_split_k_nhwc_bf16": "gemm_split_k.cuh:reduce",
     "conv_unfolded": "conv_unfolded.cuh", "conv_unfolded_nhwc_bf16": "conv_unfolded.cuh",
     "conv_grad_input_unfolded": "conv_unfolded.cuh",
     "conv_grad_input_unfolded_nhwc_bf16": "conv_unfolded.cuh",

@@ -20,15 +20,13 @@
 // Split-K. A block holds a whole multiprocessor (about 200 registers per
 // thread), so a grid of fewer 128 x 128 tiles than multiprocessors leaves the
 // rest idle: a 4096-wide linear layer at batch 128 is 32 tiles on 132 SMs. The
-// launcher then splits each tile's reduction over gridDim.z (SplitKView):
-// each split writes its fp32 sums to a workspace and reduce_splits_kernel adds
-// them in split order and stores them through the view (bias, dtype). Same
-// bits every run.
+// launcher then splits each tile's stages over gridDim.z (gemm_split_k.cuh).
 #pragma once
 
 #include <type_traits>
 
 #include "cuda/gemm_common.cuh"
+#include "cuda/gemm_split_k.cuh"
 
 namespace cpg {
 namespace CPG_KERNEL_NS {
@@ -389,79 +387,9 @@ bool supports(const MaskedGemm<T>& g) {
          is_aligned16(g.w);
 }
 
-// ------------------------------------------------------------------ split-K
-
-constexpr int64_t kMinSplitStages = 8;  // a split amortizes the pipeline's fill
-constexpr int kMaxSplits = 16;
-constexpr int64_t kMaxGridZ = 65535;
-
-// A view whose blockIdx.z is (sub-problem, split): split `split` runs stages
-// [split * stages_per_split, ...) of the view's, and stores its fp32 sums to
-// partials[z][rows][cols] instead of out.
-template <typename View>
-struct SplitKView : View {
-  float* partials;
-  int64_t stages_per_split;
-  int splits;
-  int split;         // set by select_z
-  int64_t block_z;  // blockIdx.z: its sums go to partials + block_z * rows * cols
-
-  CPG_DEVICE void select_z(int64_t z) {
-    split = static_cast<int>(z % splits);
-    block_z = z;
-    View::select_z(z / splits);
-  }
-  CPG_DEVICE int64_t first_stage() const { return split * stages_per_split; }
-  CPG_DEVICE int64_t stages() const {
-    const int64_t left = View::stages() - first_stage();
-    return left < stages_per_split ? (left > 0 ? left : 0) : stages_per_split;
-  }
-  CPG_DEVICE void issue_stage(int64_t stage, int64_t m0, int64_t c0,
-                              const typename View::BlockRows& rows, typename View::Elem* buf,
-                              typename View::Pending& pending,
-                              typename View::Staged& staged) const {
-    View::issue_stage(first_stage() + stage, m0, c0, rows, buf, pending, staged);
-  }
-  CPG_DEVICE void land_stage(int64_t stage, int64_t c0, typename View::Elem* buf,
-                             const typename View::Pending& pending) const {
-    View::land_stage(first_stage() + stage, c0, buf, pending);
-  }
-
-  CPG_DEVICE int64_t out_row(int64_t m) const {
-    return (block_z * this->rows() + m) * this->cols();
-  }
-  CPG_DEVICE int64_t out_col(int64_t c) const { return c; }
-  CPG_DEVICE void store(int64_t row, int64_t col, float acc) const { partials[row + col] = acc; }
-};
-
-// out of sub-problem z = the splits' partial sums added in split order,
-// stored through the view (its bias and dtype). Consecutive threads take
-// consecutive columns.
-template <typename View>
-CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
-    reduce_splits_kernel(View problem, const float* partials, int splits, int64_t subproblems) {
-  const int64_t rows = problem.rows(), cols = problem.cols(), plane = rows * cols;
-  for (int64_t i = global_thread_index(); i < subproblems * plane; i += global_thread_count()) {
-    const int64_t z = i / plane, m = i % plane / cols, c = i % cols;
-    const float* p = partials + z * splits * plane + m * cols + c;
-    float sum = p[0];
-    for (int split = 1; split < splits; ++split) sum += p[split * plane];
-    View v = problem;
-    v.select_z(z);
-    v.store(v.out_row(m), v.out_col(c), sum);
-  }
-}
-
-// Splits of each tile's reduction: enough to fill the device's multiprocessors
-// with one block each, at least kMinSplitStages stages a split.
-inline int choose_splits(int64_t blocks, int64_t stages, int64_t subproblems) {
-  const int64_t by_device = cpgdev::sm_count() / (blocks > 0 ? blocks : 1);
-  const int64_t by_stages = stages / kMinSplitStages;
-  int64_t splits = by_device < by_stages ? by_device : by_stages;
-  if (splits > kMaxSplits) splits = kMaxSplits;
-  if (splits * subproblems > kMaxGridZ) splits = kMaxGridZ / subproblems;
-  return splits > 1 ? static_cast<int>(splits) : 1;
-}
+// A split's share of the stages: at least this many, to amortize the
+// pipeline's fill.
+constexpr int64_t kMinSplitStages = 8;
 
 // `subproblems` is the grid's z extent (tasks, conv groups).
 template <typename View>
@@ -469,30 +397,19 @@ void launch_view(const View& v, int64_t subproblems, cpgdev::stream_t stream) {
   const unsigned row_tiles = static_cast<unsigned>(ceil_div(v.rows(), kTileM));
   const unsigned col_tiles = static_cast<unsigned>(ceil_div(v.cols(), kTileN));
   constexpr int kSmem = Layout<typename View::Elem, View::kGradInput>::kSmemBytes;  // > 48 KiB
-  const int splits =
-      choose_splits(int64_t{row_tiles} * col_tiles * subproblems, v.stages(), subproblems);
-  if (splits == 1) {
-    auto* kernel = &masked_gemm_mma_kernel<View>;
+  auto run = [&](const auto& view, int64_t z) {
+    auto* kernel = &masked_gemm_mma_kernel<std::decay_t<decltype(view)>>;
     cpgdev::set_max_dynamic_smem(kernel, kSmem);
-    CPG_LAUNCH(kernel, dim3(row_tiles, col_tiles, static_cast<unsigned>(subproblems)), kThreads,
-               kSmem, stream, v);
-    return;
-  }
-  SplitKView<View> split_view;
+    CPG_LAUNCH(kernel, dim3(row_tiles, col_tiles, static_cast<unsigned>(z)), kThreads, kSmem,
+               stream, view);
+  };
+  const int splits = split_k::choose_splits(int64_t{row_tiles} * col_tiles * subproblems,
+                                            v.stages(), kMinSplitStages, subproblems);
+  if (splits == 1) return run(v, subproblems);
+  split_k::StageSplit<View> split_view;
   static_cast<View&>(split_view) = v;
-  split_view.splits = splits;
   split_view.stages_per_split = ceil_div(v.stages(), splits);
-  const int64_t plane = v.rows() * v.cols();
-  DeviceWorkspace partials(sizeof(float) * splits * subproblems * plane, stream);
-  split_view.partials = partials.as<float>();
-  auto* kernel = &masked_gemm_mma_kernel<SplitKView<View>>;
-  cpgdev::set_max_dynamic_smem(kernel, kSmem);
-  CPG_LAUNCH(kernel, dim3(row_tiles, col_tiles, static_cast<unsigned>(subproblems * splits)),
-             kThreads, kSmem, stream, split_view);
-  auto* reduce = &reduce_splits_kernel<View>;
-  CPG_LAUNCH(reduce, grid_stride_blocks(subproblems * plane, kThreads), kThreads, 0, stream, v,
-             partials.as<float>(), splits, subproblems);
-  partials.release();
+  split_k::launch(split_view, splits, subproblems, stream, run);
 }
 
 template <typename T, bool kGradInput>

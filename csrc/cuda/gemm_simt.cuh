@@ -10,7 +10,10 @@
 // batched GEMM, or conv groups, run on gridDim.z.
 #pragma once
 
+#include <type_traits>
+
 #include "cuda/gemm_common.cuh"
+#include "cuda/gemm_split_k.cuh"
 
 namespace cpg {
 namespace CPG_KERNEL_NS {
@@ -203,14 +206,29 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_simt_kernel(View problem
   write_tile(v, m0, c0, ty, tx, acc);
 }
 
-// `subproblems` is the grid's z extent (tasks, conv groups).
+// A split's share of the reduction: at least this many slices.
+constexpr int64_t kMinSplitSlices = 32;
+
+// `subproblems` is the grid's z extent (tasks, conv groups). Where the tiles
+// are fewer than the multiprocessors, the reduction is split across blocks
+// (gemm_split_k.cuh).
 template <typename View>
 void launch_view(const View& v, int64_t subproblems, cpgdev::stream_t stream) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(v.rows(), kTile)),
-                  static_cast<unsigned>(ceil_div(v.cols(), kTile)),
-                  static_cast<unsigned>(subproblems));
-  auto* kernel = &masked_gemm_simt_kernel<View>;
-  CPG_LAUNCH(kernel, grid, kThreads, 0, stream, v);
+  const unsigned row_tiles = static_cast<unsigned>(ceil_div(v.rows(), kTile));
+  const unsigned col_tiles = static_cast<unsigned>(ceil_div(v.cols(), kTile));
+  auto run = [&](const auto& view, int64_t z) {
+    auto* kernel = &masked_gemm_simt_kernel<std::decay_t<decltype(view)>>;
+    CPG_LAUNCH(kernel, dim3(row_tiles, col_tiles, static_cast<unsigned>(z)), kThreads, 0, stream,
+               view);
+  };
+  const int64_t slices = ceil_div(v.reduction(), kTileK);
+  const int splits = split_k::choose_splits(int64_t{row_tiles} * col_tiles * subproblems, slices,
+                                            kMinSplitSlices, subproblems);
+  if (splits == 1) return run(v, subproblems);
+  split_k::ReductionSplit<View> split_view;
+  static_cast<View&>(split_view) = v;
+  split_view.per_split = ceil_div(slices, splits) * kTileK;
+  split_k::launch(split_view, splits, subproblems, stream, run);
 }
 
 template <typename T, bool kGradInput>

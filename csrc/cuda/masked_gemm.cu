@@ -14,7 +14,8 @@
 //                     are, fp32 operands rounded to TF32; splits the reduction
 //                     across blocks (split-K, ordered fp32 sums) when its
 //                     128 x 128 tiles alone would leave multiprocessors idle.
-//   simt              CUDA-core tiles, exact fp32 FMA; any shape, any alignment.
+//   simt              CUDA-core tiles, exact fp32 FMA; any shape, any alignment;
+//                     split-K like mma (gemm_split_k.cuh).
 //
 // Dispatch, first rule that matches:
 //   1. forward / multitask with M <= 16                  -> small_batch
