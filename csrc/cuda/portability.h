@@ -66,7 +66,12 @@
   extern __shared__ __align__(16) unsigned char cpg_dynamic_smem_[]; \
   T* name = reinterpret_cast<T*>(cpg_dynamic_smem_)
 
+// The inline namespaces keep this branch's host functions (sm_count(), ...)
+// apart from the emulator's (cpgdev::emulated) at link time: both builds live
+// in one library, and an out-of-line copy of one must never stand in for the
+// other's.
 namespace cpgdev {
+inline namespace gpu {
 
 using stream_t = cudaStream_t;
 using bf16 = __nv_bfloat16;
@@ -211,6 +216,7 @@ inline void device_free(void* p, stream_t stream) {
   check(cudaFreeAsync(p, stream), "cudaFreeAsync");
 }
 
+}  // namespace gpu
 }  // namespace cpgdev
 
 // Every launch goes through here: one place to check the launch error.

@@ -273,7 +273,9 @@ KernelLaunch<P...> launch_kernel(const char* name, const char* file, void (*kern
 // The last parameter of each blocking operation: the caller's source location.
 #define CPG_EMU_SITE ::cpg::emu::Site site = ::cpg::emu::Site::here()
 
+// Inline namespace: see portability.h (cpgdev::gpu).
 namespace cpgdev {
+inline namespace emulated {
 
 using stream_t = void*;
 
@@ -487,6 +489,7 @@ inline void* device_alloc(size_t bytes, stream_t) {
 }
 inline void device_free(void* p, stream_t) { std::free(p); }
 
+}  // namespace emulated
 }  // namespace cpgdev
 
 #undef CPG_EMU_SITE
