@@ -275,3 +275,26 @@ def test_small_batch_grad_input_layouts(backend, m, n, k, dtype, offset, layout)
     dx = backend.run(torch.ops.cpg.masked_linear_grad_input, gy, w, bits)
     w_eff = w.cpu().double() * masks.unpack(bits.cpu(), (n, k))
     assert rel_error(dx, gy.cpu().double() @ w_eff) < TOLERANCE[dtype]
+
+
+@pytest.mark.cuda
+def test_split_k_workspace_counts_in_torch_memory_stats():
+    """Kernel workspaces come from torch's caching allocator (csrc/ops/cuda_stream.cpp): a
+    split-K launch's fp32 partial sums show in max_memory_allocated, like any tensor."""
+    if not (backends.cuda_built() and torch.cuda.is_available()):
+        pytest.skip("needs a CUDA device and the CUDA kernels")
+    m, n, k = 128, 4096, 4096  # 32 output tiles of 128 x 128, 64 reduction stages (bf16)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    splits = min(sms // 32, 64 // 8, 16)
+    if splits < 2:
+        pytest.skip(f"{sms} multiprocessors: no split-K for 32 tiles")
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    bits = masks.pack(torch.rand(n, k, device="cuda") < 0.5)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    y = functional.masked_linear(x, w, bits)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    assert peak >= y.numel() * y.element_size() + splits * m * n * 4

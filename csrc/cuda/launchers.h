@@ -11,6 +11,7 @@
 // Mask format and active-set rule: csrc/core/mask_format.h.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "core/conv_shape.h"
@@ -64,6 +65,18 @@
 namespace cpg {
 namespace cuda {
 CPG_DECLARE_LAUNCHERS
+
+// Where the launchers' workspaces (split-K partial sums, small-batch
+// partials, unfolded windows) come from. By default the device's
+// stream-ordered pool (cudaMallocAsync); the ops layer installs torch's
+// caching allocator, so that workspaces count in torch.cuda's memory
+// statistics and share its cache. alloc(bytes, stream) returns memory usable
+// by work queued on that stream; free(p) may run right after that work is
+// queued (stream-ordered reuse, as torch's raw_delete). Null restores the
+// default.
+using WorkspaceAlloc = void* (*)(size_t bytes, void* stream);
+using WorkspaceFree = void (*)(void* p);
+void set_workspace_allocator(WorkspaceAlloc alloc, WorkspaceFree free);
 }  // namespace cuda
 namespace emu_kernels {
 CPG_DECLARE_LAUNCHERS

@@ -205,16 +205,11 @@ inline int sm_count() {
 }
 
 // Usable by work queued on `stream` after the call; device_free releases it
-// once the work queued before it is done. From the device's default memory
-// pool: stream-ordered, without cudaMalloc's device-wide synchronisation.
-inline void* device_alloc(size_t bytes, stream_t stream) {
-  void* p = nullptr;
-  check(cudaMallocAsync(&p, bytes, stream), "cudaMallocAsync");
-  return p;
-}
-inline void device_free(void* p, stream_t stream) {
-  check(cudaFreeAsync(p, stream), "cudaFreeAsync");
-}
+// once the work queued before it is done. Defined in workspace.cu: torch's
+// caching allocator when the ops layer installed it (launchers.h,
+// set_workspace_allocator), else the device's stream-ordered pool.
+void* device_alloc(size_t bytes, stream_t stream);
+void device_free(void* p, stream_t stream);
 
 }  // namespace gpu
 }  // namespace cpgdev
