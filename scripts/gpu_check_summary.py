@@ -72,6 +72,11 @@ def sanitizer(text: str, tool: str) -> tuple[dict, list[str]]:
     return counts, lines
 
 
+def is_sanitizer(step: str) -> bool:
+    """memcheck, racecheck, or one of their per-group runs (racecheck-conv)."""
+    return step.split("-")[0] in ("memcheck", "racecheck")
+
+
 def summarize(name: str, status: str, text: str, out: Path) -> tuple[str, list[str], dict]:
     """(status, key lines, counts) of one step."""
     counts: dict = {}
@@ -89,8 +94,8 @@ def summarize(name: str, status: str, text: str, out: Path) -> tuple[str, list[s
             status = "empty"
         elif status == "ok" and counts.get("tests") and counts["skipped"] == counts["tests"]:
             status = "all skipped"  # e.g. the CUDA kernels were not built
-    elif name in ("memcheck", "racecheck"):
-        counts, lines = sanitizer(text, name)
+    elif is_sanitizer(name):
+        counts, lines = sanitizer(text, name.split("-")[0])
         clean = (counts["errors"] == 0 and counts["driver_calls_failed"] == 0)
         if status == "ok" and not clean:
             status = "failed"
@@ -138,7 +143,7 @@ def main(argv: list[str]) -> int:
         for name, c in tests:
             if c.get("failed_tests"):
                 md += ["", f"Failing in {name}:", ""] + [f"- `{t}`" for t in c["failed_tests"]]
-    sans = [(s["step"], s["counts"]) for s in steps if s["step"] in ("memcheck", "racecheck")]
+    sans = [(s["step"], s["counts"]) for s in steps if is_sanitizer(s["step"])]
     if sans:
         md += ["", "## compute-sanitizer", "", "| tool | errors | hazards | driver calls failed |",
                "|---|---|---|---|"]

@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """Call every cpg op once on small CUDA shapes, for compute-sanitizer.
 
-    compute-sanitizer --tool memcheck python3 scripts/sanitizer_driver.py
+    compute-sanitizer --tool memcheck python3 scripts/sanitizer_driver.py [--only linear,conv]
 
 Forward and backward of the linear, conv and multi-task ops in fp32 (TF32 off
 and on), bf16 and fp16, plus the element-wise helpers, on shapes with odd
 sizes, K not a multiple of 32, groups, stride, padding and dilation, and one
-shape large enough to span several GEMM tiles. Each call is synchronized so an
+shape large enough to span several GEMM tiles, and shapes whose single tile
+splits its reduction across blocks (split-K). `--only` picks groups of calls
+(helpers, linear, conv), so that a tool that fails on one group does not hide
+the others. Each call is synchronized so an
 error is attributed to it. It checks no numbers (the test suite does); it
 prints one line per call and exits 1 if any call raised.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
 from pathlib import Path
@@ -108,28 +112,47 @@ def conv(batch, cin, cout, hw, kernel, stride, padding, dilation, groups, dtype,
          lambda: backward(fn.cpg_conv2d(x, w, owner, TASK, m_leaf, b, **geometry)))
 
 
+GROUPS = ("helpers", "linear", "conv")
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(GROUPS),
+                        help="comma-separated groups of calls (default: all)")
+    groups = set(parser.parse_args().only.split(","))
+    if not groups <= set(GROUPS):
+        parser.error(f"--only: choose from {', '.join(GROUPS)}")
     if not torch.cuda.is_available():
         print("sanitizer_driver: no CUDA device", file=sys.stderr)
         return 2
     torch.manual_seed(0)
-    for shape in ((37, 70), (5, 3, 3, 3), (64, 1024)):
-        helpers(shape)
+    if "helpers" in groups:
+        for shape in ((37, 70), (5, 3, 3, 3), (64, 1024)):
+            helpers(shape)
     precisions = [(torch.float32, False, "fp32"), (torch.float32, True, "tf32"),
                   (torch.bfloat16, False, "bf16"), (torch.float16, False, "fp16")]
     for dtype, tf32, label in precisions:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-        for m, n, k in ((1, 37, 70), (5, 16, 32), (130, 136, 300)):
-            linear(m, n, k, dtype, label)
-        conv(2, 6, 10, 9, 3, 1, 1, 1, 1, dtype, label)
-        conv(1, 6, 10, 9, 3, 2, 0, 2, 2, dtype, label)
-        conv(3, 32, 64, 8, 1, 1, 0, 1, 1, dtype, label)
-        conv(2, 16, 32, 9, 3, 1, 1, 1, 1, dtype, label, channels_last=True)
-        # Late layers (the unfolded path): 16 and 49 output pixels.
-        conv(1, 64, 128, 4, 3, 1, 1, 1, 1, dtype, label)
-        conv(1, 32, 48, 7, 3, 1, 1, 1, 1, dtype, label, channels_last=True)
+        if "linear" in groups:
+            # (40, 64, 2048): one output tile, 32 or more reduction steps: split-K.
+            for m, n, k in ((1, 37, 70), (5, 16, 32), (130, 136, 300), (40, 64, 2048)):
+                linear(m, n, k, dtype, label)
+        if "conv" in groups:
+            conv_cases(dtype, label)
     print(f"{len(FAILURES)} calls failed" + (": " + "; ".join(FAILURES) if FAILURES else ""))
     return 1 if FAILURES else 0
+
+
+def conv_cases(dtype, label) -> None:
+    conv(2, 6, 10, 9, 3, 1, 1, 1, 1, dtype, label)
+    conv(1, 6, 10, 9, 3, 2, 0, 2, 2, dtype, label)
+    conv(3, 32, 64, 8, 1, 1, 0, 1, 1, dtype, label)
+    conv(2, 16, 32, 9, 3, 1, 1, 1, 1, dtype, label, channels_last=True)
+    conv(2, 16, 32, 9, 3, 2, 1, 1, 1, dtype, label)  # input gradient by stride phase
+    conv(2, 128, 16, 7, 3, 1, 1, 1, 1, dtype, label, channels_last=True)  # one tile: split-K
+    # Late layers (the unfolded path): 16 and 49 output pixels.
+    conv(1, 64, 128, 4, 3, 1, 1, 1, 1, dtype, label)
+    conv(1, 32, 48, 7, 3, 1, 1, 1, 1, dtype, label, channels_last=True)
 
 
 if __name__ == "__main__":
