@@ -552,7 +552,7 @@ struct ConvMmaView : View {
 #pragma unroll
     for (int i = 0; i < kSpans; ++i) {
       const SpanPos p = span_pos(i);
-      memcpy(buf + L::kATile + p.row * kWStride + p.col, &staged.w[i], 4);
+      cpgdev::store4(buf + L::kATile + p.row * kWStride + p.col, staged.w[i]);
     }
   }
 

@@ -21,6 +21,7 @@
 //   cpgdev::atomic_add(p, v)        float, int32, uint32, unsigned long long
 //   cpgdev::atomic_or(p, v)         uint32
 //   cpgdev::load16(p) store16(p,v)  16-byte vector global/shared access (uint4)
+//   cpgdev::store4(p, v)            4-byte global/shared store (uint32_t), aligned
 //   cpgdev::cp_async16(dst_smem, src_gmem)         cp.async.cg 16 bytes
 //   cpgdev::cp_async16_zfill(dst, src, bool valid) same; writes zeros if !valid
 //   cpgdev::cp_async_commit()  cpgdev::cp_async_wait<N>()
@@ -95,6 +96,7 @@ CPG_DEVICE unsigned atomic_or(unsigned* p, unsigned v) { return atomicOr(p, v); 
 
 CPG_DEVICE uint4 load16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
 CPG_DEVICE void store16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
+CPG_DEVICE void store4(void* p, uint32_t v) { *reinterpret_cast<uint32_t*>(p) = v; }
 
 CPG_DEVICE unsigned smem_addr(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));

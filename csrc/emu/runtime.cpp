@@ -691,6 +691,14 @@ void check_vector_access(const void* p) {
   if (in_arena(p)) check_shared(p, 16, "16-byte access at");
 }
 
+void check_word_access(const void* p) {
+  current_fiber();  // device code only
+  if (reinterpret_cast<uintptr_t>(p) % 4 != 0) {
+    throw std::runtime_error("4-byte access at " + hex(p) + " is not 4-byte aligned");
+  }
+  if (in_arena(p)) check_shared(p, 4, "4-byte access at");
+}
+
 void cp_async16(void* dst, const void* src, bool valid) {
   Fiber& f = current_fiber();
   check_aligned16(dst, "cp.async destination");

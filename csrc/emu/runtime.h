@@ -197,6 +197,8 @@ uint32_t vote(VoteMode mode, bool p, Site site);
 // 16-byte vector access: throws unless p is 16-byte aligned (and, in shared
 // memory, within the block's arrays).
 void check_vector_access(const void* p);
+// A 4-byte access, likewise.
+void check_word_access(const void* p);
 
 // cp.async.cg of 16 bytes from global to shared memory; zeros when !valid.
 void cp_async16(void* dst, const void* src, bool valid);
@@ -353,6 +355,10 @@ inline uint4 load16(const void* p) {
 inline void store16(void* p, uint4 v) {
   ::cpg::emu::check_vector_access(p);
   std::memcpy(p, &v, 16);
+}
+inline void store4(void* p, uint32_t v) {
+  ::cpg::emu::check_word_access(p);
+  std::memcpy(p, &v, 4);
 }
 
 inline void cp_async16(void* dst, const void* src) { ::cpg::emu::cp_async16(dst, src, true); }
