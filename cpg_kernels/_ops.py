@@ -81,13 +81,25 @@ def _conv_out(size, k, stride, pad, dil):
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
-@torch.library.register_fake(_lib + "masked_conv2d")
-def _(x, weight, bits, bias, stride, padding, dilation, groups, owner, mask, task):
+def _conv_output(x, weight, stride, padding, dilation):
+    """The empty output of a conv of x [images, C, H, W], in the layout the op promises:
+    channels_last where x is channels_last and not also plain contiguous."""
     ho = _conv_out(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
     wo = _conv_out(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and \
         not x.is_contiguous() else torch.contiguous_format
     return x.new_empty((x.shape[0], weight.shape[0], ho, wo)).contiguous(memory_format=fmt)
+
+
+@torch.library.register_fake(_lib + "masked_conv2d")
+def _(x, weight, bits, bias, stride, padding, dilation, groups, owner, mask, task):
+    return _conv_output(x, weight, stride, padding, dilation)
+
+
+@torch.library.register_fake(_lib + "masked_conv2d_multitask")
+def _(x, weight, bits, bias, stride, padding, dilation, groups):
+    y = _conv_output(x.flatten(0, 1), weight, stride, padding, dilation)
+    return y.view(x.shape[0], x.shape[1], *y.shape[1:])
 
 
 @torch.library.register_fake(_lib + "masked_conv2d_grad_input")
@@ -185,3 +197,33 @@ def _backward_multitask(ctx, grad_y):
 
 torch.library.register_autograd(_lib + "masked_linear_multitask", _backward_multitask,
                                 setup_context=_setup_multitask)
+
+
+def _setup_conv_multitask(ctx, inputs, output):
+    x, weight, bits, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(x, weight, bits)
+    ctx.conv = (stride, padding, dilation, groups)
+
+
+def _backward_conv_multitask(ctx, grad_y):
+    x, weight, bits = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv
+    need_x, need_w, _, need_b = ctx.needs_input_grad[:4]
+    tasks = range(x.shape[0])
+    dx = dw = db = None
+    if need_x:
+        dx = torch.stack([torch.ops.cpg.masked_conv2d_grad_input(
+            grad_y[t], weight, bits[t], list(x.shape[1:]), stride, padding, dilation, groups)
+            for t in tasks])
+    if need_w:
+        # Each task's dL/dW_eff through its own bits, summed over the tasks.
+        dw = sum(torch.ops.cpg.apply_bits(torch.ops.aten.convolution_backward(
+            grad_y[t], x[t], weight, None, stride, padding, dilation, False, [0, 0], groups,
+            [False, True, False])[1], bits[t]) for t in tasks)
+    if need_b:
+        db = grad_y.sum((0, 1, 3, 4))
+    return dx, dw, None, db, None, None, None, None
+
+
+torch.library.register_autograd(_lib + "masked_conv2d_multitask", _backward_conv_multitask,
+                                setup_context=_setup_conv_multitask)

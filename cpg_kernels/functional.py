@@ -70,3 +70,17 @@ def masked_linear_multitask(x: torch.Tensor, weight: torch.Tensor, bits: torch.T
     active set), the result ``[T, B, N]``. The weight is read once for all tasks.
     """
     return torch.ops.cpg.masked_linear_multitask(x, weight, bits, bias)
+
+
+def masked_conv2d_multitask(x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor,
+                            bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
+                            groups: int = 1) -> torch.Tensor:
+    """T tasks' images against one shared conv weight in one call.
+
+    ``x`` is ``[T, B, C, H, W]`` (each task's images; channels_last per image
+    is kept), ``bits`` ``[T, N, words]``, the result ``[T, B, N, Ho, Wo]``.
+    Late layers (one group, at most 16 output pixels per task) read the weight
+    once for all tasks; larger ones run a conv per task.
+    """
+    return torch.ops.cpg.masked_conv2d_multitask(x, weight, bits, bias, _pair(stride),
+                                                 _pair(padding), _pair(dilation), int(groups))

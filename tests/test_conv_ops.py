@@ -282,3 +282,74 @@ def test_conv_kernels_take_offset_views(backend):
     w_eff = w.cpu().double() * masks.unpack(bits.cpu(), w.shape)
     ref = torch.nn.functional.conv2d(x.cpu().double(), w_eff, bias.cpu().double(), **conv)
     assert rel_error(y, ref) < TOLERANCE[torch.bfloat16]
+
+
+# ------------------------------------------------------------------ multi-task
+
+# (tasks, batch, C_in, H, W, C_out, kernel, stride, padding, path): late layers read the
+# weight once for all tasks (unfolded, at most 16 output pixels a task); pointwise NHWC is the
+# linear multi-task GEMM; larger ones run a conv per task.
+MULTITASK_CASES = [
+    (3, 1, 16, 4, 4, 24, 3, 1, 1, "unfolded"),          # 16 pixels a task
+    (4, 2, 8, 5, 5, 12, 3, 2, 1, "per task"),           # 2 images x 9 pixels = 18 > 16
+    (2, 1, 16, 3, 3, 20, 1, 1, 0, "unfolded"),          # 1x1 (NHWC: the linear GEMM)
+    (2, 2, 16, 9, 7, 16, 3, 1, 1, "per task"),
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", MULTITASK_CASES, ids=[str(c) for c in MULTITASK_CASES])
+def test_conv_multitask_matches_each_task(backend, case, dtype, channels_last):
+    tasks, b, c, h, w_, n, k, stride, pad, path = case
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(n, c, k, k, generator=g).to(dtype).to(backend.device)
+    bits = torch.stack([masks.pack(torch.rand(w.shape, generator=g) < 0.6)
+                        for _ in range(tasks)]).to(backend.device)
+    bias = torch.randn(n, generator=g).to(dtype).to(backend.device)
+    x = torch.randn(tasks * b, c, h, w_, generator=g).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.to(backend.device).view(tasks, b, c, h, w_)
+    with backends.emulator_launches() as launches:
+        y = backend.run(functional.masked_conv2d_multitask, x, w, bits, bias, stride=stride,
+                        padding=pad)
+    ho = (h + 2 * pad - k) // stride + 1
+    assert y.shape == (tasks, b, n, ho, (w_ + 2 * pad - k) // stride + 1) and y.dtype == dtype
+    for t in range(tasks):
+        w_eff = w.cpu().double() * masks.unpack(bits[t].cpu(), w.shape)
+        ref = torch.nn.functional.conv2d(x[t].cpu().double(), w_eff, bias.cpu().double(),
+                                         stride=stride, padding=pad)
+        assert rel_error(y[t], ref) < TOLERANCE[dtype], t
+    assert y[0].is_contiguous(memory_format=promised_layout(x[0]))
+    if backend.name == "emu":
+        files = [e.split(":")[0] for e in launches]
+        if path == "per task":  # each task's conv on its own (unfolded or tiled)
+            assert launches.count("conv_unfolded.cuh:unfold") in (0, tasks), launches
+            assert len(launches) >= tasks, launches
+        elif k == 1 and channels_last:  # the linear multi-task GEMM: W read once
+            assert files == ["gemm_small_batch.cuh"], launches
+        else:  # one unfold of every task's windows, one pass over W for all tasks
+            assert files == ["conv_unfolded.cuh", "gemm_small_batch.cuh"], launches
+
+
+def test_conv_multitask_gradients_match_per_task_ops():
+    tasks = 3
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(tasks, 2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    bits = torch.stack([masks.pack(torch.rand(w.shape) < 0.5) for _ in range(tasks)])
+    assert torch.autograd.gradcheck(
+        lambda x_, w_, b_: functional.masked_conv2d_multitask(x_, w_, bits, b_, padding=1),
+        (x, w, bias))
+
+
+def test_conv_multitask_bad_arguments():
+    w = torch.randn(4, 3, 3, 3)
+    bits = torch.stack([masks.pack(torch.rand(w.shape) < 0.5)] * 2)
+    with pytest.raises(ValueError, match="5-D input"):
+        functional.masked_conv2d_multitask(torch.randn(2, 3, 5, 5), w, bits)
+    with pytest.raises(ValueError, match="bits"):
+        functional.masked_conv2d_multitask(torch.randn(3, 1, 3, 5, 5), w, bits)
+    with pytest.raises(ValueError, match="input channels"):
+        functional.masked_conv2d_multitask(torch.randn(2, 1, 4, 5, 5), w, bits)

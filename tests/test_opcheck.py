@@ -60,6 +60,11 @@ def op_samples():
         ("masked_conv2d", (cgx, cgw, cgbits, None, *conv_args, cgowner, cgmask, 3)),
         ("masked_conv2d_grad_input", (torch.randn(2, 4, 8, 8), cw, cbits, [2, 3, 8, 8],
                                       *conv_args)),
+        ("masked_conv2d_multitask", (torch.randn(2, 2, 3, 8, 8), cw, torch.stack([cbits, cbits]),
+                                     None, *conv_args)),
+        ("masked_conv2d_multitask",
+         (torch.randn(3, 1, 3, 8, 8, requires_grad=True).contiguous(), cgw,
+          torch.stack([cgbits] * 3), torch.randn(4, requires_grad=True), *conv_args)),
     ]
 
 

@@ -98,6 +98,9 @@ def _workloads():
         "conv_grad_input_nhwc_bf16": lambda: conv_grad_input(nhwc, torch.bfloat16),
         "conv_split_k_nhwc_bf16": lambda: functional.masked_conv2d(
             sx.bfloat16().contiguous(memory_format=nhwc), sw.bfloat16(), sbits, padding=1),
+        "conv_multitask_unfolded": lambda: functional.masked_conv2d_multitask(
+            lx.expand(3, -1, -1, -1).unsqueeze(1), lw, torch.stack([lbits, lbits ^ 1, lbits]),
+            stride=2, padding=1),
         "conv_unfolded": lambda: late_conv(nchw, torch.float32),
         "conv_unfolded_nhwc_bf16": lambda: late_conv(nhwc, torch.bfloat16),
         "conv_grad_input_unfolded": lambda: late_conv_grad_input(nchw, torch.float32),
@@ -123,6 +126,7 @@ KERNEL_FILE = {
     "conv_grad_input": "gemm_simt.cuh", "conv_grad_input_nhwc": "gemm_simt.cuh",
     "conv_grad_input_nchw_bf16": "gemm_mma.cuh", "conv_grad_input_nhwc_bf16": "gemm_mma.cuh",
     "conv_split_k_nhwc_bf16": "gemm_split_k.cuh:reduce",
+    "conv_multitask_unfolded": "conv_unfolded.cuh",
     "conv_unfolded": "conv_unfolded.cuh", "conv_unfolded_nhwc_bf16": "conv_unfolded.cuh",
     "conv_grad_input_unfolded": "conv_unfolded.cuh",
     "conv_grad_input_unfolded_nhwc_bf16": "conv_unfolded.cuh",

@@ -41,6 +41,13 @@ inline bool applies(const ConvShape& s, int64_t rows) {
   return s.groups == 1 && rows <= kMaxRows && s.K() > 0 && s.N > 0;
 }
 
+// Whether T tasks' forward convs with `rows` output pixels each take this
+// path together: the small-batch kernel's multi-task form reads W once for
+// all tasks, and holds up to 16 rows per pass.
+inline bool applies_multitask(const ConvShape& s, int64_t rows) {
+  return s.groups == 1 && rows <= small_batch::kMaxXRows && s.K() > 0 && s.N > 0;
+}
+
 // cols[m, k] = a[m, k] of the forward view: x under pixel m's window, channel
 // k / taps at tap k % taps (the weight's own order), zero in the padding.
 template <typename T>
@@ -80,16 +87,19 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
   }
 }
 
-// y for a view with applies(shape, v.rows()).
+// y of `tasks` tasks for a view over all their images ([task][image]; bits
+// [tasks, N, words]), with applies(shape, v.rows()) for one task and
+// applies_multitask(shape, v.rows() / tasks) for several.
 template <typename T>
-void launch(const ForwardView<T>& v, bool channels_last, cpgdev::stream_t stream) {
+void launch(const ForwardView<T>& v, bool channels_last, cpgdev::stream_t stream,
+            int64_t tasks = 1) {
   const int64_t rows = v.rows(), K = v.d.K;
   DeviceWorkspace cols(sizeof(T) * rows * K, stream);
   auto* unfold = &unfold_kernel<T>;
   CPG_LAUNCH(unfold, grid_stride_blocks(rows * K, kThreads), kThreads, 0, stream, v,
              cols.as<T>());
-  MaskedGemm<T> g = make_gemm<T>(cols.as<T>(), v.w, v.bits, v.bias, v.out, 1, rows, v.cols(), K,
-                                 /*grad_input=*/false);
+  MaskedGemm<T> g = make_gemm<T>(cols.as<T>(), v.w, v.bits, v.bias, v.out, tasks, rows / tasks,
+                                 v.cols(), K, /*grad_input=*/false);
   g.out_plane = channels_last ? 1 : static_cast<int64_t>(v.d.Ho) * v.d.Wo;
   small_batch::launch(g, stream);
   cols.release();

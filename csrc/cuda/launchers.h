@@ -56,6 +56,12 @@
   void masked_conv2d(cpg::DType dtype, const void* x, const void* w, const int32_t* bits,      \
                      const void* bias, void* y, const cpg::ConvShape& shape,                   \
                      bool channels_last, bool allow_tf32, void* stream);                       \
+  /* T tasks' convs against one W: x, y hold T * batch images [task][image] and bits is  */   \
+  /* [T, N, words]; shape.batch is the images per task. Layouts as above.                 */   \
+  void masked_conv2d_multitask(cpg::DType dtype, const void* x, const void* w,                 \
+                               const int32_t* bits, const void* bias, void* y, int64_t T,      \
+                               const cpg::ConvShape& shape, bool channels_last,                \
+                               bool allow_tf32, void* stream);                                 \
   /* dx = the input gradient of that conv for dy, through the same W.bits; dy, dx in one */    \
   /* layout as above.                                                                     */   \
   void masked_conv2d_grad_input(cpg::DType dtype, const void* dy, const void* w,               \

@@ -35,6 +35,12 @@
 // that reach them, about 1 / (stride_h * stride_w) of the taps each, instead
 // of multiplying the zeros between dy's pixels.
 //
+// Multi-task forward (T tasks' images against one W, each with its own bits):
+// a pointwise conv is the linear multi-task GEMM; one group with at most 16
+// output pixels per task unfolds every task's windows and runs the
+// small-batch kernel's multi-task form, which reads W once for all tasks;
+// anything larger runs one conv per task (compute-bound there).
+//
 // Not yet here: the unfolded path for grouped convs.
 #include <algorithm>
 
@@ -178,6 +184,39 @@ void masked_conv2d(DType dtype, const void* x, const void* w, const int32_t* bit
     using E = typename decltype(tag)::type;
     const auto v = make_view<conv::ForwardView<E>>(x, w, bits, bias, y, shape, channels_last);
     run_implicit_gemm(v, shape, channels_last, allow_tf32, as_stream(stream));
+  });
+}
+
+void masked_conv2d_multitask(DType dtype, const void* x, const void* w, const int32_t* bits,
+                             const void* bias, void* y, int64_t T, const ConvShape& shape,
+                             bool channels_last, bool allow_tf32, void* stream) {
+  if (T == 0 || shape.batch == 0 || shape.N == 0) return;
+  ConvShape all = shape;  // every task's images
+  all.batch = T * shape.batch;
+  check_dims(all);
+  if (is_pointwise(shape, channels_last)) {
+    masked_linear_multitask(dtype, x, w, bits, bias, y, T, shape.batch * shape.H * shape.W,
+                            shape.N, shape.C, allow_tf32, stream);
+    return;
+  }
+  if (conv::unfolded::applies_multitask(shape, shape.batch * shape.Ho() * shape.Wo())) {
+    dispatch_dtype(dtype, [&](auto tag) {
+      using E = typename decltype(tag)::type;
+      const auto v = make_view<conv::ForwardView<E>>(x, w, bits, bias, y, all, channels_last);
+      conv::unfolded::launch(v, channels_last, as_stream(stream), T);
+    });
+    return;
+  }
+  // Compute-bound sizes: one conv per task, each reading W.
+  dispatch_dtype(dtype, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    const int64_t x_task = shape.batch * shape.C * shape.H * shape.W;
+    const int64_t y_task = shape.batch * shape.N * shape.Ho() * shape.Wo();
+    const int64_t bits_task = shape.N * words_per_row(shape.K());
+    for (int64_t t = 0; t < T; ++t) {
+      masked_conv2d(dtype, static_cast<const E*>(x) + t * x_task, w, bits + t * bits_task, bias,
+                    static_cast<E*>(y) + t * y_task, shape, channels_last, allow_tf32, stream);
+    }
   });
 }
 

@@ -29,14 +29,36 @@ ConvParams check_conv_params(at::IntArrayRef stride, at::IntArrayRef padding,
   return {stride.vec(), padding.vec(), dilation.vec(), groups};
 }
 
-void check_conv_weight(const at::Tensor& weight, const at::Tensor& bits, int64_t groups) {
+// bits: [N, words], or [tasks, N, words] when tasks >= 0.
+void check_conv_weight(const at::Tensor& weight, const at::Tensor& bits, int64_t groups,
+                       int64_t tasks = -1) {
   check_floating(weight, "weight");
   TORCH_CHECK_VALUE(weight.dim() == 4,
                     "weight: expected a 4-D conv2d weight [out, in/groups, kh, kw], got ",
                     weight.dim(), " dimensions");
   TORCH_CHECK_VALUE(weight.size(0) % groups == 0, "weight: out_channels ", weight.size(0),
                     " must be divisible by groups = ", groups);
-  check_bits(bits, weight, matrix_shape(weight));
+  check_bits(bits, weight, matrix_shape(weight), tasks);
+}
+
+struct OutSize {
+  int64_t Ho, Wo;
+};
+
+// x [images, channels, height, width] against the weight: its channels, and
+// an output of at least one pixel.
+OutSize check_conv_input(const at::Tensor& x, const at::Tensor& weight, const ConvParams& p) {
+  const int64_t groups = p.groups;
+  TORCH_CHECK_VALUE(x.size(1) == weight.size(1) * groups, "x: expected ", weight.size(1) * groups,
+                    " input channels (weight in/groups = ", weight.size(1), ", groups = ", groups,
+                    "), got ", x.size(1));
+  const int64_t Ho = cpg::conv_out_size(x.size(2), weight.size(2), p.stride[0], p.padding[0],
+                                        p.dilation[0]);
+  const int64_t Wo = cpg::conv_out_size(x.size(3), weight.size(3), p.stride[1], p.padding[1],
+                                        p.dilation[1]);
+  TORCH_CHECK_VALUE(Ho >= 1 && Wo >= 1, "x: input of spatial size ", x.size(2), "x", x.size(3),
+                    " is smaller than the dilated kernel");
+  return {Ho, Wo};
 }
 
 // A tile of output channels that one library call handles: whole groups when a
@@ -149,15 +171,7 @@ at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
   check_bias(bias, weight, weight.size(0));
   TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D input [batch, channels, height, width], got ",
                     x.dim(), " dimensions");
-  TORCH_CHECK_VALUE(x.size(1) == weight.size(1) * groups, "x: expected ", weight.size(1) * groups,
-                    " input channels (weight in/groups = ", weight.size(1), ", groups = ", groups,
-                    "), got ", x.size(1));
-  const int64_t Ho = cpg::conv_out_size(x.size(2), weight.size(2), p.stride[0], p.padding[0],
-                                        p.dilation[0]);
-  const int64_t Wo = cpg::conv_out_size(x.size(3), weight.size(3), p.stride[1], p.padding[1],
-                                        p.dilation[1]);
-  TORCH_CHECK_VALUE(Ho >= 1 && Wo >= 1, "x: input of spatial size ", x.size(2), "x", x.size(3),
-                    " is smaller than the dilated kernel");
+  const auto [Ho, Wo] = check_conv_input(x, weight, p);
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
   if (use_fused_kernels(x)) return fused_conv2d(x, w, b, bias, p);
   const at::Tensor w2d = w.view({w.size(0), -1});
@@ -179,6 +193,45 @@ at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
   at::Tensor y = at::empty({x.size(0), w.size(0), Ho, Wo}, x.options().memory_format(fmt));
   for_each_tile(w, groups, [&](const ConvTile& t) { y.narrow(1, t.n0, t.rows).copy_(conv_tile(t)); });
   return y;
+}
+
+at::Tensor masked_conv2d_multitask(const at::Tensor& x, const at::Tensor& weight,
+                                   const at::Tensor& bits, const std::optional<at::Tensor>& bias,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, int64_t groups) {
+  const ConvParams p = check_conv_params(stride, padding, dilation, groups);
+  TORCH_CHECK_VALUE(x.dim() == 5, "x: expected a 5-D input [T, batch, channels, height, width] "
+                    "(tasks first), got ", x.dim(), " dimensions");
+  const int64_t T = x.size(0), B = x.size(1), N = weight.size(0);
+  check_conv_weight(weight, bits, groups, T);
+  check_same_dtype(x, weight, "x", "weight");
+  check_same_device(x, weight, "x", "weight");
+  check_bias(bias, weight, N);
+  // The T * B images as one batch; a view where x's layout allows.
+  const at::Tensor images = x.flatten(0, 1);
+  const auto [Ho, Wo] = check_conv_input(images, weight, p);
+  const at::MemoryFormat fmt = layout_of(images);  // as masked_conv2d, per image
+  at::Tensor y = at::empty({T * B, N, Ho, Wo}, x.options().memory_format(fmt));
+  if (y.numel() > 0) {
+    const at::Tensor w = weight.contiguous(), b = bits.contiguous();
+    if (use_fused_kernels(images)) {
+      const at::Tensor xc = images.contiguous(fmt);
+      const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
+      cpg::ConvShape s = conv_shape(images.sizes(), w, p);
+      s.batch = B;  // images per task
+      CPG_RUN_LAUNCHER(backend_for(xc), xc, masked_conv2d_multitask,
+                       *kernel_dtype(x.scalar_type()), xc.data_ptr(), w.data_ptr(),
+                       b.data_ptr<int32_t>(), bias_c.defined() ? bias_c.data_ptr() : nullptr,
+                       y.data_ptr(), T, s, fmt == at::MemoryFormat::ChannelsLast, allow_tf32());
+    } else {
+      for (int64_t t = 0; t < T; ++t) {
+        y.narrow(0, t * B, B).copy_(masked_conv2d(x.select(0, t), w, b.select(0, t), bias, stride,
+                                                  padding, dilation, groups, std::nullopt,
+                                                  std::nullopt, 0));
+      }
+    }
+  }
+  return y.view({T, B, N, Ho, Wo});
 }
 
 at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor& weight,

@@ -24,6 +24,8 @@ TORCH_LIBRARY(cpg, m) {
   m.def("masked_conv2d(Tensor x, Tensor weight, Tensor bits, Tensor? bias, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups, Tensor? owner, Tensor? mask, int task) "
         "-> Tensor");
+  m.def("masked_conv2d_multitask(Tensor x, Tensor weight, Tensor bits, Tensor? bias, "
+        "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
   m.def("masked_conv2d_grad_input(Tensor grad_out, Tensor weight, Tensor bits, int[] input_size, "
         "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
 }
@@ -42,6 +44,7 @@ TORCH_LIBRARY(cpg, m) {
   m.impl("masked_linear_grad_input", &cpg::ops::masked_linear_grad_input); \
   m.impl("masked_linear_multitask", &cpg::ops::masked_linear_multitask);   \
   m.impl("masked_conv2d", &cpg::ops::masked_conv2d);                  \
+  m.impl("masked_conv2d_multitask", &cpg::ops::masked_conv2d_multitask);  \
   m.impl("masked_conv2d_grad_input", &cpg::ops::masked_conv2d_grad_input);
 
 TORCH_LIBRARY_IMPL(cpg, CPU, m) { CPG_IMPLS(m) }
