@@ -5,7 +5,8 @@ For every case (layer, batch, precision, inference or training) it times:
 
 * ``fused``: our op (``masked_linear`` / ``masked_conv2d`` from a task's packed
   bits; ``cpg_linear`` / ``cpg_conv2d`` forward+backward from owner and the
-  real-valued picking mask; ``masked_linear_multitask`` for T tasks);
+  real-valued picking mask; ``masked_linear_multitask`` / ``masked_conv2d_multitask`` for T
+  tasks);
 * ``dense_masking``: what a user does from the same stored state: unpack the
   bits to a bool mask, ``W * mask``, then ``F.linear`` / ``F.conv2d``
   (training: ``cpg_kernels.reference``, the paper's way, through autograd);
@@ -236,11 +237,22 @@ def variants(case: Case, api: Api) -> dict:
 
     if case.family == "multitask":
         def per_task(s, weight_of):
-            return [F.linear(s["x"][t], weight_of(s, t), s["b"]) for t in range(case.tasks)]
+            return [dense(s["x"][t], weight_of(s, t), s["b"]) for t in range(case.tasks)]
+        if lay.is_linear:
+            def fused(s):
+                return fn.masked_linear_multitask(s["x"], s["w"], s["bits"], s["b"])
+
+            def fused_task(s, t):
+                return fn.masked_linear(s["x"][t], s["w"], s["bits"][t], s["b"])
+        else:
+            def fused(s):
+                return fn.masked_conv2d_multitask(s["x"], s["w"], s["bits"], s["b"], **conv_args)
+
+            def fused_task(s, t):
+                return fn.masked_conv2d(s["x"][t], s["w"], s["bits"][t], s["b"], **conv_args)
         return {
-            "fused": lambda s: fn.masked_linear_multitask(s["x"], s["w"], s["bits"], s["b"]),
-            "separate_fused": lambda s: [fn.masked_linear(s["x"][t], s["w"], s["bits"][t], s["b"])
-                                         for t in range(case.tasks)],
+            "fused": fused,
+            "separate_fused": lambda s: [fused_task(s, t) for t in range(case.tasks)],
             "dense_masking": lambda s: per_task(
                 s, lambda s, t: s["w"] * masks.unpack(s["bits"][t], s["w"].shape)),
             "dense_masking_cached": lambda s: per_task(s, lambda s, t: s["w"] * s["active"][t]),

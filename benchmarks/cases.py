@@ -102,6 +102,13 @@ def _resnet50_imagenet() -> list[Layer]:
     return layers
 
 
+def multitask_layers() -> list[Layer]:
+    """The layers of the multi-task cases: the linear layers, and VGG16-BN's last conv stage
+    (2x2 images, 512 channels: at batch 1 a task has 4 output pixels, so the fused op reads
+    the weight once for all tasks)."""
+    return LINEAR_LAYERS + [lay for lay in CONV_LAYERS if lay.name == "conv5_1"]
+
+
 LINEAR_LAYERS = [
     Layer("fc", "4096x4096", 4096, 4096, kernel=0, late=True, rep=True),
     Layer("fc", "4096x25088", 4096, 25088, kernel=0, late=True, rep=True),
@@ -112,7 +119,7 @@ CONV_LAYERS = _vgg16bn_cifar() + _resnet50_imagenet()
 
 @dataclass(frozen=True)
 class Case:
-    family: str  # "linear", "conv" or "multitask" (T tasks' inputs against one linear weight)
+    family: str  # "linear", "conv" or "multitask" (T tasks' inputs against one weight)
     layer: Layer
     batch: int  # images / rows per task
     dtype: str  # "fp32", "tf32" or "bf16"
@@ -213,7 +220,7 @@ def full_grid(dtypes=DTYPES) -> list[Case]:
         for batch in MULTITASK_BATCHES:
             for tasks in TASK_COUNTS:
                 cases += [Case("multitask", lay, batch, dtype, "inference", tasks)
-                          for lay in LINEAR_LAYERS]
+                          for lay in multitask_layers()]
     return sorted(cases, key=_priority)
 
 
@@ -228,4 +235,5 @@ def quick_grid(dtypes=("fp32", "bf16")) -> list[Case]:
             cases += [Case("linear", fc, 1, dtype, mode), Case("linear", fc, 32, dtype, mode),
                       Case("conv", vgg, 1, dtype, mode), Case("conv", res, 1, dtype, mode)]
         cases += [Case("multitask", fc, 1, dtype, "inference", tasks) for tasks in (2, 4)]
+        cases += [Case("multitask", vgg, 1, dtype, "inference", 2)]
     return cases
