@@ -13,9 +13,14 @@
 //               fold_kernel adds each dx element's taps (and the partials'
 //               splits) in a fixed order and rounds once
 //
+//   multi-task  the windows of T tasks' images (at most 16 pixels a task),
+//               then small_batch's multi-task form: each task's rows under
+//               its own bits, W read once for all tasks
+//
 // The workspaces are activation-sized: cols holds at most kMaxRows pixel
-// windows (kMaxRows * K elements), dcols the same in fp32 per split. Nothing
-// weight-sized is written; W' is decoded in registers as in the linear layer.
+// windows (kMaxRows * K elements; multi-task, 16 per task), dcols the same in
+// fp32 per split. Nothing weight-sized is written; W' is decoded in registers
+// as in the linear layer.
 // One group only (grouped late layers take the tiled kernels). Every sum has
 // a fixed order: deterministic.
 #pragma once
