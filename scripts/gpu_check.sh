@@ -113,7 +113,7 @@ step environment 30 environment
 step build 300 build
 step driver 60 python3 scripts/sanitizer_driver.py
 # Error paths after CUDA is up, under cuda-gdb so that a crash leaves a native backtrace.
-step error-paths 60 probe_error_paths
+step error-paths 90 probe_error_paths
 step pytest-cuda 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests \
   --junitxml "$OUT/junit-cuda.xml"
 step memcheck 120 sanitize memcheck
