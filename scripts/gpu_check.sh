@@ -114,6 +114,8 @@ step build 300 build
 step driver 60 python3 scripts/sanitizer_driver.py
 # Error paths after CUDA is up, under cuda-gdb so that a crash leaves a native backtrace.
 step error-paths 90 probe_error_paths
+# Which kernels each threshold-straddling shape launched, and their times (log only).
+step kernels 60 python3 scripts/kernel_profile.py
 step pytest-cuda 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests \
   --junitxml "$OUT/junit-cuda.xml"
 step memcheck 120 sanitize memcheck
