@@ -87,7 +87,9 @@ def profile(run) -> list[tuple[str, int, float]]:
     for event in prof.key_averages():
         if event.device_type != torch.autograd.DeviceType.CUDA or event.count == 0:
             continue
-        total_us = getattr(event, "device_time_total", None) or event.cuda_time_total
+        total_us = getattr(event, "device_time_total", None)
+        if total_us is None:  # torch before device_time_total
+            total_us = event.cuda_time_total
         rows.append((short(event.key), event.count // CALLS, total_us / event.count))
     return sorted(rows, key=lambda r: -r[1] * r[2])
 
