@@ -9,7 +9,8 @@ from cpg_kernels import backends, functional, masks
 from cpg_kernels.testing import random_mask, random_owner
 
 
-def _workloads():
+def _workloads(device: str = "cpu"):
+    """Workload name -> a call of one op on tensors drawn once, on ``device``."""
     g = torch.Generator().manual_seed(1)
     w = torch.randn(21, 70, generator=g)
     owner = random_owner(w.shape, generator=g)
@@ -48,6 +49,11 @@ def _workloads():
     lbits = masks.pack(torch.rand(lw.shape, generator=g) < 0.5)
     lx = torch.randn(1, 16, 5, 5, generator=g)
     ldy = torch.randn(1, 128, 3, 3, generator=g)  # stride 2, padding 1
+    (w, owner, mask, bits, x, w64, x64, bits64, w_long, bits_long, x_long, sw, sbits, sx, cw,
+     cbits, cx, grad, tall_w, tall_bits, tall_dy, tw, tbits, tx, tdy, lw, lbits, lx, ldy) = (
+        t.to(device) for t in (w, owner, mask, bits, x, w64, x64, bits64, w_long, bits_long,
+                               x_long, sw, sbits, sx, cw, cbits, cx, grad, tall_w, tall_bits,
+                               tall_dy, tw, tbits, tx, tdy, lw, lbits, lx, ldy))
 
     def conv(fmt, dtype):
         x = tx.to(dtype).contiguous(memory_format=fmt)
@@ -83,7 +89,7 @@ def _workloads():
             x_long.bfloat16(), w_long.bfloat16(), bits_long),
         "linear_split_k": lambda: functional.masked_linear(x_long, w_long, bits_long),
         "linear_grad_input": lambda: torch.ops.cpg.masked_linear_grad_input(
-            torch.randn(19, 21, generator=torch.Generator().manual_seed(2)), w, bits),
+            torch.randn(19, 21, generator=torch.Generator().manual_seed(2)).to(device), w, bits),
         "linear_grad_input_small_batch": lambda: torch.ops.cpg.masked_linear_grad_input(
             tall_dy, tall_w, tall_bits),
         "multitask": lambda: functional.masked_linear_multitask(
@@ -147,3 +153,19 @@ def test_two_seeds_agree_bitwise(name):
     second = second if isinstance(second, tuple) else (second,)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["linear_bf16_split_k", "linear_split_k",
+                                  "linear_grad_input_small_batch", "conv_split_k_nhwc_bf16",
+                                  "conv_grad_input_nhwc_bf16", "conv_unfolded",
+                                  "conv_grad_input_unfolded", "conv_multitask_unfolded"])
+def test_cuda_runs_are_bitwise_reproducible(name):
+    """The same workloads on the GPU, twice: split-K, split reductions and the unfolded fold
+    add their partial sums in a fixed order, so the bits never change."""
+    if not (backends.cuda_built() and torch.cuda.is_available()):
+        pytest.skip("needs a CUDA device and the CUDA kernels")
+
+    run = _workloads("cuda")[name]
+    first, second = run(), run()
+    assert first.is_cuda and torch.equal(first, second), name
