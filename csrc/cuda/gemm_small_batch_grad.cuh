@@ -24,7 +24,7 @@
 // More than 16 dy rows (the conv layers' unfolded path, conv_unfolded.cuh)
 // run in groups of 16 on gridDim.z, each streaming W again (from L2 while W
 // fits there). That path also reads dy as NCHW pixels (a_plane) and takes
-// the fp32 partials themselves (launch_partials) to fold them into dx.
+// the fp32 partials themselves (launch_kernel) to fold them into dx.
 #pragma once
 
 #include "cuda/gemm_common.cuh"
