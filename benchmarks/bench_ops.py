@@ -482,6 +482,19 @@ def write_json(path: Path, doc: dict) -> None:
 
 # --------------------------------------------------------------------------------- main
 
+def resumed_records(path: Path, device: torch.device) -> list[dict]:
+    """The records of an earlier run on the same kind of device (each keeps the floor of its
+    own run's calibration); a run on another device is refused, not mixed in."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        sys.exit(f"bench_ops: --resume {path}: {e}")
+    here, there = environment(device)["device"], earlier.get("meta", {}).get("device")
+    if here != there:
+        sys.exit(f"bench_ops: --resume {path}: its records are from {there!r}, this is {here!r}")
+    return list(earlier.get("records", []))
+
+
 def select(cases: list[Case], args) -> list[Case]:
     return [c for c in cases
             if (not args.family or c.family in args.family)
@@ -500,6 +513,9 @@ def parse_args(argv=None):
     p.add_argument("--budget-s", type=float, default=None,
                    help="start no case after this many seconds (cases run most important first)")
     p.add_argument("--json", type=Path, default=None, help="write the records here")
+    p.add_argument("--resume", type=Path, default=None, metavar="JSON",
+                   help="an earlier run's records on this device: keep them and run only the "
+                        "cases they lack (a grid too large for one run's budget)")
     p.add_argument("--family", action="append", choices=("linear", "conv", "multitask"))
     p.add_argument("--dtype", action="append", choices=DTYPES)
     p.add_argument("--mode", action="append", choices=("inference", "training"))
@@ -530,16 +546,25 @@ def main(argv=None) -> int:
                        cache_bytes=cache)
         cases = full_grid(dtypes)
     cases = select(cases, args)
+    earlier = resumed_records(args.resume, device) if args.resume else []
+    done = {r["id"] for r in earlier}
+    cases = [c for c in cases if c.id not in done]
     clock = Clock(device)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
 
-    doc = {"meta": environment(device), "calibration": None, "records": [], "not_run": [],
+    doc = {"meta": environment(device), "calibration": None, "records": list(earlier),
+           "not_run": [],
            "settings": {**cfg.__dict__, "quick": args.quick, "budget_s": args.budget_s,
                         "cudnn_benchmark": args.cudnn_benchmark if device.type == "cuda" else None,
                         "argv": sys.argv[1:]}}
+    if args.resume:
+        doc["resumed"] = {"from": str(args.resume), "records": len(earlier)}
     print(f"device: {doc['meta']['device']}  torch {torch.__version__}  "
           f"CUDA {torch.version.cuda}  commit {doc['meta']['git_commit']}", flush=True)
+    if earlier:
+        print(f"resuming: {len(earlier)} cases kept from {args.resume}, {len(cases)} to run",
+              flush=True)
     doc["calibration"] = calibrate(device, dtypes, clock, cfg)
     cal = doc["calibration"]
     print(f"copy {cal['copy_gbps']:.0f} GB/s; matmul peak " + ", ".join(
@@ -572,8 +597,9 @@ def main(argv=None) -> int:
     if args.json:
         write_json(args.json, doc)
     failed = sum(1 for r in doc["records"] if r["errors"] or not r.get("check", {}).get("ok"))
-    print(f"{len(doc['records'])} cases in {doc['elapsed_s']:.0f} s; {failed} with errors or a "
-          f"failed output check; {len(doc['not_run'])} not run", flush=True)
+    kept = f" ({len(earlier)} kept from {args.resume})" if earlier else ""
+    print(f"{len(doc['records'])} cases{kept} in {doc['elapsed_s']:.0f} s; {failed} with errors or "
+          f"a failed output check; {len(doc['not_run'])} not run", flush=True)
     return 1 if "aborted" in doc else 0
 
 

@@ -9,6 +9,12 @@
 # GPU_CHECK_BUDGET_S seconds (default 540): each step's time limit is cut to what is
 # left, and the benchmarks get what the other steps leave (at most 300 s).
 #
+# A grid too large for one call: a follow-up call can run only some steps and resume
+# the benchmarks from an earlier run's records on the same device (committed under
+# benchmarks/results/), e.g.
+#   GPU_CHECK_STEPS=environment,build,bench \
+#   GPU_CHECK_RESUME=benchmarks/results/<run>/bench.json scripts/gpu_check.sh "$OUT"
+#
 # OUTDIR receives at most 8 files:
 #   gpu_check.md, gpu_check.json   summary: step, status, seconds, key lines, counts
 #   gpu_check.log                  every step's full output
@@ -38,6 +44,11 @@ remaining() { echo $((BUDGET - (SECONDS - START) - SUMMARY_RESERVE)); }
 step() {
   local name=$1 cap=$2
   shift 2
+  if [[ -n ${GPU_CHECK_STEPS:-} && ",$GPU_CHECK_STEPS," != *",$name,"* ]]; then
+    printf '%s\tskipped\t-\t0\n' "$name" >>"$STEPS"
+    echo "== $name: skipped (not in GPU_CHECK_STEPS)" | tee -a "$OUT/gpu_check.log"
+    return 0
+  fi
   local limit
   limit=$(remaining)
   ((limit > cap)) && limit=$cap
@@ -86,14 +97,17 @@ sanitize() {  # sanitize TOOL [compute-sanitizer options...] [-- driver options.
   (($#)) && shift && driver=("$@")
   # No caching allocator: an access past a tensor must not land inside a pooled block.
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --print-limit 20 \
-    --error-exitcode 3 --report-api-errors no "${options[@]}" \
-    python3 scripts/sanitizer_driver.py "${driver[@]}"
+    --error-exitcode 3 --report-api-errors no ${options[@]+"${options[@]}"} \
+    python3 scripts/sanitizer_driver.py ${driver[@]+"${driver[@]}"}
 }
 
 bench_and_report() {  # bench_and_report BUDGET_S
   # 10 timed loops per variant (the default is 15): the first H100 run reached 741 of the
-  # 1242 cases in 240 s; this fits the whole grid in about 300 s.
-  python3 benchmarks/bench_ops.py --device cuda --budget-s "$1" --repeats 10 --json "$OUT/bench.json"
+  # 1242 cases in 240 s. The grid (1266 cases) may need a second call: GPU_CHECK_RESUME.
+  local resume=()
+  [[ -n ${GPU_CHECK_RESUME:-} ]] && resume=(--resume "$GPU_CHECK_RESUME")
+  python3 benchmarks/bench_ops.py --device cuda --budget-s "$1" --repeats 10 \
+    ${resume[@]+"${resume[@]}"} --json "$OUT/bench.json"
   local rc=$?
   [[ -s $OUT/bench.json ]] || return 1
   python3 benchmarks/report.py "$OUT/bench.json" --out "$OUT" || return 1

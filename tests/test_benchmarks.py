@@ -132,6 +132,27 @@ def test_quick_cpu_run_writes_a_record_per_case(quick_run):
             assert 0 < v["ms_min"] <= v["ms"] <= v["ms_max"]
 
 
+def test_resume_keeps_earlier_records_and_runs_only_the_rest(quick_run, tmp_path):
+    out, doc = quick_run
+    earlier = dict(doc, records=doc["records"][:-2])  # as if the budget ran out before the last 2
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    path = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_ops.py"), "--device", "cpu",
+                           "--quick", "--resume", str(tmp_path / "earlier.json"), "--json",
+                           str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    resumed = json.loads(path.read_text())
+    assert [r["id"] for r in resumed["records"]] == [r["id"] for r in doc["records"]]
+    assert resumed["records"][:-2] == earlier["records"]  # kept as they were, not rerun
+    assert resumed["resumed"]["records"] == len(earlier["records"])
+    other = dict(doc, meta={**doc["meta"], "device": "some other device"})
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_ops.py"), "--device", "cpu",
+                           "--quick", "--resume", str(tmp_path / "other.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "some other device" in proc.stderr
+
+
 def test_report_of_the_quick_run(quick_run, tmp_path):
     out, doc = quick_run
     proc = subprocess.run([sys.executable, str(BENCH / "report.py"), str(out / "bench.json"),
