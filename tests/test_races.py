@@ -2,6 +2,8 @@
 differs reveals a race (threads of a barrier phase run in a seed-drawn order)."""
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -55,23 +57,20 @@ def _workloads(device: str = "cpu"):
                                x_long, sw, sbits, sx, cw, cbits, cx, grad, tall_w, tall_bits,
                                tall_dy, tw, tbits, tx, tdy, lw, lbits, lx, ldy))
 
-    def conv(fmt, dtype):
-        x = tx.to(dtype).contiguous(memory_format=fmt)
-        return functional.masked_conv2d(x, tw.to(dtype), tbits, stride=2, padding=1)
+    # Stride 2, padding 1 convs of image x (forward) or dy (input gradient) through weight cw_.
+    def conv(x, cw_, cbits_, fmt, dtype):
+        x = x.to(dtype).contiguous(memory_format=fmt)
+        return functional.masked_conv2d(x, cw_.to(dtype), cbits_, stride=2, padding=1)
 
-    def conv_grad_input(fmt, dtype):
-        dy = tdy.to(dtype).contiguous(memory_format=fmt)
-        return torch.ops.cpg.masked_conv2d_grad_input(dy, tw.to(dtype), tbits, list(tx.shape),
+    def conv_grad_input(dy, cw_, cbits_, x_shape, fmt, dtype):
+        dy = dy.to(dtype).contiguous(memory_format=fmt)
+        return torch.ops.cpg.masked_conv2d_grad_input(dy, cw_.to(dtype), cbits_, list(x_shape),
                                                       [2, 2], [1, 1], [1, 1], 1)
 
-    def late_conv(fmt, dtype):
-        x = lx.to(dtype).contiguous(memory_format=fmt)
-        return functional.masked_conv2d(x, lw.to(dtype), lbits, stride=2, padding=1)
-
-    def late_conv_grad_input(fmt, dtype):
-        dy = ldy.to(dtype).contiguous(memory_format=fmt)
-        return torch.ops.cpg.masked_conv2d_grad_input(dy, lw.to(dtype), lbits, list(lx.shape),
-                                                      [2, 2], [1, 1], [1, 1], 1)
+    tiled = partial(conv, tx, tw, tbits)
+    tiled_dx = partial(conv_grad_input, tdy, tw, tbits, tx.shape)
+    late = partial(conv, lx, lw, lbits)
+    late_dx = partial(conv_grad_input, ldy, lw, lbits, lx.shape)
 
     nchw, nhwc = torch.contiguous_format, torch.channels_last
     return {
@@ -95,22 +94,22 @@ def _workloads(device: str = "cpu"):
         "multitask": lambda: functional.masked_linear_multitask(
             x[:6].view(2, 3, 70), w, torch.stack([bits, bits ^ 1])),
         "conv": lambda: functional.masked_conv2d(cx, cw, cbits, padding=1),
-        "conv_nhwc": lambda: conv(nhwc, torch.float32),
-        "conv_nchw_bf16": lambda: conv(nchw, torch.bfloat16),
-        "conv_nhwc_bf16": lambda: conv(nhwc, torch.bfloat16),
-        "conv_grad_input": lambda: conv_grad_input(nchw, torch.float32),
-        "conv_grad_input_nhwc": lambda: conv_grad_input(nhwc, torch.float32),
-        "conv_grad_input_nchw_bf16": lambda: conv_grad_input(nchw, torch.bfloat16),
-        "conv_grad_input_nhwc_bf16": lambda: conv_grad_input(nhwc, torch.bfloat16),
+        "conv_nhwc": lambda: tiled(nhwc, torch.float32),
+        "conv_nchw_bf16": lambda: tiled(nchw, torch.bfloat16),
+        "conv_nhwc_bf16": lambda: tiled(nhwc, torch.bfloat16),
+        "conv_grad_input": lambda: tiled_dx(nchw, torch.float32),
+        "conv_grad_input_nhwc": lambda: tiled_dx(nhwc, torch.float32),
+        "conv_grad_input_nchw_bf16": lambda: tiled_dx(nchw, torch.bfloat16),
+        "conv_grad_input_nhwc_bf16": lambda: tiled_dx(nhwc, torch.bfloat16),
         "conv_split_k_nhwc_bf16": lambda: functional.masked_conv2d(
             sx.bfloat16().contiguous(memory_format=nhwc), sw.bfloat16(), sbits, padding=1),
         "conv_multitask_unfolded": lambda: functional.masked_conv2d_multitask(
             lx.expand(3, -1, -1, -1).unsqueeze(1), lw, torch.stack([lbits, lbits ^ 1, lbits]),
             stride=2, padding=1),
-        "conv_unfolded": lambda: late_conv(nchw, torch.float32),
-        "conv_unfolded_nhwc_bf16": lambda: late_conv(nhwc, torch.bfloat16),
-        "conv_grad_input_unfolded": lambda: late_conv_grad_input(nchw, torch.float32),
-        "conv_grad_input_unfolded_nhwc_bf16": lambda: late_conv_grad_input(nhwc, torch.bfloat16),
+        "conv_unfolded": lambda: late(nchw, torch.float32),
+        "conv_unfolded_nhwc_bf16": lambda: late(nhwc, torch.bfloat16),
+        "conv_grad_input_unfolded": lambda: late_dx(nchw, torch.float32),
+        "conv_grad_input_unfolded_nhwc_bf16": lambda: late_dx(nhwc, torch.bfloat16),
     }
 
 
