@@ -17,10 +17,8 @@
 // tiles move in whole 16-byte vectors, hence supports(): the reduction and W
 // rows hold whole vectors and a and w are 16-byte aligned.
 //
-// Split-K. A block holds a whole multiprocessor (about 200 registers per
-// thread), so a grid of fewer 128 x 128 tiles than multiprocessors leaves the
-// rest idle: a 4096-wide linear layer at batch 128 is 32 tiles on 132 SMs. The
-// launcher then splits each tile's stages over gridDim.z (gemm_split_k.cuh).
+// Where the tiles are fewer than the multiprocessors, the launcher splits each
+// tile's stages across blocks (gemm_split_k.cuh says why and how).
 #pragma once
 
 #include <type_traits>
