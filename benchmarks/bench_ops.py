@@ -235,38 +235,30 @@ def variants(case: Case, api: Api) -> dict:
     def dense(x, w, b):
         return F.linear(x, w, b) if lay.is_linear else F.conv2d(x, w, b, **conv_args)
 
+    def fused_one(s, x, bits):  # our op for one task's input and packed bits
+        if lay.is_linear:
+            return fn.masked_linear(x, s["w"], bits, s["b"])
+        return fn.masked_conv2d(x, s["w"], bits, s["b"], **conv_args)
+
     if case.family == "multitask":
         def per_task(s, weight_of):
             return [dense(s["x"][t], weight_of(s, t), s["b"]) for t in range(case.tasks)]
-        if lay.is_linear:
-            def fused(s):
+        def fused(s):
+            if lay.is_linear:
                 return fn.masked_linear_multitask(s["x"], s["w"], s["bits"], s["b"])
-
-            def fused_task(s, t):
-                return fn.masked_linear(s["x"][t], s["w"], s["bits"][t], s["b"])
-        else:
-            def fused(s):
-                return fn.masked_conv2d_multitask(s["x"], s["w"], s["bits"], s["b"], **conv_args)
-
-            def fused_task(s, t):
-                return fn.masked_conv2d(s["x"][t], s["w"], s["bits"][t], s["b"], **conv_args)
+            return fn.masked_conv2d_multitask(s["x"], s["w"], s["bits"], s["b"], **conv_args)
         return {
             "fused": fused,
-            "separate_fused": lambda s: [fused_task(s, t) for t in range(case.tasks)],
+            "separate_fused": lambda s: [fused_one(s, s["x"][t], s["bits"][t])
+                                         for t in range(case.tasks)],
             "dense_masking": lambda s: per_task(
                 s, lambda s, t: s["w"] * masks.unpack(s["bits"][t], s["w"].shape)),
             "dense_masking_cached": lambda s: per_task(s, lambda s, t: s["w"] * s["active"][t]),
         }
 
     if case.mode == "inference":
-        if lay.is_linear:
-            def fused(s):
-                return fn.masked_linear(s["x"], s["w"], s["bits"], s["b"])
-        else:
-            def fused(s):
-                return fn.masked_conv2d(s["x"], s["w"], s["bits"], s["b"], **conv_args)
         return {
-            "fused": fused,
+            "fused": lambda s: fused_one(s, s["x"], s["bits"]),
             "dense_masking": lambda s: dense(
                 s["x"], s["w"] * masks.unpack(s["bits"], s["w"].shape), s["b"]),
             "dense_masking_cached": lambda s: dense(s["x"], s["w"] * s["active"], s["b"]),
