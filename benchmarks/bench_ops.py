@@ -590,8 +590,8 @@ def main(argv=None) -> int:
         write_json(args.json, doc)
     failed = sum(1 for r in doc["records"] if r["errors"] or not r.get("check", {}).get("ok"))
     kept = f" ({len(earlier)} kept from {args.resume})" if earlier else ""
-    print(f"{len(doc['records'])} cases{kept} in {doc['elapsed_s']:.0f} s; {failed} with errors or "
-          f"a failed output check; {len(doc['not_run'])} not run", flush=True)
+    print(f"{len(doc['records'])} cases{kept} in {doc['elapsed_s']:.0f} s; {failed} with errors "
+          f"or a failed output check; {len(doc['not_run'])} not run", flush=True)
     return 1 if "aborted" in doc else 0
 
 

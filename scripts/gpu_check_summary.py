@@ -104,7 +104,7 @@ def summarize(name: str, status: str, text: str, out: Path) -> tuple[str, list[s
     elif name == "kernels":  # the per-kernel breakdown stays in the log
         lines = grep(text, r"^FAIL|cases failed") + ["per-kernel times: gpu_check.log"]
     elif name == "bench":
-        lines = grep(text, r"^device:|^copy |cases in .* s;|budget of|context lost|Traceback|"
+        lines = grep(text, r"^device:|^copy |cases( \(.*\))? in .* s;|budget of|context lost|Traceback|"
                      r"Error|wrote ")
     else:
         lines = []
