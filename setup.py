@@ -2,8 +2,8 @@
 
 CPU ops and the CUDA-kernel emulator are always built; the CUDA kernels too
 when torch is a CUDA build and a CUDA toolkit is found (FORCE_CUDA=1 makes a
-missing toolkit an error). TORCH_CUDA_ARCH_LIST picks GPU targets (default
-8.0 and 9.0).
+missing toolkit an error; USE_CUDA=0 skips them even where a toolkit is found).
+TORCH_CUDA_ARCH_LIST picks GPU targets (default 8.0 and 9.0).
 """
 import glob
 import os
@@ -80,6 +80,11 @@ def nvcc_version(root):
 def configure_cuda(torch):
     """Decide whether to build the CUDA kernels; set CUDA_HOME before cpp_extension reads it."""
     force = os.environ.get("FORCE_CUDA", "0") == "1"
+    if os.environ.get("USE_CUDA") == "0":
+        if force:
+            sys.exit("cpg-kernels: FORCE_CUDA=1 and USE_CUDA=0 contradict each other")
+        print("cpg-kernels: USE_CUDA=0; building the CPU ops and the emulator only")
+        return False
     if torch.version.cuda is None:
         if force:
             sys.exit("cpg-kernels: FORCE_CUDA=1 but the installed torch is a CPU-only build")
