@@ -1,5 +1,6 @@
 #include "ops/linear_ops.h"
 
+#include "cpu/linear_cpu.h"
 #include "ops/backend.h"
 #include "ops/checks.h"
 #include "ops/chunking.h"
@@ -20,6 +21,11 @@ void check_linear_operands(const at::Tensor& x, const at::Tensor& weight, const 
 }
 
 bool allow_tf32() { return at::globalContext().allowTF32CuBLAS(); }
+
+// The CPU backend's fused small-batch kernels take `rows` rows of t's dtype.
+bool cpu_small_batch(const at::Tensor& t, int64_t rows) {
+  return backend_for(t) == Backend::CPU && cpu::small_batch(rows, t.scalar_type());
+}
 
 // y2d[M, N] = x2d[M, K] (W.bits)^T (+ bias), one decoded tile of rows at a time.
 void chunked_linear(const at::Tensor& x2d, const at::Tensor& w, const at::Tensor& bits,
@@ -65,6 +71,8 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
                        x2d.data_ptr(), w.data_ptr(), b.data_ptr<int32_t>(),
                        bias_c.defined() ? bias_c.data_ptr() : nullptr, y2d.data_ptr(), M, N, K,
                        allow_tf32());
+    } else if (cpu_small_batch(x2d, M)) {
+      cpu::small_batch_linear(x2d, w, b, bias, y2d, 1);
     } else {
       chunked_linear(x2d, w, b, bias, y2d);
     }
@@ -85,15 +93,18 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor
   auto out_sizes = grad_out.sizes().vec();
   out_sizes.back() = K;
   const bool fused = use_fused_kernels(dy) && N > 0;
+  const bool small = cpu_small_batch(dy, M) && N > 0;
   // The chunked path accumulates tile by tile, so it starts from zeros.
-  at::Tensor dx_out = fused ? at::empty(out_sizes, grad_out.options())
-                            : at::zeros(out_sizes, grad_out.options());
+  at::Tensor dx_out = fused || small ? at::empty(out_sizes, grad_out.options())
+                                     : at::zeros(out_sizes, grad_out.options());
   at::Tensor dx = dx_out.view({M, K});
   if (M > 0 && K > 0 && N > 0) {
     if (fused) {
       CPG_RUN_LAUNCHER(backend_for(dy), dy, masked_linear_grad_input,
                        *kernel_dtype(dy.scalar_type()), dy.data_ptr(), w.data_ptr(),
                        b.data_ptr<int32_t>(), dx.data_ptr(), M, N, K, allow_tf32());
+    } else if (small) {
+      cpu::small_batch_grad_input(dy, w, b, dx);
     } else {
       const int64_t step = chunk_rows(K);
       for (int64_t n0 = 0; n0 < N; n0 += step) {
@@ -127,6 +138,9 @@ at::Tensor masked_linear_multitask(const at::Tensor& x, const at::Tensor& weight
                      xc.data_ptr(), w.data_ptr(), b.data_ptr<int32_t>(),
                      bias_c.defined() ? bias_c.data_ptr() : nullptr, y.data_ptr(), T, B, N, K,
                      allow_tf32());
+  } else if (cpu_small_batch(xc, T * B)) {
+    at::Tensor y2d = y.view({T * B, N});
+    cpu::small_batch_linear(xc.view({T * B, K}), w, b, bias, y2d, T);
   } else {
     for (int64_t t = 0; t < T; ++t) {
       at::Tensor yt = y.select(0, t);
