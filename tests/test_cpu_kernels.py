@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from cpg_kernels import _C, functional, masks, reference
+from cpg_kernels import _C, backends, functional, masks, reference
 
 ISAS = list(_C.cpu_isas())
 # Column counts around the 8-lane vectors and 32-bit mask words.
@@ -240,6 +240,38 @@ def test_training_step_matches_the_oracle(isa):
             grads.append((y, *torch.autograd.grad(y, (xf, wf, mf), gy.float())))
         for got, expect in zip(*grads):
             torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tile_rows", [None, 3])
+def test_chunked_16bit_paths_match_the_oracle(isa, dtype, tile_rows):
+    """Past the small-batch limit, 16-bit layers decode tiles (widened to fp32 on CPUs
+    without native 16-bit dot products) for ATen's GEMM and conv, one tile or several."""
+    gen = _gen(11)
+    x, w, b, active = _linear_case(40, 13, 70, dtype, 12)
+    bits = masks.pack(active)
+    dy = torch.randn(40, 13, generator=gen).to(dtype)
+    conv_w = (torch.randn(10, 3, 3, 3, generator=gen) * 0.2).to(dtype)
+    conv_active = torch.rand(conv_w.shape, generator=gen) < 0.6
+    conv_bits = masks.pack(conv_active)
+    img = torch.randn(2, 3, 9, 9, generator=gen).to(dtype)
+    gy = torch.randn(2, 10, 5, 5, generator=gen).to(dtype)
+    tile = contextlib.nullcontext() if tile_rows is None else backends.decode_tile_elements(
+        tile_rows * 70)
+    with tile:
+        y = functional.masked_linear(x, w, bits, b)
+        dx = torch.ops.cpg.masked_linear_grad_input(dy, w, bits)
+        cy = functional.masked_conv2d(img, conv_w, conv_bits, b[:10], stride=2, padding=1)
+        cdx = torch.ops.cpg.masked_conv2d_grad_input(gy, conv_w, conv_bits, list(img.shape),
+                                                     [2, 2], [1, 1], [1, 1], 1)
+    weff = w.double() * active
+    cw = conv_w.double() * conv_active
+    expect = [x.double() @ weff.t() + b.double(), dy.double() @ weff,
+              torch.nn.functional.conv2d(img.double(), cw, b[:10].double(), 2, 1),
+              torch.nn.grad.conv2d_input(img.shape, cw, gy.double(), 2, 1)]
+    for got, ref in zip((y, dx, cy, cdx), expect):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), ref, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.skipif(not {"avx2", "avx512"} <= set(ISAS), reason="needs an AVX-512 CPU")

@@ -51,6 +51,9 @@ struct Kernels {
   // elements of 2, 4 or 8 bytes, rows of K starting at w, bits and out.
   void (*decode_rows)(int elem_bytes, const void* w, const int32_t* bits, void* out,
                       int64_t rows, int64_t K);
+  // The same from fp16/bf16 rows into fp32 (exact widening).
+  void (*decode_rows_float)(DType dtype, const void* w, const int32_t* bits, float* out,
+                            int64_t rows, int64_t K);
   void (*pack_rows)(const bool* mask, int32_t* bits, int64_t rows, int64_t K);
   void (*unpack_rows)(const int32_t* bits, bool* mask, int64_t rows, int64_t K);
   // Active set of `task` (picked by pick_bits, or by mask > threshold, or

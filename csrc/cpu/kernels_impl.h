@@ -65,6 +65,19 @@ inline void decode_rows(int eb, const void* w, const int32_t* bits, void* out, i
   }
 }
 
+template <DType E>
+inline void decode_rows_float_typed(const void* w, const int32_t* bits, float* out, int64_t rows,
+                                    int64_t K);
+
+inline void decode_rows_float(DType dt, const void* w, const int32_t* bits, float* out,
+                              int64_t rows, int64_t K) {
+  switch (dt) {
+    case DType::F32: return decode_rows(4, w, bits, out, rows, K);
+    case DType::F16: return decode_rows_float_typed<DType::F16>(w, bits, out, rows, K);
+    case DType::BF16: return decode_rows_float_typed<DType::BF16>(w, bits, out, rows, K);
+  }
+}
+
 // ------------------------------------------------------ pack, unpack, active
 
 inline void pack_rows(const bool* mask, int32_t* bits, int64_t rows, int64_t K) {
@@ -242,6 +255,36 @@ inline void load_word_n(const char* p, uint32_t bits, int n, typename S::F (&v)[
     const char* q = p + 8 * j * elem_bytes<E>();
     v[j] = nv == 8 ? S::template load_lanes<E>(q, w, j)
                    : (nv > 0 ? S::template load_lanes_n<E>(q, w, j, nv) : S::zero());
+  }
+}
+
+template <DType E>
+inline void decode_rows_float_typed(const void* w, const int32_t* bits, float* out, int64_t rows,
+                                    int64_t K) {
+  constexpr int eb = elem_bytes<E>();
+  const int64_t words = words_per_row(K), full = K / kBitsPerWord;
+  const int rem = static_cast<int>(K - full * 32);
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* wr = static_cast<const char*>(w) + r * K * eb;
+    float* orow = out + r * K;
+    typename S::F v[4];
+    for (int64_t i = 0; i < full; ++i) {
+      load_word<E>(wr + 32 * i * eb, static_cast<uint32_t>(bits[r * words + i]), v);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) S::template store<DType::F32>(orow + 32 * i + 8 * j, v[j]);
+    }
+    if (rem) {
+      load_word_n<E>(wr + 32 * full * eb, static_cast<uint32_t>(bits[r * words + full]), rem, v);
+      for (int j = 0; j < 4 && lanes_in(rem, j) > 0; ++j) {
+        const int nv = lanes_in(rem, j);
+        float* p = orow + 32 * full + 8 * j;
+        if (nv == 8) {
+          S::template store<DType::F32>(p, v[j]);
+        } else {
+          S::template store_n<DType::F32>(p, v[j], nv);
+        }
+      }
+    }
   }
 }
 
@@ -585,7 +628,15 @@ inline void small_batch_grad_input(const SmallBatchGradInput& a, int64_t c0, int
 }
 
 constexpr Kernels kTable = {
-    CPG_ISA_NAME,  decode_rows, pack_rows,    unpack_rows,
-    active_rows,   count_rows,  histogram,    grad_epilogue,
-    small_batch_linear,         small_batch_grad_input,
+    CPG_ISA_NAME,
+    decode_rows,
+    decode_rows_float,
+    pack_rows,
+    unpack_rows,
+    active_rows,
+    count_rows,
+    histogram,
+    grad_epilogue,
+    small_batch_linear,
+    small_batch_grad_input,
 };

@@ -85,14 +85,22 @@ at::Tensor count_bits(const at::Tensor& bits) {
 
 void decode_rows(const at::Tensor& w2d, const at::Tensor& bits, int64_t n0, at::Tensor& out) {
   const int64_t rows = out.size(0), K = w2d.size(1), words = bits.size(1);
-  const int64_t eb = w2d.element_size();
+  const int64_t eb = w2d.element_size(), out_eb = out.element_size();
   const char* w = static_cast<const char*>(w2d.data_ptr()) + n0 * K * eb;
   const int32_t* b = bits.data_ptr<int32_t>() + n0 * words;
   char* dst = static_cast<char*>(out.data_ptr());
   const Kernels& k = kernels();
+  const bool widen = out.scalar_type() != w2d.scalar_type();
+  TORCH_CHECK(!widen || (out.scalar_type() == at::kFloat && kernel_dtype(w2d.scalar_type())),
+              "decode_rows: cannot decode ", w2d.scalar_type(), " into ", out.scalar_type());
   parallel_over(rows, K, [&](int64_t r0, int64_t r1) {
-    k.decode_rows(static_cast<int>(eb), w + r0 * K * eb, b + r0 * words, dst + r0 * K * eb,
-                  r1 - r0, K);
+    if (widen) {
+      k.decode_rows_float(*kernel_dtype(w2d.scalar_type()), w + r0 * K * eb, b + r0 * words,
+                          reinterpret_cast<float*>(dst + r0 * K * out_eb), r1 - r0, K);
+    } else {
+      k.decode_rows(static_cast<int>(eb), w + r0 * K * eb, b + r0 * words, dst + r0 * K * eb,
+                    r1 - r0, K);
+    }
   });
 }
 
