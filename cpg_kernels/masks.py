@@ -1,4 +1,4 @@
-"""Packed masks, active sets and usage counts (the format of DESIGN.md section 2).
+"""Packed masks, active sets and usage counts (the format of docs/design.md section 2).
 
 A masked layer is viewed as a matrix ``[N, K]``: ``N = weight.shape[0]`` (output
 channels) and ``K`` the product of the remaining dimensions in memory order.

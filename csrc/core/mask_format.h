@@ -1,4 +1,4 @@
-// The one definition of CPG's mask format and active-set rule (DESIGN.md s.2).
+// The one definition of CPG's mask format and active-set rule (docs/design.md section 2).
 //
 // A masked layer is viewed as a matrix [N, K]. Packed masks are int32 words,
 // least significant bit first, ceil(K/32) words per row; bit j of word w of row
