@@ -100,7 +100,7 @@ def cmd_predict(args) -> int:
             if len(args.gpu) > 1:
                 out = out.with_name(f"{out.stem}-{slug}{out.suffix}")
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(doc, indent=1) + "\n")
+            out.write_text(json.dumps(doc, separators=(",", ":")) + "\n")  # compact: large
             print(f"wrote {out}: {len(doc['records'])} cases predicted on {gpu.name}")
         if args.print or not args.json:
             print(f"# {gpu.name} (predicted)")
