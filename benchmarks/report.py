@@ -306,6 +306,8 @@ def verdict_lines(records: list[dict]) -> list[str]:
             j = judge(t, records, dtype)
             if j["verdict"] == "NOT RUN" and not any(r["dtype"] == dtype for r in records):
                 continue  # a precision this run did not measure at all (e.g. tf32 on a CPU)
+            if j["verdict"] == "NOT RUN" and any(r.get("predicted") for r in records):
+                j["verdict"] = "NOT PREDICTED"  # e.g. peak memory: the model has no figure
             why = "; ".join(([j["limit"]] if "limit" in j else []) + j.get("notes", []))
             rows.append([t.text, dtype, f"**{j['verdict']}**",
                          f"{j.get('passed', 0)}/{j['cases']}", _num(j.get("median"), ".2f"),

@@ -38,6 +38,9 @@ class Constants:
     mem_latency_ns: float = 650.0  # fitted: a dependent global load that misses to DRAM, loaded
     cpi: float = 2.0  # fitted: clocks per instruction of one warp's own dependent stream
     issue_efficiency: float = 0.7  # fitted: achieved share of the SM's instruction issue
+    # fitted: the FMAs of the streaming kernels, as a share of the FP32 rate (they wait on the
+    # staged x: a shared load and a conversion per x row per warp)
+    fma_issue_efficiency: float = 0.7
     tile_sync_clk: float = 1500.0  # fitted: a tiled stage's barrier/wait/mask time, not overlapped
     simt_sync_clk: float = 1500.0  # fitted: the same for the CUDA-core tiles
     tile_issue_efficiency: float = 0.9  # fitted: the tiled kernels' achieved issue share
@@ -72,6 +75,7 @@ class Unit:
     dram_bytes: float = 0.0
     l2_bytes: float = 0.0
     instructions: float = 0.0  # per warp
+    fma: float = 0.0  # of which FFMA (streaming kernels: issued at fma_issue_efficiency)
     warps: int = 8
     chain_s: float = 0.0  # dependent-latency chain of one warp
     overlapped: bool = False  # the chain overlaps the warp's instructions (max, not sum)
@@ -114,6 +118,15 @@ def hot_loop(res: dict | None, opcode: str) -> dict | None:
     return max(loops, key=lambda lp: (lp["mix"][opcode], -lp["mix"]["total"]))
 
 
+def per_unit_count(res: dict | None, opcode: str, expected: float, count: str) -> float | None:
+    """One opcode's count per unit (as per_unit_instructions scales the total), or None."""
+    loop = hot_loop(res, opcode)
+    if loop is None:
+        return None
+    mix = loop["path"] if loop.get("path", {}).get(opcode, 0) > 0 else loop["mix"]
+    return mix.get(count, 0) * expected / mix[opcode]
+
+
 def per_unit_instructions(res: dict | None, opcode: str, expected: float, fallback: float) -> \
         tuple[float, str]:
     """Warp instructions of one unit: the hot loop's count scaled to ``expected`` ``opcode``
@@ -149,7 +162,9 @@ def unit_seconds(u: Unit, b: int, active: int, gpu: Gpu, c: Constants,
     terms = {
         "dram": b * u.dram_bytes / (gpu.dram_gbps * 1e9 / active),
         "l2": b * u.l2_bytes / (gpu.l2_gbps * 1e9 / active),
-        "issue": b * u.warps * u.instructions / (gpu.schedulers * f * eff),
+        "issue": b * u.warps * ((u.instructions - u.fma) / eff
+                                + u.fma / (c.fma_issue_efficiency if u.fma else 1.0))
+                 / (gpu.schedulers * f),
         "tensor": b * u.hmma * gpu.hmma_clk / f,
         "smem": b * u.smem_wavefronts / f,
     }
@@ -239,9 +254,12 @@ def small_batch(launch: Launch, res: dict | None, gpu: Gpu, c: Constants,
     # Each load u of a chunk reads 32 lanes x kv columns of a row's bit words: 32 bytes
     # (16-bit W) or 16 (fp32), after the previous round's FMAs.
     rounds = load_rounds(32 * kv // 8, 4)
+    # Each lane reads its own 16 bytes of the staged x (LDS.128: 4 wavefronts per warp).
+    lds = per_unit_count(res, "FFMA", ffma, "LDS")
+    lds = 4 * p["x_rows"] if lds is None else lds
     unit = Unit(count=chunks, dram_bytes=w_chunk * w_dram + bits_chunk,
                 l2_bytes=w_chunk * (1 - w_dram) + p["group_rows"] * cols * e,
-                instructions=instr, warps=8,
+                instructions=instr, fma=ffma, warps=8, smem_wavefronts=8 * 4 * lds,
                 chain_s=gpu.l2_latency_ns * 1e-9 + tasks_in_group * rounds_seconds(rounds, gpu, c),
                 prologue_s=l)
     w_reads = groups if w_dram == 1.0 else 1
@@ -264,7 +282,8 @@ def small_batch_grad(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -
     l = c.mem_latency_ns * 1e-9
     stage_rows = 4096 // p["dy_rows"]
     chain = l + gpu.l2_latency_ns * 1e-9 * p["slices"] * p["rows_per_step"] / stage_rows
-    unit = Unit(count=steps, dram_bytes=step_bytes, instructions=instr, warps=8, chain_s=chain,
+    unit = Unit(count=steps, dram_bytes=step_bytes, instructions=instr, fma=ffma, warps=8,
+                chain_s=chain,
                 prologue_s=l)
     m, n, k = p["M"], p["N"], p["K"]
     out = (4 * p["splits"] if launch.workspace_bytes else e) * m * k
