@@ -28,9 +28,10 @@ Which measured cases can calibrate today's model, from git history (``git log`` 
   only. Runs on a GPU the model does not know are skipped with a message.
 
 The split: a (case, variant) pair is held out when the first byte of sha256 of
-``"<case id>:<variant>"`` is odd.
-Constants are fitted on the even half (log-error, coordinate search); the errors printed for the
-odd half say how well the model *predicts*.
+``"<case id>:<variant>"`` is odd. Constants are fitted on the even half (Nelder-Mead on the mean
+|log error|, each constant within a physical range, the two kernel groups together since they
+share the latency and issue constants, the baselines apart); the errors printed for the odd half
+say how well the model *predicts*.
 """
 from __future__ import annotations
 
