@@ -224,15 +224,23 @@ def record(ctx: Context, case: Case, reference: Context | None = None) -> dict:
         "predicted": {"baselines_from_measurement": sorted(measured_names),
                       "host_ms": f.host_s * 1e3, "device_ms": f.device_s * 1e3,
                       "bound": f.bound,
-                      "launches": [{"kernel": p.label, "us": p.cost.seconds * 1e6,
-                                    "bound": p.cost.bound, "resources": p.resources}
-                                   for p in f.pieces]},
+                      "launches": [_piece_json(p) for p in f.pieces]},
     }
     r["speedup"] = {n: speed_ratio(v, times["fused"]) for n, v in times.items() if n != "fused"}
     r["fused_tflops"] = case.flops() / f.seconds / 1e12
     r["fused_gbps"] = case.min_bytes() / f.seconds / 1e9
     r["fused_of_floor"] = floor_s / f.seconds
     return r
+
+
+_DETAIL = ("occupancy", "waves", "units_per_block", "instructions_per_unit", "dram_bytes")
+
+
+def _piece_json(p: Piece) -> dict:
+    out = {"kernel": p.label, "us": p.cost.seconds * 1e6, "bound": p.cost.bound,
+           "resources": p.resources}
+    out.update({k: p.cost.detail[k] for k in _DETAIL if k in p.cost.detail})
+    return out
 
 
 def context(gpu: Gpu = H100, constants: Constants | None = None, table: dict | None = None,
