@@ -145,6 +145,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cpg-bug-probe"))
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the run of every bug's tests on the unpatched tree")
+    parser.add_argument("--skip-build", action="store_true",
+                        help="trust the extension already in the work tree (for bugs that "
+                        "touch no C++, e.g. a second probe beside a running one)")
     args = parser.parse_args(argv)
     if args.list:
         for bug in BUGS:
@@ -165,8 +168,13 @@ def main(argv=None) -> int:
     try:
         sync_tree(ROOT, tree)
         env = environment(tree)
-        print(f"tree copied to {tree}; building (USE_CUDA=0) ...", flush=True)
-        print(f"  built in {build(tree, env, log):.0f} s", flush=True)
+        if args.skip_build:
+            if any(Path(b.file).suffix in CPP_SUFFIXES and not b.sanitizer for b in bugs):
+                parser.error("--skip-build: some of these bugs patch C++")
+            print(f"tree copied to {tree}; its extension is used as it is", flush=True)
+        else:
+            print(f"tree copied to {tree}; building (USE_CUDA=0) ...", flush=True)
+            print(f"  built in {build(tree, env, log):.0f} s", flush=True)
         check_imports_the_copy(tree, env)
         if not args.no_baseline:
             baseline(tree, env, bugs)
