@@ -81,11 +81,11 @@ def oracle(fn: Callable[..., torch.Tensor], operands: Sequence, params: Sequence
                       if isinstance(t, torch.Tensor) and t.requires_grad]
             gy = _prepared(grad_output, how, False)
             found = torch.autograd.grad(out, [t for _, t in leaves], gy, allow_unused=True)
-            for (i, t), g in zip(leaves, found):
+            for (i, t), g in zip(leaves, found, strict=True):
                 grads[i] = torch.zeros_like(t) if g is None else g
         runs.append((out.detach(), grads))
     (value, gv), (mag, gm), (terms, gt) = runs
-    grads = [None if v is None else Oracle(v, m, t) for v, m, t in zip(gv, gm, gt)]
+    grads = [None if v is None else Oracle(v, m, t) for v, m, t in zip(gv, gm, gt, strict=True)]
     return Oracle(value, mag, terms), grads
 
 

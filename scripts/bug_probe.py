@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     except ProbeError as err:
         print(f"PROBE FAILED: {err}", file=sys.stderr)
         return 2
-    survivors = [b for b, (caught, _, _) in zip(bugs, results) if not caught]
+    survivors = [b for b, (caught, _, _) in zip(bugs, results, strict=True) if not caught]
     print(f"\n{len(bugs) - len(survivors)} of {len(bugs)} seeded bugs caught, "
           f"{len(survivors)} survived ({time.time() - start:.0f} s)")
     for bug in survivors:

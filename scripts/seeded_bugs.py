@@ -80,7 +80,8 @@ BUGS = [
         [f"{CONV}::test_conv_multitask_matches_each_task"],
         "masked_conv2d_multitask ignores dilation and groups"),
     Bug("conv-fake-ignores-channels-last", "cpg_kernels/_ops.py",
-        "    return x.new_empty((x.shape[0], weight.shape[0], ho, wo)).contiguous(memory_format=fmt)",
+        "    return x.new_empty((x.shape[0], weight.shape[0], ho, wo))"
+        ".contiguous(memory_format=fmt)",
         "    return x.new_empty((x.shape[0], weight.shape[0], ho, wo))",
         ["tests/test_opcheck.py::test_opcheck"],
         "the conv fake kernels promise NCHW for channels_last inputs", backends="cpu"),
@@ -113,7 +114,8 @@ BUGS = [
         "dw, dm = _weight_and_mask_grads(G, weight, bits, owner, ctx.task, need_m)",
         "dw, dm = _weight_and_mask_grads(G, weight, bits, owner if need_m else None, ctx.task,"
         " need_m)",
-        [f"{LIN}::test_pick_all_forward_and_backward", f"{CONV}::test_pick_all_forward_and_backward"],
+        [f"{LIN}::test_pick_all_forward_and_backward",
+         f"{CONV}::test_pick_all_forward_and_backward"],
         "without a picking mask, old tasks' picked weights get gradients", count=2),
     Bug("zero-in-features", "csrc/ops/linear_ops.cpp",
         "const at::Tensor x2d = as_matrix(x, K).contiguous();",

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cpg_kernels import backends, functional, masks, reference
-from cpg_kernels.testing import (assert_within_bound, bound_ratio, oracle, random_mask,
-                                 random_owner)
+from cpg_kernels.testing import assert_within_bound, bound_ratio, oracle, random_mask, random_owner
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -209,7 +208,7 @@ def test_double_backward(backend, request):
                  x.detach().cpu().requires_grad_(), w.detach().cpu().requires_grad_())
     with backend.context():
         ours = second(lambda x_, w_: functional.masked_conv2d(x_, w_, bits, **conv), x, w)
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         torch.testing.assert_close(a.cpu(), b)
 
 

@@ -304,7 +304,7 @@ def test_double_backward(backend, request):
                  .requires_grad_(), w.detach().cpu().requires_grad_())
     with backend.context():
         ours = second(lambda x_, w_: functional.masked_linear(x_, w_, bits), x, w)
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         torch.testing.assert_close(a.cpu(), b)
 
 
@@ -479,7 +479,7 @@ def test_small_batch_grad_input(backend, dtype, m):
             gy = torch.randn(m, n).to(dtype).to(backend.device)
             dx = backend.run(torch.ops.cpg.masked_linear_grad_input, gy, w, bits)
             active = masks.unpack(bits.cpu(), (n, k))
-            ref, _ = oracle(lambda g_, w_: g_ @ (w_ * active), [gy, w])
+            ref, _ = oracle(lambda g_, w_, a=active: g_ @ (w_ * a), [gy, w])
             assert dx.shape == (m, k) and dx.dtype == dtype
             assert_within_bound(dx, ref, (n, k))
 

@@ -129,5 +129,5 @@ def test_torch_compile_matches_eager():
     out = compiled(x)
     out.sum().backward()
     torch.testing.assert_close(out, eager)
-    for p, g in zip(net.parameters(), grads):
+    for p, g in zip(net.parameters(), grads, strict=True):
         torch.testing.assert_close(p.grad, g)
