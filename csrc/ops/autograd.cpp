@@ -91,6 +91,16 @@ class Present {
   int64_t bits_ = 0;
 };
 
+// A tensor argument without a gradient (bits, owner), wrapped so that
+// Function<T>::apply gives it no edge and keeps no record of it: a call then
+// costs less.
+struct Constant {
+  const at::Tensor& tensor;
+};
+struct OptConstant {
+  const OptTensor& tensor;
+};
+
 // What Python's @once_differentiable does, but connected: under create_graph
 // the gradients become outputs of one node that raises when a second backward
 // reaches it. Its edges lead to `depends_on` (the tensors the gradients are
@@ -131,14 +141,14 @@ std::pair<at::Tensor, at::Tensor> weight_and_mask_grads(const at::Tensor& G,
 // Arguments: x 0, weight 1, bits 2, bias 3, owner 4, mask 5, task 6.
 struct MaskedLinear : torch::autograd::Function<MaskedLinear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const at::Tensor& bits, const OptTensor& bias, const OptTensor& owner,
+                            Constant bits, const OptTensor& bias, OptConstant owner,
                             const OptTensor& mask, int64_t task) {
-    ctx->save_for_backward({x, weight, bits, owner.value_or(at::Tensor())});
+    ctx->save_for_backward({x, weight, bits.tensor, owner.tensor.value_or(at::Tensor())});
     ctx->saved_data["task"] = task;
     ctx->saved_data["present"] =
-        Present({true, true, true, bias.has_value(), owner.has_value(), mask.has_value()}).bits();
+        Present({true, true, false, bias.has_value(), false, mask.has_value()}).bits();
     Below below;
-    return linear_op().call(x, weight, bits, bias, owner, mask, task);
+    return linear_op().call(x, weight, bits.tensor, bias, owner.tensor, mask, task);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -173,17 +183,17 @@ at::Tensor masked_linear_autograd(const at::Tensor& x, const at::Tensor& weight,
     Below below;
     return linear_op().call(x, weight, bits, bias, owner, mask, task);
   }
-  return MaskedLinear::apply(x, weight, bits, bias, owner, mask, task);
+  return MaskedLinear::apply(x, weight, Constant{bits}, bias, OptConstant{owner}, mask, task);
 }
 
 // Arguments: x 0, weight 1, bits 2, bias 3.
 struct MaskedLinearMultitask : torch::autograd::Function<MaskedLinearMultitask> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const at::Tensor& bits, const OptTensor& bias) {
-    ctx->save_for_backward({x, weight, bits});
-    ctx->saved_data["present"] = Present({true, true, true, bias.has_value()}).bits();
+                            Constant bits, const OptTensor& bias) {
+    ctx->save_for_backward({x, weight, bits.tensor});
+    ctx->saved_data["present"] = Present({true, true, false, bias.has_value()}).bits();
     Below below;
-    return linear_multitask_op().call(x, weight, bits, bias);
+    return linear_multitask_op().call(x, weight, bits.tensor, bias);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -224,7 +234,7 @@ at::Tensor masked_linear_multitask_autograd(const at::Tensor& x, const at::Tenso
     Below below;
     return linear_multitask_op().call(x, weight, bits, bias);
   }
-  return MaskedLinearMultitask::apply(x, weight, bits, bias);
+  return MaskedLinearMultitask::apply(x, weight, Constant{bits}, bias);
 }
 
 // ------------------------------------------------------------------ conv2d
@@ -259,19 +269,18 @@ at::Tensor conv_weight_grad(const at::Tensor& dy, const at::Tensor& x, const at:
 // groups 7, owner 8, mask 9, task 10.
 struct MaskedConv2d : torch::autograd::Function<MaskedConv2d> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const at::Tensor& bits, const OptTensor& bias, at::IntArrayRef stride,
+                            Constant bits, const OptTensor& bias, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                            const OptTensor& owner, const OptTensor& mask, int64_t task) {
-    ctx->save_for_backward({x, weight, bits, owner.value_or(at::Tensor())});
+                            OptConstant owner, const OptTensor& mask, int64_t task) {
+    ctx->save_for_backward({x, weight, bits.tensor, owner.tensor.value_or(at::Tensor())});
     ctx->saved_data["task"] = task;
     ctx->saved_data["conv"] = pack_conv(stride, padding, dilation, groups);
-    ctx->saved_data["present"] =
-        Present({true, true, true, bias.has_value(), false, false, false, false,
-                 owner.has_value(), mask.has_value()})
-            .bits();
+    ctx->saved_data["present"] = Present({true, true, false, bias.has_value(), false, false,
+                                          false, false, false, mask.has_value()})
+                                     .bits();
     Below below;
-    return conv_op().call(x, weight, bits, bias, stride, padding, dilation, groups,
-                                   owner, mask, task);
+    return conv_op().call(x, weight, bits.tensor, bias, stride, padding, dilation, groups,
+                          owner.tensor, mask, task);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -287,7 +296,7 @@ struct MaskedConv2d : torch::autograd::Function<MaskedConv2d> {
       Below below;
       if (need_x) {
         out[0] = conv_grad_input_op().call(dy, weight, bits, x.sym_sizes(), c.stride(),
-                                                    c.padding(), c.dilation(), c.groups());
+                                           c.padding(), c.dilation(), c.groups());
       }
       if (need_w || need_m) {
         auto [dw, dm] = weight_and_mask_grads(conv_weight_grad(dy, x, weight, c), weight, bits,
@@ -308,24 +317,24 @@ at::Tensor masked_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
                                   const OptTensor& owner, const OptTensor& mask, int64_t task) {
   if (!torch::autograd::compute_requires_grad(x, weight, bias, mask)) {
     Below below;
-    return conv_op().call(x, weight, bits, bias, stride, padding, dilation, groups,
-                                   owner, mask, task);
+    return conv_op().call(x, weight, bits, bias, stride, padding, dilation, groups, owner, mask,
+                          task);
   }
-  return MaskedConv2d::apply(x, weight, bits, bias, stride, padding, dilation, groups, owner,
-                             mask, task);
+  return MaskedConv2d::apply(x, weight, Constant{bits}, bias, stride, padding, dilation, groups,
+                             OptConstant{owner}, mask, task);
 }
 
 // Arguments: x 0, weight 1, bits 2, bias 3, stride 4, padding 5, dilation 6, groups 7.
 struct MaskedConv2dMultitask : torch::autograd::Function<MaskedConv2dMultitask> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const at::Tensor& bits, const OptTensor& bias, at::IntArrayRef stride,
+                            Constant bits, const OptTensor& bias, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-    ctx->save_for_backward({x, weight, bits});
+    ctx->save_for_backward({x, weight, bits.tensor});
     ctx->saved_data["conv"] = pack_conv(stride, padding, dilation, groups);
-    ctx->saved_data["present"] = Present({true, true, true, bias.has_value()}).bits();
+    ctx->saved_data["present"] = Present({true, true, false, bias.has_value()}).bits();
     Below below;
-    return conv_multitask_op().call(x, weight, bits, bias, stride, padding, dilation,
-                                             groups);
+    return conv_multitask_op().call(x, weight, bits.tensor, bias, stride, padding, dilation,
+                                    groups);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -370,21 +379,20 @@ at::Tensor masked_conv2d_multitask_autograd(const at::Tensor& x, const at::Tenso
                                             at::IntArrayRef dilation, int64_t groups) {
   if (!torch::autograd::compute_requires_grad(x, weight, bias)) {
     Below below;
-    return conv_multitask_op().call(x, weight, bits, bias, stride, padding, dilation,
-                                             groups);
+    return conv_multitask_op().call(x, weight, bits, bias, stride, padding, dilation, groups);
   }
-  return MaskedConv2dMultitask::apply(x, weight, bits, bias, stride, padding, dilation, groups);
+  return MaskedConv2dMultitask::apply(x, weight, Constant{bits}, bias, stride, padding, dilation,
+                                      groups);
 }
 
 // ------------------------------------------------------------- apply_bits
 
 // Arguments: weight 0, bits 1. The gradient of W * bits is dy * bits.
 struct ApplyBits : torch::autograd::Function<ApplyBits> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight,
-                            const at::Tensor& bits) {
-    ctx->save_for_backward({bits});
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, Constant bits) {
+    ctx->save_for_backward({bits.tensor});
     Below below;
-    return apply_bits_op().call(weight, bits);
+    return apply_bits_op().call(weight, bits.tensor);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -402,7 +410,7 @@ at::Tensor apply_bits_autograd(const at::Tensor& weight, const at::Tensor& bits)
     Below below;
     return apply_bits_op().call(weight, bits);
   }
-  return ApplyBits::apply(weight, bits);
+  return ApplyBits::apply(weight, Constant{bits});
 }
 
 // -------------------------------------------- ops with integer results only
