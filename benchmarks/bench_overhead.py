@@ -147,15 +147,15 @@ def run(device: str, loops: int, repeats: int, warmup: int) -> list[dict]:
 
 
 def table(records: list[dict]) -> str:
-    head = (f"{'case':<26}" + "".join(f"{v + ' (us)':>20}" for v in VARIANTS) +
-            f"{'fused / baseline':>22}{'target':>10}")
+    head = (f"{'case (best, us)':<24}" + "".join(f"{v:>14}" for v in VARIANTS) +
+            f"{'fused/baseline':>20}{'target':>14}")
     lines = [head, "-" * len(head)]
     for r in records:
-        cells = "".join(f"{r['variants'][v]['us_min']:>20.1f}" for v in VARIANTS)
+        cells = "".join(f"{r['variants'][v]['us_min']:>14.1f}" for v in VARIANTS)
         verdict = f"{r['ratio']:.2f}x {r['baseline']}"
         mark = "met" if r["met"] else "MISSED"
-        lines.append(f"{r['family'] + ' ' + r['form']:<26}{cells}{verdict:>22}"
-                     f"{'<= ' + str(r['target']) + ' ' + mark:>16}")
+        lines.append(f"{r['family'] + ' ' + r['form']:<24}{cells}{verdict:>20}"
+                     f"{'<= ' + str(r['target']) + ' ' + mark:>14}")
     return "\n".join(lines)
 
 
