@@ -57,7 +57,9 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x: expected last dimension ", K,
                     " (the weight's in_features), got shape ", x.sizes());
   check_bias(bias, weight, N);
-  const at::Tensor x2d = as_matrix(x, K).contiguous();
+  // A 2-D x needs no reshape, nor y a 2-D view: each is an op call per call.
+  const bool flat = x.dim() == 2;
+  const at::Tensor x2d = (flat ? x : as_matrix(x, K)).contiguous();
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
   const int64_t M = x2d.size(0);
   auto out_sizes = x.sizes().vec();
@@ -65,7 +67,7 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
   // Allocate the result in its final shape and write through a 2-D view: an
   // op output that is itself a view would forbid in-place ops after it.
   at::Tensor y = at::empty(out_sizes, x.options());
-  at::Tensor y2d = y.view({M, N});
+  at::Tensor y2d = flat ? y : y.view({M, N});
   if (M > 0 && N > 0) {
     if (use_fused_kernels(x)) {
       const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
