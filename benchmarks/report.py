@@ -7,6 +7,9 @@ writes ``OUT/<device-slug>.md`` (tables per family, a verdict per target) and,
 where matplotlib imports, ``OUT/<device-slug>.png`` (speed-up against batch).
 Several files of one device are merged; a case measured twice keeps the later
 file's record.
+
+The JSON of ``benchmarks/model.py predict`` renders the same way as a **predicted** report:
+every table says so, and a baseline taken from a measured run is marked ``*``.
 """
 from __future__ import annotations
 
@@ -81,7 +84,14 @@ TARGETS = [
 
 
 def limiting_factor(r: dict) -> str:
-    """What holds a case back, read off its floor."""
+    """What holds a case back, read off its floor (and, predicted, the model's bound)."""
+    text = _measured_limit(r)
+    if r.get("predicted"):
+        text += f" (model: {r['predicted']['bound']}-bound)"
+    return text
+
+
+def _measured_limit(r: dict) -> str:
     fused_us = r["variants"]["fused"]["ms"] * 1e3
     of_floor = r["fused_of_floor"]
     bound = r["floor_bound"]
@@ -103,7 +113,8 @@ def judge(target: Target, records: list[dict], dtype: str) -> dict:
     if not cases:
         return {"verdict": "NOT RUN", "cases": 0}
     values = [(target.value(r), r) for r in cases if target.value(r) is not None]
-    checked = [(v, r) for v, r in values if r.get("check", {}).get("ok", False)]
+    checked = [(v, r) for v, r in values
+               if r.get("predicted") or r.get("check", {}).get("ok", False)]
     passed = [r for v, r in checked if v >= target.threshold]
     out = {"verdict": "MET" if len(passed) == len(cases) else "MISSED", "cases": len(cases),
            "passed": len(passed), "notes": []}
@@ -135,6 +146,7 @@ def load(paths: list[Path]) -> dict[str, dict]:
     for path in paths:
         doc = json.loads(path.read_text())
         dev = devices.setdefault(doc["meta"]["device_slug"], {"runs": [], "by_id": {}})
+        dev["predicted"] = bool(doc["meta"].get("predicted"))
         dev["runs"].append(doc)
         for r in doc["records"]:
             dev["by_id"][r["id"]] = r
@@ -155,7 +167,8 @@ def _order(r: dict) -> tuple:
 
 def _ms(r: dict, name: str) -> str:
     if name in r["variants"]:
-        return f"{r['variants'][name]['ms']:.4g}"
+        measured = name in r.get("predicted", {}).get("baselines_from_measurement", ())
+        return f"{r['variants'][name]['ms']:.4g}" + ("*" if measured else "")
     return "error" if name in r["errors"] else "-"
 
 
@@ -249,7 +262,26 @@ SECTIONS = [  # title, selection, table
 ]
 
 
+PREDICTED_NOTE = ("*Predicted by the performance model (benchmarks/model.py), not measured. "
+                  "Baselines marked \\* are the measured H100 figures (scaled to the H200 by the "
+                  "model on that GPU).*")
+
+
+def _predicted_run_lines(doc: dict) -> list[str]:
+    m, c = doc["meta"], doc["calibration"]
+    peaks = ", ".join(f"{d} {p:.3g}" for d, p in c["peak_tflops"].items())
+    return [
+        f"- **{m['device']}**: commit `{m['git_commit']}`, predicted {m['started']} from the "
+        f"plan query of this build, the kernels' {m.get('resources')} resource table and the "
+        "constants fitted by `benchmarks/model.py calibrate`",
+        f"  - assumed: copy {c['copy_gbps']:.0f} GB/s (read + write); matmul peak {peaks} TFLOP/s",
+        f"  - {len(doc['records'])} cases predicted",
+    ]
+
+
 def _run_lines(doc: dict) -> list[str]:
+    if doc["meta"].get("predicted"):
+        return _predicted_run_lines(doc)
     m, c, s = doc["meta"], doc["calibration"], doc["settings"]
     peaks = ", ".join(f"{d} {p:.3g}" for d, p in c["peak_tflops"].items())
     return [
@@ -274,6 +306,8 @@ def verdict_lines(records: list[dict]) -> list[str]:
             j = judge(t, records, dtype)
             if j["verdict"] == "NOT RUN" and not any(r["dtype"] == dtype for r in records):
                 continue  # a precision this run did not measure at all (e.g. tf32 on a CPU)
+            if j["verdict"] == "NOT RUN" and any(r.get("predicted") for r in records):
+                j["verdict"] = "NOT PREDICTED"  # e.g. peak memory: the model has no figure
             why = "; ".join(([j["limit"]] if "limit" in j else []) + j.get("notes", []))
             rows.append([t.text, dtype, f"**{j['verdict']}**",
                          f"{j.get('passed', 0)}/{j['cases']}", _num(j.get("median"), ".2f"),
@@ -286,12 +320,17 @@ def verdict_lines(records: list[dict]) -> list[str]:
 
 def markdown(dev: dict, plot: str | None) -> str:
     records = dev["records"]
-    out = [f"# cpg-kernels benchmarks: {dev['runs'][-1]['meta']['device']}", ""]
+    predicted = dev.get("predicted", False)
+    label = [PREDICTED_NOTE, ""] if predicted else []
+    title = f"# cpg-kernels benchmarks: {dev['runs'][-1]['meta']['device']}"
+    out = [title + (" -- PREDICTED, not measured" if predicted else ""), ""]
     for doc in dev["runs"]:
         out += _run_lines(doc)
     out += ["", "How to read this: [benchmarks/README.md](../README.md). `x dense` is how many "
             "times faster the fused op runs than dense masking (> 1: fused wins); `% floor` is "
-            "the floor over fused's time.", "", "## Verdict against the targets of issue 8", "",
+            "the floor over fused's time.", "",
+            "## Verdict against the targets of issue 8" + (" (predicted)" if predicted else ""),
+            "", *label,
             "A target is MET in a precision only if every case it covers meets it (with a "
             "passing output check); the median and worst ratio show by how much.", ""]
     out += verdict_lines(records)
@@ -299,7 +338,8 @@ def markdown(dev: dict, plot: str | None) -> str:
     for title, select, table in SECTIONS:
         chosen = [r for r in records if select(r)]
         if chosen:
-            out += [f"## {title}", ""] + table(chosen) + [""]
+            out += [f"## {title}" + (" (predicted)" if predicted else ""), "", *label]
+            out += table(chosen) + [""]
     problems = [(r["id"], name, err) for r in records for name, err in r["errors"].items()]
     problems += [(r["id"], "check", _check_text(r)) for r in records
                  if r.get("check") and not r["check"]["ok"]]
@@ -322,7 +362,7 @@ def markdown(dev: dict, plot: str | None) -> str:
 
 # -------------------------------------------------------------------------------- plot
 
-def plot(records: list[dict], path: Path) -> bool:
+def plot(records: list[dict], path: Path, predicted: bool = False) -> bool:
     """Median speed-up over layers against batch, per family; False if matplotlib is missing."""
     try:
         import matplotlib
@@ -361,7 +401,8 @@ def plot(records: list[dict], path: Path) -> bool:
                 ax.set_ylabel(ylabel)
             if ax.has_data():
                 ax.legend(fontsize=7)
-    fig.suptitle("Fused op against batch, median over layers (above 1: fused is faster)")
+    fig.suptitle(("PREDICTED (performance model): " if predicted else "")
+                 + "Fused op against batch, median over layers (above 1: fused is faster)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -376,7 +417,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for slug, dev in load(args.json).items():
         png = args.out / f"{slug}.png"
-        link = f"![fused speed-up against batch]({png.name})" if plot(dev["records"], png) else None
+        drawn = plot(dev["records"], png, dev.get("predicted", False))
+        link = f"![fused speed-up against batch]({png.name})" if drawn else None
         md = args.out / f"{slug}.md"
         md.write_text(markdown(dev, link))
         print(f"wrote {md}" + (f" and {png}" if link else " (no plot: matplotlib missing)"))

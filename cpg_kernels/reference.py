@@ -15,7 +15,7 @@ DEFAULT_THRESHOLD = 5e-3
 
 def active_mask(owner: torch.Tensor, task: int, mask: torch.Tensor | None = None,
                 threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
-    """Bool active set of ``task`` (DESIGN.md section 2)."""
+    """Bool active set of ``task`` (docs/design.md section 2)."""
     own = owner == task
     old = (owner > 0) & (owner < task)
     if mask is not None:

@@ -1,4 +1,4 @@
-"""The kernel sources keep the portability contract (DESIGN.md section 4): everything that is
+"""The kernel sources keep the portability contract (docs/design.md section 4): everything that is
 not plain C++ goes through csrc/cuda/portability.h, so that the same source builds for the GPU
 and for the CPU emulator. A kernel that wrote a bare CUDA construct would compile with nvcc and
 silently drop out of the emulator's coverage, or fail to build there."""

@@ -1,6 +1,6 @@
 """CPGConv2d and CPGLinear: drop-in conv/linear layers whose weight is shared by tasks.
 
-State (DESIGN.md section 2), with the parent's ``state_dict`` keys kept:
+State (docs/design.md section 2), with the parent's ``state_dict`` keys kept:
 
 * ``weight``, ``bias``: Parameters where torch puts them. ``weight`` is shared
   by every task; ``bias`` belongs to the training task.

@@ -65,6 +65,17 @@ void launch_view(const View& v, int64_t groups, bool channels_last, cpgdev::stre
   CPG_LAUNCH(kernel, blocks, kThreads, 0, stream, v, groups, channels_last);
 }
 
+// The launch launch_view(v, groups, ...) makes on sm_count multiprocessors.
+template <typename View>
+void describe_view(const View& v, int64_t groups, int sm_count, LaunchPlan& out) {
+  const int64_t outputs = v.rows() * groups * v.cols();
+  out.push_back(planned_launch("conv::direct::masked_conv_direct_kernel<" + type_name<View>() +
+                                   ">",
+                               dim3(grid_stride_blocks(outputs, kThreads, sm_count)), kThreads, 0,
+                               {{"outputs", outputs}, {"taps", v.taps()},
+                                {"reduction_channels", v.reduction_channels()}}));
+}
+
 }  // namespace direct
 }  // namespace conv
 }  // namespace CPG_KERNEL_NS

@@ -92,6 +92,26 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
   }
 }
 
+// The forward GEMM on the windows `cols` of a view over `tasks` tasks' images.
+template <typename T>
+MaskedGemm<T> windows_gemm(const ForwardView<T>& v, const T* cols, bool channels_last,
+                           int64_t tasks) {
+  MaskedGemm<T> g = make_gemm<T>(cols, v.w, v.bits, v.bias, v.out, tasks, v.rows() / tasks,
+                                 v.cols(), v.d.K, /*grad_input=*/false);
+  g.out_plane = channels_last ? 1 : static_cast<int64_t>(v.d.Ho) * v.d.Wo;
+  return g;
+}
+
+// The input gradient's GEMM on dy's pixels.
+template <typename T>
+MaskedGemm<T> pixels_gemm(const GradInputView<T>& v, bool channels_last) {
+  const int64_t dy_rows = v.d.batch * v.d.Ho * v.d.Wo;
+  MaskedGemm<T> g = make_gemm<T>(v.image, v.w, v.bits, nullptr, nullptr, 1, dy_rows, v.d.Ng,
+                                 v.d.K, /*grad_input=*/true);
+  g.a_plane = channels_last ? 1 : static_cast<int64_t>(v.d.Ho) * v.d.Wo;
+  return g;
+}
+
 // y of `tasks` tasks for a view over all their images ([task][image]; bits
 // [tasks, N, words]), with applies(shape, v.rows()) for one task and
 // applies_multitask(shape, v.rows() / tasks) for several.
@@ -103,27 +123,48 @@ void launch(const ForwardView<T>& v, bool channels_last, cpgdev::stream_t stream
   auto* unfold = &unfold_kernel<T>;
   CPG_LAUNCH(unfold, grid_stride_blocks(rows * K, kThreads), kThreads, 0, stream, v,
              cols.as<T>());
-  MaskedGemm<T> g = make_gemm<T>(cols.as<T>(), v.w, v.bits, v.bias, v.out, tasks, rows / tasks,
-                                 v.cols(), K, /*grad_input=*/false);
-  g.out_plane = channels_last ? 1 : static_cast<int64_t>(v.d.Ho) * v.d.Wo;
-  small_batch::launch(g, stream);
+  small_batch::launch(windows_gemm(v, cols.as<T>(), channels_last, tasks), stream);
   cols.release();
+}
+
+// The launches launch(v, channels_last, ..., tasks) makes on sm_count
+// multiprocessors, appended to `out`.
+template <typename T>
+void describe(const ForwardView<T>& v, bool channels_last, int64_t tasks, int sm_count,
+              LaunchPlan& out) {
+  const int64_t rows = v.rows(), K = v.d.K;
+  out.push_back(planned_launch("conv::unfolded::unfold_kernel<" + type_name<T>() + ">",
+                               dim3(grid_stride_blocks(rows * K, kThreads, sm_count)), kThreads,
+                               0, {{"elements", rows * K}, {"taps", v.d.taps}},
+                               static_cast<int64_t>(sizeof(T)) * rows * K));
+  // The windows' workspace is 16-byte aligned, as the planning operands are.
+  small_batch::describe(windows_gemm<T>(v, nullptr, channels_last, tasks), sm_count, out);
 }
 
 // dx for a view with applies(shape, batch * Ho * Wo).
 template <typename T>
 void launch(const GradInputView<T>& v, bool channels_last, cpgdev::stream_t stream) {
-  const int64_t dy_rows = v.d.batch * v.d.Ho * v.d.Wo;
-  MaskedGemm<T> g = make_gemm<T>(v.image, v.w, v.bits, nullptr, nullptr, 1, dy_rows, v.d.Ng,
-                                 v.d.K, /*grad_input=*/true);
-  g.a_plane = channels_last ? 1 : static_cast<int64_t>(v.d.Ho) * v.d.Wo;
-  const small_batch_grad::Shape s = small_batch_grad::choose_shape(g);
-  DeviceWorkspace partials(sizeof(float) * s.splits * dy_rows * v.d.K, stream);
-  small_batch_grad::launch_kernel(g, s, partials.as<float>(), stream);
+  const MaskedGemm<T> g = pixels_gemm(v, channels_last);
+  const small_batch_grad::Plan p = small_batch_grad::plan(g, cpgdev::sm_count());
+  DeviceWorkspace partials(sizeof(float) * p.shape.splits * g.M * v.d.K, stream);
+  small_batch_grad::launch_kernel(g, p, partials.as<float>(), stream);
   auto* fold = &fold_kernel<T>;
   CPG_LAUNCH(fold, grid_stride_blocks(v.rows() * v.cols(), kThreads), kThreads, 0, stream, v,
-             partials.as<float>(), s.splits, channels_last);
+             partials.as<float>(), p.shape.splits, channels_last);
   partials.release();
+}
+
+template <typename T>
+void describe(const GradInputView<T>& v, bool channels_last, int sm_count, LaunchPlan& out) {
+  const MaskedGemm<T> g = pixels_gemm(v, channels_last);
+  const small_batch_grad::Plan p = small_batch_grad::plan(g, sm_count);
+  small_batch_grad::describe_kernel(g, p, out);
+  out.back().workspace_bytes = static_cast<int64_t>(sizeof(float)) * p.shape.splits * g.M * v.d.K;
+  out.push_back(planned_launch("conv::unfolded::fold_kernel<" + type_name<T>() + ">",
+                               dim3(grid_stride_blocks(v.rows() * v.cols(), kThreads, sm_count)),
+                               kThreads, 0,
+                               {{"elements", v.rows() * v.cols()}, {"taps", v.taps()},
+                                {"splits", p.shape.splits}}));
 }
 
 }  // namespace unfolded

@@ -389,32 +389,84 @@ bool supports(const MaskedGemm<T>& g) {
 // pipeline's fill.
 constexpr int64_t kMinSplitStages = 8;
 
+// A launch's shape: (row tiles, column tiles, subproblems * splits) blocks,
+// each over stages_per_split of the view's stages (the last split's may be
+// fewer), and split-K's workspace and reduction when splits > 1.
+struct Plan {
+  unsigned row_tiles, col_tiles;
+  int64_t subproblems;
+  int64_t stages;
+  int64_t stages_per_split;
+  int smem_bytes;
+  split_k::Plan split;
+};
+
 // `subproblems` is the grid's z extent (tasks, conv groups).
 template <typename View>
+Plan plan_view(const View& v, int64_t subproblems, int sm_count) {
+  Plan p;
+  p.row_tiles = static_cast<unsigned>(ceil_div(v.rows(), kTileM));
+  p.col_tiles = static_cast<unsigned>(ceil_div(v.cols(), kTileN));
+  p.subproblems = subproblems;
+  p.stages = v.stages();
+  p.smem_bytes = Layout<typename View::Elem, View::kGradInput>::kSmemBytes;  // > 48 KiB
+  const int splits = split_k::choose_splits(int64_t{p.row_tiles} * p.col_tiles * subproblems,
+                                            p.stages, kMinSplitStages, subproblems, sm_count);
+  p.stages_per_split = ceil_div(p.stages, splits);
+  p.split = split_k::plan(v, splits, subproblems, sm_count);
+  return p;
+}
+
+template <typename View>
 void launch_view(const View& v, int64_t subproblems, cpgdev::stream_t stream) {
-  const unsigned row_tiles = static_cast<unsigned>(ceil_div(v.rows(), kTileM));
-  const unsigned col_tiles = static_cast<unsigned>(ceil_div(v.cols(), kTileN));
-  constexpr int kSmem = Layout<typename View::Elem, View::kGradInput>::kSmemBytes;  // > 48 KiB
+  const Plan p = plan_view(v, subproblems, cpgdev::sm_count());
   auto run = [&](const auto& view, int64_t z) {
     auto* kernel = &masked_gemm_mma_kernel<std::decay_t<decltype(view)>>;
-    cpgdev::set_max_dynamic_smem(kernel, kSmem);
-    CPG_LAUNCH(kernel, dim3(row_tiles, col_tiles, static_cast<unsigned>(z)), kThreads, kSmem,
-               stream, view);
+    cpgdev::set_max_dynamic_smem(kernel, p.smem_bytes);
+    CPG_LAUNCH(kernel, dim3(p.row_tiles, p.col_tiles, static_cast<unsigned>(z)), kThreads,
+               p.smem_bytes, stream, view);
   };
-  const int splits = split_k::choose_splits(int64_t{row_tiles} * col_tiles * subproblems,
-                                            v.stages(), kMinSplitStages, subproblems);
-  if (splits == 1) return run(v, subproblems);
+  if (p.split.splits == 1) return run(v, subproblems);
   split_k::StageSplit<View> split_view;
   static_cast<View&>(split_view) = v;
-  split_view.stages_per_split = ceil_div(v.stages(), splits);
-  split_k::launch(split_view, splits, subproblems, stream, run);
+  split_view.stages_per_split = p.stages_per_split;
+  split_k::launch(split_view, p.split, subproblems, stream, run);
+}
+
+// The launches launch_view(v, subproblems, ...) makes on sm_count
+// multiprocessors, appended to `out`.
+template <typename View>
+void describe_view(const View& v, int64_t subproblems, int sm_count, LaunchPlan& out) {
+  const Plan p = plan_view(v, subproblems, sm_count);
+  const bool split = p.split.splits > 1;
+  const std::string kernel_view =
+      split ? type_name<split_k::StageSplit<View>>() : type_name<View>();
+  out.push_back(planned_launch(
+      "mma::masked_gemm_mma_kernel<" + kernel_view + ">",
+      dim3(p.row_tiles, p.col_tiles, static_cast<unsigned>(subproblems * p.split.splits)),
+      kThreads, p.smem_bytes,
+      {{"rows", v.rows()}, {"cols", v.cols()}, {"tile_m", kTileM}, {"tile_n", kTileN},
+       {"stage_bytes", kStageRowBytes}, {"stages", p.stages},
+       {"stages_per_split", p.stages_per_split}, {"splits", p.split.splits}},
+      split ? p.split.workspace_bytes : 0));
+  if (split) out.push_back(split_k::describe_reduce<View>(p.split));
+}
+
+template <typename T, bool kGradInput>
+LinearView<T, kGradInput> linear_view(const MaskedGemm<T>& g) {
+  LinearView<T, kGradInput> v;
+  v.g = g;
+  return v;
 }
 
 template <typename T, bool kGradInput>
 void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
-  LinearView<T, kGradInput> v;
-  v.g = g;
-  launch_view(v, g.tasks, stream);
+  launch_view(linear_view<T, kGradInput>(g), g.tasks, stream);
+}
+
+template <typename T, bool kGradInput>
+void describe(const MaskedGemm<T>& g, int sm_count, LaunchPlan& out) {
+  describe_view(linear_view<T, kGradInput>(g), g.tasks, sm_count, out);
 }
 
 }  // namespace mma

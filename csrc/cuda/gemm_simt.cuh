@@ -209,31 +209,76 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_simt_kernel(View problem
 // A split's share of the reduction: at least this many slices.
 constexpr int64_t kMinSplitSlices = 32;
 
+// A launch's shape: (row tiles, column tiles, subproblems * splits) blocks,
+// each over per_split reduction indices (slices of kTileK), and split-K's
+// workspace and reduction when splits > 1.
+struct Plan {
+  unsigned row_tiles, col_tiles;
+  int64_t subproblems;
+  int64_t slices;
+  int64_t per_split;
+  split_k::Plan split;
+};
+
 // `subproblems` is the grid's z extent (tasks, conv groups). Where the tiles
 // are fewer than the multiprocessors, the reduction is split across blocks
 // (gemm_split_k.cuh).
 template <typename View>
+Plan plan_view(const View& v, int64_t subproblems, int sm_count) {
+  Plan p;
+  p.row_tiles = static_cast<unsigned>(ceil_div(v.rows(), kTile));
+  p.col_tiles = static_cast<unsigned>(ceil_div(v.cols(), kTile));
+  p.subproblems = subproblems;
+  p.slices = ceil_div(v.reduction(), kTileK);
+  const int splits = split_k::choose_splits(int64_t{p.row_tiles} * p.col_tiles * subproblems,
+                                            p.slices, kMinSplitSlices, subproblems, sm_count);
+  p.per_split = ceil_div(p.slices, splits) * kTileK;
+  p.split = split_k::plan(v, splits, subproblems, sm_count);
+  return p;
+}
+
+template <typename View>
 void launch_view(const View& v, int64_t subproblems, cpgdev::stream_t stream) {
-  const unsigned row_tiles = static_cast<unsigned>(ceil_div(v.rows(), kTile));
-  const unsigned col_tiles = static_cast<unsigned>(ceil_div(v.cols(), kTile));
+  const Plan p = plan_view(v, subproblems, cpgdev::sm_count());
   auto run = [&](const auto& view, int64_t z) {
     auto* kernel = &masked_gemm_simt_kernel<std::decay_t<decltype(view)>>;
-    CPG_LAUNCH(kernel, dim3(row_tiles, col_tiles, static_cast<unsigned>(z)), kThreads, 0, stream,
-               view);
+    CPG_LAUNCH(kernel, dim3(p.row_tiles, p.col_tiles, static_cast<unsigned>(z)), kThreads, 0,
+               stream, view);
   };
-  const int64_t slices = ceil_div(v.reduction(), kTileK);
-  const int splits = split_k::choose_splits(int64_t{row_tiles} * col_tiles * subproblems, slices,
-                                            kMinSplitSlices, subproblems);
-  if (splits == 1) return run(v, subproblems);
+  if (p.split.splits == 1) return run(v, subproblems);
   split_k::ReductionSplit<View> split_view;
   static_cast<View&>(split_view) = v;
-  split_view.per_split = ceil_div(slices, splits) * kTileK;
-  split_k::launch(split_view, splits, subproblems, stream, run);
+  split_view.per_split = p.per_split;
+  split_k::launch(split_view, p.split, subproblems, stream, run);
+}
+
+// The launches launch_view(v, subproblems, ...) makes on sm_count
+// multiprocessors, appended to `out`.
+template <typename View>
+void describe_view(const View& v, int64_t subproblems, int sm_count, LaunchPlan& out) {
+  const Plan p = plan_view(v, subproblems, sm_count);
+  const bool split = p.split.splits > 1;
+  const std::string kernel_view =
+      split ? type_name<split_k::ReductionSplit<View>>() : type_name<View>();
+  out.push_back(planned_launch(
+      "simt::masked_gemm_simt_kernel<" + kernel_view + ">",
+      dim3(p.row_tiles, p.col_tiles, static_cast<unsigned>(subproblems * p.split.splits)),
+      kThreads, 0,
+      {{"rows", v.rows()}, {"cols", v.cols()}, {"reduction", v.reduction()}, {"tile", kTile},
+       {"tile_k", kTileK}, {"slices", p.slices}, {"per_split", p.per_split},
+       {"splits", p.split.splits}},
+      split ? p.split.workspace_bytes : 0));
+  if (split) out.push_back(split_k::describe_reduce<View>(p.split));
 }
 
 template <typename T, bool kGradInput>
 void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
   launch_view(GemmView<T, kGradInput>{g}, g.tasks, stream);
+}
+
+template <typename T, bool kGradInput>
+void describe(const MaskedGemm<T>& g, int sm_count, LaunchPlan& out) {
+  describe_view(GemmView<T, kGradInput>{g}, g.tasks, sm_count, out);
 }
 
 }  // namespace simt

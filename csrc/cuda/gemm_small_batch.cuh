@@ -248,32 +248,31 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_linear_small_batch_kernel(Mas
   write_outputs<T, kXRows>(g, s, group, partials);
 }
 
-// Dynamic shared memory: the x stage.
-template <int kXRows, typename T>
-size_t smem_bytes(int slices) {
-  return static_cast<size_t>(kXRows) * slices * warp_chunk<T>() * sizeof(T);
+// Dynamic shared memory: the x stage of x_rows rows.
+template <typename T>
+size_t smem_bytes(int x_rows, int slices) {
+  return static_cast<size_t>(x_rows) * slices * warp_chunk<T>() * sizeof(T);
 }
 
 // Static shared memory: the partial sums.
-template <int kXRows>
-constexpr size_t static_smem_bytes() {
-  return sizeof(float) * kWarps * kRowsPerWarp * kXRows;
+constexpr size_t static_smem_bytes(int x_rows) {
+  return sizeof(float) * kWarps * kRowsPerWarp * x_rows;
 }
 
-// The fewest slices that give the grid two blocks per multiprocessor, within
-// the K range's chunks and the shared-memory budget.
-template <int kXRows, typename T>
-Shape choose_shape(const MaskedGemm<T>& g, int group_rows) {
+// The fewest slices that give the grid two blocks per multiprocessor (of
+// sm_count), within the K range's chunks and the shared-memory budget.
+template <typename T>
+Shape choose_shape(const MaskedGemm<T>& g, int x_rows, int group_rows, int sm_count) {
   Shape s;
   s.group_rows = group_rows;
   s.w_aligned = is_aligned16(g.w) && (g.K * sizeof(T)) % kVecBytes == 0;
   s.x_aligned = is_aligned16(g.a) && (g.K * sizeof(T)) % kVecBytes == 0;
   const int64_t groups = ceil_div(g.tasks * g.M, group_rows);
   const int64_t k_chunks = ceil_div(g.K, warp_chunk<T>());
-  const int64_t wanted_blocks = 2 * static_cast<int64_t>(cpgdev::sm_count());
+  const int64_t wanted_blocks = 2 * static_cast<int64_t>(sm_count);
   s.slices = 1;
   while (s.slices < kWarps && 2 * s.slices <= k_chunks &&
-         smem_bytes<kXRows, T>(2 * s.slices) + static_smem_bytes<kXRows>() <=
+         smem_bytes<T>(x_rows, 2 * s.slices) + static_smem_bytes(x_rows) <=
              static_cast<size_t>(kSmemBudget) &&
          ceil_div(g.N, kWarps / s.slices * kRowsPerWarp) * groups < wanted_blocks) {
     s.slices *= 2;
@@ -282,34 +281,71 @@ Shape choose_shape(const MaskedGemm<T>& g, int group_rows) {
   return s;
 }
 
-template <int kXRows, bool kMultiTask, typename T>
-void launch_with(const MaskedGemm<T>& g, int group_rows, cpgdev::stream_t stream) {
-  const Shape s = choose_shape<kXRows>(g, group_rows);
-  const dim3 grid(static_cast<unsigned>(ceil_div(g.N, s.rows_per_block)),
-                  static_cast<unsigned>(ceil_div(g.tasks * g.M, group_rows)));
-  const size_t smem = smem_bytes<kXRows, T>(s.slices);
-  auto* kernel = &masked_linear_small_batch_kernel<T, kXRows, kMultiTask>;
-  CPG_LAUNCH(kernel, grid, kThreads, smem, stream, g, s);
-}
+// A launch: the kernel's kXRows and kMultiTask, its shape and grid.
+struct Plan {
+  int x_rows;      // kXRows: the x rows of a group, rounded up to 1, 2, 4, 8 or 16
+  bool multitask;  // kMultiTask
+  Shape shape;
+  dim3 grid;
+  size_t smem;     // dynamic
+};
 
 // Requires g.M <= kMaxXRows when g.tasks > 1 (one task: any M, in groups of
 // kMaxXRows rows). The x rows are rounded up to a power of two (one task) or
 // to 4 or 16 (several tasks); the extra rows are zeros.
 template <typename T>
-void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
+Plan plan(const MaskedGemm<T>& g, int sm_count) {
+  Plan p;
+  int group_rows;
   if (g.tasks == 1) {
-    const int rows = static_cast<int>(g.M < kMaxXRows ? g.M : kMaxXRows);
-    if (g.M == 1) return launch_with<1, false>(g, rows, stream);
-    if (g.M <= 2) return launch_with<2, false>(g, rows, stream);
-    if (g.M <= 4) return launch_with<4, false>(g, rows, stream);
-    if (g.M <= 8) return launch_with<8, false>(g, rows, stream);
-    return launch_with<kMaxXRows, false>(g, rows, stream);
+    group_rows = static_cast<int>(g.M < kMaxXRows ? g.M : kMaxXRows);
+    p.multitask = false;
+    p.x_rows = g.M == 1 ? 1 : g.M <= 2 ? 2 : g.M <= 4 ? 4 : g.M <= 8 ? 8 : kMaxXRows;
+  } else {
+    const int64_t per_group = kMaxXRows / g.M;
+    const int tasks_per_group = static_cast<int>(g.tasks < per_group ? g.tasks : per_group);
+    group_rows = tasks_per_group * static_cast<int>(g.M);
+    p.multitask = true;
+    p.x_rows = group_rows <= 4 ? 4 : kMaxXRows;
   }
-  const int64_t per_group = kMaxXRows / g.M;
-  const int tasks_per_group = static_cast<int>(g.tasks < per_group ? g.tasks : per_group);
-  const int group_rows = tasks_per_group * static_cast<int>(g.M);
-  if (group_rows <= 4) return launch_with<4, true>(g, group_rows, stream);
-  launch_with<kMaxXRows, true>(g, group_rows, stream);
+  p.shape = choose_shape(g, p.x_rows, group_rows, sm_count);
+  p.grid = dim3(static_cast<unsigned>(ceil_div(g.N, p.shape.rows_per_block)),
+                static_cast<unsigned>(ceil_div(g.tasks * g.M, group_rows)));
+  p.smem = smem_bytes<T>(p.x_rows, p.shape.slices);
+  return p;
+}
+
+template <typename T>
+void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
+  const Plan p = plan(g, cpgdev::sm_count());
+  auto run = [&](auto kernel) { CPG_LAUNCH(kernel, p.grid, kThreads, p.smem, stream, g, p.shape); };
+  if (p.multitask) {
+    if (p.x_rows == 4) return run(&masked_linear_small_batch_kernel<T, 4, true>);
+    return run(&masked_linear_small_batch_kernel<T, kMaxXRows, true>);
+  }
+  switch (p.x_rows) {
+    case 1: return run(&masked_linear_small_batch_kernel<T, 1, false>);
+    case 2: return run(&masked_linear_small_batch_kernel<T, 2, false>);
+    case 4: return run(&masked_linear_small_batch_kernel<T, 4, false>);
+    case 8: return run(&masked_linear_small_batch_kernel<T, 8, false>);
+    default: return run(&masked_linear_small_batch_kernel<T, kMaxXRows, false>);
+  }
+}
+
+// The launch launch(g, ...) makes on sm_count multiprocessors, appended to `out`.
+template <typename T>
+void describe(const MaskedGemm<T>& g, int sm_count, LaunchPlan& out) {
+  const Plan p = plan(g, sm_count);
+  const int64_t stage_width = int64_t{p.shape.slices} * warp_chunk<T>();
+  out.push_back(planned_launch(
+      "small_batch::masked_linear_small_batch_kernel<" + type_name<T>() + ", " +
+          std::to_string(p.x_rows) + ", " + (p.multitask ? "true" : "false") + ">",
+      p.grid, kThreads, static_cast<int64_t>(p.smem),
+      {{"M", g.M}, {"N", g.N}, {"K", g.K}, {"tasks", g.tasks}, {"x_rows", p.x_rows},
+       {"group_rows", p.shape.group_rows}, {"slices", p.shape.slices},
+       {"rows_per_block", p.shape.rows_per_block}, {"stage_width", stage_width},
+       {"chunks", ceil_div(g.K, stage_width)}, {"static_smem",
+       static_cast<int64_t>(static_smem_bytes(p.x_rows))}}));
 }
 
 }  // namespace small_batch

@@ -256,14 +256,14 @@ int64_t col_blocks(int64_t K, int slices) {
 inline int64_t row_groups(int64_t M) { return ceil_div(M, kMaxDyRows); }
 
 // The fewest slices that give the grid kBlocksPerSm blocks per multiprocessor
-// along K and the row groups alone; then as many splits of N as still
+// (of sm_count) along K and the row groups alone; then as many splits of N as still
 // needed, within kPartialsShare. A block's warps each get whole steps of
 // every split.
 template <typename T>
-Shape choose_shape(const MaskedGemm<T>& g) {
+Shape choose_shape(const MaskedGemm<T>& g, int sm_count) {
   Shape s;
   s.w_aligned = is_aligned16(g.w) && (g.K * sizeof(T)) % kVecBytes == 0;
-  const int64_t wanted_blocks = kBlocksPerSm * static_cast<int64_t>(cpgdev::sm_count());
+  const int64_t wanted_blocks = kBlocksPerSm * static_cast<int64_t>(sm_count);
   const int64_t groups = row_groups(g.M);
   const int64_t group_rows = g.M < kMaxDyRows ? g.M : kMaxDyRows;
   s.slices = 1;
@@ -282,21 +282,58 @@ Shape choose_shape(const MaskedGemm<T>& g) {
   return s;
 }
 
-// Runs the kernel for s (from choose_shape(g)), with kDyRows the power of
-// two that holds a row group. partials null: writes dx (s.splits must be 1);
-// else leaves dx's fp32 partial sums in partials[s.splits][M][K], for a
-// caller that adds them up itself. Requires g.M >= 1 and g.tasks == 1.
+// A launch: the shape, the kernel's kDyRows (the power of two that holds a
+// row group), the grid, and the fp32 partials when splits > 1.
+struct Plan {
+  Shape shape;
+  int dy_rows;
+  dim3 grid;
+  int64_t partials_bytes;  // 0 without splits
+};
+
+// Requires g.M >= 1 and g.tasks == 1.
 template <typename T>
-void launch_kernel(const MaskedGemm<T>& g, const Shape& s, float* partials,
+Plan plan(const MaskedGemm<T>& g, int sm_count) {
+  Plan p;
+  p.shape = choose_shape(g, sm_count);
+  p.dy_rows = g.M == 1 ? 1 : g.M <= 2 ? 2 : g.M <= 4 ? 4 : g.M <= 8 ? 8 : kMaxDyRows;
+  p.grid = dim3(static_cast<unsigned>(col_blocks<T>(g.K, p.shape.slices)),
+                static_cast<unsigned>(p.shape.splits), static_cast<unsigned>(row_groups(g.M)));
+  p.partials_bytes = p.shape.splits > 1
+                         ? static_cast<int64_t>(sizeof(float)) * p.shape.splits * g.M * g.K
+                         : 0;
+  return p;
+}
+
+// Runs the kernel of p (plan(g, ...)). partials null: writes dx (p.shape.splits
+// must be 1); else leaves dx's fp32 partial sums in partials[splits][M][K],
+// for a caller that adds them up itself.
+template <typename T>
+void launch_kernel(const MaskedGemm<T>& g, const Plan& p, float* partials,
                    cpgdev::stream_t stream) {
-  const dim3 grid(static_cast<unsigned>(col_blocks<T>(g.K, s.slices)),
-                  static_cast<unsigned>(s.splits), static_cast<unsigned>(row_groups(g.M)));
-  auto run = [&](auto kernel) { CPG_LAUNCH(kernel, grid, kThreads, 0, stream, g, s, partials); };
-  if (g.M == 1) return run(&masked_linear_grad_input_small_batch_kernel<T, 1>);
-  if (g.M <= 2) return run(&masked_linear_grad_input_small_batch_kernel<T, 2>);
-  if (g.M <= 4) return run(&masked_linear_grad_input_small_batch_kernel<T, 4>);
-  if (g.M <= 8) return run(&masked_linear_grad_input_small_batch_kernel<T, 8>);
-  run(&masked_linear_grad_input_small_batch_kernel<T, kMaxDyRows>);
+  const Shape& s = p.shape;
+  auto run = [&](auto kernel) { CPG_LAUNCH(kernel, p.grid, kThreads, 0, stream, g, s, partials); };
+  switch (p.dy_rows) {
+    case 1: return run(&masked_linear_grad_input_small_batch_kernel<T, 1>);
+    case 2: return run(&masked_linear_grad_input_small_batch_kernel<T, 2>);
+    case 4: return run(&masked_linear_grad_input_small_batch_kernel<T, 4>);
+    case 8: return run(&masked_linear_grad_input_small_batch_kernel<T, 8>);
+    default: return run(&masked_linear_grad_input_small_batch_kernel<T, kMaxDyRows>);
+  }
+}
+
+// The kernel's launch (launch_kernel) on sm_count multiprocessors, appended to
+// `out`; its workspace is the partials when there are splits.
+template <typename T>
+void describe_kernel(const MaskedGemm<T>& g, const Plan& p, LaunchPlan& out) {
+  out.push_back(planned_launch(
+      "small_batch_grad::masked_linear_grad_input_small_batch_kernel<" + type_name<T>() + ", " +
+          std::to_string(p.dy_rows) + ">",
+      p.grid, kThreads, 0,
+      {{"M", g.M}, {"N", g.N}, {"K", g.K}, {"dy_rows", p.dy_rows}, {"slices", p.shape.slices},
+       {"splits", p.shape.splits}, {"rows_per_split", p.shape.rows_per_split},
+       {"rows_per_step", kRowsPerStep}, {"warp_cols", warp_cols<T>()}},
+      p.partials_bytes));
 }
 
 // dx = dy W' into g.out. Requires g.M >= 1 and g.tasks == 1; the dy rows are
@@ -304,15 +341,28 @@ void launch_kernel(const MaskedGemm<T>& g, const Shape& s, float* partials,
 // are zeros.
 template <typename T>
 void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
-  const Shape s = choose_shape(g);
-  if (s.splits == 1) return launch_kernel(g, s, nullptr, stream);
+  const Plan p = plan(g, cpgdev::sm_count());
+  if (p.shape.splits == 1) return launch_kernel(g, p, nullptr, stream);
   const int64_t count = g.M * g.K;
-  DeviceWorkspace partials(sizeof(float) * s.splits * count, stream);
-  launch_kernel(g, s, partials.as<float>(), stream);
+  DeviceWorkspace partials(static_cast<size_t>(p.partials_bytes), stream);
+  launch_kernel(g, p, partials.as<float>(), stream);
   auto* sum_kernel = &sum_splits_kernel<T>;
   CPG_LAUNCH(sum_kernel, grid_stride_blocks(count, kThreads), kThreads, 0, stream,
-             partials.as<float>(), g.out, count, s.splits);
+             partials.as<float>(), g.out, count, p.shape.splits);
   partials.release();
+}
+
+// The launches launch(g, ...) makes on sm_count multiprocessors, appended to
+// `out`.
+template <typename T>
+void describe(const MaskedGemm<T>& g, int sm_count, LaunchPlan& out) {
+  const Plan p = plan(g, sm_count);
+  describe_kernel(g, p, out);
+  if (p.shape.splits == 1) return;
+  const int64_t count = g.M * g.K;
+  out.push_back(planned_launch("small_batch_grad::sum_splits_kernel<" + type_name<T>() + ">",
+                               dim3(grid_stride_blocks(count, kThreads, sm_count)), kThreads, 0,
+                               {{"elements", count}, {"splits", p.shape.splits}}));
 }
 
 }  // namespace small_batch_grad

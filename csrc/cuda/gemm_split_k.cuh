@@ -98,11 +98,12 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
   }
 }
 
-// Splits per tile: enough that the grid gives each multiprocessor a block,
-// with at least min_units of the kernel's reduction units (stages, slices)
-// per split; 1 means no split.
-inline int choose_splits(int64_t blocks, int64_t units, int64_t min_units, int64_t subproblems) {
-  const int64_t by_device = cpgdev::sm_count() / (blocks > 0 ? blocks : 1);
+// Splits per tile: enough that the grid gives each of `sm_count`
+// multiprocessors a block, with at least min_units of the kernel's reduction
+// units (stages, slices) per split; 1 means no split.
+inline int choose_splits(int64_t blocks, int64_t units, int64_t min_units, int64_t subproblems,
+                         int sm_count) {
+  const int64_t by_device = sm_count / (blocks > 0 ? blocks : 1);
   const int64_t by_units = units / min_units;
   int64_t splits = by_device < by_units ? by_device : by_units;
   if (splits > kMaxSplits) splits = kMaxSplits;
@@ -110,22 +111,49 @@ inline int choose_splits(int64_t blocks, int64_t units, int64_t min_units, int64
   return splits > 1 ? static_cast<int>(splits) : 1;
 }
 
+// What a split launch adds: the fp32 partials' workspace and the grid of the
+// reduction over them.
+struct Plan {
+  int splits;
+  int64_t elements;        // outputs of all sub-problems
+  int64_t workspace_bytes;
+  unsigned reduce_blocks;
+};
+
+template <typename View>
+Plan plan(const View& original, int splits, int64_t subproblems, int sm_count) {
+  Plan p;
+  p.splits = splits;
+  p.elements = subproblems * original.rows() * original.cols();
+  p.workspace_bytes = static_cast<int64_t>(sizeof(float)) * splits * p.elements;
+  p.reduce_blocks = grid_stride_blocks(p.elements, kThreads, sm_count);
+  return p;
+}
+
+// The reduction's launch, as launch() makes it after the split kernel.
+template <typename View>
+PlannedLaunch describe_reduce(const Plan& p) {
+  return planned_launch("split_k::reduce_splits_kernel<" + type_name<View>() + ">",
+                        dim3(p.reduce_blocks), kThreads, 0,
+                        {{"elements", p.elements}, {"splits", p.splits}});
+}
+
 // Runs run(split_view, grid_z) (the tiled kernel's launch) on a workspace,
 // then the reduction into the original view's output. split_view is a
-// StageSplit or ReductionSplit of that view with its share per split set.
+// StageSplit or ReductionSplit of that view with its share per split set; p
+// is plan(original view, splits, subproblems, sm_count()).
 template <typename Split, typename Run>
-void launch(Split split_view, int splits, int64_t subproblems, cpgdev::stream_t stream,
+void launch(Split split_view, const Plan& p, int64_t subproblems, cpgdev::stream_t stream,
             Run&& run) {
   using View = typename Split::Original;
   const View& original = split_view;
-  const int64_t plane = original.rows() * original.cols();
-  DeviceWorkspace partials(sizeof(float) * splits * subproblems * plane, stream);
+  DeviceWorkspace partials(static_cast<size_t>(p.workspace_bytes), stream);
   split_view.partials = partials.as<float>();
-  split_view.splits = splits;
-  run(split_view, subproblems * splits);
+  split_view.splits = p.splits;
+  run(split_view, subproblems * p.splits);
   auto* reduce = &reduce_splits_kernel<View>;
-  CPG_LAUNCH(reduce, grid_stride_blocks(subproblems * plane, kThreads), kThreads, 0, stream,
-             original, partials.as<float>(), splits, subproblems);
+  CPG_LAUNCH(reduce, dim3(p.reduce_blocks), kThreads, 0, stream, original, partials.as<float>(),
+             p.splits, subproblems);
   partials.release();
 }
 

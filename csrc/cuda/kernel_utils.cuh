@@ -9,6 +9,7 @@
 #include <string>
 
 #include "core/dtype.h"
+#include "cuda/launch_plan.h"
 #include "cuda/launchers.h"
 #include "cuda/portability.h"
 
@@ -54,11 +55,28 @@ inline cpgdev::stream_t as_stream(void* stream) { return static_cast<cpgdev::str
 // Blocks for a grid-stride loop over `work` items: never more than the work
 // needs, and at most 8 per multiprocessor (one wave of 256-thread blocks at
 // full occupancy), so threads loop rather than blocks queue.
-inline unsigned grid_stride_blocks(int64_t work, int threads) {
+inline unsigned grid_stride_blocks(int64_t work, int threads, int sm_count) {
   constexpr int64_t kBlocksPerSm = 8;
-  const int64_t cap = kBlocksPerSm * cpgdev::sm_count();
+  const int64_t cap = kBlocksPerSm * sm_count;
   const int64_t needed = ceil_div(work, threads);
   return static_cast<unsigned>(needed < cap ? (needed > 0 ? needed : 1) : cap);
+}
+
+inline unsigned grid_stride_blocks(int64_t work, int threads) {
+  return grid_stride_blocks(work, threads, cpgdev::sm_count());
+}
+
+// A launch as the plan query reports it (launch_plan.h).
+inline PlannedLaunch planned_launch(std::string kernel, dim3 grid, int threads,
+                                    int64_t dynamic_smem,
+                                    std::vector<std::pair<std::string, int64_t>> params,
+                                    int64_t workspace_bytes = 0) {
+  return PlannedLaunch{std::move(kernel),
+                       {int64_t{grid.x}, int64_t{grid.y}, int64_t{grid.z}},
+                       threads,
+                       dynamic_smem,
+                       workspace_bytes,
+                       std::move(params)};
 }
 
 // Device memory for the launches a launcher queues on `stream`: release()

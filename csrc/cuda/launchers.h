@@ -8,6 +8,12 @@
 // (ignored by the emulator). Every launcher checks its launches and throws
 // std::runtime_error on failure.
 //
+// The plan_* functions return the launches that masked_linear* and
+// masked_conv2d* make for a problem on a device of `sm_count`
+// multiprocessors, without launching or touching memory (launch_plan.h): they
+// run the same dispatch and launch-shape code, assuming 16-byte aligned
+// operands (as torch allocates them). A GPU is not needed.
+//
 // Mask format and active-set rule: csrc/core/mask_format.h.
 #pragma once
 
@@ -16,6 +22,7 @@
 
 #include "core/conv_shape.h"
 #include "core/dtype.h"
+#include "cuda/launch_plan.h"
 
 #define CPG_DECLARE_LAUNCHERS                                                                    \
   /* bits[N, words] from a bool mask[N, K]; padding bits zero. */                              \
@@ -66,7 +73,17 @@
   /* layout as above.                                                                     */   \
   void masked_conv2d_grad_input(cpg::DType dtype, const void* dy, const void* w,               \
                                 const int32_t* bits, void* dx, const cpg::ConvShape& shape,    \
-                                bool channels_last, bool allow_tf32, void* stream);
+                                bool channels_last, bool allow_tf32, void* stream);      \
+  /* The launches of masked_linear_multitask (T tasks; masked_linear is T = 1) or, with  */    \
+  /* grad_input, of masked_linear_grad_input (T must be 1).                              */    \
+  cpg::LaunchPlan plan_masked_linear(cpg::DType dtype, int64_t T, int64_t M, int64_t N,       \
+                                     int64_t K, bool grad_input, bool allow_tf32,             \
+                                     int sm_count);                                           \
+  /* The launches of masked_conv2d_multitask (T tasks; masked_conv2d is T = 1) or, with  */    \
+  /* grad_input, of masked_conv2d_grad_input (T must be 1).                              */    \
+  cpg::LaunchPlan plan_masked_conv2d(cpg::DType dtype, int64_t T, const cpg::ConvShape& shape, \
+                                     bool channels_last, bool grad_input, bool allow_tf32,    \
+                                     int sm_count);
 
 namespace cpg {
 namespace cuda {

@@ -110,39 +110,110 @@ bool mma_supports(const View& v, bool channels_last) {
 }
 
 template <bool kChannelsContiguous, typename View>
-void launch_mma(const View& v, int64_t groups, cpgdev::stream_t stream) {
+conv::ConvMmaView<View, kChannelsContiguous> mma_view(const View& v) {
   conv::ConvMmaView<View, kChannelsContiguous> staged;
   static_cast<View&>(staged) = v;
-  for_group_chunks(staged, groups,
-                   [&](const auto& part, int64_t n) { mma::launch_view(part, n, stream); });
+  return staged;
 }
 
-// Rules 4-5 for one view.
-template <typename View>
-void run_tiled(const View& v, const ConvShape& shape, bool channels_last, bool allow_tf32,
-               cpgdev::stream_t stream) {
-  if (tensor_cores_allowed<typename View::Elem>(allow_tf32) && mma_supports(v, channels_last)) {
-    if (channels_last) {
-      launch_mma<true>(v, shape.groups, stream);
+// The rules below run once per call, generic over what happens to the chosen
+// kernel: ConvLauncher launches it, ConvPlanner records its launches (the
+// plan query, launch_plan.h), so that a plan is what the launchers do. Each
+// call is one family's launcher.
+struct ConvLauncher {
+  cpgdev::stream_t stream;
+  template <typename View>
+  void direct(const View& v, int64_t groups, bool channels_last) const {
+    conv::direct::launch_view(v, groups, channels_last, stream);
+  }
+  template <typename View>
+  void unfolded(const View& v, bool channels_last, int64_t tasks) const {
+    if constexpr (View::kGradInput) {
+      conv::unfolded::launch(v, channels_last, stream);
     } else {
-      launch_mma<false>(v, shape.groups, stream);
+      conv::unfolded::launch(v, channels_last, stream, tasks);
+    }
+  }
+  template <typename View>
+  void mma(const View& v, int64_t groups) const { mma::launch_view(v, groups, stream); }
+  template <typename View>
+  void simt(const View& v, int64_t groups) const { simt::launch_view(v, groups, stream); }
+  // The masked-linear launchers, for pointwise convs.
+  void linear_forward(DType dtype, const void* x, const void* w, const int32_t* bits,
+                      const void* bias, void* y, int64_t T, int64_t M, int64_t N, int64_t K,
+                      bool allow_tf32) const {
+    masked_linear_multitask(dtype, x, w, bits, bias, y, T, M, N, K, allow_tf32, stream);
+  }
+  void linear_grad_input(DType dtype, const void* dy, const void* w, const int32_t* bits,
+                         void* dx, int64_t M, int64_t N, int64_t K, bool allow_tf32) const {
+    masked_linear_grad_input(dtype, dy, w, bits, dx, M, N, K, allow_tf32, stream);
+  }
+};
+
+struct ConvPlanner {
+  int sm_count;
+  LaunchPlan* plan;
+  template <typename View>
+  void direct(const View& v, int64_t groups, bool) const {
+    conv::direct::describe_view(v, groups, sm_count, *plan);
+  }
+  template <typename View>
+  void unfolded(const View& v, bool channels_last, int64_t tasks) const {
+    if constexpr (View::kGradInput) {
+      conv::unfolded::describe(v, channels_last, sm_count, *plan);
+    } else {
+      conv::unfolded::describe(v, channels_last, tasks, sm_count, *plan);
+    }
+  }
+  template <typename View>
+  void mma(const View& v, int64_t groups) const {
+    mma::describe_view(v, groups, sm_count, *plan);
+  }
+  template <typename View>
+  void simt(const View& v, int64_t groups) const {
+    simt::describe_view(v, groups, sm_count, *plan);
+  }
+  void linear_forward(DType dtype, const void*, const void*, const int32_t*, const void*, void*,
+                      int64_t T, int64_t M, int64_t N, int64_t K, bool allow_tf32) const {
+    append(plan_masked_linear(dtype, T, M, N, K, /*grad_input=*/false, allow_tf32, sm_count));
+  }
+  void linear_grad_input(DType dtype, const void*, const void*, const int32_t*, void*, int64_t M,
+                         int64_t N, int64_t K, bool allow_tf32) const {
+    append(plan_masked_linear(dtype, 1, M, N, K, /*grad_input=*/true, allow_tf32, sm_count));
+  }
+  void append(const LaunchPlan& more) const { plan->insert(plan->end(), more.begin(), more.end()); }
+};
+
+// Rules 4-5 for one view.
+template <typename View, typename Exec>
+void run_tiled(const View& v, const ConvShape& shape, bool channels_last, bool allow_tf32,
+               const Exec& exec) {
+  auto tiled = [&](const auto& view, auto launch) {
+    for_group_chunks(view, shape.groups,
+                     [&](const auto& part, int64_t n) { launch(part, n); });
+  };
+  if (tensor_cores_allowed<typename View::Elem>(allow_tf32) && mma_supports(v, channels_last)) {
+    auto mma = [&](const auto& part, int64_t n) { exec.mma(part, n); };
+    if (channels_last) {
+      tiled(mma_view<true>(v), mma);
+    } else {
+      tiled(mma_view<false>(v), mma);
     }
     return;
   }
-  for_group_chunks(v, shape.groups,
-                   [&](const auto& part, int64_t n) { simt::launch_view(part, n, stream); });
+  tiled(v, [&](const auto& part, int64_t n) { exec.simt(part, n); });
 }
 
 // Rules 2-5.
-template <typename View>
+template <typename View, typename Exec>
 void run_implicit_gemm(const View& v, const ConvShape& shape, bool channels_last,
-                       bool allow_tf32, cpgdev::stream_t stream) {
+                       bool allow_tf32, const Exec& exec) {
   if (v.cols() <= kDirectMaxCols) {
-    conv::direct::launch_view(v, shape.groups, channels_last, stream);
+    exec.direct(v, shape.groups, channels_last);
     return;
   }
   if (conv::unfolded::applies(shape, shape.batch * shape.Ho() * shape.Wo())) {
-    conv::unfolded::launch(v, channels_last, stream);
+    exec.unfolded(v, channels_last, 1);
     return;
   }
   const bool strided = shape.stride_h > 1 || shape.stride_w > 1;
@@ -156,54 +227,60 @@ void run_implicit_gemm(const View& v, const ConvShape& shape, bool channels_last
           part.phase = conv::stride_phase(v.d, qy, qx);
           if (part.rows() == 0) continue;
           if (part.taps() == 0) {
-            conv::direct::launch_view(part, shape.groups, channels_last, stream);
+            exec.direct(part, shape.groups, channels_last);
           } else {
-            run_tiled(part, shape, channels_last, allow_tf32, stream);
+            run_tiled(part, shape, channels_last, allow_tf32, exec);
           }
         }
       }
       return;
     }
   }
-  run_tiled(v, shape, channels_last, allow_tf32, stream);
+  run_tiled(v, shape, channels_last, allow_tf32, exec);
 }
 
-}  // namespace
+// Task t's part of T tasks' activations (null stays null: planning).
+template <typename E, typename P>
+P* task_part(P* base, int64_t t, int64_t elems_per_task) {
+  return base == nullptr ? base : static_cast<E*>(base) + t * elems_per_task;
+}
 
-void masked_conv2d(DType dtype, const void* x, const void* w, const int32_t* bits,
-                   const void* bias, void* y, const ConvShape& shape, bool channels_last,
-                   bool allow_tf32, void* stream) {
+template <typename Exec>
+void conv_forward(DType dtype, const void* x, const void* w, const int32_t* bits,
+                  const void* bias, void* y, const ConvShape& shape, bool channels_last,
+                  bool allow_tf32, const Exec& exec) {
   if (shape.batch == 0 || shape.N == 0) return;  // C == 0 still writes y = bias (or 0)
   check_dims(shape);
   if (is_pointwise(shape, channels_last)) {
-    masked_linear(dtype, x, w, bits, bias, y, shape.batch * shape.H * shape.W, shape.N, shape.C,
-                  allow_tf32, stream);
+    exec.linear_forward(dtype, x, w, bits, bias, y, 1, shape.batch * shape.H * shape.W, shape.N,
+                        shape.C, allow_tf32);
     return;
   }
   dispatch_dtype(dtype, [&](auto tag) {
     using E = typename decltype(tag)::type;
     const auto v = make_view<conv::ForwardView<E>>(x, w, bits, bias, y, shape, channels_last);
-    run_implicit_gemm(v, shape, channels_last, allow_tf32, as_stream(stream));
+    run_implicit_gemm(v, shape, channels_last, allow_tf32, exec);
   });
 }
 
-void masked_conv2d_multitask(DType dtype, const void* x, const void* w, const int32_t* bits,
-                             const void* bias, void* y, int64_t T, const ConvShape& shape,
-                             bool channels_last, bool allow_tf32, void* stream) {
+template <typename Exec>
+void conv_multitask(DType dtype, const void* x, const void* w, const int32_t* bits,
+                    const void* bias, void* y, int64_t T, const ConvShape& shape,
+                    bool channels_last, bool allow_tf32, const Exec& exec) {
   if (T == 0 || shape.batch == 0 || shape.N == 0) return;
   ConvShape all = shape;  // every task's images
   all.batch = T * shape.batch;
   check_dims(all);
   if (is_pointwise(shape, channels_last)) {
-    masked_linear_multitask(dtype, x, w, bits, bias, y, T, shape.batch * shape.H * shape.W,
-                            shape.N, shape.C, allow_tf32, stream);
+    exec.linear_forward(dtype, x, w, bits, bias, y, T, shape.batch * shape.H * shape.W, shape.N,
+                        shape.C, allow_tf32);
     return;
   }
   if (conv::unfolded::applies_multitask(shape, shape.batch * shape.Ho() * shape.Wo())) {
     dispatch_dtype(dtype, [&](auto tag) {
       using E = typename decltype(tag)::type;
       const auto v = make_view<conv::ForwardView<E>>(x, w, bits, bias, y, all, channels_last);
-      conv::unfolded::launch(v, channels_last, as_stream(stream), T);
+      exec.unfolded(v, channels_last, T);
     });
     return;
   }
@@ -214,28 +291,75 @@ void masked_conv2d_multitask(DType dtype, const void* x, const void* w, const in
     const int64_t y_task = shape.batch * shape.N * shape.Ho() * shape.Wo();
     const int64_t bits_task = shape.N * words_per_row(shape.K());
     for (int64_t t = 0; t < T; ++t) {
-      masked_conv2d(dtype, static_cast<const E*>(x) + t * x_task, w, bits + t * bits_task, bias,
-                    static_cast<E*>(y) + t * y_task, shape, channels_last, allow_tf32, stream);
+      conv_forward(dtype, task_part<const E>(x, t, x_task), w,
+                   task_part<const int32_t>(bits, t, bits_task), bias,
+                   task_part<E>(y, t, y_task), shape, channels_last, allow_tf32, exec);
     }
   });
 }
 
-void masked_conv2d_grad_input(DType dtype, const void* dy, const void* w, const int32_t* bits,
-                              void* dx, const ConvShape& shape, bool channels_last,
-                              bool allow_tf32, void* stream) {
+template <typename Exec>
+void conv_grad_input(DType dtype, const void* dy, const void* w, const int32_t* bits, void* dx,
+                     const ConvShape& shape, bool channels_last, bool allow_tf32,
+                     const Exec& exec) {
   if (shape.batch == 0 || shape.C == 0) return;  // N == 0 still writes dx = 0
   check_dims(shape);
   if (is_pointwise(shape, channels_last)) {
-    masked_linear_grad_input(dtype, dy, w, bits, dx, shape.batch * shape.H * shape.W, shape.N,
-                             shape.C, allow_tf32, stream);
+    exec.linear_grad_input(dtype, dy, w, bits, dx, shape.batch * shape.H * shape.W, shape.N,
+                           shape.C, allow_tf32);
     return;
   }
   dispatch_dtype(dtype, [&](auto tag) {
     using E = typename decltype(tag)::type;
     const auto v =
         make_view<conv::GradInputView<E>>(dy, w, bits, nullptr, dx, shape, channels_last);
-    run_implicit_gemm(v, shape, channels_last, allow_tf32, as_stream(stream));
+    run_implicit_gemm(v, shape, channels_last, allow_tf32, exec);
   });
+}
+
+}  // namespace
+
+void masked_conv2d(DType dtype, const void* x, const void* w, const int32_t* bits,
+                   const void* bias, void* y, const ConvShape& shape, bool channels_last,
+                   bool allow_tf32, void* stream) {
+  conv_forward(dtype, x, w, bits, bias, y, shape, channels_last, allow_tf32,
+               ConvLauncher{as_stream(stream)});
+}
+
+void masked_conv2d_multitask(DType dtype, const void* x, const void* w, const int32_t* bits,
+                             const void* bias, void* y, int64_t T, const ConvShape& shape,
+                             bool channels_last, bool allow_tf32, void* stream) {
+  conv_multitask(dtype, x, w, bits, bias, y, T, shape, channels_last, allow_tf32,
+                 ConvLauncher{as_stream(stream)});
+}
+
+void masked_conv2d_grad_input(DType dtype, const void* dy, const void* w, const int32_t* bits,
+                              void* dx, const ConvShape& shape, bool channels_last,
+                              bool allow_tf32, void* stream) {
+  conv_grad_input(dtype, dy, w, bits, dx, shape, channels_last, allow_tf32,
+                  ConvLauncher{as_stream(stream)});
+}
+
+// Null operands: aligned, and never read while planning.
+LaunchPlan plan_masked_conv2d(DType dtype, int64_t T, const ConvShape& shape, bool channels_last,
+                              bool grad_input, bool allow_tf32, int sm_count) {
+  if (sm_count < 1) throw std::invalid_argument("cpg_kernels: plan: sm_count must be >= 1");
+  if (grad_input && T != 1) {
+    throw std::invalid_argument("cpg_kernels: plan: the input gradient has one task (T = 1)");
+  }
+  LaunchPlan plan;
+  const ConvPlanner planner{sm_count, &plan};
+  if (grad_input) {
+    conv_grad_input(dtype, nullptr, nullptr, nullptr, nullptr, shape, channels_last, allow_tf32,
+                    planner);
+  } else if (T == 1) {  // masked_conv2d
+    conv_forward(dtype, nullptr, nullptr, nullptr, nullptr, nullptr, shape, channels_last,
+                 allow_tf32, planner);
+  } else {
+    conv_multitask(dtype, nullptr, nullptr, nullptr, nullptr, nullptr, T, shape, channels_last,
+                   allow_tf32, planner);
+  }
+  return plan;
 }
 
 }  // namespace CPG_KERNEL_NS

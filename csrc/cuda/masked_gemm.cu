@@ -38,31 +38,85 @@ namespace cpg {
 namespace CPG_KERNEL_NS {
 namespace {
 
-template <typename T, bool kGradInput>
-void run_tiled(const MaskedGemm<T>& g, bool allow_tf32, cpgdev::stream_t stream) {
+// The rules below run once per call, generic over what happens to the chosen
+// kernel: GemmLauncher launches it, GemmPlanner records its launches (the
+// plan query, launch_plan.h), so that a plan is what the launchers do.
+struct GemmLauncher {
+  cpgdev::stream_t stream;
+  template <typename T>
+  void small_batch(const MaskedGemm<T>& g) const { small_batch::launch(g, stream); }
+  template <typename T>
+  void small_batch_grad(const MaskedGemm<T>& g) const { small_batch_grad::launch(g, stream); }
+  template <typename T, bool kGradInput>
+  void mma(const MaskedGemm<T>& g) const { mma::launch<T, kGradInput>(g, stream); }
+  template <typename T, bool kGradInput>
+  void simt(const MaskedGemm<T>& g) const { simt::launch<T, kGradInput>(g, stream); }
+};
+
+struct GemmPlanner {
+  int sm_count;
+  LaunchPlan* plan;
+  template <typename T>
+  void small_batch(const MaskedGemm<T>& g) const { small_batch::describe(g, sm_count, *plan); }
+  template <typename T>
+  void small_batch_grad(const MaskedGemm<T>& g) const {
+    small_batch_grad::describe(g, sm_count, *plan);
+  }
+  template <typename T, bool kGradInput>
+  void mma(const MaskedGemm<T>& g) const { mma::describe<T, kGradInput>(g, sm_count, *plan); }
+  template <typename T, bool kGradInput>
+  void simt(const MaskedGemm<T>& g) const { simt::describe<T, kGradInput>(g, sm_count, *plan); }
+};
+
+template <typename T, bool kGradInput, typename Exec>
+void run_tiled(const MaskedGemm<T>& g, bool allow_tf32, const Exec& exec) {
   if (tensor_cores_allowed<T>(allow_tf32) && mma::supports<T, kGradInput>(g)) {
-    mma::launch<T, kGradInput>(g, stream);
+    exec.template mma<T, kGradInput>(g);
   } else {
-    simt::launch<T, kGradInput>(g, stream);
+    exec.template simt<T, kGradInput>(g);
   }
 }
 
-template <typename T>
-void run_forward(const MaskedGemm<T>& g, bool allow_tf32, cpgdev::stream_t stream) {
+template <typename T, typename Exec>
+void run_forward(const MaskedGemm<T>& g, bool allow_tf32, const Exec& exec) {
   if (g.M <= small_batch::kMaxXRows) {
-    small_batch::launch(g, stream);
+    exec.small_batch(g);
   } else {
-    run_tiled<T, false>(g, allow_tf32, stream);
+    run_tiled<T, false>(g, allow_tf32, exec);
   }
 }
 
-template <typename T>
-void run_grad_input(const MaskedGemm<T>& g, bool allow_tf32, cpgdev::stream_t stream) {
+template <typename T, typename Exec>
+void run_grad_input(const MaskedGemm<T>& g, bool allow_tf32, const Exec& exec) {
   if (g.M <= small_batch_grad::kMaxDyRows) {
-    small_batch_grad::launch(g, stream);
+    exec.small_batch_grad(g);
   } else {
-    run_tiled<T, true>(g, allow_tf32, stream);
+    run_tiled<T, true>(g, allow_tf32, exec);
   }
+}
+
+template <typename Exec>
+void linear_forward(DType dtype, const void* x, const void* w, const int32_t* bits,
+                    const void* bias, void* y, int64_t T, int64_t M, int64_t N, int64_t K,
+                    bool allow_tf32, const Exec& exec) {
+  if (T == 0 || M == 0 || N == 0) return;  // K == 0 still writes y = bias (or 0)
+  dispatch_dtype(dtype, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    const MaskedGemm<E> g = make_gemm<E>(x, w, bits, bias, y, T, M, N, K, /*grad_input=*/false);
+    run_forward(g, allow_tf32, exec);
+  });
+}
+
+template <typename Exec>
+void linear_grad_input(DType dtype, const void* dy, const void* w, const int32_t* bits, void* dx,
+                       int64_t M, int64_t N, int64_t K, bool allow_tf32, const Exec& exec) {
+  if (M == 0 || K == 0) return;  // N == 0 still writes dx = 0
+  dispatch_dtype(dtype, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    const MaskedGemm<E> g =
+        make_gemm<E>(dy, w, bits, nullptr, dx, 1, M, N, K, /*grad_input=*/true);
+    run_grad_input(g, allow_tf32, exec);
+  });
 }
 
 }  // namespace
@@ -70,12 +124,8 @@ void run_grad_input(const MaskedGemm<T>& g, bool allow_tf32, cpgdev::stream_t st
 void masked_linear_multitask(DType dtype, const void* x, const void* w, const int32_t* bits,
                              const void* bias, void* y, int64_t T, int64_t M, int64_t N,
                              int64_t K, bool allow_tf32, void* stream) {
-  if (T == 0 || M == 0 || N == 0) return;  // K == 0 still writes y = bias (or 0)
-  dispatch_dtype(dtype, [&](auto tag) {
-    using E = typename decltype(tag)::type;
-    const MaskedGemm<E> g = make_gemm<E>(x, w, bits, bias, y, T, M, N, K, /*grad_input=*/false);
-    run_forward(g, allow_tf32, as_stream(stream));
-  });
+  linear_forward(dtype, x, w, bits, bias, y, T, M, N, K, allow_tf32,
+                 GemmLauncher{as_stream(stream)});
 }
 
 void masked_linear(DType dtype, const void* x, const void* w, const int32_t* bits,
@@ -87,13 +137,26 @@ void masked_linear(DType dtype, const void* x, const void* w, const int32_t* bit
 void masked_linear_grad_input(DType dtype, const void* dy, const void* w, const int32_t* bits,
                               void* dx, int64_t M, int64_t N, int64_t K, bool allow_tf32,
                               void* stream) {
-  if (M == 0 || K == 0) return;  // N == 0 still writes dx = 0
-  dispatch_dtype(dtype, [&](auto tag) {
-    using E = typename decltype(tag)::type;
-    const MaskedGemm<E> g =
-        make_gemm<E>(dy, w, bits, nullptr, dx, 1, M, N, K, /*grad_input=*/true);
-    run_grad_input(g, allow_tf32, as_stream(stream));
-  });
+  linear_grad_input(dtype, dy, w, bits, dx, M, N, K, allow_tf32,
+                    GemmLauncher{as_stream(stream)});
+}
+
+// Null operands: aligned, and never read while planning.
+LaunchPlan plan_masked_linear(DType dtype, int64_t T, int64_t M, int64_t N, int64_t K,
+                              bool grad_input, bool allow_tf32, int sm_count) {
+  if (sm_count < 1) throw std::invalid_argument("cpg_kernels: plan: sm_count must be >= 1");
+  if (grad_input && T != 1) {
+    throw std::invalid_argument("cpg_kernels: plan: the input gradient has one task (T = 1)");
+  }
+  LaunchPlan plan;
+  const GemmPlanner planner{sm_count, &plan};
+  if (grad_input) {
+    linear_grad_input(dtype, nullptr, nullptr, nullptr, nullptr, M, N, K, allow_tf32, planner);
+  } else {
+    linear_forward(dtype, nullptr, nullptr, nullptr, nullptr, nullptr, T, M, N, K, allow_tf32,
+                   planner);
+  }
+  return plan;
 }
 
 }  // namespace CPG_KERNEL_NS

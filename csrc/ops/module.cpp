@@ -6,6 +6,7 @@
 #include "emu/runtime.h"
 #include "ops/backend.h"
 #include "ops/chunking.h"
+#include "ops/plan_query.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "cpg-kernels: masked conv/GEMM ops from dense weights plus packed masks";
@@ -25,4 +26,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Record the emulator's kernel launches (and clear the record).");
   m.def("take_emulator_launch_log", &cpg::emu::take_launch_log,
         "The recorded launches as '<source file>:<kernel>', and clear the record.");
+  cpg::ops::bind_plan_query(m);
 }
