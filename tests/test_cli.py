@@ -177,4 +177,4 @@ def test_the_module_runs_as_a_command():
     done = subprocess.run([sys.executable, "-m", "cpg_kernels.cli", "train", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
-    assert "--method {cpg,packnet,pae,finetune,scratch}" in done.stdout
+    assert "--method {cpg,pae,packnet,sequential,independent,finetune,scratch}" in done.stdout

@@ -24,10 +24,10 @@ def run_train(args: argparse.Namespace) -> int:
         distributed.close()
 
 
-def _train(args: argparse.Namespace, device: str) -> int:
-    check_device(device)
-    config = TrainConfig(
-        method=args.method, epochs=args.epochs, batch_size=args.batch_size,
+def config_from_args(args: argparse.Namespace, device: str, method: str) -> TrainConfig:
+    """The training config the protocol and optimization options describe."""
+    return TrainConfig(
+        method=method, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, mask_optimizer=args.mask_optimizer, lr=args.lr,
         mask_lr=args.mask_lr, momentum=args.momentum,
         weight_decay=args.weight_decay, goal=args.goal, goal_drop=args.goal_drop,
@@ -35,7 +35,12 @@ def _train(args: argparse.Namespace, device: str) -> int:
         final_sparsity=args.final_sparsity, prune_steps=args.prune_steps,
         retrain_epochs=args.retrain_epochs, prune_lr=args.prune_lr,
         growth_step=args.growth_step, max_size=args.max_size, seed=args.seed, device=device)
-    tasks = load_tasks(args.data, args.data_dir, args.tasks, args.val_fraction)
+
+
+def _train(args: argparse.Namespace, device: str) -> int:
+    check_device(device)
+    config = config_from_args(args, device, args.method)
+    tasks = load_tasks(args.data, args.data_dir, args.tasks, args.val_fraction, seed=args.seed)
     build = network_builder(args.model, tasks[0].input_shape, tasks[0].num_classes, args.width)
     main = distributed.is_main()
     callbacks = [Progress(len(tasks), bars=not args.no_progress)] if main and not args.quiet \
@@ -47,14 +52,14 @@ def _train(args: argparse.Namespace, device: str) -> int:
     results = trainer.fit(tasks)
     if not main:
         return 0
-    print(f"\n{args.method} on {args.data} with {args.model}, "
+    print(f"\n{config.method} on {args.data} with {args.model}, "
           f"{time.perf_counter() - started:.0f} s\n")
     print(results_table(results, trainer.base_weights))
-    print(summary(args.method, results))
+    print(summary(config.method, results))
     if isinstance(trainer, CPGTrainer):
         _save(trainer, args, tasks, results)
     elif args.output:
-        print(f"note: {args.method} trains one network per task; no checkpoint written")
+        print(f"note: {config.method} keeps plain networks; no checkpoint written")
     return 0
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -26,17 +26,33 @@ class Trainer(ABC):
         self.callbacks = list(callbacks)
         self.results: list[TaskResult] = []
 
-    def fit(self, tasks: Sequence[Task]) -> list[TaskResult]:
-        """Learn ``tasks`` in order, then measure every one of them again.
+    def fit(self, tasks: Sequence[Task],
+            after_task: Callable[[Trainer], None] | None = None) -> list[TaskResult]:
+        """Learn the sequence ``tasks`` in order; after each task, measure every learned task.
 
-        Returns ``results``, whose ``accuracy`` is measured after the last
-        task: comparing it with ``learned_accuracy`` shows any forgetting.
+        ``tasks`` is the whole sequence: tasks that ``results`` already holds
+        (restored from a checkpoint, say) count as learned and are skipped,
+        so a resumed run continues where it stopped. After each task every
+        learned task is tested again, giving its row of the accuracy matrix
+        (``TaskResult.history``); ``after_task(self)`` runs then (to save a
+        checkpoint, say). Returns ``results``, whose ``accuracy`` is measured
+        after the last task: comparing it with ``learned_accuracy`` shows any
+        forgetting.
         """
-        first = len(self.results)
-        for task in tasks:
-            self.learn(task)
-        for result, task in zip(self.results[first:], tasks, strict=True):
-            result.accuracy = self.evaluate(result.task_id, task.test)
+        if not tasks:
+            raise ValueError("no tasks to learn: the task sequence is empty")
+        if len(self.results) > len(tasks):
+            raise ValueError(f"{len(self.results)} tasks are already learned but the sequence "
+                             f"has only {len(tasks)}")
+        for task in tasks[len(self.results):]:
+            result = self.learn(task)
+            result.history = result.history or [result.learned_accuracy]
+            for older, seen in zip(self.results[:-1], tasks, strict=False):
+                older.history.append(self.evaluate(older.task_id, seen.test))
+            if after_task is not None:
+                after_task(self)
+        for result in self.results:
+            result.accuracy = result.history[-1] if result.history else result.learned_accuracy
         return self.results
 
     @abstractmethod

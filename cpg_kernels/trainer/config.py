@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-METHODS = ("cpg", "packnet", "pae", "finetune", "scratch")
-SHARED_METHODS = ("cpg", "packnet", "pae")  # one network whose weights the tasks share
+METHODS = ("cpg", "pae", "packnet", "sequential", "independent", "finetune")
+SHARED_METHODS = ("cpg", "pae", "packnet")  # one network whose weights the tasks share
+ALIASES = {"scratch": "independent"}  # the CPG paper's name for independent models
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -80,6 +81,8 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.method in ALIASES:
+            object.__setattr__(self, "method", ALIASES[self.method])
         _choice("method", self.method, METHODS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.mask_optimizer is not None:

@@ -1,7 +1,8 @@
 """The independent baselines: one network per task, so nothing is shared or forgotten.
 
-``scratch`` trains each task's network from a fresh initialization;
-``finetune`` starts each task's network from a copy of the previous task's.
+``independent`` (the CPG paper's "scratch") trains each task's network from
+a fresh initialization; ``finetune`` starts each task's network from a copy
+of the previous task's.
 Their cost is the size: one whole network per task.
 """
 from __future__ import annotations
@@ -23,8 +24,9 @@ class IndependentTrainer(Trainer):
 
     def __init__(self, build: Callable[[], nn.Module], config: TrainConfig,
                  callbacks: Iterable[Callback] = ()):
-        if config.shared is not None:
-            raise ValueError(f"method {config.method!r} shares one network: use CPGTrainer")
+        if config.method not in ("independent", "finetune"):
+            raise ValueError(f"method {config.method!r} shares one network: use "
+                             "CPGTrainer or SequentialTrainer")
         super().__init__(config, callbacks)
         self.build = build
         self.networks: list[nn.Module] = []
