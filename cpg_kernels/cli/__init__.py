@@ -18,7 +18,7 @@ import torch
 
 from ..data import DATASETS
 from ..trainer import METHODS, TrainConfig
-from ..trainer.config import ALIASES, OPTIMIZERS
+from ..trainer.config import ALIASES, MASK_SCHEDULES, OPTIMIZERS, SCHEDULES
 from .compare import DEFAULT_METHODS, run_compare
 from .inspect import run_eval, run_forget, run_info
 from .networks import NETWORKS
@@ -142,6 +142,16 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
     method.add_argument("--max-size", type=float, default=DEFAULTS.max_size, metavar="X",
                         help="cap on the network's size, times the original "
                         "(default: %(default)s)")
+    method.add_argument("--growth", choices=("restart", "continue"),
+                        default="restart" if DEFAULTS.growth_restart else "continue",
+                        help="after growing, train the task again from its state before it "
+                        "began, or go on from where it stopped (default: %(default)s)")
+    method.add_argument("--reserve", type=float, default=DEFAULTS.reserve, metavar="S",
+                        help="share of its available weights every task must release for "
+                        "later ones (default: 1 - 1/(tasks after it + 1))")
+    method.add_argument("--prune-ratio", type=float, default=DEFAULTS.prune_ratio, metavar="S",
+                        help="packnet: the fixed share of its available weights each task "
+                        "prunes (default: as --reserve)")
 
     optim = p.add_argument_group("optimization")
     optim.add_argument("--epochs", type=int, default=DEFAULTS.epochs, metavar="N",
@@ -159,6 +169,21 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
                        help="learning rate of the picking masks (default: %(default)s)")
     optim.add_argument("--prune-lr", type=float, default=DEFAULTS.prune_lr, metavar="LR",
                        help="learning rate while pruning (default: %(default)s)")
+    optim.add_argument("--lr-schedule", choices=SCHEDULES, default=DEFAULTS.lr_schedule,
+                       help="within every training phase, step by step "
+                       "(default: %(default)s)")
+    optim.add_argument("--mask-schedule", choices=MASK_SCHEDULES,
+                       default=DEFAULTS.mask_schedule,
+                       help="the picking masks' learning rate: the paper's (x0.2 from half "
+                       "the phase, 0 from 70%%) or the same as the weights' "
+                       "(default: %(default)s)")
+    optim.add_argument("--select", choices=("best", "last"),
+                       default="best" if DEFAULTS.select_best else "last",
+                       help="end each phase in its best epoch on validation, or its last "
+                       "(default: %(default)s)")
+    optim.add_argument("--patience", type=int, default=DEFAULTS.patience, metavar="N",
+                       help="stop a phase after N epochs without a better validation "
+                       "accuracy (default: never)")
     optim.add_argument("--momentum", type=float, default=DEFAULTS.momentum,
                        help="SGD's, with Nesterov (default: %(default)s)")
     optim.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay,

@@ -34,7 +34,11 @@ def config_from_args(args: argparse.Namespace, device: str, method: str) -> Trai
         reference_epochs=args.reference_epochs, initial_sparsity=args.initial_sparsity,
         final_sparsity=args.final_sparsity, prune_steps=args.prune_steps,
         retrain_epochs=args.retrain_epochs, prune_lr=args.prune_lr,
-        growth_step=args.growth_step, max_size=args.max_size, seed=args.seed, device=device)
+        growth_step=args.growth_step, max_size=args.max_size,
+        growth_restart=args.growth == "restart", reserve=args.reserve,
+        prune_ratio=args.prune_ratio, lr_schedule=args.lr_schedule,
+        mask_schedule=args.mask_schedule, select_best=args.select == "best",
+        patience=args.patience, seed=args.seed, device=device)
 
 
 def _train(args: argparse.Namespace, device: str) -> int:

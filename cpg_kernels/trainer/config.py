@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..masks import MAX_TASK
+
 METHODS = ("cpg", "pae", "packnet", "sequential", "independent", "finetune")
 SHARED_METHODS = ("cpg", "pae", "packnet")  # one network whose weights the tasks share
 ALIASES = {"scratch": "independent"}  # the CPG paper's name for independent models
@@ -11,41 +13,69 @@ OPTIMIZERS = ("sgd", "adam")
 
 @dataclass(frozen=True)
 class Method:
-    """What a shared-network method does differently: pick older weights? grow?"""
+    """What a shared-network method does: pick older weights? grow? how it compacts.
+
+    ``goal``: compaction and growth follow an accuracy goal (CPG, PAE);
+    without one (PackNet) a task is pruned once to a fixed ratio.
+    """
 
     picking: bool
     growth: bool
+    goal: bool = True
 
 
 SHARED = {
-    "cpg": Method(picking=True, growth=True),       # Hung et al. 2019
-    "packnet": Method(picking=False, growth=False),  # Mallya & Lazebnik 2018
-    "pae": Method(picking=False, growth=True),       # PackNet + growth (Hung et al. 2019)
+    "cpg": Method(picking=True, growth=True),                    # Hung et al. 2019
+    "pae": Method(picking=False, growth=True),                   # Hung et al., ICMR 2019
+    "packnet": Method(picking=False, growth=False, goal=False),  # Mallya & Lazebnik 2018
 }
+SCHEDULES = ("constant", "step", "cosine")
+MASK_SCHEDULES = ("paper", "same")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How to learn each task.
 
-    Shared methods (``cpg``, ``packnet``, ``pae``), per task: train for
-    ``epochs`` (the new weights, and with ``cpg`` the picking masks); while
-    the validation accuracy misses the goal, grow the network (``cpg``,
-    ``pae``) by up to ``growth_step`` of its original size per step, never
-    past ``max_size`` times it, and train again; then, if the goal is met,
-    prune the task's weights along the Zhu-Gupta cubic schedule from
-    ``initial_sparsity`` to ``final_sparsity`` in ``prune_steps`` steps with
-    ``retrain_epochs`` of training at ``prune_lr`` after each, keeping the
-    sparsest state that still meets the goal.
+    CPG and PAE (``cpg``, ``pae``), per task (see docs/protocol.md):
+
+    1. Train for ``epochs`` (the free weights, and with ``cpg`` the picking
+       masks over the older ones; ``pae`` uses every older weight).
+    2. If the validation accuracy misses the goal and the network may still
+       grow (never for the first task, never past ``max_size`` times its
+       original size), grow it by up to ``growth_step`` of its original size
+       and, with ``growth_restart``, train the task again from its state
+       before the task began (the paper: "expand, reset, go to the previous
+       step"); otherwise keep training on from where it stopped.
+    3. Prune the task's weights along the Zhu-Gupta cubic schedule from
+       ``initial_sparsity`` to ``final_sparsity`` in ``prune_steps`` steps,
+       ``retrain_epochs`` of training at ``prune_lr`` after each, keeping the
+       sparsest state that still meets the goal -- but always at least to the
+       reserve: ``reserve`` of the weights available to the task when given,
+       else 1 - 1/(remaining tasks + 1) when the sequence length is known
+       (``total_tasks``, or the sequence ``Trainer.fit`` is given), else 0.5.
+       So a task that misses its goal still leaves room for the tasks after it.
+
+    PackNet (``packnet``): train for ``epochs``, prune once to
+    ``prune_ratio`` of the available weights (default: the reserve above),
+    retrain ``prune_steps * retrain_epochs`` epochs at ``prune_lr``. No goal,
+    no growth.
 
     The goal is ``goal`` (an accuracy in (0, 1]) when given; otherwise the
     validation accuracy of a reference -- a dense copy of the network
     fine-tuned on the task alone for ``reference_epochs`` (default
     ``epochs``) -- minus ``goal_drop``.
 
-    Independent baselines (``finetune``: each task's own copy of the network,
-    fine-tuned from the previous task's; ``scratch``: each task's own freshly
-    initialized network) train ``epochs`` per task and have no goal.
+    Every training phase follows ``lr_schedule`` step by step (the picking
+    masks follow ``mask_schedule``; ``paper``: x0.2 from half the phase, 0
+    from 70%, as the paper's code), evaluates on validation after each epoch
+    and, with ``select_best``, ends in its best epoch's state; ``patience``
+    stops a phase after that many epochs without improvement.
+
+    The other baselines train ``epochs`` per task and have no goal:
+    ``sequential`` fine-tunes one shared network (a head per task; the
+    forgetting lower bound), ``independent`` trains a fresh network per task
+    (the paper's "scratch"), ``finetune`` a copy of the previous task's.
 
     ``batch_size`` is per process under DistributedDataParallel.
 
@@ -77,6 +107,14 @@ class TrainConfig:
     prune_lr: float = 1e-3
     growth_step: float = 0.5
     max_size: float = 1.5
+    growth_restart: bool = True
+    reserve: float | None = None
+    total_tasks: int | None = None
+    prune_ratio: float | None = None
+    lr_schedule: str = "cosine"
+    mask_schedule: str = "paper"
+    select_best: bool = True
+    patience: int | None = None
     seed: int = 0
     device: str = "cpu"
 
@@ -108,6 +146,19 @@ class TrainConfig:
         if not self.max_size >= 1:
             raise ValueError(f"max_size must be >= 1 (times the original size), got "
                              f"{self.max_size}")
+        _choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        _choice("mask_schedule", self.mask_schedule, MASK_SCHEDULES)
+        for name in ("reserve", "prune_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name} is a share of the weights in [0, 1), got {value}")
+        if self.total_tasks is not None:
+            _at_least("total_tasks", self.total_tasks, 1)
+            if self.total_tasks > MAX_TASK:
+                raise ValueError(f"total_tasks: a shared network holds at most {MAX_TASK} "
+                                 f"tasks, got {self.total_tasks}")
+        if self.patience is not None:
+            _at_least("patience", self.patience, 1)
 
     @property
     def shared(self) -> Method | None:
