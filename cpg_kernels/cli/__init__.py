@@ -75,8 +75,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     _add_protocol(p)
     run = _add_run(p)
     run.add_argument("-o", "--output", metavar="PATH",
-                     help="checkpoint (default: runs/<data>-<method>.pt); the capacity plot "
-                     "goes next to it as .png")
+                     help="checkpoint, written after every task (default: "
+                     "runs/<data>-<method>.pt); the capacity plot goes next to it as .png")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run in --output (same options) from its "
+                     "last finished task")
     run.add_argument("--no-plot", action="store_true", help="do not save the capacity plot")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("-q", "--quiet", action="store_true", help="print only the results")

@@ -46,6 +46,8 @@ class Trainer(ABC):
         if len(self.results) > len(tasks):
             raise ValueError(f"{len(self.results)} tasks are already learned but the sequence "
                              f"has only {len(tasks)}")
+        for result in self.results:  # learned outside fit: the history starts now
+            result.history = result.history or [result.learned_accuracy]
         for position in range(len(self.results), len(tasks)):
             self.remaining = len(tasks) - position - 1
             try:

@@ -30,9 +30,10 @@ class IndependentTrainer(Trainer):
         super().__init__(config, callbacks)
         self.build = build
         self.networks: list[nn.Module] = []
-        network = build()
-        self.head_name = classifier_name(network)
-        self.base_weights = backbone_weights(network, self.head_name)
+        # The first task trains this one: the same initial network the other methods get.
+        self._first = build()
+        self.head_name = classifier_name(self._first)
+        self.base_weights = backbone_weights(self._first, self.head_name)
 
     def learn(self, task: Task) -> TaskResult:
         """Train the next task's own network and return its results."""
@@ -41,6 +42,8 @@ class IndependentTrainer(Trainer):
         self._emit("on_task_begin", t, task.name)
         if self.config.method == "finetune" and self.networks:
             net = copy.deepcopy(self.networks[-1])
+        elif self._first is not None:
+            net, self._first = self._first, None
         else:
             net = self.build()
         head = net.get_submodule(self.head_name)
