@@ -150,8 +150,8 @@ def _add_protocol(p: argparse.ArgumentParser) -> None:
                         help="after growing, train the task again from its state before it "
                         "began, or go on from where it stopped (default: %(default)s)")
     method.add_argument("--reserve", type=float, default=DEFAULTS.reserve, metavar="S",
-                        help="share of its available weights every task must release for "
-                        "later ones (default: 1 - 1/(tasks after it + 1))")
+                        help="share of its available weights a task that missed its goal "
+                        "still releases for later tasks (default: 1 - 1/(tasks after it + 1))")
     method.add_argument("--prune-ratio", type=float, default=DEFAULTS.prune_ratio, metavar="S",
                         help="packnet: the fixed share of its available weights each task "
                         "prunes (default: as --reserve)")

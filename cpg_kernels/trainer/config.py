@@ -50,11 +50,12 @@ class TrainConfig:
     3. Prune the task's weights along the Zhu-Gupta cubic schedule from
        ``initial_sparsity`` to ``final_sparsity`` in ``prune_steps`` steps,
        ``retrain_epochs`` of training at ``prune_lr`` after each, keeping the
-       sparsest state that still meets the goal -- but always at least to the
-       reserve: ``reserve`` of the weights available to the task when given,
-       else 1 - 1/(remaining tasks + 1) when the sequence length is known
-       (``total_tasks``, or the sequence ``Trainer.fit`` is given), else 0.5.
-       So a task that misses its goal still leaves room for the tasks after it.
+       sparsest state that still meets the goal. A task that missed its goal
+       is pruned to the reserve instead, so it still leaves room for the
+       tasks after it: ``reserve`` of the weights available to the task when
+       given, else 1 - 1/(remaining tasks + 1) when the sequence length is
+       known (``total_tasks``, or the sequence ``Trainer.fit`` is given),
+       else 0.5.
 
     PackNet (``packnet``): train for ``epochs``, prune once to
     ``prune_ratio`` of the available weights (default: the reserve above),

@@ -206,23 +206,24 @@ class CPGTrainer(Trainer):
         """Gradual pruning of task ``t``'s weights; returns the validation accuracy kept.
 
         The picking masks stay fixed (as in the paper). After each step the
-        task retrains. Steps up to ``reserve`` are always taken, so later
-        tasks find free weights even after a missed goal; beyond it the first
-        step that misses the goal is undone and pruning stops there.
+        task retrains. A task that meets its goal is pruned while the goal
+        holds: the first step that misses it is undone and pruning stops
+        there. A task that missed its goal (at the size cap) is still pruned
+        to ``reserve``, so that the tasks after it find free weights (the
+        paper's code does the same).
         """
         for _, layer in L.masked_layers(self.model):
             if layer.mask is not None:
                 layer.mask.requires_grad_(False)
         targets = pruning_targets(self.config.initial_sparsity, self.config.final_sparsity,
                                   self.config.prune_steps)
-        required = [s for s in targets if s < reserve] + ([reserve] if reserve > 0 else [])
-        for target in required:
-            val = self._prune_step(t, task, target)
-            self._emit("on_prune", t, target, val, True)
         if val < goal:
+            for target in [s for s in targets if s < reserve] + ([reserve] if reserve else []):
+                val = self._prune_step(t, task, target)
+                self._emit("on_prune", t, target, val, True)
             return val
         best = copy_state(self.model)
-        for target in (s for s in targets if s > reserve):
+        for target in targets:
             accuracy = self._prune_step(t, task, target)
             kept = accuracy >= goal
             self._emit("on_prune", t, target, accuracy, kept)

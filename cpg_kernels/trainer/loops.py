@@ -8,6 +8,7 @@ sees the same accuracy and takes the same decisions.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -88,9 +89,14 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, steps: int, schedule: str,
     ``mask_schedule`` for the picking masks' (``"same"``: ``schedule`` too)."""
     steps = max(steps, 1)
     mask = schedule if mask_schedule == "same" else mask_schedule
-    lambdas = [(lambda step, name=(mask if group.get("cpg_part") == "masks" else schedule):
-                schedule_factor(name, step / steps)) for group in optimizer.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+    names = [mask if group.get("cpg_part") == "masks" else schedule
+             for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [functools.partial(_factor_at, name, steps) for name in names])
+
+
+def _factor_at(name: str, steps: int, step: int) -> float:
+    return schedule_factor(name, step / steps)
 
 
 def copy_state(model: nn.Module) -> dict:
