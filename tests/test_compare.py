@@ -125,10 +125,24 @@ def test_resume_keeps_the_finished_runs(capsys, tmp_path):
     assert code == 2 and "made with other options (config)" in err
 
 
+def test_parallel_runs_give_the_serial_results(capsys, tmp_path):
+    def runs(*extra):
+        out_dir = tmp_path / f"cmp{len(extra)}"
+        argv = ["compare", *TINY, "--methods", "cpg,sequential", "--tasks", "2", "-q",
+                "--no-plot", "-o", str(out_dir), *extra]
+        assert main(argv) == 0
+        stored = json.loads((out_dir / "compare.json").read_text())["runs"]
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in stored]
+
+    assert runs("--jobs", "2") == runs()
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--methods", "cpg,ewc"], "unknown method 'ewc'"),
     (["--methods", ","], "no methods"),
     (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
     (["--tasks", "0"], "cannot take 0"),
     (["--lr-schedule", "linear"], "invalid choice"),
 ])

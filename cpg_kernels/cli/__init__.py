@@ -95,6 +95,9 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
     run.add_argument("--seeds", type=int, default=3, metavar="N",
                      help="runs per method, with seeds --seed, --seed+1, ... (default: "
                      "%(default)s)")
+    run.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="runs at a time, each in a process of its own with --threads "
+                     "threads (default: %(default)s)")
     run.add_argument("-o", "--output", metavar="DIR",
                      help="where compare.json and compare.png go (default: "
                      "runs/compare-<data>)")

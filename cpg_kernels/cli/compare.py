@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shlex
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+import torch
 
 from ..data import load_tasks
 from ..trainer import Callback, TaskResult, distributed
@@ -32,6 +36,8 @@ def run_compare(args: argparse.Namespace) -> int:
     methods = check_methods(m.strip() for m in args.methods.split(",") if m.strip())
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     seeds = list(range(args.seed, args.seed + args.seeds))
     config = config_from_args(args, args.device, methods[0])
     output = args.output or os.path.join("runs", f"compare-{args.data}")
@@ -60,8 +66,11 @@ def run_compare(args: argparse.Namespace) -> int:
 
     callbacks = None if args.quiet else (lambda m, s: [_TaskLine(m, s, len(first))])
     records = [r for r in records if r.method in methods and r.seed in seeds]
-    runs = compare(lambda seed: cache.pop(seed, None) or load(seed), build, methods, seeds,
-                   config, done=records, callbacks=callbacks, on_run_end=save)
+    if args.jobs > 1:
+        runs = _in_parallel(args, methods, seeds, records, save)
+    else:
+        runs = compare(lambda seed: cache.pop(seed, None) or load(seed), build, methods, seeds,
+                       config, done=records, callbacks=callbacks, on_run_end=save)
     _write(path, command, setup, methods, seeds, runs)
     summary = summarize(runs)
     names = [t.name for t in first]
@@ -80,6 +89,42 @@ def run_compare(args: argparse.Namespace) -> int:
         else:
             print("plot skipped: matplotlib is not installed (pip install matplotlib)")
     return 0
+
+
+def _in_parallel(args: argparse.Namespace, methods: list[str], seeds: list[int],
+                 done: list[RunRecord], save) -> list[RunRecord]:
+    """The runs not in ``done``, ``args.jobs`` at a time in processes of their own.
+
+    Each run depends only on its method, its seed and the options, so the
+    records are those a serial comparison gives (one CPU thread per run).
+    """
+    finished = {(r.method, r.seed): r for r in done}
+    pending = [(m, s) for s in seeds for m in methods if (m, s) not in finished]
+    options = {k: v for k, v in vars(args).items() if k != "func"}
+    context = multiprocessing.get_context("spawn")  # no forked thread pools
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+        futures = [pool.submit(_one_run, options, m, s) for m, s in pending]
+        for future in as_completed(futures):
+            record = RunRecord.from_dict(future.result())
+            finished[(record.method, record.seed)] = record
+            save(record)
+    return [finished[(m, s)] for s in seeds for m in methods]
+
+
+def _one_run(options: dict, method: str, seed: int) -> dict:
+    """One run of a parallel comparison, in a worker process."""
+    args = argparse.Namespace(**options)
+    torch.set_num_threads(args.threads or 1)
+    config = config_from_args(args, args.device, method)
+
+    def load(s: int):
+        return load_tasks(args.data, args.data_dir, args.tasks, args.val_fraction, seed=s)
+
+    tasks = load(seed)
+    build = network_builder(args.model, tasks[0].input_shape, tasks[0].num_classes, args.width)
+    callbacks = None if args.quiet else (lambda m, s: [_TaskLine(m, s, len(tasks))])
+    return compare(lambda s: tasks, build, [method], [seed], config,
+                   callbacks=callbacks)[0].to_dict()
 
 
 def comparison_table(summary: dict[str, dict], seeds: int) -> str:
