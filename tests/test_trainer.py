@@ -398,13 +398,14 @@ def _scripted(monkeypatch, values):
 
 
 def test_a_phase_ends_in_its_best_epoch(monkeypatch):
-    seen = _scripted(monkeypatch, [0.5, 0.9, 0.6, 0.7])
-    trainer = make_trainer(_network, _config(method="independent", epochs=4))
+    seen = _scripted(monkeypatch, [0.5, 0.9, 0.6, 0.9, 0.7])
+    trainer = make_trainer(_network, _config(method="independent"))
     net = _network()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    assert trainer._train(net, optimizer, _tasks(1)[0], 4, 1, "train") == 0.9
-    assert len(seen) == 4 and torch.equal(net[1].weight, seen[1])
-    assert not torch.equal(seen[1], seen[3])
+    assert trainer._train(net, optimizer, _tasks(1)[0], 5, 1, "train") == 0.9
+    # The best epoch, the later of two equals (the more trained one).
+    assert len(seen) == 5 and torch.equal(net[1].weight, seen[3])
+    assert not torch.equal(seen[1], seen[3]) and not torch.equal(seen[3], seen[4])
 
 
 def test_patience_stops_a_phase_early(monkeypatch):
@@ -414,7 +415,7 @@ def test_patience_stops_a_phase_early(monkeypatch):
         def on_step(self, task_id, phase, loss):
             steps.append(loss)
 
-    seen = _scripted(monkeypatch, [0.5, 0.9, 0.6, 0.7, 0.95, 0.99])
+    seen = _scripted(monkeypatch, [0.5, 0.9, 0.6, 0.7, 0.95, 0.99])  # stops after 0.7
     trainer = make_trainer(_network, _config(method="independent", patience=2), [Steps()])
     task = _tasks(1)[0]
     net = _network()

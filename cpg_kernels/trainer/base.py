@@ -90,8 +90,8 @@ class Trainer(ABC):
         The learning rates follow ``config.lr_schedule`` (the picking masks
         ``config.mask_schedule``) over the phase, step by step. With
         ``config.select_best`` the model ends in the state of its best epoch
-        on validation (the first of equals); with ``config.patience`` the
-        phase stops after that many epochs without a better one.
+        on validation (the last of equals); with ``config.patience`` the
+        phase stops after that many epochs without one as good.
         """
         config = self.config
         optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else optimizer
@@ -111,7 +111,9 @@ class Trainer(ABC):
             if not watch:
                 continue
             result = self._accuracy(model, task.val)
-            if result > best:
+            # Ties go to the later epoch: on a small validation set many epochs reach
+            # 100%, and the earliest of them is the least trained.
+            if result >= best:
                 best, stale = result, 0
                 if config.select_best and epoch < epochs - 1:
                     best_state = copy_state(model)
