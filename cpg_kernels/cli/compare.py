@@ -55,7 +55,8 @@ def run_compare(args: argparse.Namespace) -> int:
     build = network_builder(args.model, first[0].input_shape, first[0].num_classes, args.width)
     cache = {seeds[0]: first}
     records: list[RunRecord] = list(done)
-    command = "cpg " + " ".join(shlex.quote(a) for a in args.argv)
+    # --resume changes no result: the command recorded is the one that makes the runs.
+    command = "cpg " + " ".join(shlex.quote(a) for a in args.argv if a != "--resume")
     os.makedirs(output, exist_ok=True)
 
     def save(record: RunRecord) -> None:
@@ -134,7 +135,7 @@ def comparison_table(summary: dict[str, dict], seeds: int) -> str:
     rows = []
     for method, s in summary.items():
         rows.append([method, _pm(s["average_accuracy"]), _pm(s["learned_accuracy"]),
-                     _pm(s["forgetting"], 2), _pm(s["backward_transfer"], 2),
+                     _pm(s["forgetting"], 2), _pm(s["backward_transfer"]),
                      "-" if s["forward_transfer"] is None else _pm(s["forward_transfer"]),
                      _pm(s["final_size"], 2, scale=1, unit="x"),
                      _pm(s["goals_missed"], 1, scale=1), _pm(s["seconds"], 0, scale=1)])
@@ -153,7 +154,7 @@ def matrix_table(matrix: list[list[float | None]], names: list[str]) -> str:
 
 def _pm(pair: list[float], digits: int = 1, scale: float = 100, unit: str = "") -> str:
     mean, std = (scale * v for v in pair)
-    return f"{mean:.{digits}f}{unit} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}{unit}±{std:.{digits}f}"
 
 
 def _run_line(record: RunRecord) -> str:
