@@ -72,10 +72,8 @@ def _save(trainer: CPGTrainer, args: argparse.Namespace, tasks, results) -> None
     if args.no_plot:
         return
     plot = os.path.splitext(output)[0] + ".png"
-    if plot_capacity(trainer.model, plot, f"{args.method} on {args.data}: capacity per layer"):
-        print(f"capacity plot: {plot}")
-    else:
-        print("capacity plot skipped: matplotlib is not installed (pip install matplotlib)")
+    plot_capacity(trainer.model, plot, f"{args.method} on {args.data}: capacity per layer")
+    print(f"capacity plot: {plot}")
 
 
 def check_device(device: str) -> None:
