@@ -95,6 +95,44 @@ def test_instance_norm_without_statistics_is_accepted():
     _assert_same(_record(model, 1, x), before)
 
 
+class _RunningMean(nn.Module):
+    """A layer convert() does not know, with a buffer that training updates."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("scale", torch.ones(features))  # never changes
+
+    def forward(self, x):
+        if self.training:
+            self.mean.mul_(0.9).add_(x.detach().mean(0), alpha=0.1)
+        return (x - self.mean) * self.scale
+
+
+def test_finalize_refuses_a_task_that_changed_a_shared_buffer():
+    model = C.convert(nn.Sequential(nn.Flatten(), nn.Linear(48, 8), _RunningMean(8),
+                                    nn.Linear(8, 3)))
+    x = _x((6, 3, 4, 4))
+    with pytest.raises(RuntimeError, match=r"buffer 2\.mean changed while task 1 trained"):
+        _learn(model, 1, x)
+    assert C.task_state(model) == ([], 1)  # refused before anything was frozen
+    model[2].mean.zero_()  # undone: the task may finish
+    assert C.finalize_task(model) == 1
+    before = _record(model, 1, x)
+    # Trained with that layer in eval mode, as the message says, task 2 finishes and
+    # task 1 stays exact.
+    C.begin_task(model, 2, num_classes=3)
+    model.train()
+    model[2].eval()
+    optimizer = C.make_optimizer(model, lr=0.05, momentum=0.9)
+    for _ in range(2):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), torch.arange(6) % 3).backward()
+        optimizer.step()
+    assert C.finalize_task(model) == 2
+    _assert_same(_record(model, 1, x), before)
+
+
 # ------------------------------------------------------------------ optimizers
 
 def _mlp() -> nn.Module:
