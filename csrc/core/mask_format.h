@@ -34,6 +34,14 @@ CPG_HD bool test_bit(const int32_t* row, int64_t k) {
   return (static_cast<uint32_t>(row[word_of(k)]) & bit_of(k)) != 0u;
 }
 
+// The bits of columns k, k+1, ... of a packed row, column k in bit 0: the
+// lane mask of a vector of consecutive columns starting at k. Holds
+// 32 - (k & 31) columns; vectors start at multiples of their width, so a
+// vector of up to 32 columns never straddles two words.
+CPG_HD uint32_t bits_from(const int32_t* row, int64_t k) {
+  return static_cast<uint32_t>(row[word_of(k)]) >> (k & 31);
+}
+
 // Picking by a real-valued mask: m > threshold is picked (Piggyback). Every
 // op takes the threshold as an argument; its default is cpg_kernels.masks.
 // DEFAULT_THRESHOLD.

@@ -3,6 +3,7 @@
 #include <c10/util/accumulate.h>
 
 #include "core/conv_shape.h"
+#include "cpu/precision.h"
 #include "ops/backend.h"
 #include "ops/checks.h"
 #include "ops/chunking.h"
@@ -96,9 +97,16 @@ bool is_single_tile(const at::Tensor& weight) {
   return weight.size(0) <= chunk_rows(weight.numel() / std::max<int64_t>(weight.size(0), 1));
 }
 
+// The tile's weights, decoded into dtype dt.
 at::Tensor decode_tile(const at::Tensor& w, const at::Tensor& w2d, const at::Tensor& bits,
-                       const ConvTile& t) {
-  return decode_rows(w2d, bits, t.n0, t.rows).view({t.rows, w.size(1), w.size(2), w.size(3)});
+                       const ConvTile& t, at::ScalarType dt) {
+  return decode_rows(w2d, bits, t.n0, t.rows, dt).view({t.rows, w.size(1), w.size(2), w.size(3)});
+}
+
+// The chunked path's library dtype: fp32 for fp16/bf16 CPU tensors where the
+// CPU has no native 16-bit dot products (cpu/precision.h), else their own.
+at::ScalarType library_dtype(const at::Tensor& t) {
+  return backend_for(t) == Backend::CPU ? cpu::library_dtype(t.scalar_type()) : t.scalar_type();
 }
 
 // ---------------------------------------------------------- fused kernels
@@ -175,10 +183,12 @@ at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
   if (use_fused_kernels(x)) return fused_conv2d(x, w, b, bias, p);
   const at::Tensor w2d = w.view({w.size(0), -1});
+  const at::ScalarType dt = library_dtype(x);  // fp32 for 16-bit x on some CPUs
+  const at::Tensor xc = x.to(dt);
   auto conv_tile = [&](const ConvTile& t) {
     const std::optional<at::Tensor> tile_bias =
-        bias ? std::optional<at::Tensor>(bias->narrow(0, t.n0, t.rows)) : std::nullopt;
-    return at::conv2d(x.narrow(1, t.c0, t.channels), decode_tile(w, w2d, b, t), tile_bias,
+        bias ? std::optional<at::Tensor>(bias->narrow(0, t.n0, t.rows).to(dt)) : std::nullopt;
+    return at::conv2d(xc.narrow(1, t.c0, t.channels), decode_tile(w, w2d, b, t, dt), tile_bias,
                       p.stride, p.padding, p.dilation, t.groups);
   };
   // ATen picks its own layout where size-1 dimensions make x ambiguous; the
@@ -188,7 +198,9 @@ at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
     return at::empty({x.size(0), w.size(0), Ho, Wo}, x.options().memory_format(fmt));
   }
   if (is_single_tile(w)) {
-    return conv_tile(ConvTile{0, w.size(0), 0, x.size(1), groups}).contiguous(fmt);
+    return conv_tile(ConvTile{0, w.size(0), 0, x.size(1), groups})
+        .to(x.scalar_type())
+        .contiguous(fmt);
   }
   at::Tensor y = at::empty({x.size(0), w.size(0), Ho, Wo}, x.options().memory_format(fmt));
   for_each_tile(w, groups, [&](const ConvTile& t) { y.narrow(1, t.n0, t.rows).copy_(conv_tile(t)); });
@@ -263,8 +275,10 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
   if (use_fused_kernels(grad_out)) return fused_conv2d_grad_input(grad_out, w, b, input_size, p);
   const at::Tensor w2d = w.view({w.size(0), -1});
+  const at::ScalarType dt = library_dtype(grad_out);  // fp32 for 16-bit dy on some CPUs
+  const at::Tensor dyc = grad_out.to(dt);
   auto grad_tile = [&](const ConvTile& t) {
-    return at::conv_transpose2d(grad_out.narrow(1, t.n0, t.rows), decode_tile(w, w2d, b, t), {},
+    return at::conv_transpose2d(dyc.narrow(1, t.n0, t.rows), decode_tile(w, w2d, b, t, dt), {},
                                 p.stride, p.padding, out_pad, t.groups, p.dilation);
   };
   const at::MemoryFormat fmt = layout_of(grad_out);  // as in masked_conv2d
@@ -272,11 +286,13 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor
     return at::zeros(input_size, grad_out.options().memory_format(fmt));
   }
   if (is_single_tile(w)) {
-    return grad_tile(ConvTile{0, w.size(0), 0, input_size[1], groups}).contiguous(fmt);
+    return grad_tile(ConvTile{0, w.size(0), 0, input_size[1], groups})
+        .to(grad_out.scalar_type())
+        .contiguous(fmt);
   }
-  at::Tensor dx = at::zeros(input_size, grad_out.options().memory_format(fmt));
+  at::Tensor dx = at::zeros(input_size, grad_out.options().dtype(dt).memory_format(fmt));
   for_each_tile(w, groups, [&](const ConvTile& t) { dx.narrow(1, t.c0, t.channels).add_(grad_tile(t)); });
-  return dx;
+  return dx.to(grad_out.scalar_type());
 }
 
 }  // namespace cpg::ops

@@ -1,5 +1,7 @@
 #include "ops/linear_ops.h"
 
+#include "cpu/linear_cpu.h"
+#include "cpu/precision.h"
 #include "ops/backend.h"
 #include "ops/checks.h"
 #include "ops/chunking.h"
@@ -29,13 +31,26 @@ at::Tensor as_matrix(const at::Tensor& t, int64_t cols) {
   return t.reshape({rows, cols});
 }
 
-// y2d[M, N] = x2d[M, K] (W.bits)^T (+ bias), one decoded tile of rows at a time.
-void chunked_linear(const at::Tensor& x2d, const at::Tensor& w, const at::Tensor& bits,
-                    const std::optional<at::Tensor>& bias, at::Tensor& y2d) {
+// The CPU backend's fused small-batch kernels take `rows` rows of t's dtype.
+bool cpu_small_batch(const at::Tensor& t, int64_t rows) {
+  return backend_for(t) == Backend::CPU && cpu::small_batch(rows, t.scalar_type());
+}
+
+// The chunked path's library dtype: fp32 for fp16/bf16 CPU tensors where the
+// CPU has no native 16-bit dot products (cpu/precision.h), else their own.
+at::ScalarType library_dtype(const at::Tensor& t) {
+  return backend_for(t) == Backend::CPU ? cpu::library_dtype(t.scalar_type()) : t.scalar_type();
+}
+
+// y2d[M, N] = x2d[M, K] (W.bits)^T (+ bias), one decoded tile of rows at a time,
+// x2d, bias and y2d of the library dtype dt.
+void chunked_linear_as(const at::Tensor& x2d, const at::Tensor& w, const at::Tensor& bits,
+                       const std::optional<at::Tensor>& bias, at::Tensor& y2d,
+                       at::ScalarType dt) {
   const int64_t N = w.size(0), step = chunk_rows(w.size(1));
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t rows = std::min(step, N - n0);
-    const at::Tensor tile = decode_rows(w, bits, n0, rows);
+    const at::Tensor tile = decode_rows(w, bits, n0, rows, dt);
     at::Tensor out = y2d.narrow(1, n0, rows);
     if (bias) {
       at::addmm_out(out, bias->narrow(0, n0, rows), x2d, tile.t());
@@ -43,6 +58,18 @@ void chunked_linear(const at::Tensor& x2d, const at::Tensor& w, const at::Tensor
       at::mm_out(out, x2d, tile.t());
     }
   }
+}
+
+void chunked_linear(const at::Tensor& x2d, const at::Tensor& w, const at::Tensor& bits,
+                    const std::optional<at::Tensor>& bias, at::Tensor& y2d) {
+  const at::ScalarType dt = library_dtype(x2d);
+  if (dt == x2d.scalar_type()) return chunked_linear_as(x2d, w, bits, bias, y2d, dt);
+  // Widened: fp32 operands and sums, one rounding at the end.
+  at::Tensor yf = at::empty(y2d.sizes(), y2d.options().dtype(dt));
+  const std::optional<at::Tensor> bias_f =
+      bias ? std::optional<at::Tensor>(bias->to(dt)) : std::nullopt;
+  chunked_linear_as(x2d.to(dt), w, bits, bias_f, yf, dt);
+  y2d.copy_(yf);
 }
 
 }  // namespace
@@ -75,6 +102,8 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
                        x2d.data_ptr(), w.data_ptr(), b.data_ptr<int32_t>(),
                        bias_c.defined() ? bias_c.data_ptr() : nullptr, y2d.data_ptr(), M, N, K,
                        allow_tf32());
+    } else if (cpu_small_batch(x2d, M)) {
+      cpu::small_batch_linear(x2d, w, b, bias, y2d, 1);
     } else {
       chunked_linear(x2d, w, b, bias, y2d);
     }
@@ -95,21 +124,28 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor
   auto out_sizes = grad_out.sizes().vec();
   out_sizes.back() = K;
   const bool fused = use_fused_kernels(dy) && N > 0;
+  const bool small = cpu_small_batch(dy, M) && N > 0;
   // The chunked path accumulates tile by tile, so it starts from zeros.
-  at::Tensor dx_out = fused ? at::empty(out_sizes, grad_out.options())
-                            : at::zeros(out_sizes, grad_out.options());
+  at::Tensor dx_out = fused || small ? at::empty(out_sizes, grad_out.options())
+                                     : at::zeros(out_sizes, grad_out.options());
   at::Tensor dx = dx_out.view({M, K});
   if (M > 0 && K > 0 && N > 0) {
     if (fused) {
       CPG_RUN_LAUNCHER(backend_for(dy), dy, masked_linear_grad_input,
                        *kernel_dtype(dy.scalar_type()), dy.data_ptr(), w.data_ptr(),
                        b.data_ptr<int32_t>(), dx.data_ptr(), M, N, K, allow_tf32());
+    } else if (small) {
+      cpu::small_batch_grad_input(dy, w, b, dx);
     } else {
+      const at::ScalarType dt = library_dtype(dy);
+      const at::Tensor dyc = dy.to(dt);
+      at::Tensor acc = dt == dx.scalar_type() ? dx : at::zeros({M, K}, dx.options().dtype(dt));
       const int64_t step = chunk_rows(K);
       for (int64_t n0 = 0; n0 < N; n0 += step) {
         const int64_t rows = std::min(step, N - n0);
-        dx.addmm_(dy.narrow(1, n0, rows), decode_rows(w, b, n0, rows));
+        acc.addmm_(dyc.narrow(1, n0, rows), decode_rows(w, b, n0, rows, dt));
       }
+      if (!acc.is_same(dx)) dx.copy_(acc);
     }
   }
   return dx_out;
@@ -137,6 +173,9 @@ at::Tensor masked_linear_multitask(const at::Tensor& x, const at::Tensor& weight
                      xc.data_ptr(), w.data_ptr(), b.data_ptr<int32_t>(),
                      bias_c.defined() ? bias_c.data_ptr() : nullptr, y.data_ptr(), T, B, N, K,
                      allow_tf32());
+  } else if (cpu_small_batch(xc, T * B)) {
+    at::Tensor y2d = y.view({T * B, N});
+    cpu::small_batch_linear(xc.view({T * B, K}), w, b, bias, y2d, T);
   } else {
     for (int64_t t = 0; t < T; ++t) {
       at::Tensor yt = y.select(0, t);

@@ -108,6 +108,8 @@ void decode_rows_into(const at::Tensor& weight2d, const at::Tensor& bits, int64_
   if (rows == 0 || K == 0) return;
   const Backend be = backend_for(weight2d);
   const auto kdt = kernel_dtype(weight2d.scalar_type());
+  TORCH_CHECK(be == Backend::CPU || out.scalar_type() == weight2d.scalar_type(),
+              "decode_rows: widening is a CPU path feature");
   if (be == Backend::CPU) {
     cpu::decode_rows(weight2d, bits, n0, out);
   } else if (kdt) {
@@ -124,8 +126,9 @@ void decode_rows_into(const at::Tensor& weight2d, const at::Tensor& bits, int64_
 }
 
 at::Tensor decode_rows(const at::Tensor& weight2d, const at::Tensor& bits, int64_t n0,
-                       int64_t rows) {
-  at::Tensor out = at::empty({rows, weight2d.size(1)}, weight2d.options());
+                       int64_t rows, std::optional<at::ScalarType> dtype) {
+  const at::ScalarType dt = dtype.value_or(weight2d.scalar_type());
+  at::Tensor out = at::empty({rows, weight2d.size(1)}, weight2d.options().dtype(dt));
   decode_rows_into(weight2d, bits, n0, out);
   return out;
 }

@@ -2,6 +2,8 @@
 // functions below configure how they run.
 #include <torch/extension.h>
 
+#include "cpu/isa.h"
+#include "cpu/precision.h"
 #include "emu/runtime.h"
 #include "ops/backend.h"
 #include "ops/chunking.h"
@@ -17,6 +19,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_decode_chunk_elements", &cpg::ops::set_decode_chunk_elements,
         "Entries per decoded weight tile on the chunked path; returns the old value.");
   m.def("decode_chunk_elements", &cpg::ops::decode_chunk_elements);
+  m.def("cpu_isa", &cpg::cpu::isa, "The instruction set the CPU kernels run with.");
+  m.def("cpu_isas", &cpg::cpu::available_isas, "The CPU kernel builds this CPU can run.");
+  m.def("set_cpu_isa", &cpg::cpu::set_isa, pybind11::arg("name"),
+        "Pin the CPU kernels' build (\"auto\": ATen's choice); returns the previous setting.");
+  m.def("cpu_library_dtype", &cpg::cpu::library_dtype, pybind11::arg("dtype"),
+        "The dtype the CPU chunked path hands ATen for layers of `dtype` (fp32 for 16-bit "
+        "dtypes this CPU has no native dot products for).");
   m.def("set_emulator_launch_log", &cpg::emu::set_launch_log, pybind11::arg("enabled"),
         "Record the emulator's kernel launches (and clear the record).");
   m.def("take_emulator_launch_log", &cpg::emu::take_launch_log,
