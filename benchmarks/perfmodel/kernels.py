@@ -293,7 +293,11 @@ def small_batch_grad(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -
 
 
 def _view_kind(kernel: str) -> str:
-    """linear, conv_nhwc (a tiles by cp.async) or conv (gathered a tiles)."""
+    """linear, conv_nhwc (a tiles by cp.async), conv (gathered a tiles), or the 3x3 tap-window
+    tiles of conv_window.cuh: window_nhwc, window."""
+    if "ConvWindowView" in kernel:
+        m = re.search(r"ConvWindowView<.*>,(true|false),\d+>", kernel)
+        return "window_nhwc" if m and m.group(1) == "true" else "window"
     if "ConvMmaView" not in kernel:
         return "linear"
     m = re.search(r"ConvMmaView<.*>,(true|false)>", kernel)
@@ -301,32 +305,46 @@ def _view_kind(kernel: str) -> str:
 
 
 def mma(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: int = 1) -> Cost:
-    """gemm_mma.cuh: 128 x 128 tiles, 128 bytes of reduction per stage through a 3-stage
-    cp.async ring; per stage 512 HMMA per block, 32 KB of operand tiles from L2, and shared
-    memory: the tile fill, the in-place mask (linear) and 96 KB of ldmatrix."""
+    """gemm_mma.cuh: 128 x 128 tiles through a 3-stage cp.async ring, ``k_steps`` mma k-steps
+    per stage (4 of 128 bytes of reduction; the tap-window conv tiles: one per tap, 9 of 32
+    bytes); per stage and block 128 HMMA per k-step, the operand tiles from L2, and shared
+    memory: the tile fill, the in-place mask (linear) and 24 ldmatrix.x4 per warp per k-step."""
     p, e = launch.params, elem_bytes(launch.kernel)
     kind = _view_kind(launch.kernel)
     f = gpu.clock_ghz * 1e9
-    instr, source = per_unit_instructions(res, "HMMA", 64, 450 if kind == "linear" else 2600)
-    # Shared-memory wavefronts (128 bytes) per stage: ldmatrix 8 warps x 24 x4 = 768; the
-    # linear tiles arrive by cp.async (32 KB: 256) and W is masked in place (16 KB read and
-    # written: 256); the conv views store a (16 KB) and W' spans (16 KB): 256.
-    wavefronts = 768 + (512 if kind == "linear" else 256)
-    # The conv W' gather (kernels larger than 1x1): per thread 16 spans of 4 bytes, each
-    # element a bit-word load, a branch, then its W load (conv_views.cuh weight_span).
+    tile_m, tile_n = p.get("tile_m", 128), p.get("tile_n", 128)
+    stage_bytes, k_steps = p.get("stage_bytes", 128), p.get("k_steps", 4)
+    warps = 8
+    hmma_block = tile_m // 16 * (tile_n // 8) * k_steps
+    fallback = {"linear": 450, "window": 900, "window_nhwc": 700}.get(kind, 2600)
+    instr, source = per_unit_instructions(res, "HMMA", hmma_block / warps, fallback)
+    # Shared-memory wavefronts (128 bytes) per stage: ldmatrix, 8 warps x 6 x4 (4 wavefronts
+    # each) per k-step; the tiles' fill (cp.async or stores after the multiply), and for the
+    # linear view the in-place mask (W read and written again).
+    tile_bytes = (tile_m + tile_n) * stage_bytes
+    wavefronts = warps * 24 * k_steps + tile_bytes / 128
+    if kind == "linear":
+        wavefronts += 2 * tile_n * stage_bytes / 128
+    # The one-tap conv W' gather (kernels larger than 1x1): per thread 16 spans of 4 bytes,
+    # each element a bit-word load, a branch, then its W load (conv_views.cuh weight_span).
+    # The tap-window tiles load whole runs before the multiply and use them after it.
     chain = 0.0
-    if kind != "linear" and taps > 1:
+    if kind in ("conv", "conv_nhwc") and taps > 1:
         chain = 16 * (4 // e) * (gpu.l1_latency_ns + 10) * 1e-9
+    elif kind.startswith("window"):
+        chain = gpu.l2_latency_ns * 1e-9
     l = c.mem_latency_ns * 1e-9
     stages = p["stages_per_split"]
     splits = p["splits"]
-    out_bytes = 128 * 128 * (4 if splits > 1 else e)
-    unit = Unit(count=stages, l2_bytes=32 * 1024 + 1024, instructions=instr, warps=8,
-                chain_s=chain, overlapped=True, hmma=512, smem_wavefronts=wavefronts,
-                fixed_s=c.tile_sync_clk / f,
+    out_bytes = tile_m * tile_n * (4 if splits > 1 else e)
+    # Bit words: the tile's rows' bits of the stage (the one-tap views: 1 KB, as first modeled)
+    bits = tile_n * stage_bytes / e / 8 if kind.startswith("window") else 1024
+    unit = Unit(count=stages, l2_bytes=tile_bytes + bits,
+                instructions=instr, warps=warps, chain_s=chain, overlapped=True, hmma=hmma_block,
+                smem_wavefronts=wavefronts, fixed_s=c.tile_sync_clk / f,
                 prologue_s=2 * l + out_bytes / (gpu.dram_gbps * 1e9 / gpu.sms))
     rows, cols = p["rows"], p["cols"]
-    red = p["stages"] * p["stage_bytes"] // e
+    red = p["stages"] * stage_bytes // e
     z = launch.grid[2] // splits
     total = z * (cols * red * (e + 1 / 8) + rows * red * e / max(taps, 1)
                  + rows * cols * (4 * splits if splits > 1 else e))
