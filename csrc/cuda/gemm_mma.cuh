@@ -50,13 +50,20 @@ static_assert(kTileM * kStageRowBytes / kVecBytes == kChunksPerThread * kThreads
 // with 272- or 544-byte rows.
 //
 // A layout is what the kernel asks of a view's stage (View::Layout): the
-// reduction per stage (kTileK, in kSteps mma k-steps of kStepK), the ring's
-// depth (kStages), the tiles' sizes, and where element (row, k) of the a tile,
-// (n, k) of a forward W tile and (k, n) of a grad_input W tile live (element
-// offsets; a 16-byte chunk's elements are consecutive).
+// block's tile (kTileM x kTileN, its warps kWarpsN across, each kFragsM x
+// kFragsN mma tiles) and the blocks an SM should hold (kMinBlocks, for
+// __launch_bounds__), the reduction per stage (kTileK, in kSteps mma k-steps
+// of kStepK), the ring's depth (kStages), the tiles' sizes, where element
+// (row, k) of the a tile, (n, k) of a forward W tile and (k, n) of a
+// grad_input W tile live (element offsets; a 16-byte chunk's elements are
+// consecutive), and init_stage(buf): what a stage buffer needs once before
+// the first barrier.
 template <typename T, bool kGradInput>
 struct Layout {
   using Elem = T;
+  static constexpr int kTileM = mma::kTileM, kTileN = mma::kTileN;
+  static constexpr int kWarpsN = mma::kWarpsN, kFragsM = mma::kFragsM, kFragsN = mma::kFragsN;
+  static constexpr int kMinBlocks = 1;
   static constexpr int kV = vec_elems<T>();
   static constexpr int kTileK = kStageRowBytes / static_cast<int>(sizeof(T));
   static constexpr int kStepK = sizeof(T) == 2 ? 16 : 8;  // k of one mma
@@ -75,6 +82,7 @@ struct Layout {
   CPG_HD static constexpr int a_offset(int row, int k) { return row * kKStride + k; }
   CPG_HD static constexpr int w_offset(int n, int k) { return n * kKStride + k; }
   CPG_HD static constexpr int wt_offset(int k, int n) { return k * kNStride + n; }
+  CPG_DEVICE static void init_stage(T*) {}
 };
 
 // a[m0 .. m0+128, r0 .. r0+kTileK) into the tile, zero-filled outside [M, R).
@@ -164,9 +172,9 @@ CPG_DEVICE void load_a_frag(const T* tile, int row0, int k0, int lane, uint32_t 
 // [k][n] rows.
 template <typename L, bool kGradInput, typename T>
 CPG_DEVICE void load_b_frags(const T* tile, int n0, int k0, int lane,
-                             uint32_t (&b)[kFragsN][2]) {
+                             uint32_t (&b)[L::kFragsN][2]) {
 #pragma unroll
-  for (int fn = 0; fn < kFragsN; fn += 2) {
+  for (int fn = 0; fn < L::kFragsN; fn += 2) {
     const int n = n0 + fn * 8;
     if constexpr (sizeof(T) == 2) {
       // One x4 serves two n8 tiles: lanes 0-15 address tile fn, lanes 16-31
@@ -210,28 +218,34 @@ CPG_DEVICE void mma_step(float (&acc)[4], const uint32_t (&a)[4], const uint32_t
   }
 }
 
-// The A and B fragments of one mma k-step of a warp's 64 x 32 tile.
+// The A and B fragments of one mma k-step of a warp's tile (Layout L's
+// kFragsM x kFragsN mma tiles: 64 x 32 in mma::Layout).
+template <typename L>
 struct Fragments {
-  uint32_t a[kFragsM][4];
-  uint32_t b[kFragsN][2];
+  uint32_t a[L::kFragsM][4];
+  uint32_t b[L::kFragsN][2];
 };
+
+// A warp's fp32 accumulators.
+template <typename L>
+using Accumulators = float[L::kFragsM][L::kFragsN][4];
 
 template <typename L, bool kGradInput, typename T>
 CPG_DEVICE void load_fragments(const T* a_tile, const T* w_tile, int warp_m, int warp_n, int k0,
-                               int lane, Fragments& f) {
+                               int lane, Fragments<L>& f) {
 #pragma unroll
-  for (int fm = 0; fm < kFragsM; ++fm) {
-    load_a_frag<L>(a_tile, warp_m * kFragsM * 16 + fm * 16, k0, lane, f.a[fm]);
+  for (int fm = 0; fm < L::kFragsM; ++fm) {
+    load_a_frag<L>(a_tile, warp_m * L::kFragsM * 16 + fm * 16, k0, lane, f.a[fm]);
   }
-  load_b_frags<L, kGradInput>(w_tile, warp_n * kFragsN * 8, k0, lane, f.b);
+  load_b_frags<L, kGradInput>(w_tile, warp_n * L::kFragsN * 8, k0, lane, f.b);
 }
 
-template <typename T>
-CPG_DEVICE void mma_fragments(const Fragments& f, float (&acc)[kFragsM][kFragsN][4]) {
+template <typename L, typename T>
+CPG_DEVICE void mma_fragments(const Fragments<L>& f, Accumulators<L>& acc) {
 #pragma unroll
-  for (int fm = 0; fm < kFragsM; ++fm) {
+  for (int fm = 0; fm < L::kFragsM; ++fm) {
 #pragma unroll
-    for (int fn = 0; fn < kFragsN; ++fn) mma_step<T>(acc[fm][fn], f.a[fm], f.b[fn]);
+    for (int fn = 0; fn < L::kFragsN; ++fn) mma_step<T>(acc[fm][fn], f.a[fm], f.b[fn]);
   }
 }
 
@@ -239,8 +253,8 @@ CPG_DEVICE void mma_fragments(const Fragments& f, float (&acc)[kFragsM][kFragsN]
 // issued, so their shared-memory latency hides behind tensor-core work.
 template <typename L, bool kGradInput, typename T>
 CPG_DEVICE void multiply_stage(const T* a_tile, const T* w_tile, int warp_m, int warp_n, int lane,
-                               float (&acc)[kFragsM][kFragsN][4]) {
-  Fragments f[2];
+                               Accumulators<L>& acc) {
+  Fragments<L> f[2];
   load_fragments<L, kGradInput>(a_tile, w_tile, warp_m, warp_n, 0, lane, f[0]);
 #pragma unroll
   for (int i = 0; i < L::kSteps; ++i) {
@@ -248,7 +262,7 @@ CPG_DEVICE void multiply_stage(const T* a_tile, const T* w_tile, int warp_m, int
       load_fragments<L, kGradInput>(a_tile, w_tile, warp_m, warp_n, (i + 1) * L::kStepK, lane,
                                     f[(i + 1) % 2]);
     }
-    mma_fragments<T>(f[i % 2], acc);
+    mma_fragments<L, T>(f[i % 2], acc);
   }
 }
 
@@ -256,19 +270,20 @@ CPG_DEVICE void multiply_stage(const T* a_tile, const T* w_tile, int warp_m, int
 // column 2 * (lane % 4) + e % 2.
 template <typename View>
 CPG_DEVICE void write_tile(const View& v, int64_t m0, int64_t c0, int warp_m, int warp_n,
-                           int lane, const float (&acc)[kFragsM][kFragsN][4]) {
+                           int lane, const Accumulators<typename View::Layout>& acc) {
+  using L = typename View::Layout;
 #pragma unroll
-  for (int fm = 0; fm < kFragsM; ++fm) {
+  for (int fm = 0; fm < L::kFragsM; ++fm) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int64_t m = m0 + warp_m * kFragsM * 16 + fm * 16 + lane / 4 + 8 * half;
+      const int64_t m = m0 + warp_m * L::kFragsM * 16 + fm * 16 + lane / 4 + 8 * half;
       if (m >= v.rows()) continue;
       const auto row = v.out_row(m);
 #pragma unroll
-      for (int fn = 0; fn < kFragsN; ++fn) {
+      for (int fn = 0; fn < L::kFragsN; ++fn) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int64_t c = c0 + warp_n * kFragsN * 8 + fn * 8 + 2 * (lane % 4) + e;
+          const int64_t c = c0 + warp_n * L::kFragsN * 8 + fn * 8 + 2 * (lane % 4) + e;
           if (c < v.cols()) v.store(row, v.out_col(c), acc[fm][fn][2 * half + e]);
         }
       }
@@ -338,10 +353,11 @@ CPG_DEVICE bool start_stage(const View& v, int64_t stage, int64_t m0, int64_t c0
   return exists;
 }
 
-// Grid: (ceil(rows / 128), ceil(cols / 128), sub-problems); dynamic shared
-// memory: View::Layout::kSmemBytes.
+// Grid: (ceil(rows / Layout::kTileM), ceil(cols / Layout::kTileN),
+// sub-problems); dynamic shared memory: View::Layout::kSmemBytes.
 template <typename View>
-CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_mma_kernel(View problem) {
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads, View::Layout::kMinBlocks)
+    masked_gemm_mma_kernel(View problem) {
   using T = typename View::Elem;
   using L = typename View::Layout;
   constexpr int kStages = L::kStages;
@@ -350,14 +366,16 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_mma_kernel(View problem)
 
   View v = problem;
   v.select_z(blockIdx.z);
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTileM;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kTileN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * L::kTileM;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * L::kTileN;
   const int lane = cpgdev::lane_id(), warp = static_cast<int>(threadIdx.x) / kWarpSize;
-  const int warp_m = warp / kWarpsN, warp_n = warp % kWarpsN;
+  const int warp_m = warp / L::kWarpsN, warp_n = warp % L::kWarpsN;
   const typename View::BlockRows rows = v.block_rows(m0);
 
   // pending[i]: what stage s + i left behind, issued but not yet landed.
   typename View::Pending pending[kStages - 1] = {};
+#pragma unroll
+  for (int i = 0; i < kStages; ++i) L::init_stage(stages_smem + i * L::kStageElems);
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) {
     T* const buf = stages_smem + i * L::kStageElems;
@@ -365,7 +383,7 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_mma_kernel(View problem)
     if (start_stage(v, i, m0, c0, rows, buf, pending[i], staged)) v.store_staged(buf, staged);
   }
 
-  float acc[kFragsM][kFragsN][4] = {};
+  Accumulators<L> acc = {};
   const int64_t stages = v.stages();
   int read_buf = 0, refill_buf = kStages - 1;  // s % kStages, (s - 1) % kStages
   for (int64_t s = 0; s < stages; ++s) {
@@ -425,8 +443,8 @@ struct Plan {
 template <typename View>
 Plan plan_view(const View& v, int64_t subproblems, int sm_count) {
   Plan p;
-  p.row_tiles = static_cast<unsigned>(ceil_div(v.rows(), kTileM));
-  p.col_tiles = static_cast<unsigned>(ceil_div(v.cols(), kTileN));
+  p.row_tiles = static_cast<unsigned>(ceil_div(v.rows(), View::Layout::kTileM));
+  p.col_tiles = static_cast<unsigned>(ceil_div(v.cols(), View::Layout::kTileN));
   p.subproblems = subproblems;
   p.stages = v.stages();
   p.smem_bytes = View::Layout::kSmemBytes;  // > 48 KiB
@@ -446,9 +464,12 @@ void launch_view(const View& v, int64_t subproblems, cpgdev::stream_t stream) {
     auto* kernel = &masked_gemm_mma_kernel<V>;
     cpgdev::set_max_dynamic_smem(kernel, p.smem_bytes);
     const dim3 grid(p.row_tiles, p.col_tiles, static_cast<unsigned>(z));
-    if constexpr (V::Layout::kTapWindow) {
-      // Its own launch name, so that the emulator's launch log tells the conv
-      // tap-window tiles (conv_window.cuh) from the others.
+    // Launch names of their own, so that the emulator's launch log tells the
+    // conv tap-window tiles (conv_window.cuh), wide and narrow, from the others.
+    if constexpr (V::Layout::kTapWindow && V::Layout::kTileN == 64) {
+      auto* tap_window_n64 = kernel;
+      CPG_LAUNCH(tap_window_n64, grid, kThreads, p.smem_bytes, stream, view);
+    } else if constexpr (V::Layout::kTapWindow) {
       auto* tap_window = kernel;
       CPG_LAUNCH(tap_window, grid, kThreads, p.smem_bytes, stream, view);
     } else {
@@ -475,9 +496,10 @@ void describe_view(const View& v, int64_t subproblems, int sm_count, LaunchPlan&
       "mma::masked_gemm_mma_kernel<" + kernel_view + ">",
       dim3(p.row_tiles, p.col_tiles, static_cast<unsigned>(subproblems * p.split.splits)),
       kThreads, p.smem_bytes,
-      {{"rows", v.rows()}, {"cols", v.cols()}, {"tile_m", kTileM}, {"tile_n", kTileN},
+      {{"rows", v.rows()}, {"cols", v.cols()}, {"tile_m", L::kTileM}, {"tile_n", L::kTileN},
        {"stage_bytes", L::kTileK * static_cast<int64_t>(sizeof(typename L::Elem))},
-       {"k_steps", L::kSteps}, {"ring", L::kStages}, {"stages", p.stages},
+       {"k_steps", L::kSteps}, {"ring", L::kStages}, {"min_blocks", L::kMinBlocks},
+       {"stages", p.stages},
        {"stages_per_split", p.stages_per_split}, {"splits", p.split.splits}},
       split ? p.split.workspace_bytes : 0));
   if (split) out.push_back(split_k::describe_reduce<View>(p.split));
