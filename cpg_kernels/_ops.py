@@ -283,3 +283,10 @@ def _(grad_out, weight, bits, input_size, stride, padding, dilation, groups):
            grad_out.shape[1] == weight.shape[0], f"grad_out: expected shape [{input_size[0]}, "
            f"{weight.shape[0]}, Ho, Wo], got {list(grad_out.shape)}")
     return grad_out.new_empty(input_size).contiguous(memory_format=_conv_layout(grad_out))
+
+
+# ------------------------------------------------------------ autocast rules
+
+from . import _autocast  # noqa: E402  (needs the ops registered above)
+
+_autocast.register()

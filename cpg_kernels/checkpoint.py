@@ -9,7 +9,9 @@ crash never leaves a half-written checkpoint under the real name.
 Loading checks everything before the model changes: the file must read
 (``ValueError`` for truncated or corrupt files), carry this format and
 version, fit the model (a grown checkpoint widens a freshly converted model
-to match; other shape differences are errors) and hold consistent CPG state
+to match; other shape differences are errors), hold each tensor in the
+model's dtype (a silent cast would change the weights old tasks compute
+with) and hold consistent CPG state
 (owner values within the stored tasks, packed masks that fit their layers).
 """
 from __future__ import annotations
@@ -52,6 +54,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     payload = _read(path)
     state = payload["state_dict"]
+    _check_dtypes(model, state, path)
     try:
         staging = meta_copy(model)
         staging.load_state_dict(state, strict=True, assign=True)
@@ -60,6 +63,18 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: checkpoint does not fit this model: {err}") from None
     model.load_state_dict(state, strict=True)
     return payload["metadata"]
+
+
+def _check_dtypes(model: nn.Module, state: dict, path: str) -> None:
+    """ValueError naming the first tensor stored in a dtype other than the model's."""
+    for key, have in model.state_dict().items():
+        stored = state.get(key)
+        if isinstance(stored, torch.Tensor) and isinstance(have, torch.Tensor) and \
+                stored.dtype != have.dtype:
+            raise ValueError(f"{path}: {key} is {stored.dtype} in the checkpoint but "
+                             f"{have.dtype} in the model; loading would cast it and change what "
+                             f"old tasks compute: bring the model to the checkpoint's dtype "
+                             f"first (model.to({stored.dtype}))")
 
 
 def _atomic_save(payload: dict, path: str) -> None:

@@ -1,25 +1,28 @@
 """``convert(model)``: put CPG modules into an existing network, in place.
 
 ``nn.Conv2d`` -> ``CPGConv2d``, ``nn.Linear`` -> ``CPGLinear``,
-``nn.BatchNorm1d/2d`` -> per-task batch norm, and the final classifier ->
-``TaskHeads``. The new modules take over the old parameters (no copy) and,
-until the first task begins, compute exactly what the old ones did.
+``nn.BatchNorm1d/2d/3d`` and ``nn.SyncBatchNorm`` -> per-task batch norm, and
+the final classifier -> ``TaskHeads``. The new modules take over the old
+parameters (no copy) and, until the first task begins, compute exactly what
+the old ones did.
 
 Only these exact types are swapped: a subclass may compute something else.
 Other modules keep their parameters, shared by every task; ``param_groups``
 refuses to train them, so they cannot break exact unforgetting silently.
+A module whose running statistics training would update for every task at
+once (a batch-norm subclass, an instance norm with ``track_running_stats``)
+cannot be made safe that way: ``convert`` refuses it, naming it.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from .nn import CPGBatchNorm1d, CPGBatchNorm2d, CPGConv2d, CPGLinear, CPGModule, TaskHeads
+from .nn import PER_TASK_NORMS, CPGConv2d, CPGLinear, CPGModule, TaskHeads
 
 _SWAPS = {
     nn.Conv2d: CPGConv2d.from_dense,
     nn.Linear: CPGLinear.from_dense,
-    nn.BatchNorm2d: CPGBatchNorm2d.from_dense,
-    nn.BatchNorm1d: CPGBatchNorm1d.from_dense,
+    **{torch_type: per_task.from_dense for torch_type, per_task in PER_TASK_NORMS.items()},
 }
 
 
@@ -33,6 +36,7 @@ def convert(model: nn.Module, head: str | None = None) -> nn.Module:
     """
     if any(isinstance(m, CPGModule) for m in model.modules()):
         raise ValueError("model already contains CPG modules: convert it only once")
+    _refuse_shared_statistics(model)
     classifier = _find_head(model, head)
     converted: dict[int, nn.Module] = {}
 
@@ -65,3 +69,24 @@ def _find_head(model: nn.Module, head: str | None) -> nn.Linear:
     if type(modules[head]) is not nn.Linear:
         raise ValueError(f"head {head!r} is a {type(modules[head]).__name__}, not an nn.Linear")
     return modules[head]
+
+
+def _refuse_shared_statistics(model: nn.Module) -> None:
+    """ValueError naming the first norm layer that would keep one set of running
+    statistics for all tasks: training any task would change every old task's output."""
+    for name, module in model.named_modules():
+        if type(module) in _SWAPS or not isinstance(module, nn.modules.batchnorm._NormBase):
+            continue
+        if not module.track_running_stats:
+            continue
+        kind = type(module).__name__
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+            fix = (f"build it with track_running_stats=False (torch's default for "
+                   f"{kind}), or replace it before convert()")
+        else:
+            fix = ("replace it with a plain nn.BatchNorm1d/2d/3d or nn.SyncBatchNorm before "
+                   "convert() (those become per task)")
+        raise ValueError(
+            f"{name or '<root>'}: a {kind} tracks running statistics that training would "
+            f"update for every task at once, so later tasks would change older tasks' outputs; "
+            f"convert() makes only exact torch batch norms per task: {fix}")

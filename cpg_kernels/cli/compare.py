@@ -85,10 +85,8 @@ def run_compare(args: argparse.Namespace) -> int:
     if not args.no_plot:
         plot = os.path.join(output, "compare.png")
         title = f"{args.data}, {args.model}: final accuracy per task ({len(seeds)} seeds)"
-        if plot_comparison(summary, names, plot, title):
-            print(f"plot: {plot}")
-        else:
-            print("plot skipped: matplotlib is not installed (pip install matplotlib)")
+        plot_comparison(summary, names, plot, title)
+        print(f"plot: {plot}")
     return 0
 
 

@@ -53,10 +53,8 @@ def run_info(args: argparse.Namespace) -> int:
     print("\nsizes:")
     print(size_report(model))
     if args.plot:
-        if plot_capacity(model, args.plot, f"{args.checkpoint}: capacity per layer"):
-            print(f"\ncapacity plot: {args.plot}")
-        else:
-            print("\ncapacity plot skipped: matplotlib is not installed (pip install matplotlib)")
+        plot_capacity(model, args.plot, f"{args.checkpoint}: capacity per layer")
+        print(f"\ncapacity plot: {args.plot}")
     return 0
 
 

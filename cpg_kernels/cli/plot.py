@@ -9,17 +9,12 @@ from .. import lifecycle as L
 from .tables import capacity_shares
 
 
-def plot_capacity(model: nn.Module, path: str | os.PathLike, title: str = "") -> bool:
-    """Save a stacked bar chart of capacity per layer and task to ``path`` (PNG).
-
-    Returns False, writing nothing, when matplotlib is not installed.
-    """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+def plot_capacity(model: nn.Module, path: str | os.PathLike, title: str = "") -> None:
+    """Save a stacked bar chart of capacity per layer and task to ``path`` (PNG)."""
+    # Imported here: matplotlib takes a second to import, and only plots need it.
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
     finished, _ = L.task_state(model)
     shares = capacity_shares(model)
     names = list(shares)
@@ -48,21 +43,14 @@ def plot_capacity(model: nn.Module, path: str | os.PathLike, title: str = "") ->
     figure.tight_layout()
     figure.savefig(os.fspath(path), dpi=120)
     plt.close(figure)
-    return True
 
 
 def plot_comparison(summary: dict[str, dict], names: list[str], path: str | os.PathLike,
-                    title: str = "") -> bool:
-    """Save a line chart of each method's final test accuracy per task (mean ± std) to ``path``.
-
-    Returns False, writing nothing, when matplotlib is not installed.
-    """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+                    title: str = "") -> None:
+    """Save a line chart of each method's final test accuracy per task (mean ± std) to ``path``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(max(6.0, 0.7 * len(names) + 2), 4.2))
     positions = list(range(1, len(names) + 1))
     for method, values in summary.items():
@@ -81,4 +69,3 @@ def plot_comparison(summary: dict[str, dict], names: list[str], path: str | os.P
     figure.tight_layout()
     figure.savefig(os.fspath(path), dpi=120)
     plt.close(figure)
-    return True

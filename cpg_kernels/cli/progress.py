@@ -1,12 +1,14 @@
 """Progress reporting for ``cpg train``: a bar per training phase, a line per event.
 
-Bars come from tqdm when it is installed; otherwise a small text bar is
-drawn on terminals (and nothing per step elsewhere, so logs stay short).
+Bars are tqdm's, drawn on terminals only (nothing per step elsewhere, so
+logs stay short).
 """
 from __future__ import annotations
 
 import sys
 from typing import TextIO
+
+from tqdm import tqdm
 
 from ..trainer import Callback, TaskResult
 
@@ -59,16 +61,14 @@ class Progress(Callback):
 
 
 def make_bar(total: int, label: str, stream: TextIO):
-    """A tqdm bar if tqdm imports, else a text bar (drawn only on a terminal)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return TextBar(total, label, stream)
-    return _TqdmBar(tqdm(total=total, desc=label, file=stream, leave=False,
-                         dynamic_ncols=True))
+    """A tqdm bar, drawn only where ``stream`` is a terminal (logs get no per-step lines)."""
+    return _TqdmBar(tqdm(total=total, desc=label, file=stream, leave=False, dynamic_ncols=True,
+                         disable=None))
 
 
 class _TqdmBar:
+    """tqdm with the loss of the last step shown after the bar."""
+
     def __init__(self, bar):
         self.bar = bar
 
@@ -78,28 +78,3 @@ class _TqdmBar:
 
     def close(self) -> None:
         self.bar.close()
-
-
-class TextBar:
-    """``label [#####.....] 12/40 loss 0.123``, redrawn in place on a terminal."""
-
-    WIDTH = 24
-
-    def __init__(self, total: int, label: str, stream: TextIO):
-        self.total, self.label, self.stream = total, label, stream
-        self.done = 0
-        self.live = stream.isatty()
-
-    def update(self, loss: float) -> None:
-        self.done += 1
-        if self.live:
-            filled = self.WIDTH * self.done // self.total
-            bar = "#" * filled + "." * (self.WIDTH - filled)
-            self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} "
-                              f"loss {loss:.3f}")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.live:
-            self.stream.write("\r\033[K")  # clear the bar's line
-            self.stream.flush()

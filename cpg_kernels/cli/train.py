@@ -125,10 +125,8 @@ def _plot(trainer: CPGTrainer, args: argparse.Namespace, output: str) -> None:
         return
     plot = os.path.splitext(output)[0] + ".png"
     title = f"{trainer.config.method} on {args.data}: capacity per layer"
-    if plot_capacity(trainer.model, plot, title):
-        print(f"capacity plot: {plot}")
-    else:
-        print("capacity plot skipped: matplotlib is not installed (pip install matplotlib)")
+    plot_capacity(trainer.model, plot, title)
+    print(f"capacity plot: {plot}")
 
 
 def check_device(device: str) -> None:

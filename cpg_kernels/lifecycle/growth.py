@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..nn import CPGBatchNorm1d, CPGBatchNorm2d, CPGConv2d, CPGModule, MaskedLayer, TaskHeads
+from ..nn import PER_TASK_NORMS, CPGConv2d, CPGModule, MaskedLayer, TaskHeads
 
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                  nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Identity, nn.Dropout,
@@ -228,7 +228,7 @@ def _visit_module(node: fx.Node, module: nn.Module, inp: _Value | None, plan: _P
             if inp is not None:
                 spaces.blocked[inp.space] = why
         return _Value(out)
-    if isinstance(module, (CPGBatchNorm1d, CPGBatchNorm2d)):
+    if isinstance(module, tuple(PER_TASK_NORMS.values())):
         if inp is None or inp.flat:
             return _block([inp] if inp else [], spaces, f"the batch norm {name} after a flatten")
         plan.norms[name] = (module, inp.space)

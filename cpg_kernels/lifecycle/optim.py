@@ -15,6 +15,12 @@ close that gap for any ``torch.optim`` optimizer:
   friends add exactly zero to a frozen entry, so it keeps its bits.
 
 ``make_optimizer`` does both.
+
+That covers an optimizer whose update of an entry is zero when the entry's
+gradient and state are zero. Two of torch's own are not of that kind, and
+the guard refuses them (the tests check every ``torch.optim`` optimizer):
+``ASGD`` with ``lambd > 0`` shrinks every weight on every step, and ``Muon``
+orthogonalises the whole update matrix, so entries with zero gradient move.
 """
 from __future__ import annotations
 
@@ -72,12 +78,16 @@ def guard_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):
 
     Returns the hook handle. The optimizer must hold the model's current
     weights and masks: after ``begin_task`` or ``grow`` build a new one
-    (the hook raises otherwise rather than train stale tensors).
+    (the hook raises otherwise rather than train stale tensors). An
+    optimizer that would move frozen weights whatever their gradient and
+    state (see the module's doc) is a ValueError here and at each step.
     """
+    _check_protectable(optimizer, model)
 
     def before_step(opt: torch.optim.Optimizer, args, kwargs) -> None:
         layers = {id(layer.weight): (name, layer) for name, layer in masked_layers(model)}
         _check_current(opt, layers.values())
+        _check_protectable(opt, model)
         for group in opt.param_groups:
             decay = group.get("cpg_weight_decay", 0.0)
             for p in group["params"]:
@@ -99,6 +109,24 @@ def make_optimizer(model: nn.Module, optimizer_class=torch.optim.SGD, *,
     optimizer = optimizer_class(param_groups(model, weight_decay, mask_lr), **kwargs)
     guard_optimizer(optimizer, model)
     return optimizer
+
+
+def _check_protectable(opt: torch.optim.Optimizer, model: nn.Module) -> None:
+    """ValueError if ``opt`` moves shared weights whose gradient and state are zero."""
+    shared = {id(layer.weight) for _, layer in masked_layers(model)}
+    for group in opt.param_groups:
+        if not any(id(p) in shared for p in group["params"]):
+            continue
+        kind = type(opt).__name__
+        if isinstance(opt, torch.optim.ASGD) and group.get("lambd", 0.0):
+            raise ValueError(f"{kind} with lambd={group['lambd']} shrinks every weight on every "
+                             "step, frozen ones too; use lambd=0 or another optimizer for the "
+                             "shared weights")
+        muon = getattr(torch.optim, "Muon", None)
+        if muon is not None and isinstance(opt, muon):
+            raise ValueError(f"{kind} orthogonalises each weight's whole update, so frozen "
+                             "entries move even with zero gradient; use another optimizer "
+                             "for the shared weights")
 
 
 def _check_current(opt: torch.optim.Optimizer, layers) -> None:

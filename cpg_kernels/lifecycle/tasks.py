@@ -13,6 +13,7 @@ from torch import nn
 from ..nn import CPGModule, MaskedLayer, TaskHeads
 from ..nn.base import check_task_id
 from ..nn.heads import check_num_classes
+from . import shared
 
 
 def cpg_modules(model: nn.Module) -> list[tuple[str, CPGModule]]:
@@ -100,6 +101,7 @@ def begin_task(model: nn.Module, t: int, *, num_classes: int | None = None,
     check_num_classes(num_classes)
     if num_classes is not None and not any(isinstance(m, TaskHeads) for _, m in modules):
         raise ValueError("num_classes given but the model has no TaskHeads")
+    shared.remember(model)
     for _, m in modules:
         if isinstance(m, TaskHeads):
             m.begin_task(t, num_classes)
@@ -127,6 +129,7 @@ def finalize_task(model: nn.Module) -> int:
     _, training = task_state(model)
     if training is None:
         raise RuntimeError("no task is training: nothing to finalize")
+    shared.check_unchanged(model, training)
     for _, m in cpg_modules(model):
         m.finalize_task()
     return training

@@ -6,9 +6,10 @@ puts them into an existing network; ``cpg_kernels.lifecycle`` drives their
 tasks model-wide.
 """
 from .base import CPGModule
-from .batchnorm import CPGBatchNorm1d, CPGBatchNorm2d
+from .batchnorm import (PER_TASK_NORMS, CPGBatchNorm1d, CPGBatchNorm2d, CPGBatchNorm3d,
+                        CPGSyncBatchNorm)
 from .heads import TaskHeads
 from .layers import MASK_INIT, CPGConv2d, CPGLinear, MaskedLayer
 
-__all__ = ["MASK_INIT", "CPGBatchNorm1d", "CPGBatchNorm2d", "CPGConv2d", "CPGLinear",
-           "CPGModule", "MaskedLayer", "TaskHeads"]
+__all__ = ["MASK_INIT", "PER_TASK_NORMS", "CPGBatchNorm1d", "CPGBatchNorm2d", "CPGBatchNorm3d",
+           "CPGConv2d", "CPGLinear", "CPGModule", "CPGSyncBatchNorm", "MaskedLayer", "TaskHeads"]

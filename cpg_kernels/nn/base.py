@@ -188,23 +188,35 @@ class CPGModule(nn.Module):
         return text
 
 
+def memory_format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last where the 4-D ``t`` is laid out so (its channels innermost, not also
+    plain contiguous), else contiguous_format."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and \
+            not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def enlarged(tensor: torch.Tensor, shape, fill) -> torch.Tensor:
-    """A new tensor of ``shape`` filled with ``fill``, ``tensor`` in its leading corner."""
-    out = tensor.new_full(tuple(shape), fill)
+    """A new tensor of ``shape`` filled with ``fill``, ``tensor`` in its leading corner,
+    in ``tensor``'s memory format (growth keeps a channels_last weight channels_last)."""
+    out = torch.full(tuple(shape), fill, dtype=tensor.dtype, device=tensor.device)
+    out = out.contiguous(memory_format=memory_format(tensor))
     out[tuple(slice(0, s) for s in tensor.shape)] = tensor
     return out
 
 
 def narrow_channels(x: torch.Tensor, dim: int, width: int) -> torch.Tensor:
-    """The first ``width`` channels of ``x`` along ``dim``, contiguous.
+    """The first ``width`` channels of ``x`` along ``dim``, dense in ``x``'s memory format.
 
     After growth, a finished task sees only the channels it was trained with;
-    making the slice contiguous gives its kernels the very input they saw
-    before growth, so its output stays bit-identical.
+    a dense copy in the layout ``x`` has (NCHW or channels_last) gives its
+    kernels the very input they saw before growth, so its output stays
+    bit-identical.
     """
     if x.shape[dim] == width:
         return x
-    return x.narrow(dim, 0, width).contiguous()
+    return x.narrow(dim, 0, width).contiguous(memory_format=memory_format(x))
 
 
 def pad_channels(y: torch.Tensor, dim: int, extra: int) -> torch.Tensor:

@@ -32,11 +32,16 @@ class _PerTaskBatchNorm(CPGModule):
     def from_dense(cls, bn: nn.modules.batchnorm._BatchNorm):
         """A per-task batch norm that takes over ``bn``'s parameters and statistics (no copy)."""
         new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                  device="meta")
+                  device="meta", **cls._init_options(bn))
         new.weight, new.bias = bn.weight, bn.bias
         new.running_mean, new.running_var = bn.running_mean, bn.running_var
         new.num_batches_tracked = bn.num_batches_tracked
         return new.train(bn.training)
+
+    @classmethod
+    def _init_options(cls, bn) -> dict:
+        """Constructor arguments beyond the five every torch batch norm takes."""
+        return {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self._selected_task()
@@ -70,7 +75,8 @@ class _PerTaskBatchNorm(CPGModule):
     def export_task(self, t: int) -> nn.Module:
         """Task ``t`` as a plain torch batch norm (in eval mode it uses t's statistics)."""
         plain = self._plain_type(self.widths[t], self.eps, self.momentum, self.affine,
-                                 self.track_running_stats, device="meta")
+                                 self.track_running_stats, device="meta",
+                                 **self._init_options(self))
         for name in self._per_task_names():
             value = self.get_buffer(f"{name}_{t}").clone()
             setattr(plain, name, nn.Parameter(value) if name in ("weight", "bias") else value)
@@ -145,3 +151,40 @@ class CPGBatchNorm1d(_PerTaskBatchNorm, nn.BatchNorm1d):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._init_cpg()
+
+
+class CPGBatchNorm3d(_PerTaskBatchNorm, nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` with per-task parameters and statistics (same arguments)."""
+
+    _plain_type = nn.BatchNorm3d
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_cpg()
+
+
+class CPGSyncBatchNorm(_PerTaskBatchNorm, nn.SyncBatchNorm):
+    """``nn.SyncBatchNorm`` with per-task parameters and statistics (same arguments).
+
+    The training task's statistics are synchronised across processes as
+    SyncBatchNorm does; a finished task's are frozen, so it needs no sync.
+    """
+
+    _plain_type = nn.SyncBatchNorm
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_cpg()
+
+    @classmethod
+    def _init_options(cls, bn) -> dict:
+        return {"process_group": bn.process_group}
+
+
+# Each torch batch norm ``convert`` makes per task, and what it becomes.
+PER_TASK_NORMS = {
+    nn.BatchNorm1d: CPGBatchNorm1d,
+    nn.BatchNorm2d: CPGBatchNorm2d,
+    nn.BatchNorm3d: CPGBatchNorm3d,
+    nn.SyncBatchNorm: CPGSyncBatchNorm,
+}

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..functional import cpg_conv2d, cpg_linear, masked_conv2d, masked_linear
 from ..masks import DEFAULT_THRESHOLD, active_bits, owner_counts, unpack, words_per_row
-from .base import CPGModule, check_task_id, enlarged, narrow_channels, pad_channels
+from .base import (CPGModule, check_task_id, enlarged, memory_format, narrow_channels,
+                   pad_channels)
 
 MASK_INIT = 1e-2  # Piggyback/CPG: every picking-mask entry starts here (threshold 5e-3)
 
@@ -72,7 +73,7 @@ class MaskedLayer(CPGModule):
         if (rows, width) == tuple(weight.shape[:2]):
             return self._forward_bits(x, weight, bits, self._task_bias(t))
         # The layer grew after t finished: compute t at its own size.
-        weight = weight[:rows, :width].contiguous()
+        weight = weight[:rows, :width].contiguous(memory_format=memory_format(weight))
         x = narrow_channels(x, self._channel_dim, width)
         y = self._forward_bits(x, weight, bits, self._task_bias(t))
         return pad_channels(y, self._channel_dim, self.weight.shape[0] - rows)
