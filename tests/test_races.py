@@ -168,3 +168,54 @@ def test_cuda_runs_are_bitwise_reproducible(name):
     run = _workloads("cuda")[name]
     first, second = run(), run()
     assert first.is_cuda and torch.equal(first, second), name
+
+
+def _tap_window_workloads():
+    """The 3x3 tap-window conv tiles (conv_window.cuh): forward and stride-1 input gradient,
+    both layouts, the 128 x 64 tile (two blocks per SM) and the 128 x 128 one, a partial last
+    row tile, split-K; each stage's zero vector is written once before the first barrier."""
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(16, 24, 3, 3, generator=g)
+    bits = masks.pack(torch.rand(w.shape, generator=g) < 0.5)
+    x = torch.randn(2, 24, 9, 8, generator=g)
+    dy = torch.randn(2, 16, 9, 8, generator=g)
+    wide_w = torch.randn(136, 16, 3, 3, generator=g)  # two 128-wide column tiles
+    wide_bits = masks.pack(torch.rand(wide_w.shape, generator=g) < 0.5)
+    wide_x = torch.randn(1, 16, 9, 9, generator=g)
+    deep_w = torch.randn(16, 128, 3, 3, generator=g)  # 16 stages in one tile: split-K
+    deep_bits = masks.pack(torch.rand(deep_w.shape, generator=g) < 0.5)
+    deep_x = torch.randn(2, 128, 7, 7, generator=g)
+
+    def forward(x_, w_, bits_, fmt):
+        return functional.masked_conv2d(x_.bfloat16().contiguous(memory_format=fmt),
+                                        w_.bfloat16(), bits_, padding=1)
+
+    def grad_input(fmt):
+        return torch.ops.cpg.masked_conv2d_grad_input(
+            dy.bfloat16().contiguous(memory_format=fmt), w.bfloat16(), bits, list(x.shape),
+            [1, 1], [1, 1], [1, 1], 1)
+
+    nchw, nhwc = torch.contiguous_format, torch.channels_last
+    return {
+        "tap_window_nchw_bf16": lambda: forward(x, w, bits, nchw),
+        "tap_window_nhwc_bf16": lambda: forward(x, w, bits, nhwc),
+        "tap_window_grad_input_nchw_bf16": lambda: grad_input(nchw),
+        "tap_window_grad_input_nhwc_bf16": lambda: grad_input(nhwc),
+        "tap_window_wide_nhwc_bf16": lambda: forward(wide_x, wide_w, wide_bits, nhwc),
+        "tap_window_wide_nchw_bf16": lambda: forward(wide_x, wide_w, wide_bits, nchw),
+        "tap_window_split_k_nchw_bf16": lambda: forward(deep_x, deep_w, deep_bits, nchw),
+    }
+
+
+@pytest.mark.parametrize("name", list(_tap_window_workloads()))
+def test_tap_window_tiles_agree_bitwise_across_seeds(name):
+    run = _tap_window_workloads()[name]
+    with backends.emulated(seed=1), backends.emulator_launches() as launches:
+        first = run()
+    tile = "gemm_mma.cuh:tap_window" if "wide" in name else "gemm_mma.cuh:tap_window_n64"
+    assert tile in launches, launches
+    if "split_k" in name:
+        assert "gemm_split_k.cuh:reduce" in launches, launches
+    with backends.emulated(seed=2):
+        second = run()
+    assert torch.equal(first, second), name

@@ -293,40 +293,88 @@ def small_batch_grad(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -
 
 
 def _view_kind(kernel: str) -> str:
-    """linear, conv_nhwc (a tiles by cp.async) or conv (gathered a tiles)."""
+    """linear, conv_nhwc (a tiles by cp.async), conv (gathered a tiles), or the 3x3 tap-window
+    tiles of conv_window.cuh: window_nhwc, window."""
+    if "ConvWindowView" in kernel:
+        m = re.search(r"ConvWindowView<.*>,(true|false),\d+(,\d+)?>", kernel)
+        return "window_nhwc" if m and m.group(1) == "true" else "window"
     if "ConvMmaView" not in kernel:
         return "linear"
     m = re.search(r"ConvMmaView<.*>,(true|false)>", kernel)
     return "conv_nhwc" if m and m.group(1) == "true" else "conv"
 
 
+def mma_smem_wavefronts(kind: str, tile_m: int, tile_n: int, stage_bytes: int,
+                        k_steps: int) -> float:
+    """Shared-memory wavefronts (128 bytes) of one block's stage in gemm_mma.cuh.
+
+    ldmatrix.x4 (4 wavefronts): per k-step, each of the warps_n warp columns reads the a tile's
+    tile_m / 16 row blocks and each of the warps_m warp rows the W tile's tile_n / 16 (the
+    128 x 128 tile: 2 x 4 warps, 24 per warp; 128 x 64: 4 x 2 warps, 16 per warp). The fill:
+    the a tile by cp.async or 16-byte stores (one wavefront per 128 bytes); the linear W tile
+    by cp.async, then read and written again by the in-place mask; the one-tap conv W' by
+    4-byte spans; the tap-window W' by 4-byte stores 16 bytes apart across a warp (its rows),
+    4 wavefronts per 128 bytes."""
+    warps_n = 4 if tile_n == 128 else 2
+    warps_m = 8 // warps_n
+    ldmatrix = 4 * k_steps * (warps_n * tile_m // 16 + warps_m * tile_n // 16)
+    a_fill, w_bytes = tile_m * stage_bytes / 128, tile_n * stage_bytes / 128
+    if kind == "linear":
+        w_fill = 3 * w_bytes
+    elif kind.startswith("window"):
+        w_fill = 4 * w_bytes
+    else:
+        w_fill = w_bytes
+    return ldmatrix + a_fill + w_fill
+
+
 def mma(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: int = 1) -> Cost:
-    """gemm_mma.cuh: 128 x 128 tiles, 128 bytes of reduction per stage through a 3-stage
-    cp.async ring; per stage 512 HMMA per block, 32 KB of operand tiles from L2, and shared
-    memory: the tile fill, the in-place mask (linear) and 96 KB of ldmatrix."""
+    """gemm_mma.cuh: tile_m x tile_n tiles through a ``ring``-stage cp.async ring, ``k_steps``
+    mma k-steps per stage (mma::Layout: 128 x 128, 3 stages of 4 k-steps, 128 bytes of
+    reduction; the tap-window conv tiles: 128 x 128 or 128 x 64, 4 stages of 5 k-steps, 144
+    bytes: 9 taps of a 16-byte channel block, the last k-step half zeros); per stage and block
+    tile_m / 16 x tile_n / 8 HMMA per k-step, the operand tiles from L2, and the shared-memory
+    wavefronts of mma_smem_wavefronts."""
     p, e = launch.params, elem_bytes(launch.kernel)
     kind = _view_kind(launch.kernel)
     f = gpu.clock_ghz * 1e9
-    instr, source = per_unit_instructions(res, "HMMA", 64, 450 if kind == "linear" else 2600)
-    # Shared-memory wavefronts (128 bytes) per stage: ldmatrix 8 warps x 24 x4 = 768; the
-    # linear tiles arrive by cp.async (32 KB: 256) and W is masked in place (16 KB read and
-    # written: 256); the conv views store a (16 KB) and W' spans (16 KB): 256.
-    wavefronts = 768 + (512 if kind == "linear" else 256)
-    # The conv W' gather (kernels larger than 1x1): per thread 16 spans of 4 bytes, each
-    # element a bit-word load, a branch, then its W load (conv_views.cuh weight_span).
+    tile_m, tile_n = p.get("tile_m", 128), p.get("tile_n", 128)
+    stage_bytes, k_steps = p.get("stage_bytes", 128), p.get("k_steps", 4)
+    warps = 8
+    hmma_block = tile_m // 16 * (tile_n // 8) * k_steps
+    # Without SASS: the linear loop's count (review of d93db6f), the one-tap conv gather's,
+    # and for the tap-window tiles the mma loop's plus the half-run transposes (an estimate).
+    fallback = {"linear": 450, "window": 1100, "window_nhwc": 900}.get(kind, 2600)
+    instr, source = per_unit_instructions(res, "HMMA", hmma_block / warps, fallback)
+    wavefronts = mma_smem_wavefronts(kind, tile_m, tile_n, stage_bytes, k_steps)
+    # The one-tap conv W' gather (kernels larger than 1x1): per thread 16 spans of 4 bytes,
+    # each element a bit-word load, a branch, then its W load (conv_views.cuh weight_span).
+    # The tap-window tiles load whole runs before the multiply and use them after it: one
+    # L2 round trip per stage, overlapped by the multiply.
     chain = 0.0
-    if kind != "linear" and taps > 1:
+    if kind in ("conv", "conv_nhwc") and taps > 1:
         chain = 16 * (4 // e) * (gpu.l1_latency_ns + 10) * 1e-9
+    elif kind.startswith("window"):
+        chain = gpu.l2_latency_ns * 1e-9
     l = c.mem_latency_ns * 1e-9
     stages = p["stages_per_split"]
     splits = p["splits"]
-    out_bytes = 128 * 128 * (4 if splits > 1 else e)
-    unit = Unit(count=stages, l2_bytes=32 * 1024 + 1024, instructions=instr, warps=8,
-                chain_s=chain, overlapped=True, hmma=512, smem_wavefronts=wavefronts,
-                fixed_s=c.tile_sync_clk / f,
+    out_bytes = tile_m * tile_n * (4 if splits > 1 else e)
+    a_bytes, w_bytes = tile_m * stage_bytes, tile_n * stage_bytes
+    if kind.startswith("window"):
+        # Bits: the tile's rows' share of the stage. L2 sectors: an NHWC pixel's 16 bytes of
+        # one tap are half a sector; a W run's 144 bytes span 5 sectors.
+        bits = tile_n * stage_bytes / e / 8
+        a_bytes *= 2 if kind == "window_nhwc" else 1
+        w_bytes *= 160 / 144
+    else:
+        bits = 1024  # the one-tap views and linear: 1 KB, as first modeled
+    unit = Unit(count=stages, l2_bytes=a_bytes + w_bytes + bits,
+                instructions=instr, warps=warps, chain_s=chain, overlapped=True, hmma=hmma_block,
+                smem_wavefronts=wavefronts, fixed_s=c.tile_sync_clk / f,
                 prologue_s=2 * l + out_bytes / (gpu.dram_gbps * 1e9 / gpu.sms))
     rows, cols = p["rows"], p["cols"]
-    red = p["stages"] * p["stage_bytes"] // e
+    red = p["stages"] * stage_bytes // e
     z = launch.grid[2] // splits
     total = z * (cols * red * (e + 1 / 8) + rows * red * e / max(taps, 1)
                  + rows * cols * (4 * splits if splits > 1 else e))

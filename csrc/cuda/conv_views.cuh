@@ -449,7 +449,8 @@ struct GradInputView : ConvOperands<T, GradInputView<T>> {
 template <typename View, bool kChannelsContiguous>
 struct ConvMmaView : View {
   using T = typename View::Elem;
-  using L = mma::Layout<T, View::kGradInput>;
+  using Layout = mma::Layout<T, View::kGradInput>;
+  using L = Layout;
   static constexpr int kV = vec_elems<T>();
   static constexpr int kChunks = mma::kChunksPerThread;
   static constexpr int kChunksPerRow = mma::kStageRowBytes / kVecBytes;

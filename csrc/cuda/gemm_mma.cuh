@@ -36,7 +36,6 @@ constexpr int kTileN = 128;
 constexpr int kWarpsN = 4;
 constexpr int kFragsM = 4;               // m16 tiles per warp: 64 rows
 constexpr int kFragsN = 4;               // n8 tiles per warp: 32 columns
-constexpr int kStages = 3;
 constexpr int kStageRowBytes = 128;      // operand bytes per tile row per stage
 constexpr int kChunksPerThread = 4;      // 16-byte chunks per operand tile per thread
 
@@ -49,11 +48,28 @@ static_assert(kTileM * kStageRowBytes / kVecBytes == kChunksPerThread * kThreads
 // groups: a and forward W tiles are [rows][kTileK] with 144-byte rows; the
 // grad_input W tile is [kTileK][kTileN] (reduction-major, read transposed)
 // with 272- or 544-byte rows.
+//
+// A layout is what the kernel asks of a view's stage (View::Layout): the
+// block's tile (kTileM x kTileN, its warps kWarpsN across, each kFragsM x
+// kFragsN mma tiles) and the blocks an SM should hold (kMinBlocks, for
+// __launch_bounds__), the reduction per stage (kTileK, in kSteps mma k-steps
+// of kStepK), the ring's depth (kStages), the tiles' sizes, where element
+// (row, k) of the a tile, (n, k) of a forward W tile and (k, n) of a
+// grad_input W tile live (element offsets; a 16-byte chunk's elements are
+// consecutive), and init_stage(buf): what a stage buffer needs once before
+// the first barrier.
 template <typename T, bool kGradInput>
 struct Layout {
+  using Elem = T;
+  static constexpr int kTileM = mma::kTileM, kTileN = mma::kTileN;
+  static constexpr int kWarpsN = mma::kWarpsN, kFragsM = mma::kFragsM, kFragsN = mma::kFragsN;
+  static constexpr int kMinBlocks = 1;
   static constexpr int kV = vec_elems<T>();
   static constexpr int kTileK = kStageRowBytes / static_cast<int>(sizeof(T));
   static constexpr int kStepK = sizeof(T) == 2 ? 16 : 8;  // k of one mma
+  static constexpr int kSteps = kTileK / kStepK;
+  static constexpr int kStages = 3;
+  static constexpr bool kTapWindow = false;  // conv_window.cuh's layout says true
   static constexpr int kKStride = kTileK + kV;
   static constexpr int kNStride = kTileN + 8;
   static constexpr int kATile = kTileM * kKStride;
@@ -62,6 +78,11 @@ struct Layout {
   static constexpr int kSmemBytes = kStages * kStageElems * static_cast<int>(sizeof(T));
   static_assert(kATile * sizeof(T) % kVecBytes == 0 && kWTile * sizeof(T) % kVecBytes == 0,
                 "tiles stay 16-byte aligned");
+
+  CPG_HD static constexpr int a_offset(int row, int k) { return row * kKStride + k; }
+  CPG_HD static constexpr int w_offset(int n, int k) { return n * kKStride + k; }
+  CPG_HD static constexpr int wt_offset(int k, int n) { return k * kNStride + n; }
+  CPG_DEVICE static void init_stage(T*) {}
 };
 
 // a[m0 .. m0+128, r0 .. r0+kTileK) into the tile, zero-filled outside [M, R).
@@ -132,40 +153,38 @@ CPG_DEVICE void mask_weights(T* tile, const uint32_t (&words)[kChunksPerThread],
 }
 
 // The m16 x k A fragment at tile rows row0.., columns k0.. (PTX ISA layouts).
-template <typename T>
+template <typename L, typename T>
 CPG_DEVICE void load_a_frag(const T* tile, int row0, int k0, int lane, uint32_t (&a)[4]) {
-  constexpr int kStride = Layout<T, false>::kKStride;
   if constexpr (sizeof(T) == 2) {
     // Lanes 0-15 address rows 0-15 at k0, lanes 16-31 the same rows at k0 + 8.
-    cpgdev::ldmatrix_x4(a, tile + (row0 + lane % 16) * kStride + k0 + (lane / 16) * 8);
+    cpgdev::ldmatrix_x4(a, tile + L::a_offset(row0 + lane % 16, k0 + (lane / 16) * 8));
   } else {
-    const T* p = tile + (row0 + lane / 4) * kStride + k0 + lane % 4;
-    a[0] = cpgdev::to_tf32(p[0]);
-    a[1] = cpgdev::to_tf32(p[8 * kStride]);
-    a[2] = cpgdev::to_tf32(p[4]);
-    a[3] = cpgdev::to_tf32(p[8 * kStride + 4]);
+    const int row = row0 + lane / 4, k = k0 + lane % 4;
+    a[0] = cpgdev::to_tf32(tile[L::a_offset(row, k)]);
+    a[1] = cpgdev::to_tf32(tile[L::a_offset(row + 8, k)]);
+    a[2] = cpgdev::to_tf32(tile[L::a_offset(row, k + 4)]);
+    a[3] = cpgdev::to_tf32(tile[L::a_offset(row + 8, k + 4)]);
   }
 }
 
 // The k x n8 B fragments of the warp's kFragsN column tiles, from column n0
 // and reduction k0: forward tiles hold W' as [n][k] rows, grad_input tiles as
 // [k][n] rows.
-template <typename T, bool kGradInput>
+template <typename L, bool kGradInput, typename T>
 CPG_DEVICE void load_b_frags(const T* tile, int n0, int k0, int lane,
-                             uint32_t (&b)[kFragsN][2]) {
-  using L = Layout<T, kGradInput>;
+                             uint32_t (&b)[L::kFragsN][2]) {
 #pragma unroll
-  for (int fn = 0; fn < kFragsN; fn += 2) {
+  for (int fn = 0; fn < L::kFragsN; fn += 2) {
     const int n = n0 + fn * 8;
     if constexpr (sizeof(T) == 2) {
       // One x4 serves two n8 tiles: lanes 0-15 address tile fn, lanes 16-31
       // tile fn + 1, each as k rows 0-7 then 8-15 (read transposed: [k][n]).
       uint32_t r[4];
       if constexpr (kGradInput) {
-        cpgdev::ldmatrix_x4_trans(r, tile + (k0 + lane % 16) * L::kNStride + n + (lane / 16) * 8);
+        cpgdev::ldmatrix_x4_trans(r, tile + L::wt_offset(k0 + lane % 16, n + (lane / 16) * 8));
       } else {
-        cpgdev::ldmatrix_x4(r, tile + (n + (lane / 16) * 8 + lane % 8) * L::kKStride + k0 +
-                                   (lane / 8 % 2) * 8);
+        cpgdev::ldmatrix_x4(
+            r, tile + L::w_offset(n + (lane / 16) * 8 + lane % 8, k0 + (lane / 8 % 2) * 8));
       }
       b[fn][0] = r[0];
       b[fn][1] = r[1];
@@ -176,11 +195,11 @@ CPG_DEVICE void load_b_frags(const T* tile, int n0, int k0, int lane,
       for (int h = 0; h < 2; ++h) {
         const int col = n + h * 8 + lane / 4, k = k0 + lane % 4;
         if constexpr (kGradInput) {
-          b[fn + h][0] = cpgdev::to_tf32(tile[k * L::kNStride + col]);
-          b[fn + h][1] = cpgdev::to_tf32(tile[(k + 4) * L::kNStride + col]);
+          b[fn + h][0] = cpgdev::to_tf32(tile[L::wt_offset(k, col)]);
+          b[fn + h][1] = cpgdev::to_tf32(tile[L::wt_offset(k + 4, col)]);
         } else {
-          b[fn + h][0] = cpgdev::to_tf32(tile[col * L::kKStride + k]);
-          b[fn + h][1] = cpgdev::to_tf32(tile[col * L::kKStride + k + 4]);
+          b[fn + h][0] = cpgdev::to_tf32(tile[L::w_offset(col, k)]);
+          b[fn + h][1] = cpgdev::to_tf32(tile[L::w_offset(col, k + 4)]);
         }
       }
     }
@@ -199,47 +218,51 @@ CPG_DEVICE void mma_step(float (&acc)[4], const uint32_t (&a)[4], const uint32_t
   }
 }
 
-// The A and B fragments of one mma k-step of a warp's 64 x 32 tile.
+// The A and B fragments of one mma k-step of a warp's tile (Layout L's
+// kFragsM x kFragsN mma tiles: 64 x 32 in mma::Layout).
+template <typename L>
 struct Fragments {
-  uint32_t a[kFragsM][4];
-  uint32_t b[kFragsN][2];
+  uint32_t a[L::kFragsM][4];
+  uint32_t b[L::kFragsN][2];
 };
 
-template <typename T, bool kGradInput>
+// A warp's fp32 accumulators.
+template <typename L>
+using Accumulators = float[L::kFragsM][L::kFragsN][4];
+
+template <typename L, bool kGradInput, typename T>
 CPG_DEVICE void load_fragments(const T* a_tile, const T* w_tile, int warp_m, int warp_n, int k0,
-                               int lane, Fragments& f) {
+                               int lane, Fragments<L>& f) {
 #pragma unroll
-  for (int fm = 0; fm < kFragsM; ++fm) {
-    load_a_frag(a_tile, warp_m * kFragsM * 16 + fm * 16, k0, lane, f.a[fm]);
+  for (int fm = 0; fm < L::kFragsM; ++fm) {
+    load_a_frag<L>(a_tile, warp_m * L::kFragsM * 16 + fm * 16, k0, lane, f.a[fm]);
   }
-  load_b_frags<T, kGradInput>(w_tile, warp_n * kFragsN * 8, k0, lane, f.b);
+  load_b_frags<L, kGradInput>(w_tile, warp_n * L::kFragsN * 8, k0, lane, f.b);
 }
 
-template <typename T>
-CPG_DEVICE void mma_fragments(const Fragments& f, float (&acc)[kFragsM][kFragsN][4]) {
+template <typename L, typename T>
+CPG_DEVICE void mma_fragments(const Fragments<L>& f, Accumulators<L>& acc) {
 #pragma unroll
-  for (int fm = 0; fm < kFragsM; ++fm) {
+  for (int fm = 0; fm < L::kFragsM; ++fm) {
 #pragma unroll
-    for (int fn = 0; fn < kFragsN; ++fn) mma_step<T>(acc[fm][fn], f.a[fm], f.b[fn]);
+    for (int fn = 0; fn < L::kFragsN; ++fn) mma_step<T>(acc[fm][fn], f.a[fm], f.b[fn]);
   }
 }
 
 // The fragments of k-step i + 1 are loaded before the mmas of step i are
 // issued, so their shared-memory latency hides behind tensor-core work.
-template <typename T, bool kGradInput>
+template <typename L, bool kGradInput, typename T>
 CPG_DEVICE void multiply_stage(const T* a_tile, const T* w_tile, int warp_m, int warp_n, int lane,
-                               float (&acc)[kFragsM][kFragsN][4]) {
-  using L = Layout<T, kGradInput>;
-  constexpr int kSteps = L::kTileK / L::kStepK;
-  Fragments f[2];
-  load_fragments<T, kGradInput>(a_tile, w_tile, warp_m, warp_n, 0, lane, f[0]);
+                               Accumulators<L>& acc) {
+  Fragments<L> f[2];
+  load_fragments<L, kGradInput>(a_tile, w_tile, warp_m, warp_n, 0, lane, f[0]);
 #pragma unroll
-  for (int i = 0; i < kSteps; ++i) {
-    if (i + 1 < kSteps) {
-      load_fragments<T, kGradInput>(a_tile, w_tile, warp_m, warp_n, (i + 1) * L::kStepK, lane,
+  for (int i = 0; i < L::kSteps; ++i) {
+    if (i + 1 < L::kSteps) {
+      load_fragments<L, kGradInput>(a_tile, w_tile, warp_m, warp_n, (i + 1) * L::kStepK, lane,
                                     f[(i + 1) % 2]);
     }
-    mma_fragments<T>(f[i % 2], acc);
+    mma_fragments<L, T>(f[i % 2], acc);
   }
 }
 
@@ -247,19 +270,20 @@ CPG_DEVICE void multiply_stage(const T* a_tile, const T* w_tile, int warp_m, int
 // column 2 * (lane % 4) + e % 2.
 template <typename View>
 CPG_DEVICE void write_tile(const View& v, int64_t m0, int64_t c0, int warp_m, int warp_n,
-                           int lane, const float (&acc)[kFragsM][kFragsN][4]) {
+                           int lane, const Accumulators<typename View::Layout>& acc) {
+  using L = typename View::Layout;
 #pragma unroll
-  for (int fm = 0; fm < kFragsM; ++fm) {
+  for (int fm = 0; fm < L::kFragsM; ++fm) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int64_t m = m0 + warp_m * kFragsM * 16 + fm * 16 + lane / 4 + 8 * half;
+      const int64_t m = m0 + warp_m * L::kFragsM * 16 + fm * 16 + lane / 4 + 8 * half;
       if (m >= v.rows()) continue;
       const auto row = v.out_row(m);
 #pragma unroll
-      for (int fn = 0; fn < kFragsN; ++fn) {
+      for (int fn = 0; fn < L::kFragsN; ++fn) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int64_t c = c0 + warp_n * kFragsN * 8 + fn * 8 + 2 * (lane % 4) + e;
+          const int64_t c = c0 + warp_n * L::kFragsN * 8 + fn * 8 + 2 * (lane % 4) + e;
           if (c < v.cols()) v.store(row, v.out_col(c), acc[fm][fn][2 * half + e]);
         }
       }
@@ -270,6 +294,7 @@ CPG_DEVICE void write_tile(const View& v, int64_t m0, int64_t c0, int warp_m, in
 // ------------------------------------------------------------- stage loads
 //
 // Besides the view interface of gemm_common.cuh, the pipeline asks a view:
+//   Layout                   the shared layout of a stage (see Layout above)
 //   stages()                 the reduction stages (of Layout::kTileK each);
 //                            host and device (the launcher sizes split-K)
 //   block_rows(m0)           what a thread keeps of its a rows for the whole
@@ -292,7 +317,8 @@ CPG_DEVICE void write_tile(const View& v, int64_t m0, int64_t c0, int warp_m, in
 // chunks it copied once they land, with the bit words it loaded at issue.
 template <typename T, bool kGradInputV>
 struct LinearView : GemmView<T, kGradInputV> {
-  using L = Layout<T, kGradInputV>;
+  using Layout = mma::Layout<T, kGradInputV>;
+  using L = Layout;
   struct BlockRows {};
   struct Pending {
     uint32_t words[kChunksPerThread];
@@ -315,8 +341,8 @@ struct LinearView : GemmView<T, kGradInputV> {
 };
 
 // Starts stage `stage` where it exists, and commits its copies as one group,
-// empty or not, so that cp_async_wait<kStages - 2> always means "stage s has
-// landed". Returns whether the stage exists.
+// empty or not, so that cp_async_wait<Layout::kStages - 2> always means "stage
+// s has landed". Returns whether the stage exists.
 template <typename View, typename T>
 CPG_DEVICE bool start_stage(const View& v, int64_t stage, int64_t m0, int64_t c0,
                             const typename View::BlockRows& rows, T* buf,
@@ -327,25 +353,29 @@ CPG_DEVICE bool start_stage(const View& v, int64_t stage, int64_t m0, int64_t c0
   return exists;
 }
 
-// Grid: (ceil(rows / 128), ceil(cols / 128), sub-problems); dynamic shared
-// memory: Layout::kSmemBytes.
+// Grid: (ceil(rows / Layout::kTileM), ceil(cols / Layout::kTileN),
+// sub-problems); dynamic shared memory: View::Layout::kSmemBytes.
 template <typename View>
-CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_mma_kernel(View problem) {
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads, View::Layout::kMinBlocks)
+    masked_gemm_mma_kernel(View problem) {
   using T = typename View::Elem;
-  using L = Layout<T, View::kGradInput>;
+  using L = typename View::Layout;
+  constexpr int kStages = L::kStages;
   CPG_DYNAMIC_SHARED(uint4, smem);
   T* const stages_smem = reinterpret_cast<T*>(&smem[0]);  // [kStages][a tile, W tile]
 
   View v = problem;
   v.select_z(blockIdx.z);
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTileM;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kTileN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * L::kTileM;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.y) * L::kTileN;
   const int lane = cpgdev::lane_id(), warp = static_cast<int>(threadIdx.x) / kWarpSize;
-  const int warp_m = warp / kWarpsN, warp_n = warp % kWarpsN;
+  const int warp_m = warp / L::kWarpsN, warp_n = warp % L::kWarpsN;
   const typename View::BlockRows rows = v.block_rows(m0);
 
   // pending[i]: what stage s + i left behind, issued but not yet landed.
   typename View::Pending pending[kStages - 1] = {};
+#pragma unroll
+  for (int i = 0; i < kStages; ++i) L::init_stage(stages_smem + i * L::kStageElems);
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) {
     T* const buf = stages_smem + i * L::kStageElems;
@@ -353,7 +383,7 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_mma_kernel(View problem)
     if (start_stage(v, i, m0, c0, rows, buf, pending[i], staged)) v.store_staged(buf, staged);
   }
 
-  float acc[kFragsM][kFragsN][4] = {};
+  Accumulators<L> acc = {};
   const int64_t stages = v.stages();
   int read_buf = 0, refill_buf = kStages - 1;  // s % kStages, (s - 1) % kStages
   for (int64_t s = 0; s < stages; ++s) {
@@ -369,7 +399,7 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_gemm_mma_kernel(View problem)
     typename View::Staged staged;
     const bool refilled =
         start_stage(v, s + kStages - 1, m0, c0, rows, refill, pending[kStages - 2], staged);
-    multiply_stage<T, View::kGradInput>(cur, cur + L::kATile, warp_m, warp_n, lane, acc);
+    multiply_stage<L, View::kGradInput>(cur, cur + L::kATile, warp_m, warp_n, lane, acc);
     if (refilled) v.store_staged(refill, staged);
     refill_buf = read_buf;
     read_buf = read_buf + 1 < kStages ? read_buf + 1 : 0;
@@ -385,9 +415,17 @@ bool supports(const MaskedGemm<T>& g) {
          is_aligned16(g.w);
 }
 
-// A split's share of the stages: at least this many, to amortize the
-// pipeline's fill.
+// A split's share of the stages: at least this many of Layout's, to amortize
+// the pipeline's fill; for other layouts, as many as hold the same reduction
+// bytes per tile row.
 constexpr int64_t kMinSplitStages = 8;
+
+template <typename L>
+constexpr int64_t min_split_stages() {
+  constexpr int64_t kRowBytes = kMinSplitStages * kStageRowBytes;
+  constexpr int64_t kStageBytes = L::kTileK * sizeof(typename L::Elem);
+  return (kRowBytes + kStageBytes - 1) / kStageBytes;
+}
 
 // A launch's shape: (row tiles, column tiles, subproblems * splits) blocks,
 // each over stages_per_split of the view's stages (the last split's may be
@@ -405,13 +443,14 @@ struct Plan {
 template <typename View>
 Plan plan_view(const View& v, int64_t subproblems, int sm_count) {
   Plan p;
-  p.row_tiles = static_cast<unsigned>(ceil_div(v.rows(), kTileM));
-  p.col_tiles = static_cast<unsigned>(ceil_div(v.cols(), kTileN));
+  p.row_tiles = static_cast<unsigned>(ceil_div(v.rows(), View::Layout::kTileM));
+  p.col_tiles = static_cast<unsigned>(ceil_div(v.cols(), View::Layout::kTileN));
   p.subproblems = subproblems;
   p.stages = v.stages();
-  p.smem_bytes = Layout<typename View::Elem, View::kGradInput>::kSmemBytes;  // > 48 KiB
-  const int splits = split_k::choose_splits(int64_t{p.row_tiles} * p.col_tiles * subproblems,
-                                            p.stages, kMinSplitStages, subproblems, sm_count);
+  p.smem_bytes = View::Layout::kSmemBytes;  // > 48 KiB
+  const int splits =
+      split_k::choose_splits(int64_t{p.row_tiles} * p.col_tiles * subproblems, p.stages,
+                             min_split_stages<typename View::Layout>(), subproblems, sm_count);
   p.stages_per_split = ceil_div(p.stages, splits);
   p.split = split_k::plan(v, splits, subproblems, sm_count);
   return p;
@@ -421,10 +460,21 @@ template <typename View>
 void launch_view(const View& v, int64_t subproblems, cpgdev::stream_t stream) {
   const Plan p = plan_view(v, subproblems, cpgdev::sm_count());
   auto run = [&](const auto& view, int64_t z) {
-    auto* kernel = &masked_gemm_mma_kernel<std::decay_t<decltype(view)>>;
+    using V = std::decay_t<decltype(view)>;
+    auto* kernel = &masked_gemm_mma_kernel<V>;
     cpgdev::set_max_dynamic_smem(kernel, p.smem_bytes);
-    CPG_LAUNCH(kernel, dim3(p.row_tiles, p.col_tiles, static_cast<unsigned>(z)), kThreads,
-               p.smem_bytes, stream, view);
+    const dim3 grid(p.row_tiles, p.col_tiles, static_cast<unsigned>(z));
+    // Launch names of their own, so that the emulator's launch log tells the
+    // conv tap-window tiles (conv_window.cuh), wide and narrow, from the others.
+    if constexpr (V::Layout::kTapWindow && V::Layout::kTileN == 64) {
+      auto* tap_window_n64 = kernel;
+      CPG_LAUNCH(tap_window_n64, grid, kThreads, p.smem_bytes, stream, view);
+    } else if constexpr (V::Layout::kTapWindow) {
+      auto* tap_window = kernel;
+      CPG_LAUNCH(tap_window, grid, kThreads, p.smem_bytes, stream, view);
+    } else {
+      CPG_LAUNCH(kernel, grid, kThreads, p.smem_bytes, stream, view);
+    }
   };
   if (p.split.splits == 1) return run(v, subproblems);
   split_k::StageSplit<View> split_view;
@@ -437,6 +487,7 @@ void launch_view(const View& v, int64_t subproblems, cpgdev::stream_t stream) {
 // multiprocessors, appended to `out`.
 template <typename View>
 void describe_view(const View& v, int64_t subproblems, int sm_count, LaunchPlan& out) {
+  using L = typename View::Layout;
   const Plan p = plan_view(v, subproblems, sm_count);
   const bool split = p.split.splits > 1;
   const std::string kernel_view =
@@ -445,8 +496,10 @@ void describe_view(const View& v, int64_t subproblems, int sm_count, LaunchPlan&
       "mma::masked_gemm_mma_kernel<" + kernel_view + ">",
       dim3(p.row_tiles, p.col_tiles, static_cast<unsigned>(subproblems * p.split.splits)),
       kThreads, p.smem_bytes,
-      {{"rows", v.rows()}, {"cols", v.cols()}, {"tile_m", kTileM}, {"tile_n", kTileN},
-       {"stage_bytes", kStageRowBytes}, {"stages", p.stages},
+      {{"rows", v.rows()}, {"cols", v.cols()}, {"tile_m", L::kTileM}, {"tile_n", L::kTileN},
+       {"stage_bytes", L::kTileK * static_cast<int64_t>(sizeof(typename L::Elem))},
+       {"k_steps", L::kSteps}, {"ring", L::kStages}, {"min_blocks", L::kMinBlocks},
+       {"stages", p.stages},
        {"stages_per_split", p.stages_per_split}, {"splits", p.split.splits}},
       split ? p.split.workspace_bytes : 0));
   if (split) out.push_back(split_k::describe_reduce<View>(p.split));

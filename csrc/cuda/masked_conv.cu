@@ -22,8 +22,13 @@
 //      128-row tile would be mostly padding               -> unfolded
 //      (conv_unfolded.cuh: the small-batch linear kernels on the windows)
 //   4. f16 / bf16, or f32 with allow_tf32, where the reduction channels are
-//      whole 16-byte vectors and an NHWC image is 16-byte aligned
-//                                                        -> mma (ConvMmaView)
+//      whole 16-byte vectors and an NHWC image is 16-byte aligned -> mma:
+//      a. 3x3 kernels walking all 9 taps (forward, and grad_input where one
+//         stride phase holds every tap) with input channels in whole vectors
+//         and aligned W rows: every tap of a 16-byte channel block per stage,
+//         W loaded by 16-byte runs, a 128 x 64 tile (two blocks per SM) where
+//         the columns fit it, else 128 x 128             (ConvWindowView)
+//      b. otherwise one tap per stage              (ConvMmaView)
 //   5. everything else (f32 without TF32, odd channel counts)
 //                                                        -> simt
 // All paths are deterministic: no atomics, fixed reduction orders. The
@@ -47,6 +52,7 @@
 #include "cuda/conv_direct.cuh"
 #include "cuda/conv_unfolded.cuh"
 #include "cuda/conv_views.cuh"
+#include "cuda/conv_window.cuh"
 #include "cuda/gemm_mma.cuh"
 #include "cuda/gemm_simt.cuh"
 
@@ -112,6 +118,13 @@ bool mma_supports(const View& v, bool channels_last) {
 template <bool kChannelsContiguous, typename View>
 conv::ConvMmaView<View, kChannelsContiguous> mma_view(const View& v) {
   conv::ConvMmaView<View, kChannelsContiguous> staged;
+  static_cast<View&>(staged) = v;
+  return staged;
+}
+
+template <bool kChannelsContiguous, int kTileN, typename View>
+conv::ConvWindowView<View, kChannelsContiguous, kTileN> window_view(const View& v) {
+  conv::ConvWindowView<View, kChannelsContiguous, kTileN> staged;
   static_cast<View&>(staged) = v;
   return staged;
 }
@@ -194,6 +207,15 @@ void run_tiled(const View& v, const ConvShape& shape, bool channels_last, bool a
   };
   if (tensor_cores_allowed<typename View::Elem>(allow_tf32) && mma_supports(v, channels_last)) {
     auto mma = [&](const auto& part, int64_t n) { exec.mma(part, n); };
+    if (conv::window_supports(v)) {
+      const bool narrow = conv::window_narrow(v);
+      if (channels_last) {
+        narrow ? tiled(window_view<true, 64>(v), mma) : tiled(window_view<true, 128>(v), mma);
+      } else {
+        narrow ? tiled(window_view<false, 64>(v), mma) : tiled(window_view<false, 128>(v), mma);
+      }
+      return;
+    }
     if (channels_last) {
       tiled(mma_view<true>(v), mma);
     } else {

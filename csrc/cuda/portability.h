@@ -8,7 +8,7 @@
 // The contract, identical in both builds:
 //   CPG_GLOBAL                      kernel qualifier
 //   CPG_DEVICE                      device-function qualifier (inlined)
-//   CPG_LAUNCH_BOUNDS(n)            __launch_bounds__(n) or nothing
+//   CPG_LAUNCH_BOUNDS(n[, blocks])  __launch_bounds__(n[, blocks]) or nothing
 //   threadIdx blockIdx blockDim gridDim, dim3, uint4
 //   CPG_SHARED_ARRAY(T, name, N)    block-shared array T name[N] (N a constant)
 //   CPG_DYNAMIC_SHARED(T, name)     the launch's dynamic shared memory as T*
@@ -66,7 +66,7 @@
 
 #define CPG_GLOBAL __global__
 #define CPG_DEVICE __device__ __forceinline__
-#define CPG_LAUNCH_BOUNDS(n) __launch_bounds__(n)
+#define CPG_LAUNCH_BOUNDS(...) __launch_bounds__(__VA_ARGS__)
 #define CPG_SHARED_ARRAY(T, name, N) __shared__ T name[N]
 #define CPG_DYNAMIC_SHARED(T, name) \
   extern __shared__ __align__(16) unsigned char cpg_dynamic_smem_[]; \

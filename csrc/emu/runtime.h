@@ -258,7 +258,7 @@ KernelLaunch<P...> launch_kernel(const char* name, const char* file, void (*kern
 
 #define CPG_GLOBAL
 #define CPG_DEVICE inline
-#define CPG_LAUNCH_BOUNDS(n)
+#define CPG_LAUNCH_BOUNDS(...)
 
 // The static local's address identifies the declaration (per template instance).
 #define CPG_SHARED_ARRAY(T, name, N)  \
