@@ -1,229 +1,285 @@
-"""Loads the compiled `cpg` ops and registers their fake kernels and autograd.
+"""Loads the compiled `cpg` ops and registers their fake kernels.
 
-The C++ side (csrc/ops/registration.cpp) defines the schemas and the CPU/CUDA
-implementations; this module adds what torch.compile and autograd need.
+The C++ side defines the schemas and the kernels: the CPU/CUDA ones
+(csrc/ops/registration.cpp) and the autograd formulas (csrc/ops/autograd.cpp),
+so a call runs no Python below ``torch.ops``. The fake kernels here are what
+torch.compile and ``torch.library.opcheck`` trace with: they check the
+arguments as the C++ kernels do (``ValueError`` naming the argument, through
+``torch._check_value`` so symbolic shapes become runtime asserts, not guards)
+and return outputs of the right shape, dtype and layout.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import _C  # noqa: F401  (registers torch.ops.cpg)
+from .masks import MAX_TASK, rows_and_cols, words_per_row
 
 _lib = "cpg::"
+_FLOATING = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def _words(k: int) -> int:
-    return (k + 31) // 32
+def _check(cond, message: str) -> None:
+    torch._check_value(cond, lambda: message)
 
 
-def _matrix_cols(t: torch.Tensor) -> int:
-    k = 1
-    for d in t.shape[1:]:
-        k *= d
-    return k
+def _check_shape(t: torch.Tensor, expected, name: str) -> None:
+    _check(t.dim() == len(expected), f"{name}: expected shape {list(expected)}, got "
+           f"{list(t.shape)}")
+    for have, want in zip(t.shape, expected):
+        _check(have == want, f"{name}: expected shape {list(expected)}, got {list(t.shape)}")
+
+
+def _check_floating(t: torch.Tensor, name: str) -> None:
+    _check(t.dtype in _FLOATING, f"{name}: expected a floating-point tensor (float32, float16, "
+           f"bfloat16 or float64), got {t.dtype}")
+
+
+def _check_like(t: torch.Tensor, ref: torch.Tensor, name: str, ref_name: str) -> None:
+    """Same dtype and device as ``ref``."""
+    _check(t.dtype == ref.dtype, f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), "
+           f"got {t.dtype}")
+    _check(t.device == ref.device, f"{name}: expected a tensor on {ref.device} (the device of "
+           f"{ref_name}), got one on {t.device}")
+
+
+def _check_bits(bits: torch.Tensor, weight: torch.Tensor, tasks=None) -> None:
+    """int32 ``[N, ceil(K/32)]`` (``[tasks, N, ceil(K/32)]`` for the multi-task ops)."""
+    _check(bits.dtype == torch.int32, f"bits: expected dtype int32, got {bits.dtype}")
+    _check(bits.device == weight.device, "bits: expected the weight's device")
+    n, k = rows_and_cols(weight.shape)
+    _check_shape(bits, ((tasks,) if tasks is not None else ()) + (n, words_per_row(k)), "bits")
+
+
+def _check_task(task: int) -> None:
+    _check(1 <= task <= MAX_TASK, f"task: expected an id in 1..{MAX_TASK} (owner is uint8 and 0 "
+           f"means free), got {task}")
+
+
+def _check_owner(owner: torch.Tensor, weight: torch.Tensor) -> None:
+    _check(owner.dtype == torch.uint8, f"owner: expected dtype uint8, got {owner.dtype}")
+    _check(owner.device == weight.device, "owner: expected the weight's device")
+    _check_shape(owner, weight.shape, "owner")
+
+
+def _check_mask(mask: torch.Tensor, weight: torch.Tensor) -> None:
+    _check(mask.dtype == torch.float32, f"mask: expected dtype float32, got {mask.dtype}")
+    _check(mask.device == weight.device, "mask: expected the weight's device")
+    _check_shape(mask, weight.shape, "mask")
+
+
+def _check_training(weight, owner, mask, task) -> None:
+    """The training form has owner and a task; the inference form has neither."""
+    if owner is not None:
+        _check_owner(owner, weight)
+        _check_task(task)
+    else:
+        _check(mask is None, "mask: a picking mask needs owner and task (the training form)")
+    if mask is not None:
+        _check_mask(mask, weight)
+
+
+def _check_bias(bias, weight) -> None:
+    if bias is not None:
+        _check_like(bias, weight, "bias", "weight")
+        _check_shape(bias, (weight.shape[0],), "bias")
+
+
+def _check_linear(x, weight, bits, x_name: str) -> None:
+    _check_floating(weight, "weight")
+    _check(weight.dim() == 2, f"weight: expected a 2-D linear weight [out, in], got "
+           f"{weight.dim()} dimensions")
+    _check_like(x, weight, x_name, "weight")
+    _check_bits(bits, weight)
+
+
+def _check_conv(weight, bits, stride, padding, dilation, groups, tasks=None) -> None:
+    _check(len(stride) == 2 and all(s >= 1 for s in stride),
+           f"stride: expected two positive ints, got {stride}")
+    _check(len(padding) == 2 and all(p >= 0 for p in padding),
+           f"padding: expected two non-negative ints, got {padding}")
+    _check(len(dilation) == 2 and all(d >= 1 for d in dilation),
+           f"dilation: expected two positive ints, got {dilation}")
+    _check(groups >= 1, f"groups: expected a positive int, got {groups}")
+    _check_floating(weight, "weight")
+    _check(weight.dim() == 4, f"weight: expected a 4-D conv2d weight [out, in/groups, kh, kw], "
+           f"got {weight.dim()} dimensions")
+    _check(weight.shape[0] % groups == 0, f"weight: out_channels {weight.shape[0]} must be "
+           f"divisible by groups = {groups}")
+    _check_bits(bits, weight, tasks)
+
+
+def _conv_layout(t: torch.Tensor) -> torch.memory_format:
+    """The layout of a conv result computed from activation ``t`` (the rule of
+    ``layout_of`` in csrc/ops/conv_ops.cpp): channels_last where ``t`` is
+    channels_last and not also plain contiguous (size-1 dimensions make it both)."""
+    if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _conv_output(x, weight, stride, padding, dilation, groups):
+    """The empty output of a conv of ``x`` [images, C, H, W], in the layout the op promises.
+    Its shape is aten's own (a conv on these fake tensors allocates nothing), the rule
+    that csrc/core/conv_shape.h implements for the kernels."""
+    _check(x.dim() == 4, f"x: expected a 4-D input [batch, channels, height, width], got "
+           f"{x.dim()} dimensions")
+    _check_like(x, weight, "x", "weight")
+    _check(x.shape[1] == weight.shape[1] * groups, f"x: expected {weight.shape[1] * groups} "
+           f"input channels (weight in/groups = {weight.shape[1]}, groups = {groups}), got "
+           f"{x.shape[1]}")
+    for d in range(2):
+        window = dilation[d] * (weight.shape[2 + d] - 1) + 1
+        _check(x.shape[2 + d] + 2 * padding[d] >= window, f"x: input of spatial size "
+               f"{x.shape[2]}x{x.shape[3]} is smaller than the dilated kernel")
+    shape = F.conv2d(x, weight, None, stride, padding, dilation, groups).shape
+    return x.new_empty(shape).contiguous(memory_format=_conv_layout(x))
 
 
 # ---------------------------------------------------------------- fake kernels
 
-@torch.library.register_fake(_lib + "pack_bits")
+def _fake(name: str):
+    """Registers the decorated function as the fake kernel of ``cpg::name``.
+
+    torch leaves out a call's trailing arguments that equal their defaults; they are
+    filled back from the schema (the defaults' one home), so each fake sees them all."""
+    arguments = getattr(torch.ops.cpg, name).default._schema.arguments
+
+    def register(fn):
+        def fake(*args, **kwargs):
+            rest = [kwargs.get(a.name, a.default_value) for a in arguments[len(args):]]
+            return fn(*args, *rest)
+
+        torch.library.register_fake(_lib + name)(fake)
+        return fn
+
+    return register
+
+
+@_fake("pack_bits")
 def _(mask):
-    return mask.new_empty((mask.shape[0], _words(_matrix_cols(mask))), dtype=torch.int32)
+    _check(mask.dtype == torch.bool, f"mask: expected dtype bool, got {mask.dtype}")
+    _check(mask.dim() >= 1, "mask: expected at least 1 dimension")
+    n, k = rows_and_cols(mask.shape)
+    return mask.new_empty((n, words_per_row(k)), dtype=torch.int32)
 
 
-@torch.library.register_fake(_lib + "unpack_bits")
+@_fake("unpack_bits")
 def _(bits, K):
+    _check(bits.dtype == torch.int32, f"bits: expected dtype int32, got {bits.dtype}")
+    _check(bits.dim() == 2, f"bits: expected a 2-D tensor [N, words], got {bits.dim()} dimensions")
+    _check(K >= 0 and bits.shape[1] == words_per_row(K),
+           f"bits: expected {words_per_row(K)} words per row for K = {K}, got {bits.shape[1]}")
     return bits.new_empty((bits.shape[0], K), dtype=torch.bool)
 
 
-@torch.library.register_fake(_lib + "active_bits")
+@_fake("active_bits")
 def _(owner, task, mask, pick_bits, threshold):
-    return owner.new_empty((owner.shape[0], _words(_matrix_cols(owner))), dtype=torch.int32)
+    _check(owner.dtype == torch.uint8, f"owner: expected dtype uint8, got {owner.dtype}")
+    _check(owner.dim() >= 1, "owner: expected at least 1 dimension")
+    _check_task(task)
+    _check(mask is None or pick_bits is None,
+           "active_bits: give the picks either as a real mask or as pick_bits, not both")
+    if mask is not None:
+        _check_mask(mask, owner)
+    if pick_bits is not None:
+        _check_bits(pick_bits, owner)
+    n, k = rows_and_cols(owner.shape)
+    return owner.new_empty((n, words_per_row(k)), dtype=torch.int32)
 
 
-@torch.library.register_fake(_lib + "owner_histogram")
+@_fake("owner_histogram")
 def _(owner):
+    _check(owner.dtype == torch.uint8, f"owner: expected dtype uint8, got {owner.dtype}")
     return owner.new_empty((256,), dtype=torch.int64)
 
 
-@torch.library.register_fake(_lib + "count_bits")
+@_fake("count_bits")
 def _(bits):
+    _check(bits.dtype == torch.int32, f"bits: expected dtype int32, got {bits.dtype}")
+    _check(bits.dim() == 2, f"bits: expected a 2-D tensor [N, words], got {bits.dim()} dimensions")
     return bits.new_empty((bits.shape[0],), dtype=torch.int64)
 
 
-@torch.library.register_fake(_lib + "apply_bits")
+@_fake("apply_bits")
 def _(weight, bits):
+    _check_floating(weight, "weight")
+    _check(weight.dim() >= 2, "weight: expected at least 2 dimensions")
+    _check_bits(bits, weight)
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake(_lib + "grad_epilogue")
+@_fake("grad_epilogue")
 def _(grad, weight, owner, task, mask_grad):
+    _check_floating(weight, "weight")
+    _check_like(grad, weight, "grad", "weight")
+    _check_shape(grad, weight.shape, "grad")
+    _check_owner(owner, weight)
+    _check_task(task)
     grad_w = torch.empty_like(grad, memory_format=torch.contiguous_format)
     shape = grad.shape if mask_grad else (0,)
     return grad_w, grad.new_empty(shape, dtype=torch.float32)
 
 
-@torch.library.register_fake(_lib + "masked_linear")
+@_fake("masked_linear")
 def _(x, weight, bits, bias, owner, mask, task):
+    _check_linear(x, weight, bits, "x")
+    _check_training(weight, owner, mask, task)
+    _check(x.dim() >= 1 and x.shape[-1] == weight.shape[1], f"x: expected last dimension "
+           f"{weight.shape[1]} (the weight's in_features), got shape {list(x.shape)}")
+    _check_bias(bias, weight)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-@torch.library.register_fake(_lib + "masked_linear_grad_input")
+@_fake("masked_linear_grad_input")
 def _(grad_out, weight, bits):
+    _check_linear(grad_out, weight, bits, "grad_out")
+    _check(grad_out.dim() >= 1 and grad_out.shape[-1] == weight.shape[0],
+           f"grad_out: expected last dimension {weight.shape[0]} (the weight's out_features), "
+           f"got shape {list(grad_out.shape)}")
     return grad_out.new_empty((*grad_out.shape[:-1], weight.shape[1]))
 
 
-@torch.library.register_fake(_lib + "masked_linear_multitask")
+@_fake("masked_linear_multitask")
 def _(x, weight, bits, bias):
+    _check_floating(weight, "weight")
+    _check(weight.dim() == 2, f"weight: expected a 2-D linear weight [out, in], got "
+           f"{weight.dim()} dimensions")
+    _check_like(x, weight, "x", "weight")
+    _check(x.dim() == 3 and x.shape[2] == weight.shape[1], f"x: expected shape [T, B, "
+           f"{weight.shape[1]}] (tasks, batch, in_features), got {list(x.shape)}")
+    _check_bits(bits, weight, tasks=x.shape[0])
+    _check_bias(bias, weight)
     return x.new_empty((x.shape[0], x.shape[1], weight.shape[0]))
 
 
-def _conv_out(size, k, stride, pad, dil):
-    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
-
-
-def _conv_output(x, weight, stride, padding, dilation):
-    """The empty output of a conv of x [images, C, H, W], in the layout the op promises:
-    channels_last where x is channels_last and not also plain contiguous."""
-    ho = _conv_out(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
-    wo = _conv_out(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and \
-        not x.is_contiguous() else torch.contiguous_format
-    return x.new_empty((x.shape[0], weight.shape[0], ho, wo)).contiguous(memory_format=fmt)
-
-
-@torch.library.register_fake(_lib + "masked_conv2d")
+@_fake("masked_conv2d")
 def _(x, weight, bits, bias, stride, padding, dilation, groups, owner, mask, task):
-    return _conv_output(x, weight, stride, padding, dilation)
+    _check_conv(weight, bits, stride, padding, dilation, groups)
+    _check_training(weight, owner, mask, task)
+    _check_bias(bias, weight)
+    return _conv_output(x, weight, stride, padding, dilation, groups)
 
 
-@torch.library.register_fake(_lib + "masked_conv2d_multitask")
+@_fake("masked_conv2d_multitask")
 def _(x, weight, bits, bias, stride, padding, dilation, groups):
-    y = _conv_output(x.flatten(0, 1), weight, stride, padding, dilation)
+    _check(x.dim() == 5, f"x: expected a 5-D input [T, batch, channels, height, width] (tasks "
+           f"first), got {x.dim()} dimensions")
+    _check_conv(weight, bits, stride, padding, dilation, groups, tasks=x.shape[0])
+    _check_bias(bias, weight)
+    y = _conv_output(x.flatten(0, 1), weight, stride, padding, dilation, groups)
     return y.view(x.shape[0], x.shape[1], *y.shape[1:])
 
 
-@torch.library.register_fake(_lib + "masked_conv2d_grad_input")
+@_fake("masked_conv2d_grad_input")
 def _(grad_out, weight, bits, input_size, stride, padding, dilation, groups):
-    fmt = torch.channels_last if grad_out.is_contiguous(memory_format=torch.channels_last) and \
-        not grad_out.is_contiguous() else torch.contiguous_format
-    return grad_out.new_empty(input_size).contiguous(memory_format=fmt)
-
-
-# -------------------------------------------------------------------- autograd
-
-def _weight_and_mask_grads(G, weight, bits, owner, task, need_mask):
-    """grad_W (and grad_m) from G = dL/dW_eff in one fused pass."""
-    if owner is None:  # inference form: the gradient of W . bits
-        return torch.ops.cpg.apply_bits(G, bits), None
-    grad_w, grad_m = torch.ops.cpg.grad_epilogue(G, weight, owner, task, need_mask)
-    return grad_w, (grad_m if need_mask else None)
-
-
-def _setup_linear(ctx, inputs, output):
-    x, weight, bits, bias, owner, mask, task = inputs
-    ctx.save_for_backward(x, weight, bits, owner)
-    ctx.task = task
-
-
-def _backward_linear(ctx, grad_y):
-    x, weight, bits, owner = ctx.saved_tensors
-    need_x, need_w, _, need_b, _, need_m, _ = ctx.needs_input_grad
-    n, k = weight.shape
-    dx = dw = db = dm = None
-    if need_x:
-        dx = torch.ops.cpg.masked_linear_grad_input(grad_y, weight, bits)
-    if need_w or need_m:
-        G = grad_y.reshape(-1, n).t().mm(x.reshape(-1, k))  # dL/dW_eff, no mask on operands
-        dw, dm = _weight_and_mask_grads(G, weight, bits, owner, ctx.task, need_m)
-        dw = dw if need_w else None
-    if need_b:
-        db = grad_y.reshape(-1, n).sum(0)
-    return dx, dw, None, db, None, dm, None
-
-
-torch.library.register_autograd(_lib + "masked_linear", _backward_linear,
-                                setup_context=_setup_linear)
-
-
-def _setup_conv(ctx, inputs, output):
-    x, weight, bits, bias, stride, padding, dilation, groups, owner, mask, task = inputs
-    ctx.save_for_backward(x, weight, bits, owner)
-    ctx.conv = (list(stride), list(padding), list(dilation), groups)
-    ctx.task = task
-
-
-def _backward_conv(ctx, grad_y):
-    x, weight, bits, owner = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.conv
-    need = ctx.needs_input_grad
-    need_x, need_w, need_b, need_m = need[0], need[1], need[3], need[9]
-    dx = dw = db = dm = None
-    if need_x:
-        dx = torch.ops.cpg.masked_conv2d_grad_input(grad_y, weight, bits, list(x.shape), stride,
-                                                    padding, dilation, groups)
-    if need_w or need_m:
-        # dL/dW_eff from the library; only the weight's shape matters here.
-        G = torch.ops.aten.convolution_backward(grad_y, x, weight, None, stride, padding, dilation,
-                                                False, [0, 0], groups, [False, True, False])[1]
-        dw, dm = _weight_and_mask_grads(G, weight, bits, owner, ctx.task, need_m)
-        dw = dw if need_w else None
-    if need_b:
-        db = grad_y.sum((0, 2, 3))
-    return dx, dw, None, db, None, None, None, None, None, dm, None
-
-
-torch.library.register_autograd(_lib + "masked_conv2d", _backward_conv, setup_context=_setup_conv)
-
-
-def _setup_multitask(ctx, inputs, output):
-    x, weight, bits, bias = inputs
-    ctx.save_for_backward(x, weight, bits)
-
-
-def _backward_multitask(ctx, grad_y):
-    x, weight, bits = ctx.saved_tensors
-    need_x, need_w, _, need_b = ctx.needs_input_grad
-    tasks = range(x.shape[0])
-    dx = dw = db = None
-    if need_x:
-        dx = torch.stack([torch.ops.cpg.masked_linear_grad_input(grad_y[t], weight, bits[t])
-                          for t in tasks])
-    if need_w:
-        dw = sum(torch.ops.cpg.apply_bits(grad_y[t].t().mm(x[t]), bits[t]) for t in tasks)
-    if need_b:
-        db = grad_y.sum((0, 1))
-    return dx, dw, None, db
-
-
-torch.library.register_autograd(_lib + "masked_linear_multitask", _backward_multitask,
-                                setup_context=_setup_multitask)
-
-
-def _setup_conv_multitask(ctx, inputs, output):
-    x, weight, bits, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(x, weight, bits)
-    ctx.conv = (stride, padding, dilation, groups)
-
-
-def _backward_conv_multitask(ctx, grad_y):
-    x, weight, bits = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.conv
-    need_x, need_w, _, need_b = ctx.needs_input_grad[:4]
-    tasks = range(x.shape[0])
-    dx = dw = db = None
-    if need_x:
-        dx = torch.stack([torch.ops.cpg.masked_conv2d_grad_input(
-            grad_y[t], weight, bits[t], list(x.shape[1:]), stride, padding, dilation, groups)
-            for t in tasks])
-    if need_w:
-        # Each task's dL/dW_eff through its own bits, summed over the tasks.
-        dw = sum(torch.ops.cpg.apply_bits(torch.ops.aten.convolution_backward(
-            grad_y[t], x[t], weight, None, stride, padding, dilation, False, [0, 0], groups,
-            [False, True, False])[1], bits[t]) for t in tasks)
-    if need_b:
-        db = grad_y.sum((0, 1, 3, 4))
-    return dx, dw, None, db, None, None, None, None
-
-
-torch.library.register_autograd(_lib + "masked_conv2d_multitask", _backward_conv_multitask,
-                                setup_context=_setup_conv_multitask)
+    _check_conv(weight, bits, stride, padding, dilation, groups)
+    _check_like(grad_out, weight, "grad_out", "weight")
+    _check(len(input_size) == 4 and input_size[1] == weight.shape[1] * groups,
+           f"input_size: expected [batch, {weight.shape[1] * groups}, height, width], got "
+           f"{list(input_size)}")
+    _check(grad_out.dim() == 4 and grad_out.shape[0] == input_size[0] and
+           grad_out.shape[1] == weight.shape[0], f"grad_out: expected shape [{input_size[0]}, "
+           f"{weight.shape[0]}, Ho, Wo], got {list(grad_out.shape)}")
+    return grad_out.new_empty(input_size).contiguous(memory_format=_conv_layout(grad_out))

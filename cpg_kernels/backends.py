@@ -33,13 +33,15 @@ def available() -> list[str]:
 
 @contextlib.contextmanager
 def emulated(seed: int = 0):
-    """Run CPU tensors' ops through the CUDA kernels on the emulator."""
-    previous = _C.emulation_enabled()
-    _C.set_emulation(True, int(seed))
+    """Run CPU tensors' ops through the CUDA kernels on the emulator.
+
+    On exit the setting from before the block returns, its seed included, so
+    blocks nest."""
+    previous = _C.set_emulation(True, int(seed))  # (enabled, seed) before
     try:
         yield
     finally:
-        _C.set_emulation(previous, 0)
+        _C.set_emulation(*previous)
 
 
 @contextlib.contextmanager

@@ -12,64 +12,102 @@ Two forms for each layer type:
   through, ``dL/dW_eff * W`` wherever ``0 < owner < t``.
 
 None of these builds ``weight * mask`` as a weight-sized tensor.
+
+Shapes and dtypes, as the ops check them (a bad argument raises ``ValueError``
+naming it). A weight is viewed as the matrix ``[N, K]``: ``N = weight.shape[0]``,
+``K`` the product of its other dimensions.
+
+* ``weight``: float32, float16, bfloat16 or float64; ``x`` and ``bias`` have its
+  dtype and device; ``bias`` is ``[N]``.
+* ``bits``: int32 ``[N, ceil(K/32)]``, one task's packed active set
+  (``cpg_kernels.masks.active_bits`` / ``pack``).
+* ``owner``: uint8 with the weight's shape (0 = free, ``t`` = trained by task
+  ``t``); ``task``: 1..255; ``mask``: float32 with the weight's shape.
+* ``stride``, ``padding``, ``dilation``: an int or a pair of ints.
+
+Every function here is one call of a ``torch.ops.cpg`` op (two for the
+training forms: the active bits, then the layer), with its autograd formula in
+C++, so it works under ``torch.compile`` and costs little per call.
 """
 from __future__ import annotations
 
 import torch
 
 from . import _ops  # noqa: F401  (loads the extension and registers the ops)
-from .masks import DEFAULT_THRESHOLD, active_bits
+from .masks import DEFAULT_THRESHOLD
 
-
-def _pair(v) -> list[int]:
-    if isinstance(v, int):
-        return [v, v]
-    v = [int(e) for e in v]
-    if len(v) != 2:
-        raise ValueError(f"expected an int or a pair of ints, got {v}")
-    return v
+# The ops' overloads, looked up once: a call skips the packet's overload resolution.
+_active_bits = torch.ops.cpg.active_bits.default
+_masked_linear = torch.ops.cpg.masked_linear.default
+_masked_conv2d = torch.ops.cpg.masked_conv2d.default
+_masked_linear_multitask = torch.ops.cpg.masked_linear_multitask.default
+_masked_conv2d_multitask = torch.ops.cpg.masked_conv2d_multitask.default
 
 
 def masked_linear(x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor,
                   bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ (weight * unpack(bits)).T + bias``, inference from a task's packed bits."""
-    return torch.ops.cpg.masked_linear(x, weight, bits, bias, None, None, 0)
+    """``x @ (weight * unpack(bits)).T + bias``, inference from a task's packed bits.
+
+    ``x`` ``[..., K]``, ``weight`` ``[N, K]``, ``bits`` int32 ``[N, ceil(K/32)]``,
+    ``bias`` ``[N]`` or None; returns ``[..., N]`` in ``x``'s dtype. Differentiable
+    in ``x``, ``weight`` (through the bits) and ``bias``.
+    """
+    return _masked_linear(x, weight, bits, bias)
 
 
 def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor,
                   bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
                   groups: int = 1) -> torch.Tensor:
-    """``F.conv2d`` with ``weight * unpack(bits)``, inference from a task's packed bits."""
-    return torch.ops.cpg.masked_conv2d(x, weight, bits, bias, _pair(stride), _pair(padding),
-                                       _pair(dilation), int(groups), None, None, 0)
+    """``F.conv2d`` with ``weight * unpack(bits)``, inference from a task's packed bits.
+
+    ``x`` ``[B, C, H, W]`` (NCHW or channels_last), ``weight``
+    ``[N, C/groups, kh, kw]``, ``bits`` int32 ``[N, ceil(C/groups*kh*kw/32)]``,
+    ``bias`` ``[N]`` or None; returns ``[B, N, Ho, Wo]``, channels_last where ``x``
+    is (and is not also plain contiguous).
+    """
+    return _masked_conv2d(x, weight, bits, bias, stride, padding, dilation, groups)
 
 
 def cpg_linear(x: torch.Tensor, weight: torch.Tensor, owner: torch.Tensor, task: int,
                mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
-    """Linear layer while training ``task``: its own weights plus the picked older ones."""
-    bits = active_bits(owner, task, mask=mask, threshold=threshold)
-    return torch.ops.cpg.masked_linear(x, weight, bits, bias, owner, mask, int(task))
+    """Linear layer while training ``task``: its own weights plus the picked older ones.
+
+    ``x`` ``[..., K]``, ``weight`` ``[N, K]``, ``owner`` uint8 ``[N, K]``, ``task``
+    1..255, ``mask`` float32 ``[N, K]`` (picks ``mask > threshold``; None picks
+    every older weight), ``bias`` ``[N]`` or None; returns ``[..., N]``.
+    Gradients reach ``x``, ``weight`` (only where ``owner == task``), ``mask``
+    (straight through) and ``bias``.
+    """
+    bits = _active_bits(owner, task, mask, None, threshold)
+    return _masked_linear(x, weight, bits, bias, owner, mask, task)
 
 
 def cpg_conv2d(x: torch.Tensor, weight: torch.Tensor, owner: torch.Tensor, task: int,
                mask: torch.Tensor | None = None, bias: torch.Tensor | None = None, stride=1,
                padding=0, dilation=1, groups: int = 1,
                threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
-    """Conv2d layer while training ``task``: its own weights plus the picked older ones."""
-    bits = active_bits(owner, task, mask=mask, threshold=threshold)
-    return torch.ops.cpg.masked_conv2d(x, weight, bits, bias, _pair(stride), _pair(padding),
-                                       _pair(dilation), int(groups), owner, mask, int(task))
+    """Conv2d layer while training ``task``: its own weights plus the picked older ones.
+
+    ``x`` ``[B, C, H, W]``, ``weight`` ``[N, C/groups, kh, kw]``, ``owner`` uint8
+    and ``mask`` float32 with the weight's shape, ``task`` 1..255, ``bias`` ``[N]``
+    or None; returns ``[B, N, Ho, Wo]`` (layout as ``masked_conv2d``). Gradients
+    as ``cpg_linear``.
+    """
+    bits = _active_bits(owner, task, mask, None, threshold)
+    return _masked_conv2d(x, weight, bits, bias, stride, padding, dilation, groups, owner, mask,
+                          task)
 
 
 def masked_linear_multitask(x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor,
                             bias: torch.Tensor | None = None) -> torch.Tensor:
     """T tasks' inputs against one shared weight in one call.
 
-    ``x`` is ``[T, B, K]``, ``bits`` ``[T, N, ceil(K/32)]`` (each task's packed
-    active set), the result ``[T, B, N]``. The weight is read once for all tasks.
+    ``x`` is ``[T, B, K]``, ``weight`` ``[N, K]``, ``bits`` int32
+    ``[T, N, ceil(K/32)]`` (each task's packed active set), ``bias`` ``[N]`` or
+    None; the result ``[T, B, N]``. The weight is read once for all tasks.
     """
-    return torch.ops.cpg.masked_linear_multitask(x, weight, bits, bias)
+    return _masked_linear_multitask(x, weight, bits, bias)
 
 
 def masked_conv2d_multitask(x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor,
@@ -78,9 +116,9 @@ def masked_conv2d_multitask(x: torch.Tensor, weight: torch.Tensor, bits: torch.T
     """T tasks' images against one shared conv weight in one call.
 
     ``x`` is ``[T, B, C, H, W]`` (each task's images; channels_last per image
-    is kept), ``bits`` ``[T, N, words]``, the result ``[T, B, N, Ho, Wo]``.
-    Late layers (one group, at most 16 output pixels per task) read the weight
-    once for all tasks; larger ones run a conv per task.
+    is kept), ``weight`` ``[N, C/groups, kh, kw]``, ``bits`` int32
+    ``[T, N, words]``, ``bias`` ``[N]`` or None; the result
+    ``[T, B, N, Ho, Wo]``. Late layers (one group, at most 16 output pixels per
+    task) read the weight once for all tasks; larger ones run a conv per task.
     """
-    return torch.ops.cpg.masked_conv2d_multitask(x, weight, bits, bias, _pair(stride),
-                                                 _pair(padding), _pair(dilation), int(groups))
+    return _masked_conv2d_multitask(x, weight, bits, bias, stride, padding, dilation, groups)

@@ -8,26 +8,24 @@ padding bits are zero. ``owner`` is uint8 with the weight's shape: 0 = free,
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from . import _ops  # noqa: F401  (loads the extension and registers the ops)
+from . import _C  # noqa: F401  (registers torch.ops.cpg; cpg_kernels._ops adds the fakes)
 
 MAX_TASK = 255
 DEFAULT_THRESHOLD = 5e-3
 
 
 def words_per_row(k: int) -> int:
-    """Number of int32 words that hold ``k`` bits."""
+    """Number of int32 words that hold ``k`` bits (``k`` may be symbolic)."""
     return (k + 31) // 32
 
 
 def rows_and_cols(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
-    """``(N, K)`` of a weight shape viewed as a matrix."""
-    n = int(shape[0])
-    k = 1
-    for d in shape[1:]:
-        k *= int(d)
-    return n, k
+    """``(N, K)`` of a weight shape viewed as a matrix (sizes may be symbolic)."""
+    return shape[0], math.prod(shape[1:])
 
 
 def pack(mask: torch.Tensor) -> torch.Tensor:

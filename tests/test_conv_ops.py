@@ -1,11 +1,18 @@
-"""Masked conv2d ops against the float64 dense-masking oracle, on every backend."""
+"""Masked conv2d ops against the float64 dense-masking oracle, on every backend.
+
+Every comparison with the oracle holds each element to the rounding bound of
+cpg_kernels.testing, with |x| and |W_eff| through the same conv for the magnitudes.
+"""
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cpg_kernels import backends, functional, masks, reference
-from cpg_kernels.testing import TOLERANCE, random_mask, random_owner, rel_error
+from cpg_kernels.testing import assert_within_bound, bound_ratio, oracle, random_mask, random_owner
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -39,59 +46,170 @@ def make_conv(case, dtype, device, seed=0):
     return [t.to(device) for t in (x, w, owner, mask, bias)] + [conv]
 
 
+def check_dx(backend, dx, ref, what, tf32=False):
+    """The input gradient against its oracle. Call it last: on the CPU path in 16 bits it is a
+    known defect (csrc/ops/conv_ops.cpp takes it from ATen's CPU conv_transpose2d, which sums
+    in 16 bits: up to 170x the bound on these cases), reported, and the test is marked
+    xfail there once its other checks have passed."""
+    if backend.name == "cpu" and dx.dtype in (torch.float16, torch.bfloat16):
+        ratio = bound_ratio(dx, ref)
+        if ratio > 1:
+            pytest.xfail(f"CPU path: 16-bit conv input gradient summed in 16 bits ({ratio:.0f}x "
+                         "the bound)")
+        return
+    assert_within_bound(dx, ref, what, tf32=tf32)
+
+
+def inference_oracle(x, w, bits, bias, conv):
+    active = masks.unpack(bits.cpu(), tuple(w.shape))
+    ref, _ = oracle(lambda x_, w_, b_: reference.masked_conv2d(x_, w_, active, b_, **conv),
+                    [x, w, bias])
+    return ref
+
+
+def grad_input_oracle(gy, w, bits, x_shape, conv):
+    active = masks.unpack(bits.cpu(), tuple(w.shape))
+    ref, _ = oracle(lambda g_, w_: torch.nn.grad.conv2d_input(x_shape, w_ * active, g_, **conv),
+                    [gy, w])
+    return ref
+
+
+def check_training(backend, x, w, owner, task, mask, bias, conv, what, threshold=None):
+    """cpg_conv2d forward and every gradient against the oracle, and the frozen-weight rule."""
+    kw = {} if threshold is None else {"threshold": threshold}
+    # The ops compare the float32 mask with the threshold as a float32; the oracle runs in
+    # float64, so it gets the threshold rounded to float32, which decides alike.
+    ref_kw = {} if threshold is None else {"threshold": float(torch.tensor(threshold).float())}
+    leaves = [None if t is None else t.detach().clone().requires_grad_()
+              for t in (x, w, mask, bias)]
+    y = backend.run(functional.cpg_conv2d, leaves[0], leaves[1], owner, task, mask=leaves[2],
+                    bias=leaves[3], **conv, **kw)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(x.dtype)
+    gy = gy.to(x.device)
+    backend.run(y.backward, gy)
+    ref, (gx, gw, gb, gm) = oracle(
+        lambda x_, w_, b_, m_: reference.conv2d(x_, w_, owner.cpu(), task, mask=m_, bias=b_,
+                                                **conv, **ref_kw),
+        [x, w, bias], [mask], grad_output=gy)
+    assert y.dtype == x.dtype
+    assert_within_bound(y, ref, ("y", what))
+    # dL/dW_eff is ATen's convolution_backward (by design), whose CPU 16-bit result rounds
+    # partial sums (2.3x the plain bound on one case here): its bound allows for that.
+    assert_within_bound(leaves[1].grad, gw, ("dW", what), partials=True)
+    if bias is not None:
+        assert_within_bound(leaves[3].grad, gb, ("dbias", what))
+    if mask is not None:
+        assert_within_bound(leaves[2].grad, gm, ("dmask", what), dtype=x.dtype, partials=True)
+    assert (leaves[1].grad.cpu()[owner.cpu() != task] == 0).all()
+    check_dx(backend, leaves[0].grad, gx, ("dx", what))
+    return y
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_inference_forward(backend, dtype, channels_last):
-    for case in cases_for(backend):
+    for i, case in enumerate(cases_for(backend)):
         x, w, owner, mask, bias, conv = make_conv(case, dtype, backend.device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        bias = bias if i % 2 == 0 else None  # with and without a bias
         bits = masks.active_bits(owner, 4, mask=mask)
         y = backend.run(functional.masked_conv2d, x, w, bits, bias, **conv)
-        active = masks.unpack(bits.cpu(), w.shape)
-        ref = reference.masked_conv2d(x.cpu().double(), w.cpu().double(), active,
-                                      bias.cpu().double(), **conv)
-        assert y.shape == ref.shape and y.dtype == dtype
-        assert rel_error(y, ref) < TOLERANCE[dtype], case
+        ref = inference_oracle(x, w, bits, bias, conv)
+        assert y.shape == ref.value.shape and y.dtype == dtype
+        assert_within_bound(y, ref, case)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_training_forward_and_backward(backend, dtype):
-    task = 4
     for case in cases_for(backend):
         x, w, owner, mask, bias, conv = make_conv(case, dtype, backend.device)
-        leaves = [t.detach().clone().requires_grad_() for t in (x, w, mask, bias)]
-        y = backend.run(functional.cpg_conv2d, leaves[0], leaves[1], owner, task, mask=leaves[2],
-                        bias=leaves[3], **conv)
-        gy = torch.randn(y.shape).to(dtype).to(backend.device)
-        backend.run(y.backward, gy)
-
-        ref_leaves = [t.detach().cpu().double().requires_grad_() for t in (x, w, mask, bias)]
-        ref_y = reference.conv2d(ref_leaves[0], ref_leaves[1], owner.cpu(), task,
-                                 mask=ref_leaves[2], bias=ref_leaves[3], **conv)
-        ref_y.backward(gy.cpu().double())
-        tol = TOLERANCE[dtype]
-        assert rel_error(y, ref_y) < tol, case
-        for name, ours, ref in zip(["x", "weight", "mask", "bias"], leaves, ref_leaves):
-            assert rel_error(ours.grad, ref.grad) < 2 * tol, (name, case)
-        assert (leaves[1].grad.cpu()[owner.cpu() != task] == 0).all()
+        check_training(backend, x, w, owner, 4, mask, bias, conv, case)
 
 
-def test_gradcheck_float64(backend):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pick_all_forward_and_backward(backend, dtype):
+    """mask=None picks every older weight (PackNet, PAE): forward and gradients."""
+    for case in (CASES[1], (2, 16, 6, 5, 16, 3, 1, 1, 1, 1)):
+        x, w, owner, _, bias, conv = make_conv(case, dtype, backend.device)
+        check_training(backend, x, w, owner, 3, None, bias, conv, case)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 2.0 ** -7])
+def test_threshold_other_than_the_default(backend, threshold):
+    """``mask > threshold`` picks, for any threshold: entries equal to it are not picked."""
+    x, w, owner, _, bias, conv = make_conv(CASES[0], torch.float32, backend.device)
+    at = torch.tensor(threshold, dtype=torch.float32)
+    choices = torch.stack([at, torch.nextafter(at, torch.tensor(1.0)),
+                           torch.nextafter(at, torch.tensor(0.0)), at * 0.1, at * 10])
+    g = torch.Generator().manual_seed(2)
+    mask = choices[torch.randint(0, 5, w.shape, generator=g)].to(backend.device)
+    y = check_training(backend, x, w, owner, 4, mask, bias, conv, threshold, threshold=threshold)
+    y_default = backend.run(functional.cpg_conv2d, x, w, owner, 4, mask=mask, bias=bias, **conv)
+    assert not torch.equal(y, y_default)
+
+
+def gradcheck_case(backend, dtype):
     case = (2, 4, 6, 5, 4, 3, 2, 1, 1, 2)
-    x, w, owner, mask, bias, conv = make_conv(case, torch.float64, backend.device)
+    x, w, owner, mask, bias, conv = make_conv(case, dtype, backend.device)
     # No frozen active weights, so the CPG weight gradient is the true derivative
     # (the frozen rule itself is checked exactly in the training test).
     owner = torch.where((owner > 0) & (owner < 4), torch.full_like(owner, 5), owner)
     for t in (x, w, bias):
         t.requires_grad_()
     bits = masks.active_bits(owner, 4, mask=mask)
+    functions = (
+        lambda x_, w_, b_: functional.cpg_conv2d(x_, w_, owner, 4, mask=mask, bias=b_, **conv),
+        lambda x_, w_, b_: functional.masked_conv2d(x_, w_, bits, b_, **conv))
+    return functions, (x, w, bias)
+
+
+def test_gradcheck_float64(backend):
+    """float64 takes the chunked path on every backend but cuda (no fused float64 kernel)."""
+    functions, inputs = gradcheck_case(backend, torch.float64)
     with backend.context():
-        assert torch.autograd.gradcheck(
-            lambda x_, w_, b_: functional.cpg_conv2d(x_, w_, owner, 4, mask=mask, bias=b_, **conv),
-            (x, w, bias))
-        assert torch.autograd.gradcheck(
-            lambda x_, w_, b_: functional.masked_conv2d(x_, w_, bits, b_, **conv), (x, w, bias))
+        for fn in functions:
+            assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_gradcheck_float32_fused_kernels(backend):
+    """The fused kernels' derivatives, in float32 (see test_linear_ops.py)."""
+    functions, inputs = gradcheck_case(backend, torch.float32)
+    with backend.context(), backends.emulator_launches() as launches, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not a double precision")
+        for fn in functions:
+            assert torch.autograd.gradcheck(fn, inputs, eps=1e-2, atol=1e-3, rtol=1e-3,
+                                            fast_mode=True)
+    if backend.name == "emu":
+        assert any(e.startswith("conv_direct.cuh") for e in launches), launches
+
+
+# Known defect (cpg_kernels/_ops.py): the backward formulas call masked_*_grad_input, which
+# have no derivative of their own, so on the CPU path second derivatives come out silently
+# wrong (torch warns "an autograd kernel was not registered"; under the emulator they came
+# out right); registering their autograd fixes it. Strict on cpu: passing means it was fixed.
+def test_double_backward(backend, request):
+    """The gradient of the input gradient, against the oracle's."""
+    if backend.name != "emu":
+        request.applymarker(pytest.mark.xfail(strict=backend.name == "cpu",
+                                              reason="double backward through grad_input ops"))
+    warnings.simplefilter("ignore", UserWarning)
+    x, w, owner, mask, _, conv = make_conv(CASES[1], torch.float64, backend.device)
+    bits = masks.active_bits(owner, 4, mask=mask)
+    x.requires_grad_()
+    w.requires_grad_()
+
+    def second(fn, x_, w_):
+        (dx,) = torch.autograd.grad((fn(x_, w_) ** 2).sum(), x_, create_graph=True)
+        return torch.autograd.grad(dx.pow(2).sum(), (x_, w_))
+
+    active = masks.unpack(bits.cpu(), tuple(w.shape))
+    ref = second(lambda x_, w_: reference.masked_conv2d(x_, w_, active, **conv),
+                 x.detach().cpu().requires_grad_(), w.detach().cpu().requires_grad_())
+    with backend.context():
+        ours = second(lambda x_, w_: functional.masked_conv2d(x_, w_, bits, **conv), x, w)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a.cpu(), b)
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[5]])
@@ -129,14 +247,39 @@ def test_conv_bad_arguments():
         functional.masked_conv2d(x, w, bits[:1])
 
 
-def test_tf32_switch_is_respected(backend):
-    x, w, owner, mask, bias, conv = make_conv(CASES[0], torch.float32, backend.device)
-    bits = masks.active_bits(owner, 4, mask=mask)
-    ref = reference.masked_conv2d(x.cpu().double(), w.cpu().double(),
-                                  masks.unpack(bits.cpu(), w.shape), bias.cpu().double(), **conv)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_tf32_switch_is_respected(backend, channels_last):
+    """torch.backends.cudnn.allow_tf32 (not the matmul switch) lets fp32 convs run on TF32
+    tensor cores: 16 input channels take the tiled path, where TF32 gives other bits than
+    exact fp32, within the TF32 bound; the input gradient likewise."""
+    case = (2, 16, 7, 6, 16, 3, 1, 1, 1, 1)
+    x, w, bits, bias, gy, conv = conv_operands(case, torch.float32, backend.device,
+                                               channels_last)
+    ref = inference_oracle(x, w, bits, bias, conv)
+    ref_dx = grad_input_oracle(gy, w, bits, x.shape, conv)
+    conv_args = (conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
+
+    def run():
+        with backends.emulator_launches() as launches:
+            y = backend.run(functional.masked_conv2d, x, w, bits, bias, **conv)
+            dx = backend.run(torch.ops.cpg.masked_conv2d_grad_input, gy, w, bits,
+                             list(x.shape), *conv_args)
+        return y, dx, {e.split(":")[0] for e in launches}
+
+    torch.backends.cuda.matmul.allow_tf32 = True  # the linear switch: no effect on convs
+    y_exact, dx_exact, exact_files = run()
+    assert_within_bound(y_exact, ref, "fp32")
+    assert_within_bound(dx_exact, ref_dx, "fp32 dx")
+    torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = True
-    y = backend.run(functional.masked_conv2d, x, w, bits, bias, **conv)
-    assert rel_error(y, ref) < 2e-3
+    y, dx, files = run()
+    assert_within_bound(y, ref, "tf32", tf32=True)
+    assert_within_bound(dx, ref_dx, "tf32 dx", tf32=True)
+    if backend.name != "cpu":  # the CPU path has no TF32
+        assert not torch.equal(y, y_exact) and not torch.equal(dx, dx_exact)
+    if backend.name == "emu":
+        assert "gemm_mma.cuh" in files and "gemm_mma.cuh" not in exact_files, (files,
+                                                                              exact_files)
 
 
 # One case per variant and kernel path of the fused conv dispatcher (csrc/cuda/masked_conv.cu),
@@ -255,13 +398,13 @@ def test_every_conv_variant_forward_and_grad_input(backend, variant, dtype, tf32
     with backends.emulator_launches() as grad_input_launches:
         dx = backend.run(torch.ops.cpg.masked_conv2d_grad_input, gy, w, bits, list(x.shape),
                          conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
-    w_eff = w.cpu().double() * masks.unpack(bits.cpu(), w.shape)
-    ref_y = torch.nn.functional.conv2d(x.cpu().double(), w_eff, bias.cpu().double(), **conv)
-    ref_dx = torch.nn.grad.conv2d_input(x.shape, w_eff, gy.cpu().double(), **conv)
-    tol = 2e-3 if tf32 else TOLERANCE[dtype]
+    ref_y = inference_oracle(x, w, bits, bias, conv)
+    ref_dx = grad_input_oracle(gy, w, bits, x.shape, conv)
     assert y.dtype == dx.dtype == dtype
-    assert rel_error(y, ref_y) < tol
-    assert rel_error(dx, ref_dx) < tol
+    assert_within_bound(y, ref_y, "y", tf32=tf32)
+    if not tf32 and dtype != torch.float16:  # the kernels' epilogue without a bias, fp32 and bf16
+        y_plain = backend.run(functional.masked_conv2d, x, w, bits, None, **conv)
+        assert_within_bound(y_plain, inference_oracle(x, w, bits, None, conv), "y, no bias")
     # The layout the op's fake kernel promises: channels_last in, channels_last out, where
     # "channels_last" excludes tensors that size-1 dimensions make plain contiguous too.
     assert y.is_contiguous(memory_format=promised_layout(x))
@@ -270,6 +413,7 @@ def test_every_conv_variant_forward_and_grad_input(backend, variant, dtype, tf32
         tensor_cores = dtype != torch.float32 or tf32
         check_path(forward_launches, forward_path, channels_last, tensor_cores)
         check_path(grad_input_launches, grad_input_path, channels_last, tensor_cores)
+    check_dx(backend, dx, ref_dx, "dx", tf32=tf32)
 
 
 def test_conv_kernels_take_offset_views(backend):
@@ -279,48 +423,59 @@ def test_conv_kernels_take_offset_views(backend):
     x_off = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:]
     x_off = x_off.as_strided(x.shape, x.stride()).copy_(x)
     y = backend.run(functional.masked_conv2d, x_off, w, bits, bias, **conv)
-    w_eff = w.cpu().double() * masks.unpack(bits.cpu(), w.shape)
-    ref = torch.nn.functional.conv2d(x.cpu().double(), w_eff, bias.cpu().double(), **conv)
-    assert rel_error(y, ref) < TOLERANCE[torch.bfloat16]
+    assert_within_bound(y, inference_oracle(x, w, bits, bias, conv), "offset view")
 
 
 # ------------------------------------------------------------------ multi-task
 
-# (tasks, batch, C_in, H, W, C_out, kernel, stride, padding, path): late layers read the
-# weight once for all tasks (unfolded, at most 16 output pixels a task); pointwise NHWC is the
-# linear multi-task GEMM; larger ones run a conv per task.
+# (tasks, batch, C_in, H, W, C_out, kernel, stride, padding, dilation, groups, path): late
+# layers read the weight once for all tasks (unfolded: one group, at most 16 output pixels a
+# task); pointwise NHWC is the linear multi-task GEMM; larger ones, and grouped ones, run a
+# conv per task.
 MULTITASK_CASES = [
-    (3, 1, 16, 4, 4, 24, 3, 1, 1, "unfolded"),          # 16 pixels a task
-    (4, 2, 8, 5, 5, 12, 3, 2, 1, "per task"),           # 2 images x 9 pixels = 18 > 16
-    (2, 1, 16, 3, 3, 20, 1, 1, 0, "unfolded"),          # 1x1 (NHWC: the linear GEMM)
-    (2, 2, 16, 9, 7, 16, 3, 1, 1, "per task"),
+    (3, 1, 16, 4, 4, 24, 3, 1, 1, 1, 1, "unfolded"),     # 16 pixels a task
+    (4, 2, 8, 5, 5, 12, 3, 2, 1, 1, 1, "per task"),      # 2 images x 9 pixels = 18 > 16
+    (2, 1, 16, 3, 3, 20, 1, 1, 0, 1, 1, "unfolded"),     # 1x1 (NHWC: the linear GEMM)
+    (2, 2, 16, 9, 7, 16, 3, 1, 1, 1, 1, "per task"),
+    (2, 1, 16, 6, 6, 16, 3, 1, 1, 2, 1, "unfolded"),     # dilation 2: 16 pixels a task
+    (2, 1, 16, 5, 5, 16, 3, 1, 1, 1, 2, "per task"),     # groups 2
+    (2, 1, 8, 7, 7, 8, 3, 2, 2, 2, 4, "per task"),       # groups 4, dilation 2, stride 2
 ]
+
+
+def multitask_operands(case, dtype, device, channels_last):
+    tasks, b, c, h, w_, n, k, stride, pad, dil, groups, _ = case
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(n, c // groups, k, k, generator=g).to(dtype).to(device)
+    bits = torch.stack([masks.pack(torch.rand(w.shape, generator=g) < 0.6)
+                        for _ in range(tasks)]).to(device)
+    bias = torch.randn(n, generator=g).to(dtype).to(device)
+    x = torch.randn(tasks * b, c, h, w_, generator=g).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.to(device).view(tasks, b, c, h, w_)
+    conv = {"stride": stride, "padding": pad, "dilation": dil, "groups": groups}
+    return x, w, bits, bias, conv
+
+
+def multitask_oracle(bits, conv, grad_output=None):
+    def all_tasks(x_, w_, b_):
+        return torch.stack([F.conv2d(x_[t], w_ * masks.unpack(bits[t].cpu(), tuple(w_.shape)),
+                                     b_, **conv) for t in range(bits.shape[0])])
+    return lambda x, w, b: oracle(all_tasks, [x, w, b], grad_output=grad_output)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", MULTITASK_CASES, ids=[str(c) for c in MULTITASK_CASES])
 def test_conv_multitask_matches_each_task(backend, case, dtype, channels_last):
-    tasks, b, c, h, w_, n, k, stride, pad, path = case
-    g = torch.Generator().manual_seed(3)
-    w = torch.randn(n, c, k, k, generator=g).to(dtype).to(backend.device)
-    bits = torch.stack([masks.pack(torch.rand(w.shape, generator=g) < 0.6)
-                        for _ in range(tasks)]).to(backend.device)
-    bias = torch.randn(n, generator=g).to(dtype).to(backend.device)
-    x = torch.randn(tasks * b, c, h, w_, generator=g).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    x = x.to(backend.device).view(tasks, b, c, h, w_)
+    tasks, b, c, h, w_, n, k, stride, pad, dil, groups, path = case
+    x, w, bits, bias, conv = multitask_operands(case, dtype, backend.device, channels_last)
     with backends.emulator_launches() as launches:
-        y = backend.run(functional.masked_conv2d_multitask, x, w, bits, bias, stride=stride,
-                        padding=pad)
-    ho = (h + 2 * pad - k) // stride + 1
-    assert y.shape == (tasks, b, n, ho, (w_ + 2 * pad - k) // stride + 1) and y.dtype == dtype
-    for t in range(tasks):
-        w_eff = w.cpu().double() * masks.unpack(bits[t].cpu(), w.shape)
-        ref = torch.nn.functional.conv2d(x[t].cpu().double(), w_eff, bias.cpu().double(),
-                                         stride=stride, padding=pad)
-        assert rel_error(y[t], ref) < TOLERANCE[dtype], t
+        y = backend.run(functional.masked_conv2d_multitask, x, w, bits, bias, **conv)
+    ref, _ = multitask_oracle(bits, conv)(x, w, bias)
+    assert y.shape == ref.value.shape and y.dtype == dtype
+    assert_within_bound(y, ref, case)
     assert y[0].is_contiguous(memory_format=promised_layout(x[0]))
     if backend.name == "emu":
         files = [e.split(":")[0] for e in launches]
@@ -331,6 +486,33 @@ def test_conv_multitask_matches_each_task(backend, case, dtype, channels_last):
             assert files == ["gemm_small_batch.cuh"], launches
         else:  # one unfold of every task's windows, one pass over W for all tasks
             assert files == ["conv_unfolded.cuh", "gemm_small_batch.cuh"], launches
+
+
+def conv_multitask_backward(backend, case, dtype):
+    """Checks y and every gradient of the multi-task conv against each task's oracle."""
+    x, w, bits, bias, conv = multitask_operands(case, dtype, backend.device, False)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, bias)]
+    y = backend.run(functional.masked_conv2d_multitask, *leaves[:2], bits, leaves[2], **conv)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(4)).to(dtype)
+    backend.run(y.backward, gy.to(backend.device))
+    ref, (gx, gw, gb) = multitask_oracle(bits, conv, gy)(x, w, bias)
+    assert_within_bound(y, ref, "y")
+    assert_within_bound(leaves[2].grad, gb, "dbias")
+    # The tasks' dL/dW_eff come from ATen (see check_training); their 16-bit sum over the
+    # tasks (test_linear_ops.py's test_multitask_weight_gradient) stays inside that bound.
+    assert_within_bound(leaves[1].grad, gw, "dW", partials=True)
+    check_dx(backend, leaves[0].grad, gx, "dx")
+
+
+BACKWARD_CASES = [MULTITASK_CASES[0], MULTITASK_CASES[5]]
+BACKWARD_IDS = ["unfolded", "per task, groups 2"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=BACKWARD_IDS)
+def test_conv_multitask_backward(backend, case, dtype):
+    """The multi-task conv's gradients, in every dtype, against the oracle of each task."""
+    conv_multitask_backward(backend, case, dtype)
 
 
 def test_conv_multitask_gradients_match_per_task_ops():

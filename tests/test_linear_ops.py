@@ -1,11 +1,17 @@
-"""Masked linear ops against the float64 dense-masking oracle, on every backend."""
+"""Masked linear ops against the float64 dense-masking oracle, on every backend.
+
+Every comparison with the oracle holds each element to the rounding bound of
+cpg_kernels.testing (its error against u_out |ref| + the fp32 accumulation of its terms).
+"""
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
 
 from cpg_kernels import backends, functional, masks, reference
-from cpg_kernels.testing import TOLERANCE, random_mask, random_owner, rel_error
+from cpg_kernels.testing import assert_within_bound, oracle, random_mask, random_owner
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (batch shape, out_features N, in_features K): odd sizes, K % 32 != 0, N = 1, batch 1.
@@ -18,13 +24,52 @@ def cases_for(backend):
     return SMALL_CASES if backend.small else CASES
 
 
-def make_layer(n, k, dtype, device, task=4, seed=0):
+def make_layer(n, k, dtype, device, task=4, seed=0, tasks=5):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=g).to(dtype)
-    owner = random_owner((n, k), tasks=5, generator=g)
+    owner = random_owner((n, k), tasks=tasks, generator=g)
     mask = random_mask((n, k), generator=g)
     bias = torch.randn(n, generator=g).to(dtype)
     return [t.to(device) for t in (w, owner, mask, bias)]
+
+
+def inference_oracle(x, w, bits, bias=None):
+    active = masks.unpack(bits.cpu(), tuple(w.shape))
+    ref, _ = oracle(lambda x_, w_, b_: reference.masked_linear(x_, w_, active, b_), [x, w, bias])
+    return ref
+
+
+def check_training(backend, x, w, owner, task, mask, bias, gy, what, threshold=None):
+    """cpg_linear forward and every gradient against the oracle, and the frozen-weight rule."""
+    dtype = x.dtype
+    kw = {} if threshold is None else {"threshold": threshold}
+    # The ops compare the float32 mask with the threshold as a float32; the oracle runs in
+    # float64, so it gets the threshold rounded to float32, which decides alike.
+    ref_kw = {} if threshold is None else {"threshold": float(torch.tensor(threshold).float())}
+    leaves = [None if t is None else t.detach().clone().requires_grad_()
+              for t in (x, w, mask, bias)]
+    y = backend.run(functional.cpg_linear, leaves[0], leaves[1], owner, task, mask=leaves[2],
+                    bias=leaves[3], **kw)
+    backend.run(y.backward, gy)
+    ref, (gx, gw, gb, gm) = oracle(
+        lambda x_, w_, b_, m_: reference.linear(x_, w_, owner.cpu(), task, mask=m_, bias=b_,
+                                                **ref_kw),
+        [x, w, bias], [mask], grad_output=gy)
+    assert y.shape == ref.value.shape and y.dtype == dtype
+    assert_within_bound(y, ref, ("y", what))
+    assert_within_bound(leaves[0].grad, gx, ("dx", what))
+    assert_within_bound(leaves[1].grad, gw, ("dW", what))
+    if bias is not None:
+        assert_within_bound(leaves[3].grad, gb, ("dbias", what))
+    if mask is not None:
+        assert leaves[2].grad.dtype == torch.float32
+        assert_within_bound(leaves[2].grad, gm, ("dmask", what), dtype=dtype)
+    # The frozen-weight rule, exactly: no gradient where another task owns.
+    own = owner.cpu() == task
+    assert (leaves[1].grad.cpu()[~own] == 0).all()
+    if mask is not None:
+        assert (leaves[2].grad.cpu()[~((owner.cpu() > 0) & (owner.cpu() < task))] == 0).all()
+    return y
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -36,11 +81,8 @@ def test_inference_forward(backend, dtype, with_bias):
         x = torch.randn(*batch, k).to(dtype).to(backend.device)
         b = bias if with_bias else None
         y = backend.run(functional.masked_linear, x, w, bits, b)
-        active = masks.unpack(bits.cpu(), (n, k))
-        ref = reference.masked_linear(x.cpu().double(), w.cpu().double(), active,
-                                      None if b is None else b.cpu().double())
         assert y.shape == (*batch, n) and y.dtype == dtype
-        assert rel_error(y, ref) < TOLERANCE[dtype], (batch, n, k)
+        assert_within_bound(y, inference_oracle(x, w, bits, b), (batch, n, k))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -50,47 +92,131 @@ def test_training_forward_and_backward(backend, dtype):
         w, owner, mask, bias = make_layer(n, k, dtype, backend.device, task)
         x = torch.randn(*batch, k).to(dtype).to(backend.device)
         gy = torch.randn(*batch, n).to(dtype).to(backend.device)
-        leaves = [t.detach().clone().requires_grad_() for t in (x, w, mask, bias)]
-        y = backend.run(functional.cpg_linear, leaves[0], leaves[1], owner, task,
-                        mask=leaves[2], bias=leaves[3])
-        backend.run(y.backward, gy)
-
-        ref_leaves = [t.detach().cpu().double().requires_grad_() for t in (x, w, mask, bias)]
-        ref_y = reference.linear(ref_leaves[0], ref_leaves[1], owner.cpu(), task,
-                                 mask=ref_leaves[2], bias=ref_leaves[3])
-        ref_y.backward(gy.cpu().double())
-        tol = TOLERANCE[dtype]
-        assert rel_error(y, ref_y) < tol
-        for name, ours, ref in zip(["x", "weight", "mask", "bias"], leaves, ref_leaves):
-            assert ours.grad is not None, name
-            assert rel_error(ours.grad, ref.grad) < 2 * tol, (name, batch, n, k)
-        # The frozen-weight rule, exactly: no gradient where another task owns.
-        assert (leaves[1].grad.cpu()[owner.cpu() != task] == 0).all()
-        assert (leaves[2].grad.cpu()[~((owner.cpu() > 0) & (owner.cpu() < task))] == 0).all()
-
-
-def test_pick_all_when_mask_is_absent(backend):
-    w, owner, _, _ = make_layer(9, 40, torch.float32, backend.device)
-    x = torch.randn(3, 40, device=backend.device)
-    y = backend.run(functional.cpg_linear, x, w, owner, 3)
-    ref = reference.linear(x.cpu().double(), w.cpu().double(), owner.cpu(), 3)
-    assert rel_error(y, ref) < TOLERANCE[torch.float32]
+        check_training(backend, x, w, owner, task, mask, bias, gy, (batch, n, k))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tasks", [1, 3])
-def test_multitask_matches_separate_passes(backend, dtype, tasks):
-    n, k, batch = (9, 40, 2) if backend.small else (33, 100, 5)
+def test_pick_all_forward_and_backward(backend, dtype):
+    """mask=None picks every older weight (PackNet, PAE): forward and gradients."""
+    cases = [(3, 9, 40), (20, 24, 64)] if backend.small else [(3, 9, 40), (20, 24, 64),
+                                                               (40, 33, 100)]
+    for m, n, k in cases:
+        w, owner, _, bias = make_layer(n, k, dtype, backend.device)
+        x = torch.randn(m, k).to(dtype).to(backend.device)
+        gy = torch.randn(m, n).to(dtype).to(backend.device)
+        check_training(backend, x, w, owner, 3, None, bias, gy, (m, n, k))
+
+
+@pytest.mark.parametrize("task", [128, 200, 255])
+def test_owner_and_task_ids_past_127(backend, task):
+    """uint8 owners and task ids >= 128 (a signed char would turn them negative)."""
+    n, k, m = (9, 40, 20) if backend.small else (33, 70, 20)
+    g = torch.Generator().manual_seed(task)
+    ids = torch.tensor([0, 1, 127, 128, 129, 200, 254, 255], dtype=torch.uint8)
+    owner = ids[torch.randint(0, len(ids), (n, k), generator=g)].to(backend.device)
+    w = torch.randn(n, k, generator=g).to(backend.device)
+    mask = random_mask((n, k), generator=g).to(backend.device)
+    x = torch.randn(m, k, generator=g).to(backend.device)
+    gy = torch.randn(m, n, generator=g).to(backend.device)
+    check_training(backend, x, w, owner, task, mask, None, gy, task)
+    bits = backend.run(masks.active_bits, owner, task, mask=mask)
+    expect = reference.active_mask(owner.cpu(), task, mask.cpu())
+    assert torch.equal(masks.unpack(bits.cpu(), (n, k)), expect)
+
+
+def threshold_mask(shape, threshold, generator):
+    """Picking-mask entries exactly at the threshold, one float step either side, and far."""
+    at = torch.tensor(threshold, dtype=torch.float32)
+    choices = torch.stack([at, torch.nextafter(at, torch.tensor(1.0)),
+                           torch.nextafter(at, torch.tensor(0.0)), at * 0.1, at * 10])
+    return choices[torch.randint(0, 5, shape, generator=generator)]
+
+
+@pytest.mark.parametrize("threshold", [0.3, 2.0 ** -7])
+def test_threshold_other_than_the_default(backend, threshold):
+    """``mask > threshold`` picks, for any threshold: entries equal to it are not picked."""
+    n, k, m = 9, 40, 5
+    g = torch.Generator().manual_seed(1)
+    w, owner, _, bias = make_layer(n, k, torch.float32, backend.device)
+    mask = threshold_mask((n, k), threshold, g).to(backend.device)
+    x = torch.randn(m, k, generator=g).to(backend.device)
+    gy = torch.randn(m, n, generator=g).to(backend.device)
+    y = check_training(backend, x, w, owner, 4, mask, bias, gy, threshold, threshold=threshold)
+    # The default threshold picks differently here, so the result must differ from it.
+    y_default = backend.run(functional.cpg_linear, x, w, owner, 4, mask=mask, bias=bias)
+    assert not torch.equal(y, y_default)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tasks,batch", [(1, 2), (3, 2), (2, 20)])
+def test_multitask_matches_separate_passes(backend, dtype, tasks, batch):
+    """batch 20 > 16 rows a task: the tiled kernels with the tasks on gridDim.z."""
+    n, k = (9, 40) if backend.small else (33, 100)
+    if batch > 16:
+        n, k = 24, 64  # whole 16-byte vectors: the tensor-core kernel for 16-bit
     w, _, _, bias = make_layer(n, k, dtype, backend.device)
-    bits = torch.stack([masks.pack(torch.rand(n, k) < 0.5) for _ in range(tasks)]).to(backend.device)
+    bits = torch.stack([masks.pack(torch.rand(n, k) < 0.5) for _ in range(tasks)])
+    bits = bits.to(backend.device)
     x = torch.randn(tasks, batch, k).to(dtype).to(backend.device)
-    y = backend.run(functional.masked_linear_multitask, x, w, bits, bias)
-    assert y.shape == (tasks, batch, n)
-    for t in range(tasks):
-        active = masks.unpack(bits[t].cpu(), (n, k))
-        ref = reference.masked_linear(x[t].cpu().double(), w.cpu().double(), active,
-                                      bias.cpu().double())
-        assert rel_error(y[t], ref) < TOLERANCE[dtype]
+    for b in (bias, None):
+        with backends.emulator_launches() as launches:
+            y = backend.run(functional.masked_linear_multitask, x, w, bits, b)
+        assert y.shape == (tasks, batch, n)
+        for t in range(tasks):
+            assert_within_bound(y[t], inference_oracle(x[t], w, bits[t], b), (t, b is None))
+        if backend.name == "emu":
+            files = {e.split(":")[0] for e in launches}
+            if batch > 16:
+                tiled = "gemm_simt.cuh" if dtype == torch.float32 else "gemm_mma.cuh"
+                assert files == {tiled}, launches
+                assert len(launches) == 1, launches  # one launch for every task
+            else:
+                assert files == {"gemm_small_batch.cuh"}, launches
+
+
+def multitask_backward(backend, dtype):
+    """Checks y, dx and dbias of the multi-task op against each task's oracle; returns dW
+    and its oracle."""
+    tasks, m, n, k = 2, 5, 9, 40
+    w, _, _, bias = make_layer(n, k, dtype, backend.device)
+    bits = torch.stack([masks.pack(torch.rand(n, k) < 0.5) for _ in range(tasks)])
+    bits = bits.to(backend.device)
+    x = torch.randn(tasks, m, k).to(dtype).to(backend.device)
+    gy = torch.randn(tasks, m, n).to(dtype).to(backend.device)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, bias)]
+    y = backend.run(functional.masked_linear_multitask, *leaves[:2], bits, leaves[2])
+    backend.run(y.backward, gy)
+    actives = [masks.unpack(bits[t].cpu(), (n, k)) for t in range(tasks)]
+
+    def all_tasks(x_, w_, b_):
+        return torch.stack([reference.masked_linear(x_[t], w_, actives[t], b_)
+                            for t in range(tasks)])
+
+    ref, (gx, gw, gb) = oracle(all_tasks, [x, w, bias], grad_output=gy)
+    assert_within_bound(y, ref, "y")
+    assert_within_bound(leaves[0].grad, gx, "dx")
+    assert_within_bound(leaves[2].grad, gb, "dbias")
+    return leaves[1].grad, gw
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multitask_backward(backend, dtype):
+    """The gradients of the multi-task op, in every dtype, against the oracle of each task."""
+    multitask_backward(backend, dtype)
+
+
+# Known defect (cpg_kernels/_ops.py, _backward_multitask): dW adds the tasks' 16-bit weight
+# gradients in 16 bits, each rounded before the sum, so where tasks' contributions cancel the
+# error is many times the rounding of one fp32 sum (114x the bound in bf16, measured on this
+# case); adding them in fp32 and rounding once fixes it. Strict: passing means it was fixed.
+@pytest.mark.parametrize("dtype", [
+    torch.float32,
+    pytest.param(torch.float16, marks=pytest.mark.xfail(strict=True, reason="16-bit task sum")),
+    pytest.param(torch.bfloat16, marks=pytest.mark.xfail(strict=True, reason="16-bit task sum")),
+])
+def test_multitask_weight_gradient(backend, dtype):
+    dw, ref = multitask_backward(backend, dtype)
+    assert_within_bound(dw, ref, "dW")
 
 
 def test_multitask_gradients_match_per_task_ops():
@@ -111,25 +237,75 @@ def without_frozen_weights(owner, task):
     return torch.where((owner > 0) & (owner < task), torch.full_like(owner, task + 1), owner)
 
 
-def test_gradcheck_float64(backend):
+def gradcheck_functions(backend, dtype):
     n, k, task = 5, 37, 3
-    w, owner, mask, bias = make_layer(n, k, torch.float64, backend.device, task)
+    w, owner, mask, bias = make_layer(n, k, dtype, backend.device, task)
     owner = without_frozen_weights(owner, task)
-    x = torch.randn(4, k, dtype=torch.float64, device=backend.device, requires_grad=True)
+    x = torch.randn(4, k, dtype=dtype, device=backend.device, requires_grad=True)
     w.requires_grad_()
     bias.requires_grad_()
+    bits = masks.active_bits(owner, task, mask=mask)
 
     def training(x_, w_, b_):
         return functional.cpg_linear(x_, w_, owner, task, mask=mask, bias=b_)
 
-    bits = masks.active_bits(owner, task, mask=mask)
-
     def inference(x_, w_, b_):
         return functional.masked_linear(x_, w_, bits, b_)
 
+    return (training, inference), (x, w, bias)
+
+
+def test_gradcheck_float64(backend):
+    """float64 takes the chunked path on every backend but cuda (no fused float64 kernel)."""
+    functions, inputs = gradcheck_functions(backend, torch.float64)
     with backend.context():
-        assert torch.autograd.gradcheck(training, (x, w, bias))
-        assert torch.autograd.gradcheck(inference, (x, w, bias))
+        for fn in functions:
+            assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_gradcheck_float32_fused_kernels(backend):
+    """The fused kernels take no float64, so their derivatives are checked in float32: the ops
+    are linear in each input, and central differences of a linear map are exact up to
+    rounding (about u * |y| / eps), far inside these tolerances."""
+    functions, inputs = gradcheck_functions(backend, torch.float32)
+    with backend.context(), backends.emulator_launches() as launches, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not a double precision")
+        for fn in functions:
+            assert torch.autograd.gradcheck(fn, inputs, eps=1e-2, atol=1e-3, rtol=1e-3,
+                                            fast_mode=True)
+    if backend.name == "emu":
+        assert any(e.startswith("gemm_small_batch.cuh") for e in launches), launches
+        assert any(e.startswith("gemm_small_batch_grad.cuh") for e in launches), launches
+
+
+# Known defect (cpg_kernels/_ops.py): the backward formulas call masked_*_grad_input, which
+# have no derivative of their own, so on the CPU path second derivatives come out silently
+# wrong (torch warns "an autograd kernel was not registered"; under the emulator they came
+# out right); registering their autograd fixes it. Strict on cpu: passing means it was fixed.
+def test_double_backward(backend, request):
+    """Second derivatives through the ops: the gradient of the gradient, against the oracle's
+    (an op without a derivative of its own gives silently wrong ones here)."""
+    if backend.name != "emu":
+        request.applymarker(pytest.mark.xfail(strict=backend.name == "cpu",
+                                              reason="double backward through grad_input ops"))
+    warnings.simplefilter("ignore", UserWarning)
+    n, k, task = 5, 37, 3
+    w, owner, mask, bias = make_layer(n, k, torch.float64, backend.device, task)
+    x = torch.randn(4, k, dtype=torch.float64, device=backend.device, requires_grad=True)
+    w.requires_grad_()
+    bits = masks.active_bits(owner, task, mask=mask)
+
+    def second(fn, x_, w_):
+        (dx,) = torch.autograd.grad((fn(x_, w_) ** 2).sum(), x_, create_graph=True)
+        return torch.autograd.grad(dx.pow(2).sum(), (x_, w_))
+
+    active = masks.unpack(bits.cpu(), (n, k))
+    ref = second(lambda x_, w_: reference.masked_linear(x_, w_, active), x.detach().cpu()
+                 .requires_grad_(), w.detach().cpu().requires_grad_())
+    with backend.context():
+        ours = second(lambda x_, w_: functional.masked_linear(x_, w_, bits), x, w)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a.cpu(), b)
 
 
 def test_multi_tile_decode_path():
@@ -144,6 +320,45 @@ def test_multi_tile_decode_path():
         (dx,) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(y, ref)
     torch.testing.assert_close(dx, ref_dx)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_zero_sizes(backend, dtype):
+    """Empty reductions and empty outputs: K = 0 gives y = bias (or 0), N = 0 gives dx = 0."""
+    dev = backend.device
+    w0, bits0 = torch.empty(6, 0, dtype=dtype, device=dev), torch.empty(6, 0, dtype=torch.int32,
+                                                                       device=dev)
+    bias = torch.randn(6).to(dtype).to(dev)
+    x0 = torch.empty(2, 3, 0, dtype=dtype, device=dev)
+    y = backend.run(functional.masked_linear, x0, w0, bits0, bias)
+    assert y.shape == (2, 3, 6) and torch.equal(y.cpu(), bias.cpu().expand(2, 3, 6))
+    y = backend.run(functional.masked_linear, x0, w0, bits0)
+    assert y.shape == (2, 3, 6) and not y.cpu().any()
+    y = backend.run(functional.masked_linear_multitask, x0, w0, torch.stack([bits0] * 2), bias)
+    assert torch.equal(y.cpu(), bias.cpu().expand(2, 3, 6))
+    dx = backend.run(torch.ops.cpg.masked_linear_grad_input,
+                     torch.empty(4, 6, dtype=dtype, device=dev), w0, bits0)
+    assert dx.shape == (4, 0)
+    # N = 0: an empty output, and an input gradient of zeros.
+    wn, bitsn = torch.empty(0, 40, dtype=dtype, device=dev), torch.empty(0, 2, dtype=torch.int32,
+                                                                        device=dev)
+    x = torch.randn(3, 40).to(dtype).to(dev)
+    assert backend.run(functional.masked_linear, x, wn, bitsn).shape == (3, 0)
+    dx = backend.run(torch.ops.cpg.masked_linear_grad_input,
+                     torch.empty(2, 3, 0, dtype=dtype, device=dev), wn, bitsn)
+    assert dx.shape == (2, 3, 40) and not dx.cpu().any()
+    # M = 0: empty batches.
+    w, owner, mask, _ = make_layer(6, 40, dtype, dev)
+    bits = masks.active_bits(owner, 4, mask=mask)
+    assert backend.run(functional.masked_linear, x[:0], w, bits).shape == (0, 6)
+    assert backend.run(torch.ops.cpg.masked_linear_grad_input, x[:0, :6], w, bits).shape == (0, 40)
+    # And through autograd: a K = 0 layer's gradients are empty or zero.
+    xg = x0.detach().requires_grad_()
+    bg = bias.detach().requires_grad_()
+    y = backend.run(functional.cpg_linear, xg, w0, owner[:, :0], 4, bias=bg)
+    backend.run(y.sum().backward)
+    assert xg.grad.shape == x0.shape
+    assert torch.equal(bg.grad.cpu(), torch.full((6,), 6.0, dtype=dtype))
 
 
 def test_linear_bad_arguments():
@@ -166,23 +381,32 @@ def test_linear_bad_arguments():
         functional.cpg_linear(x, w, owner, 256)
     with pytest.raises(ValueError, match="mask: expected shape"):
         functional.cpg_linear(x, w, owner, 2, mask=mask[:, :3])
+    with pytest.raises(ValueError, match="x: expected last dimension 0"):
+        functional.masked_linear(x, w[:, :0], bits[:, :0])
     if torch.cuda.is_available() and backends.cuda_built():
         with pytest.raises(ValueError, match="expected a tensor on"):
             functional.masked_linear(x, w.cuda(), bits.cuda())
 
 
 def test_tf32_switch_is_respected(backend):
-    """With TF32 allowed, fp32 may use TF32 tensor cores (error near 1e-3 of the norm);
-    without, it must be exact fp32 (checked by the other tests)."""
+    """With TF32 allowed, fp32 runs on TF32 tensor cores where the kernels can (its operands
+    rounded to 10 mantissa bits: other bits than exact fp32, within the TF32 bound); without,
+    it is exact fp32 (the other tests' bound)."""
     n, k = (16, 64) if backend.small else (70, 300)
     w, owner, mask, bias = make_layer(n, k, torch.float32, backend.device)
     bits = masks.active_bits(owner, 4, mask=mask)
     x = torch.randn(40, k, device=backend.device)
-    ref = reference.masked_linear(x.cpu().double(), w.cpu().double(),
-                                  masks.unpack(bits.cpu(), (n, k)), bias.cpu().double())
+    ref = inference_oracle(x, w, bits, bias)
+    exact = backend.run(functional.masked_linear, x, w, bits, bias)
+    assert_within_bound(exact, ref, "fp32")
     torch.backends.cuda.matmul.allow_tf32 = True
-    y = backend.run(functional.masked_linear, x, w, bits, bias)
-    assert rel_error(y, ref) < 2e-3
+    with backends.emulator_launches() as launches:
+        y = backend.run(functional.masked_linear, x, w, bits, bias)
+    assert_within_bound(y, ref, "tf32", tf32=True)
+    if backend.name != "cpu":  # the CPU path has no TF32
+        assert not torch.equal(y, exact), "allow_tf32 did not reach the kernel"
+    if backend.name == "emu":
+        assert [e.split(":")[0] for e in launches] == ["gemm_mma.cuh"], launches
 
 
 # One case per kernel of the masked-GEMM dispatcher (csrc/cuda/masked_gemm.cu), small enough
@@ -219,10 +443,13 @@ def test_every_gemm_kernel_forward_and_grad_input(backend, m, n, k, dtype, tf32,
         y = backend.run(functional.masked_linear, x, w, bits, bias)
     with backends.emulator_launches() as grad_input_launches:
         dx = backend.run(torch.ops.cpg.masked_linear_grad_input, gy, w, bits)
-    w_eff = w.cpu().double() * masks.unpack(bits.cpu(), (n, k))
-    tol = 2e-3 if tf32 else TOLERANCE[dtype]
-    assert rel_error(y, x.cpu().double() @ w_eff.t() + bias.cpu().double()) < tol
-    assert rel_error(dx, gy.cpu().double() @ w_eff) < tol
+    # Without a bias: the kernels' other epilogue (split-K's reduction included).
+    y_plain = backend.run(functional.masked_linear, x, w, bits)
+    active = masks.unpack(bits.cpu(), (n, k))
+    ref_dx, _ = oracle(lambda g_, w_: g_ @ (w_ * active), [gy, w])
+    assert_within_bound(y, inference_oracle(x, w, bits, bias), "y", tf32=tf32)
+    assert_within_bound(y_plain, inference_oracle(x, w, bits), "y without bias", tf32=tf32)
+    assert_within_bound(dx, ref_dx, "dx", tf32=tf32)
     if backend.name == "emu":  # the kernels launched are the path's
         kernel = path.split(" ")[0].rstrip(":")
         forward_file, grad_input_file = {
@@ -251,9 +478,10 @@ def test_small_batch_grad_input(backend, dtype, m):
             bits = masks.active_bits(owner, 4, mask=mask)
             gy = torch.randn(m, n).to(dtype).to(backend.device)
             dx = backend.run(torch.ops.cpg.masked_linear_grad_input, gy, w, bits)
-            w_eff = w.cpu().double() * masks.unpack(bits.cpu(), (n, k))
+            active = masks.unpack(bits.cpu(), (n, k))
+            ref, _ = oracle(lambda g_, w_, a=active: g_ @ (w_ * a), [gy, w])
             assert dx.shape == (m, k) and dx.dtype == dtype
-            assert rel_error(dx, gy.cpu().double() @ w_eff) < TOLERANCE[dtype], (n, k)
+            assert_within_bound(dx, ref, (n, k))
 
 
 # Column layouts of small_batch_grad, as the emulator (4 SMs) shapes them: (M, N, K, dtype,
@@ -273,8 +501,9 @@ def test_small_batch_grad_input_layouts(backend, m, n, k, dtype, offset, layout)
     bits = masks.pack(torch.rand(n, k) < 0.5).to(backend.device)
     gy = torch.randn(m, n).to(dtype).to(backend.device)
     dx = backend.run(torch.ops.cpg.masked_linear_grad_input, gy, w, bits)
-    w_eff = w.cpu().double() * masks.unpack(bits.cpu(), (n, k))
-    assert rel_error(dx, gy.cpu().double() @ w_eff) < TOLERANCE[dtype]
+    active = masks.unpack(bits.cpu(), (n, k))
+    ref, _ = oracle(lambda g_, w_: g_ @ (w_ * active), [gy, w])
+    assert_within_bound(dx, ref, layout)
 
 
 @pytest.mark.cuda

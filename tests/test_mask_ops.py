@@ -132,3 +132,52 @@ def test_bad_arguments_are_clear_errors():
         masks.unpack(torch.zeros(4, 2, dtype=torch.int32), 70)
     with pytest.raises(ValueError, match="mask: expected dtype bool"):
         masks.pack(torch.zeros(3, 3))
+
+
+HIGH_IDS = torch.tensor([0, 1, 127, 128, 129, 200, 254, 255], dtype=torch.uint8)
+
+
+def high_owner(shape, seed=0):
+    """Owners over the whole uint8 range, 128 and above included."""
+    g = torch.Generator().manual_seed(seed)
+    return HIGH_IDS[torch.randint(0, len(HIGH_IDS), shape, generator=g)]
+
+
+@pytest.mark.parametrize("task", [127, 128, 200, 255])
+def test_owner_and_task_ids_past_127(backend, task):
+    """Ids >= 128 stay unsigned in every op that reads owners."""
+    shape = (5, 3, 3, 3)
+    owner, mask = high_owner(shape, task), random_mask(shape)
+    dev = backend.device
+    for kwargs in ({"mask": mask}, {}):
+        bits = backend.run(masks.active_bits, owner.to(dev), task,
+                           **{k: v.to(dev) for k, v in kwargs.items()})
+        expect = reference.active_mask(owner, task, kwargs.get("mask"))
+        assert torch.equal(masks.unpack(bits.cpu(), shape), expect), kwargs.keys()
+    counts = backend.run(masks.owner_counts, owner.to(dev)).cpu()
+    assert torch.equal(counts, torch.bincount(owner.flatten().long(), minlength=256))
+    g, w = torch.randn(shape), torch.randn(shape)
+    grad_w, grad_m = backend.run(torch.ops.cpg.grad_epilogue, g.to(dev), w.to(dev),
+                                 owner.to(dev), task, True)
+    assert torch.equal(grad_w.cpu(), g * (owner == task))
+    old = (owner > 0) & (owner < task)
+    torch.testing.assert_close(grad_m.cpu(), g * w * old, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 2.0 ** -7, 0.9])
+def test_active_bits_threshold(backend, threshold):
+    """``mask > threshold``, strictly, for thresholds other than the default: entries at the
+    threshold are not picked, the next float up is."""
+    shape = (6, 70)
+    at = torch.tensor(threshold, dtype=torch.float32)
+    values = torch.stack([at, torch.nextafter(at, torch.tensor(1.0)),
+                          torch.nextafter(at, torch.tensor(-1.0)), at + 0.05, at - 0.05])
+    g = torch.Generator().manual_seed(7)
+    mask = values[torch.randint(0, len(values), shape, generator=g)]
+    owner = random_owner(shape, tasks=7, generator=g)
+    bits = backend.run(masks.active_bits, owner.to(backend.device), 4,
+                       mask=mask.to(backend.device), threshold=threshold)
+    expect = reference.active_mask(owner, 4, mask, threshold=threshold)
+    assert torch.equal(masks.unpack(bits.cpu(), shape), expect)
+    default = reference.active_mask(owner, 4, mask)
+    assert not torch.equal(expect, default)  # the threshold matters for this mask

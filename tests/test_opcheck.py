@@ -65,13 +65,34 @@ def op_samples():
         ("masked_conv2d_multitask",
          (torch.randn(3, 1, 3, 8, 8, requires_grad=True).contiguous(), cgw,
           torch.stack([cgbits] * 3), torch.randn(4, requires_grad=True), *conv_args)),
+        # channels_last activations: the fake kernels must promise the layout the ops return.
+        ("masked_conv2d", (nhwc(cx), cw, cbits, None, *conv_args, None, None, 0)),
+        ("masked_conv2d", (nhwc(cgx.detach()).requires_grad_(), cgw, cgbits, None, *conv_args,
+                           cgowner, cgmask, 3)),
+        ("masked_conv2d_grad_input", (nhwc(torch.randn(2, 4, 8, 8)), cw, cbits, [2, 3, 8, 8],
+                                      *conv_args)),
+        ("masked_conv2d_multitask",
+         (nhwc(torch.randn(4, 3, 8, 8)).view(2, 2, 3, 8, 8), cw, torch.stack([cbits, cbits]),
+          None, *conv_args)),
     ]
+
+
+def nhwc(t):
+    return t.contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("index", range(len(op_samples())))
 def test_opcheck(index):
     name, args = op_samples()[index]
     torch.library.opcheck(getattr(torch.ops.cpg, name), args)
+
+
+def test_channels_last_samples_are_channels_last():
+    """The layout samples above really are NHWC (not also plain contiguous)."""
+    layouts = [args[0] for name, args in op_samples() if name.startswith("masked_conv2d")]
+    nhwc_only = [t for t in layouts if t.flatten(0, t.dim() - 4).is_contiguous(
+        memory_format=torch.channels_last) and not t.is_contiguous()]
+    assert len(nhwc_only) == 4
 
 
 def test_every_op_has_an_opcheck_sample():
@@ -108,5 +129,5 @@ def test_torch_compile_matches_eager():
     out = compiled(x)
     out.sum().backward()
     torch.testing.assert_close(out, eager)
-    for p, g in zip(net.parameters(), grads):
+    for p, g in zip(net.parameters(), grads, strict=True):
         torch.testing.assert_close(p.grad, g)

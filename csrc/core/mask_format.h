@@ -17,7 +17,6 @@ namespace cpg {
 
 constexpr int kBitsPerWord = 32;
 constexpr int kMaxTask = 255;            // owner is uint8: task 256 is an error
-constexpr float kDefaultThreshold = 5e-3f;  // Piggyback/CPG binarization threshold
 
 CPG_HD int64_t words_per_row(int64_t K) { return (K + kBitsPerWord - 1) / kBitsPerWord; }
 
@@ -35,7 +34,9 @@ CPG_HD bool test_bit(const int32_t* row, int64_t k) {
   return (static_cast<uint32_t>(row[word_of(k)]) & bit_of(k)) != 0u;
 }
 
-// Picking by a real-valued mask: m > threshold is picked (Piggyback).
+// Picking by a real-valued mask: m > threshold is picked (Piggyback). Every
+// op takes the threshold as an argument; its default is cpg_kernels.masks.
+// DEFAULT_THRESHOLD.
 CPG_HD bool picked_by_mask(float m, float threshold) { return m > threshold; }
 
 // Active set of `task`: its own weights, plus older tasks' weights it picks.

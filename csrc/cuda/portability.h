@@ -44,8 +44,8 @@
 //   cpgdev::stream_t
 //   CPG_LAUNCH(kernel, grid, block, smem_bytes, stream, args...)
 //                                   launch and check; throws std::runtime_error
-//   cpgdev::set_max_dynamic_smem(kernel, bytes)
-//   cpgdev::sm_count()              multiprocessors of the current device
+//   cpgdev::set_max_dynamic_smem(kernel, bytes)   set once per kernel and device
+//   cpgdev::sm_count()              multiprocessors of the current device (cached)
 //   cpgdev::device_alloc(bytes, stream) device_free(p, stream)
 //                                   stream-ordered global scratch (a launcher's
 //                                   workspace); throws std::runtime_error
@@ -66,6 +66,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <atomic>
+#include <mutex>
+#include <set>
+#include <tuple>
 
 #define CPG_GLOBAL __global__
 #define CPG_DEVICE __device__ __forceinline__
@@ -224,15 +229,37 @@ inline void check(cudaError_t err, const char* what) {
   }
 }
 
+// Launchers call these on every launch; each driver query runs once per
+// device (and kernel), then the answer is cached: nothing is queried per launch.
+constexpr int kMaxCachedDevices = 64;
+
+inline int current_device() {
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  return dev;
+}
+
 template <typename Kernel> inline void set_max_dynamic_smem(Kernel kernel, int bytes) {
+  // The attribute stays set on the function: set it once per (kernel, device, size).
+  static std::mutex mutex;
+  static std::set<std::tuple<const void*, int, int>> done;
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), current_device(), bytes);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (done.count(key)) return;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
         "cudaFuncSetAttribute");
+  done.insert(key);
 }
 
 inline int sm_count() {
-  int dev = 0, n = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  static std::atomic<int> cached[kMaxCachedDevices];  // 0: not queried yet
+  const int dev = current_device();
+  int n = dev < kMaxCachedDevices ? cached[dev].load(std::memory_order_relaxed) : 0;
+  if (n == 0) {
+    check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev),
+          "cudaDeviceGetAttribute");
+    if (dev < kMaxCachedDevices) cached[dev].store(n, std::memory_order_relaxed);
+  }
   return n;
 }
 

@@ -17,9 +17,50 @@
 #include <string>
 #include <vector>
 
+// Under AddressSanitizer (the sanitizer build of scripts/ and .ci/run), every switch between
+// the scheduler's stack and a fiber's is announced, so that ASan tracks which stack is live
+// and does not report the fibers' frames as overflows of the scheduler's.
+#if defined(__SANITIZE_ADDRESS__)
+#define CPG_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CPG_EMU_ASAN 1
+#endif
+#endif
+#if defined(CPG_EMU_ASAN)
+#include <dlfcn.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+#if defined(CPG_EMU_ASAN)
+// Launches run by this sanitized runtime: tests of the sanitizer step read it (through
+// ctypes) to confirm that the extension's emulated ops run here.
+extern "C" {
+__attribute__((visibility("default"))) uint64_t cpg_emu_sanitized_launches = 0;
+}
+#endif
+
 namespace cpg {
 namespace emu {
 namespace {
+
+// Announces a switch to the stack [bottom, bottom + size); *fake_stack keeps the leaving
+// context's fake frames (null: the leaving context ends). No-ops without ASan.
+inline void start_switch(void** fake_stack, const void* bottom, size_t size) {
+#if defined(CPG_EMU_ASAN)
+  __sanitizer_start_switch_fiber(fake_stack, bottom, size);
+#else
+  (void)fake_stack, (void)bottom, (void)size;
+#endif
+}
+// Completes the switch on the stack switched to; reports the stack left where asked.
+inline void finish_switch(void* fake_stack, const void** bottom_old, size_t* size_old) {
+#if defined(CPG_EMU_ASAN)
+  __sanitizer_finish_switch_fiber(fake_stack, bottom_old, size_old);
+#else
+  (void)fake_stack, (void)bottom_old, (void)size_old;
+#endif
+}
 
 constexpr size_t kMaxSharedBytes = 227 * 1024;         // per block, sm_90
 constexpr size_t kDefaultMaxDynamicBytes = 48 * 1024;  // without the opt-in attribute
@@ -90,6 +131,8 @@ struct AsyncCopy {
 
 struct Fiber {
   ucontext_t context;  // points into itself: a Fiber must not move
+  void* stack = nullptr;                         // its kStackBytes of stack
+  void* fake_stack = nullptr;                    // ASan's, while switched away
   dim3 tid;
   int linear = 0;
   State state = State::Ready;
@@ -114,6 +157,9 @@ struct Launch {
   size_t dynamic_bytes = 0;
   std::vector<Fiber> fibers;  // the block's threads by linear id; sized once
   ucontext_t scheduler{};
+  void* scheduler_fake_stack = nullptr;    // ASan's, while a fiber runs
+  const void* scheduler_stack = nullptr;   // the launching thread's stack (for ASan)
+  size_t scheduler_stack_bytes = 0;
   std::vector<SharedDecl> shared_decls;  // the block's static shared arrays
   size_t shared_used = 0;                // bytes of g_arena in use
 };
@@ -194,11 +240,14 @@ void perform(const std::vector<AsyncCopy>& group) {
 void suspend(Fiber& f, State state, Site site) {
   f.state = state;
   f.site = site;
+  start_switch(&f.fake_stack, t_launch->scheduler_stack, t_launch->scheduler_stack_bytes);
   swapcontext(&f.context, &t_launch->scheduler);
+  finish_switch(f.fake_stack, nullptr, nullptr);
 }
 
 void fiber_main() {
   Fiber& f = *t_fiber;
+  finish_switch(nullptr, &t_launch->scheduler_stack, &t_launch->scheduler_stack_bytes);
   try {
     (*t_launch->body)();
     // Copies still in flight when a thread exits land now.
@@ -208,6 +257,7 @@ void fiber_main() {
     f.error = std::current_exception();
   }
   f.state = State::Exited;
+  start_switch(nullptr, t_launch->scheduler_stack, t_launch->scheduler_stack_bytes);
   setcontext(&t_launch->scheduler);  // never resumed
 }
 
@@ -232,7 +282,9 @@ void start_fibers(Launch& l) {
     f.open_group.clear();
     f.committed.clear();
     f.error = nullptr;
-    make_context(&f.context, g_stacks.get(i));
+    f.stack = g_stacks.get(i);
+    f.fake_stack = nullptr;
+    make_context(&f.context, f.stack);
   }
 }
 
@@ -334,7 +386,9 @@ void run_block(Launch& l, Rng& rng) {
     for (size_t i = ready.size(); i > 1; --i) std::swap(ready[i - 1], ready[rng.next() % i]);
     for (Fiber* f : ready) {
       t_fiber = f;
+      start_switch(&l.scheduler_fake_stack, f->stack, kStackBytes);
       swapcontext(&l.scheduler, &f->context);
+      finish_switch(l.scheduler_fake_stack, nullptr, nullptr);
       t_fiber = nullptr;
       if (f->error) {
         // The other fibers are abandoned where they wait: device code owns no
@@ -554,6 +608,22 @@ constexpr WarpOp kMma[] = {{"mma.m16n8k16.bf16", run_mma<MmaType::BF16>},
                            {"mma.m16n8k16.f16", run_mma<MmaType::F16>},
                            {"mma.m16n8k8.tf32", run_mma<MmaType::TF32>}};
 
+// A sanitized runtime checks only kernels compiled with it: one from another binary (the
+// extension's uninstrumented copy, where a preloaded sanitized build failed to interpose
+// the launchers; see scripts/sanitized_emulator.sh) is refused instead of running unchecked.
+void check_instrumented(const std::string& name, const void* kernel_id) {
+#if defined(CPG_EMU_ASAN)
+  Dl_info kernel{}, self{};
+  const void* here = reinterpret_cast<const void*>(&check_instrumented);
+  if (dladdr(kernel_id, &kernel) && dladdr(here, &self) && kernel.dli_fbase != self.dli_fbase) {
+    throw std::runtime_error(name + "the kernel is in " + kernel.dli_fname +
+                             ", not in the sanitized emulator " + self.dli_fname);
+  }
+#else
+  (void)name, (void)kernel_id;
+#endif
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------- public
@@ -603,7 +673,11 @@ void launch(const char* kernel_name, const char* file, const void* kernel_id, di
                              str(block));
   }
 
+  check_instrumented(name, kernel_id);
   std::lock_guard<std::mutex> lock(g_mutex);
+#if defined(CPG_EMU_ASAN)
+  ++cpg_emu_sanitized_launches;
+#endif
   if (g_launch_log_enabled) {
     const std::string path(file);
     g_launch_log.push_back(path.substr(path.find_last_of("/\\") + 1) + ":" + kernel_name);

@@ -11,9 +11,9 @@ std::atomic<bool> g_emulation{false};
 std::atomic<uint64_t> g_seed{0};
 }  // namespace
 
-void set_emulation(bool enabled, uint64_t seed) {
-  g_seed = seed;
-  g_emulation = enabled;
+std::pair<bool, uint64_t> set_emulation(bool enabled, uint64_t seed) {
+  const uint64_t previous_seed = g_seed.exchange(seed);
+  return {g_emulation.exchange(enabled), previous_seed};
 }
 
 bool emulation_enabled() { return g_emulation; }

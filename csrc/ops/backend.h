@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 
 #include "core/dtype.h"
 #include "cuda/launchers.h"
@@ -16,7 +17,8 @@ namespace cpg::ops {
 
 enum class Backend { CPU, EMU, CUDA };
 
-void set_emulation(bool enabled, uint64_t seed);
+// Returns the previous (enabled, seed), for a caller to restore.
+std::pair<bool, uint64_t> set_emulation(bool enabled, uint64_t seed);
 bool emulation_enabled();
 Backend backend_for(const at::Tensor& t);
 

@@ -38,11 +38,17 @@ void check_bits(const at::Tensor& bits, const at::Tensor& weight, MatrixShape s,
   TORCH_CHECK_VALUE(bits.scalar_type() == at::kInt, "bits: expected dtype int32, got ",
                     bits.scalar_type());
   check_same_device(bits, weight, "bits", "weight");
+  // Compared in place: this runs on every call, and a vector would allocate.
+  const at::IntArrayRef have = bits.sizes();
+  const size_t lead = tasks >= 0 ? 1 : 0;
+  const bool ok = have.size() == lead + 2 && (lead == 0 || have[0] == tasks) &&
+                  have[lead] == s.N && have[lead + 1] == s.words();
+  if (ok) return;
   std::vector<int64_t> want = {s.N, s.words()};
   if (tasks >= 0) want.insert(want.begin(), tasks);
-  TORCH_CHECK_VALUE(bits.sizes().vec() == want, "bits: expected shape ", shape_str(want),
-                    " (ceil(", s.K, "/32) words per row for a weight of shape ",
-                    shape_str(weight.sizes()), "), got ", shape_str(bits.sizes()));
+  TORCH_CHECK_VALUE(false, "bits: expected shape ", shape_str(want), " (ceil(", s.K,
+                    "/32) words per row for a weight of shape ", shape_str(weight.sizes()),
+                    "), got ", shape_str(have));
 }
 
 void check_owner(const at::Tensor& owner, const at::Tensor& weight) {

@@ -21,6 +21,14 @@ void check_linear_operands(const at::Tensor& x, const at::Tensor& weight, const 
 
 bool allow_tf32() { return at::globalContext().allowTF32CuBLAS(); }
 
+// t as a matrix [rows, cols] over its last dimension. reshape({-1, cols}) cannot infer the
+// rows when cols == 0 (K = 0 in the forward, N = 0 in the input gradient), so count them.
+at::Tensor as_matrix(const at::Tensor& t, int64_t cols) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) rows *= t.size(d);
+  return t.reshape({rows, cols});
+}
+
 // y2d[M, N] = x2d[M, K] (W.bits)^T (+ bias), one decoded tile of rows at a time.
 void chunked_linear(const at::Tensor& x2d, const at::Tensor& w, const at::Tensor& bits,
                     const std::optional<at::Tensor>& bias, at::Tensor& y2d) {
@@ -49,7 +57,9 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x: expected last dimension ", K,
                     " (the weight's in_features), got shape ", x.sizes());
   check_bias(bias, weight, N);
-  const at::Tensor x2d = x.reshape({-1, K}).contiguous();
+  // A 2-D x needs no reshape, nor y a 2-D view: each is an op call per call.
+  const bool flat = x.dim() == 2;
+  const at::Tensor x2d = (flat ? x : as_matrix(x, K)).contiguous();
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
   const int64_t M = x2d.size(0);
   auto out_sizes = x.sizes().vec();
@@ -57,7 +67,7 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
   // Allocate the result in its final shape and write through a 2-D view: an
   // op output that is itself a view would forbid in-place ops after it.
   at::Tensor y = at::empty(out_sizes, x.options());
-  at::Tensor y2d = y.view({M, N});
+  at::Tensor y2d = flat ? y : y.view({M, N});
   if (M > 0 && N > 0) {
     if (use_fused_kernels(x)) {
       const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
@@ -79,7 +89,7 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor
   TORCH_CHECK_VALUE(grad_out.dim() >= 1 && grad_out.size(-1) == N,
                     "grad_out: expected last dimension ", N, " (the weight's out_features), got "
                     "shape ", grad_out.sizes());
-  const at::Tensor dy = grad_out.reshape({-1, N}).contiguous();
+  const at::Tensor dy = as_matrix(grad_out, N).contiguous();
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
   const int64_t M = dy.size(0);
   auto out_sizes = grad_out.sizes().vec();

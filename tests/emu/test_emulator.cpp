@@ -314,6 +314,12 @@ CPG_GLOBAL void dynamic_oob_kernel(float* out) {
   if (threadIdx.x == 5) out[0] = dyn[threadIdx.x + 100];
 }
 
+// out[i] = in[i] for i < n, one element per thread.
+CPG_GLOBAL void global_copy_kernel(const float* in, float* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = in[i];
+}
+
 CPG_GLOBAL void dynamic_smem_kernel(int* out) {
   CPG_DYNAMIC_SHARED(int, dyn);
   dyn[threadIdx.x] = static_cast<int>(threadIdx.x);
@@ -1100,9 +1106,26 @@ void test_emulator_only() {
   check(cpgdev::sm_count() == 4, "sm_count");
 }
 
+// A deliberately wrong launch: 64 elements copied from a view that starts 8 elements into a
+// 64-element buffer, so threads 56-63 read past its end. Run with --out-of-bounds-global-read
+// in a build with -fsanitize=address, where AddressSanitizer must stop it
+// (tests/test_emulator.py); without a sanitizer nothing in the emulator checks global memory.
+int out_of_bounds_global_read() {
+  Buffer<float> in(64, 1.0f), out(64);
+  CPG_LAUNCH(global_copy_kernel, 2, 32, 0, nullptr, in.ptr() + 8, out.ptr(), 64);
+  std::printf("NOT CAUGHT: the out-of-bounds global read went unreported\n");
+  return 3;
+}
+
 #endif  // CPG_EMU
 
-int main() {
+int main(int argc, char** argv) {
+#if defined(CPG_EMU)
+  if (argc > 1 && std::string(argv[1]) == "--out-of-bounds-global-read") {
+    return out_of_bounds_global_read();
+  }
+#endif
+  (void)argc, (void)argv;
   test_shuffles();
   test_votes();
   test_ldmatrix();

@@ -1,0 +1,132 @@
+"""The seeded bugs of scripts/bug_probe.py: plausible mistakes the test suite must catch.
+
+Each is a real source patch: ``search`` must occur exactly ``count`` times in ``file`` and
+is replaced by ``replace``; ``tests`` are the pytest ids that must then fail, run on
+``backends`` (CPG_TEST_BACKENDS) or, with ``sanitizer``, by scripts/sanitized_emulator.sh.
+The first ones are those of issue 18 (bugs that survived the suite at d93db6f); add one for
+every bug fixed from now on, with the tests that caught it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Bug:
+    id: str
+    file: str
+    search: str
+    replace: str
+    tests: list[str]
+    what: str
+    count: int = 1
+    backends: str = "cpu,emu"
+    sanitizer: bool = False
+
+
+LIN = "tests/test_linear_ops.py"
+CONV = "tests/test_conv_ops.py"
+MASK = "tests/test_mask_ops.py"
+
+BUGS = [
+    # ------------------------------------------------ tensor-core kernels (16-bit, TF32)
+    Bug("mma-zeroed-element", "csrc/cuda/gemm_mma.cuh",
+        "if (c < v.cols()) v.store(row, v.out_col(c), acc[fm][fn][2 * half + e]);",
+        "if (c < v.cols()) v.store(row, v.out_col(c), m + 1 == v.rows() && c + 1 == v.cols()"
+        " ? 0.0f : acc[fm][fn][2 * half + e]);",
+        [f"{LIN}::test_every_gemm_kernel_forward_and_grad_input"],
+        "the mma kernel writes 0 for the last element of the output",
+        backends="emu"),
+    Bug("mma-16-bit-accumulator", "csrc/cuda/gemm_mma.cuh",
+        "    mma_fragments<T>(f[i % 2], acc);\n",
+        "    mma_fragments<T>(f[i % 2], acc);\n"
+        "    for (auto& fm : acc) for (auto& fn : fm) for (float& e : fn)\n"
+        "      e = cpgdev::to_float(cpgdev::from_float<T>(e));\n",
+        [f"{LIN}::test_every_gemm_kernel_forward_and_grad_input"],
+        "the mma kernel keeps its accumulator in the operand dtype between k-steps",
+        backends="emu"),
+    Bug("split-k-16-bit-partials", "csrc/cuda/gemm_split_k.cuh",
+        "{ partials[row + col] = acc; }",
+        "{ partials[row + col] = cpgdev::to_float(cpgdev::from_float<typename View::Elem>(acc)); }",
+        [f"{LIN}::test_every_gemm_kernel_forward_and_grad_input"],
+        "split-K partial sums stored in 16 bits", backends="emu"),
+    Bug("mma-edge-column-dropped", "csrc/cuda/gemm_mma.cuh",
+        "    words[c] = valid ? static_cast<uint32_t>(g.bits[p.n * g.words + word_of(p.k)]) : 0u;",
+        "    words[c] = valid ? static_cast<uint32_t>(g.bits[p.n * g.words + word_of(p.k)]) &"
+        " (p.n + 1 == g.N && col0 > 0 ? ~(1u << ((g.K - 1) % 32)) : ~0u) : 0u;",
+        [f"{LIN}::test_every_gemm_kernel_forward_and_grad_input"],
+        "the mma kernel drops reduction column K-1 of the last W row in an edge column tile",
+        backends="emu"),
+    Bug("conv-ignores-cudnn-tf32", "csrc/ops/conv_ops.cpp",
+        "bool allow_tf32() { return at::globalContext().allowTF32CuDNN(at::Float32Op::CONV); }",
+        "bool allow_tf32() { return false; }",
+        [f"{CONV}::test_tf32_switch_is_respected"],
+        "fp32 convs never use TF32 tensor cores, whatever torch.backends.cudnn.allow_tf32 says",
+        backends="emu"),
+    # ------------------------------------------------------------- picking threshold
+    Bug("threshold-hard-coded", "cpg_kernels/masks.py",
+        "return torch.ops.cpg.active_bits(owner, task, mask, pick_bits, float(threshold))",
+        "return torch.ops.cpg.active_bits(owner, task, mask, pick_bits, DEFAULT_THRESHOLD)",
+        [f"{MASK}::test_active_bits_threshold", f"{LIN}::test_threshold_other_than_the_default"],
+        "active_bits ignores its threshold argument"),
+    Bug("threshold-inclusive", "csrc/core/mask_format.h",
+        "return m > threshold; }", "return m >= threshold; }",
+        [f"{MASK}::test_active_bits_threshold"],
+        "a mask entry equal to the threshold is picked (>= for >)"),
+    # ---------------------------------------------------------------------- conv ops
+    Bug("conv-multitask-drops-dilation-groups", "cpg_kernels/functional.py",
+        "_pair(padding), _pair(dilation), int(groups))",
+        "_pair(padding), [1, 1], 1)",
+        [f"{CONV}::test_conv_multitask_matches_each_task"],
+        "masked_conv2d_multitask ignores dilation and groups"),
+    Bug("conv-fake-ignores-channels-last", "cpg_kernels/_ops.py",
+        "    return x.new_empty((x.shape[0], weight.shape[0], ho, wo))"
+        ".contiguous(memory_format=fmt)",
+        "    return x.new_empty((x.shape[0], weight.shape[0], ho, wo))",
+        ["tests/test_opcheck.py::test_opcheck"],
+        "the conv fake kernels promise NCHW for channels_last inputs", backends="cpu"),
+    # ------------------------------------------------------------ trainer and CLI
+    Bug("schedule-exponent-2", "cpg_kernels/trainer/schedule.py",
+        "(1 - step / steps) ** 3", "(1 - step / steps) ** 2",
+        ["tests/test_schedule.py"], "the pruning schedule's exponent is 2, not 3",
+        backends="cpu"),
+    Bug("cli-flag-wrong-option", "cpg_kernels/cli/train.py",
+        "prune_lr=args.prune_lr", "prune_lr=args.lr",
+        ["tests/test_cli_flags.py"], "--prune-lr is ignored: prune_lr takes --lr's value",
+        backends="cpu"),
+    # --------------------------------------------------------- paths no test reached
+    Bug("multitask-tiled-bits-of-task-0", "csrc/cuda/gemm_common.cuh",
+        "  g.bits += task * g.bits_task_stride;\n", "",
+        [f"{LIN}::test_multitask_matches_separate_passes"],
+        "multi-task tiled kernels (over 16 rows a task) use task 0's bits for every task",
+        backends="emu"),
+    Bug("tiled-no-bias-null-read", "csrc/cuda/gemm_common.cuh",
+        "const bool add_bias = !kGradInput && g.bias != nullptr;",
+        "const bool add_bias = !kGradInput;",
+        [f"{LIN}::test_every_gemm_kernel_forward_and_grad_input"],
+        "the tiled kernels read the bias even when there is none", backends="emu"),
+    Bug("owner-read-as-signed", "csrc/core/mask_format.h",
+        "CPG_HD bool is_active(uint8_t owner, int task, bool picked) {",
+        "CPG_HD bool is_active(int8_t owner, int task, bool picked) {",
+        [f"{MASK}::test_owner_and_task_ids_past_127", f"{LIN}::test_owner_and_task_ids_past_127"],
+        "owners >= 128 are read as negative numbers"),
+    Bug("pick-all-backward-moves-frozen-weights", "cpg_kernels/_ops.py",
+        "dw, dm = _weight_and_mask_grads(G, weight, bits, owner, ctx.task, need_m)",
+        "dw, dm = _weight_and_mask_grads(G, weight, bits, owner if need_m else None, ctx.task,"
+        " need_m)",
+        [f"{LIN}::test_pick_all_forward_and_backward",
+         f"{CONV}::test_pick_all_forward_and_backward"],
+        "without a picking mask, old tasks' picked weights get gradients", count=2),
+    Bug("zero-in-features", "csrc/ops/linear_ops.cpp",
+        "const at::Tensor x2d = as_matrix(x, K).contiguous();",
+        "const at::Tensor x2d = x.reshape({-1, K}).contiguous();",
+        [f"{LIN}::test_zero_sizes"], "a linear layer with K = 0 fails to reshape its input",
+        backends="cpu"),
+    # ------------------------------------------- global memory (the sanitizer step only)
+    Bug("small-batch-reads-past-last-row", "csrc/cuda/gemm_small_batch.cuh",
+        "const int64_t n = n_first + i < g.N ? n_first + i : g.N - 1;",
+        "const int64_t n = n_first + i;",
+        [f"{LIN}::test_every_gemm_kernel_forward_and_grad_input"],
+        "small_batch loads W rows past N (never used: only a bounds check sees it)",
+        backends="emu", sanitizer=True),
+]
