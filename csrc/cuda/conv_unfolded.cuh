@@ -126,7 +126,7 @@ void launch(const ForwardView<T>& v, bool channels_last, cpgdev::stream_t stream
   CPG_LAUNCH(unfold, grid_stride_blocks(rows * K, kThreads), kThreads, 0, stream, v,
              cols.as<T>());
   const MaskedGemm<T> g = windows_gemm(v, cols.as<T>(), channels_last, tasks);
-  if (weight_stream::supports(g, /*allow_tf32=*/false)) {
+  if (weight_stream::supports(g, /*allow_tf32=*/false, cpgdev::smem_limits())) {
     weight_stream::launch(g, stream);
   } else {
     small_batch::launch(g, stream);
@@ -146,7 +146,7 @@ void describe(const ForwardView<T>& v, bool channels_last, int64_t tasks, int sm
                                static_cast<int64_t>(sizeof(T)) * rows * K));
   // The windows' workspace is 16-byte aligned, as the planning operands are.
   const MaskedGemm<T> g = windows_gemm<T>(v, nullptr, channels_last, tasks);
-  if (weight_stream::supports(g, /*allow_tf32=*/false)) {
+  if (weight_stream::supports(g, /*allow_tf32=*/false, weight_stream::kSm90Smem)) {
     weight_stream::describe(g, sm_count, out);
   } else {
     small_batch::describe(g, sm_count, out);

@@ -55,11 +55,9 @@ constexpr int kChunkBytes = 256;    // bytes of each tile row per chunk
 constexpr int kQuads = kChunkBytes / (4 * kVecBytes);  // of 4 lanes x 16 bytes
 constexpr int kMaxTiles = 8;        // n8 mma tiles of x rows per group
 constexpr int kMaxRows = 8 * kMaxTiles;
-// Shared memory: one block per multiprocessor may take all it allows, two
-// take half each (less the 1 KiB reserved per block).
-constexpr int64_t kSmemPerSm = 228 * 1024;
-constexpr int64_t kSmemReserved = 1024;
-constexpr int64_t kMaxBlockSmem = 227 * 1024;
+// The shared memory the plan query (describe) assumes: sm_90's (H100, H200),
+// the devices the performance model predicts. A launch reads its device's.
+constexpr cpgdev::SmemLimits kSm90Smem{228 * 1024, 227 * 1024, 1024};
 // Padding of a staged x row: rows 2i and 2i + 1 start in different halves of
 // the banks, so a warp's 16-byte x reads are conflict-free.
 constexpr int kXRowPadBytes = 64;
@@ -501,14 +499,56 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
   }
 }
 
+// How a group's rows sit in the mma tiles, and the shared memory a block
+// needs besides its staged x.
+struct Layout {
+  int tiles_per_task;   // n8 tiles of one task's rows
+  int tasks_per_group;
+  int tiles;            // the kernel's kTiles: the group's tiles, rounded up to 1, 2, 4, 8
+  int64_t group_rows;   // x rows of a full group
+  int64_t fixed_bytes;  // W ring, bits ring, warps' sums
+};
+
+template <typename T>
+Layout layout_of(const MaskedGemm<T>& g) {
+  Layout l;
+  l.tiles_per_task = static_cast<int>(ceil_div(g.M, 8));
+  const int64_t per_group = kMaxTiles / l.tiles_per_task;
+  l.tasks_per_group = static_cast<int>(g.tasks < per_group ? g.tasks : per_group);
+  const int used = l.tasks_per_group * l.tiles_per_task;
+  l.tiles = used <= 1 ? 1 : used <= 2 ? 2 : used <= 4 ? 4 : 8;
+  l.group_rows = int64_t{l.tasks_per_group} * g.M;
+  const int64_t w_bytes = int64_t{kWarps} * kStages * kWSlotVecs * kVecBytes;
+  const int64_t bits_bytes =
+      int64_t{kWarps} * kStages * l.tasks_per_group * kBitsSlotVecs * kVecBytes;
+  const int64_t sums_bytes = int64_t{kWarps} * kTileRows * 8 * l.tiles * 4;
+  l.fixed_bytes = w_bytes + bits_bytes + sums_bytes;
+  return l;
+}
+
+// The most chunks of a split whose x a block can stage with blocks_per_sm
+// blocks per multiprocessor (each then takes an even share; 0: it does not
+// fit).
+inline int64_t max_chunks_per_split(const Layout& l, const cpgdev::SmemLimits& smem,
+                                    int blocks_per_sm) {
+  const int64_t share = int64_t{smem.per_sm} / blocks_per_sm - smem.reserved_per_block;
+  const int64_t limit = share < smem.per_block ? share : smem.per_block;
+  if (limit <= l.fixed_bytes) return 0;
+  const int64_t x_room = (limit - l.fixed_bytes) / l.group_rows - kXRowPadBytes;
+  return x_room < 0 ? 0 : x_room / kChunkBytes;
+}
+
 // Whether the kernel takes g: tensor cores allowed (16-bit, or fp32 with
 // TF32), at most kMaxRows rows per task, W rows and x rows in whole 16-byte
-// vectors from 16-byte aligned operands, row-major x.
+// vectors from 16-byte aligned operands, row-major x with the tasks' rows
+// back to back (a group's rows are staged as one matrix), and one block of
+// one chunk per split fitting the device's shared memory `smem`.
 template <typename T>
-bool supports(const MaskedGemm<T>& g, bool allow_tf32) {
+bool supports(const MaskedGemm<T>& g, bool allow_tf32, const cpgdev::SmemLimits& smem) {
   return tensor_cores_allowed<T>(allow_tf32) && g.M >= 1 && g.M <= kMaxRows && g.K > 0 &&
          g.N > 0 && (g.K * static_cast<int64_t>(sizeof(T))) % kVecBytes == 0 &&
-         is_aligned16(g.w) && is_aligned16(g.a) && g.a_plane == 1;
+         is_aligned16(g.w) && is_aligned16(g.a) && g.a_plane == 1 &&
+         g.a_task_stride == g.M * g.K && max_chunks_per_split(layout_of(g), smem, 1) >= 1;
 }
 
 // A launch: the kernel's kTiles and kMultiTask, its shape and grid, and the
@@ -522,36 +562,27 @@ struct Plan {
 };
 
 // The split of K and the blocks that stream W with the least work on the
-// most loaded multiprocessor (in chunks), plus the splits' partial sums.
-// Requires supports(g, ...).
+// most loaded multiprocessor (in chunks), plus the splits' partial sums, for
+// sm_count multiprocessors with shared memory `smem` (one block per SM may
+// take all a block may, two take half each). Requires supports(g, ...).
 template <typename T>
-Plan plan(const MaskedGemm<T>& g, int sm_count) {
+Plan plan(const MaskedGemm<T>& g, int sm_count, const cpgdev::SmemLimits& smem) {
   Plan p;
   Shape& s = p.shape;
-  s.tiles_per_task = static_cast<int>(ceil_div(g.M, 8));
-  const int64_t per_group = kMaxTiles / s.tiles_per_task;
-  s.tasks_per_group = static_cast<int>(g.tasks < per_group ? g.tasks : per_group);
-  const int used = s.tasks_per_group * s.tiles_per_task;
-  p.tiles = used <= 1 ? 1 : used <= 2 ? 2 : used <= 4 ? 4 : 8;
+  const Layout l = layout_of(g);
+  s.tiles_per_task = l.tiles_per_task;
+  s.tasks_per_group = l.tasks_per_group;
+  p.tiles = l.tiles;
   p.multitask = s.tasks_per_group > 1;
   const int64_t groups = ceil_div(g.tasks, s.tasks_per_group);
-  const int64_t group_rows = int64_t{s.tasks_per_group} * g.M;
+  const int64_t group_rows = l.group_rows;
   s.row_tiles = ceil_div(g.N, kTileRows);
   s.chunks = ceil_div(g.K, chunk_cols<T>());
-
-  const int64_t w_bytes = int64_t{kWarps} * kStages * kWSlotVecs * kVecBytes;
-  const int64_t bits_bytes =
-      int64_t{kWarps} * kStages * s.tasks_per_group * kBitsSlotVecs * kVecBytes;
-  const int64_t sums_bytes = int64_t{kWarps} * kTileRows * 8 * p.tiles * 4;
-  const int64_t fixed = w_bytes + bits_bytes + sums_bytes;
   const int64_t rows_total = g.tasks * g.M;
 
   int64_t best_cost = -1;
   for (int blocks_per_sm = 2; blocks_per_sm >= 1; --blocks_per_sm) {
-    const int64_t limit =
-        blocks_per_sm == 2 ? kSmemPerSm / 2 - kSmemReserved : kMaxBlockSmem;
-    const int64_t x_room = (limit - fixed) / group_rows - kXRowPadBytes;
-    const int64_t max_cps = x_room / kChunkBytes;
+    const int64_t max_cps = max_chunks_per_split(l, smem, blocks_per_sm);
     if (max_cps < 1) continue;
     const int64_t slots = int64_t{blocks_per_sm} * sm_count;
     // Beyond two waves' worth of blocks more splits cannot help.
@@ -586,10 +617,10 @@ Plan plan(const MaskedGemm<T>& g, int sm_count) {
   }
   const int64_t x_cols = int64_t{s.chunks_per_split} * chunk_cols<T>();
   s.x_stride = static_cast<int>(x_cols + kXRowPadBytes / static_cast<int64_t>(sizeof(T)));
-  s.bits_offset = static_cast<int>(w_bytes / kVecBytes);
-  s.sums_offset = static_cast<int>((w_bytes + bits_bytes) / kVecBytes);
-  s.x_offset = static_cast<int>(fixed / kVecBytes);
-  s.smem_bytes = static_cast<int>(fixed + group_rows * s.x_stride * sizeof(T));
+  s.bits_offset = kWarps * kStages * kWSlotVecs;
+  s.sums_offset = s.bits_offset + kWarps * kStages * s.tasks_per_group * kBitsSlotVecs;
+  s.x_offset = static_cast<int>(l.fixed_bytes / kVecBytes);
+  s.smem_bytes = static_cast<int>(l.fixed_bytes + group_rows * s.x_stride * sizeof(T));
   p.grid = dim3(static_cast<unsigned>(s.row_blocks), static_cast<unsigned>(s.splits),
                 static_cast<unsigned>(groups));
   p.partials_bytes = s.splits > 1 ? int64_t{4} * s.splits * rows_total * g.N : 0;
@@ -598,7 +629,7 @@ Plan plan(const MaskedGemm<T>& g, int sm_count) {
 
 template <typename T>
 void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
-  const Plan p = plan(g, cpgdev::sm_count());
+  const Plan p = plan(g, cpgdev::sm_count(), cpgdev::smem_limits());
   DeviceWorkspace partials(static_cast<size_t>(p.partials_bytes), stream);
   float* sums = p.shape.splits > 1 ? partials.as<float>() : nullptr;
   auto run = [&](auto kernel) {
@@ -631,7 +662,7 @@ void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
 // `out`.
 template <typename T>
 void describe(const MaskedGemm<T>& g, int sm_count, LaunchPlan& out) {
-  const Plan p = plan(g, sm_count);
+  const Plan p = plan(g, sm_count, kSm90Smem);
   const Shape& s = p.shape;
   out.push_back(planned_launch(
       "weight_stream::masked_linear_stream_kernel<" + type_name<T>() + ", " +

@@ -25,7 +25,7 @@
 // Dispatch, first rule that matches:
 //   1. forward / multitask with M <= 64, f16 / bf16 or f32
 //      with allow_tf32, K in whole 16-byte vectors, x and
-//      w 16-byte aligned                                  -> weight_stream
+//      w 16-byte aligned, a block fitting shared memory   -> weight_stream
 //   2. forward / multitask with M <= 16                  -> small_batch
 //   3. grad_input (dx = dy W', reduction over N) with
 //      M <= 16                                           -> small_batch_grad
@@ -52,6 +52,7 @@ namespace {
 // plan query, launch_plan.h), so that a plan is what the launchers do.
 struct GemmLauncher {
   cpgdev::stream_t stream;
+  cpgdev::SmemLimits smem() const { return cpgdev::smem_limits(); }
   template <typename T>
   void stream_forward(const MaskedGemm<T>& g) const { weight_stream::launch(g, stream); }
   template <typename T>
@@ -67,6 +68,7 @@ struct GemmLauncher {
 struct GemmPlanner {
   int sm_count;
   LaunchPlan* plan;
+  cpgdev::SmemLimits smem() const { return weight_stream::kSm90Smem; }
   template <typename T>
   void stream_forward(const MaskedGemm<T>& g) const {
     weight_stream::describe(g, sm_count, *plan);
@@ -94,7 +96,7 @@ void run_tiled(const MaskedGemm<T>& g, bool allow_tf32, const Exec& exec) {
 
 template <typename T, typename Exec>
 void run_forward(const MaskedGemm<T>& g, bool allow_tf32, const Exec& exec) {
-  if (weight_stream::supports(g, allow_tf32)) {
+  if (weight_stream::supports(g, allow_tf32, exec.smem())) {
     exec.stream_forward(g);
   } else if (g.M <= small_batch::kMaxXRows) {
     exec.small_batch(g);

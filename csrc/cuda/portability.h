@@ -46,6 +46,8 @@
 //                                   launch and check; throws std::runtime_error
 //   cpgdev::set_max_dynamic_smem(kernel, bytes)   set once per kernel and device
 //   cpgdev::sm_count()              multiprocessors of the current device (cached)
+//   cpgdev::smem_limits()           its shared memory per SM, per block (opt-in)
+//                                   and reserved per block, in bytes (cached)
 //   cpgdev::device_alloc(bytes, stream) device_free(p, stream)
 //                                   stream-ordered global scratch (a launcher's
 //                                   workspace); throws std::runtime_error
@@ -56,6 +58,7 @@
 #include <string>
 
 #include "core/hd.h"
+#include "core/smem_limits.h"
 
 #if defined(CPG_EMU)
 
@@ -269,6 +272,24 @@ inline int sm_count() {
 // set_workspace_allocator), else the device's stream-ordered pool.
 void* device_alloc(size_t bytes, stream_t stream);
 void device_free(void* p, stream_t stream);
+
+inline SmemLimits smem_limits() {
+  static std::mutex mutex;
+  static SmemLimits cached[kMaxCachedDevices];  // per_sm 0: not queried yet
+  const int dev = current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  if (dev < kMaxCachedDevices && cached[dev].per_sm > 0) return cached[dev];
+  SmemLimits l;
+  check(cudaDeviceGetAttribute(&l.per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev),
+        "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&l.per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+        "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&l.reserved_per_block, cudaDevAttrReservedSharedMemoryPerBlock,
+                               dev),
+        "cudaDeviceGetAttribute");
+  if (dev < kMaxCachedDevices) cached[dev] = l;
+  return l;
+}
 
 }  // namespace gpu
 }  // namespace cpgdev

@@ -42,6 +42,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/smem_limits.h"
+
 // CUDA's built-in vector types, as far as the contract uses them. g++ and clang
 // accept __restrict__ as is; `#pragma unroll` is ignored (with -Wunknown-pragmas
 // it warns, which the emulator build should silence with -Wno-unknown-pragmas).
@@ -510,6 +512,8 @@ inline void set_max_dynamic_smem(Kernel kernel, int bytes) {
 }
 
 inline int sm_count() { return 4; }
+// sm_90's (H100, H200): the emulator's shared-memory bounds are these.
+inline SmemLimits smem_limits() { return {228 * 1024, 227 * 1024, 1024}; }
 
 // Device memory is host memory here, and launches are synchronous: what the
 // CUDA build orders on the stream is already done when device_free runs.
