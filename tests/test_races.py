@@ -63,12 +63,16 @@ def _workloads(device: str = "cpu"):
     ldy = torch.randn(1, 128, 3, 3, generator=g)  # stride 2, padding 1
     # More than 64 rows: 16-bit forwards of up to 64 rows take the weight stream instead.
     x72, x72_long = torch.randn(72, 64, generator=g), torch.randn(72, 1024, generator=g)
+    # One row tile of 32 chunks: the weight stream splits K on the emulator's 4 SMs.
+    w_wide, x_wide = torch.randn(6, 4096, generator=g), torch.randn(2, 4096, generator=g)
+    bits_wide = masks.pack(torch.rand(w_wide.shape, generator=g) < 0.5)
     (w, owner, mask, bits, x, w64, x64, bits64, w_long, bits_long, x_long, sw, sbits, sx, cw,
      cbits, cx, grad, tall_w, tall_bits, tall_dy, tw, tbits, tx, tdy, lw, lbits, lx, ldy, x72,
-     x72_long) = (
+     x72_long, w_wide, x_wide, bits_wide) = (
         t.to(device) for t in (w, owner, mask, bits, x, w64, x64, bits64, w_long, bits_long,
                                x_long, sw, sbits, sx, cw, cbits, cx, grad, tall_w, tall_bits,
-                               tall_dy, tw, tbits, tx, tdy, lw, lbits, lx, ldy, x72, x72_long))
+                               tall_dy, tw, tbits, tx, tdy, lw, lbits, lx, ldy, x72, x72_long,
+                               w_wide, x_wide, bits_wide))
 
     # Stride 2, padding 1 convs of image x (forward) or dy (input gradient) through weight cw_.
     def conv(x, cw_, cbits_, fmt, dtype):
@@ -104,7 +108,7 @@ def _workloads(device: str = "cpu"):
         "linear_stream_bf16": lambda: functional.masked_linear(
             x64.bfloat16(), w64.bfloat16(), bits64),
         "linear_stream_split_k": lambda: functional.masked_linear(
-            x_long[:5].bfloat16(), w_long.bfloat16(), bits_long),
+            x_wide.bfloat16(), w_wide.bfloat16(), bits_wide),
         "multitask_stream": lambda: functional.masked_linear_multitask(
             x64[:6].view(3, 2, 64).half(), w64.half(), torch.stack([bits64, bits64 ^ 1, bits64])),
         "linear_stream_tf32": lambda: with_tf32(functional.masked_linear, x64[:7], w64, bits64),
