@@ -1,46 +1,60 @@
 #!/usr/bin/env python3
-"""Issue 14's targets for the weight stream (gemm_stream.cuh), before and after, from two
-``model.py predict`` files of one GPU: every linear and conv inference case up to batch 16
-whose forward the stream takes in AFTER, and the multi-task T = 8, batch 1 cases.
+"""Issue 14's targets for the weight stream (gemm_stream.cuh), predicted before and after.
 
-    python3 benchmarks/perfmodel/stream_targets.py BEFORE.json AFTER.json
+    python3 benchmarks/perfmodel/stream_targets.py [--gpu h100-sxm] [--gpu h200-sxm]
 
-Prints a markdown table of predicted figures: the fused call's time (and its device time) on
-each side, and AFTER's ratios against the pre-masked weight (>= 0.9 wanted) and dense masking
-(>= 3, or >= 7 against eight passes at T = 8).
+Both sides are this checkout's model, constants and resource table; "before" plans every
+forward that the stream takes on the small-batch kernel instead, as the dispatcher did before
+it (``calibrate.old_small_batch``). Cases: every bf16 linear and conv inference case up to
+batch 16 whose forward the stream takes, and the multi-task T = 8, batch 1 cases.
+
+Prints a markdown table of predicted figures per GPU: the fused call's time (and its device
+time) on each side, and the after side's ratios against the pre-masked weight (>= 0.9 wanted;
+in brackets against the fused call's device time alone, as if the host cost nothing) and dense
+masking (>= 3, or >= 7 against eight passes at T = 8). "target met" reads the call's ratios.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import sys
+from functools import partial
 from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BENCH))
+
+import cases  # noqa: E402
+import model  # noqa: E402
+from perfmodel import calibrate, plan, predict  # noqa: E402
+from perfmodel.hardware import GPUS, H100  # noqa: E402
 
 STREAM = "weight_stream::"
 
 
-def _records(path: str) -> dict:
-    doc = json.loads(Path(path).read_text())
-    if not doc["meta"].get("predicted"):
-        raise ValueError(f"{path}: not a predicted file (model.py predict)")
-    return {r["id"]: r for r in doc["records"]}
-
-
-def _streamed(record: dict) -> bool:
-    return any(launch["kernel"].startswith(STREAM)
-               for launch in record["predicted"].get("launches", []))
-
-
-def chosen(after: dict) -> list[str]:
+def chosen(sms: int) -> list:
     out = []
-    for rid, r in after.items():
-        if r["mode"] != "inference" or r["batch"] > 16:
+    for case in cases.full_grid(("bf16",)):
+        if case.mode != "inference" or case.batch > 16:
             continue
-        if r["family"] == "multitask":
-            if r["tasks"] == 8 and r["batch"] == 1:
-                out.append(rid)
-        elif _streamed(r):
-            out.append(rid)
+        if case.family == "multitask":
+            if case.tasks == 8 and case.batch == 1:
+                out.append(case)
+        elif any(launch.kernel.startswith(STREAM)
+                 for launch in plan.forward_launches(case, sms)):
+            out.append(case)
     return out
+
+
+def records(gpu, picked, old: bool) -> dict:
+    """case id -> predicted record on gpu (old: the small-batch dispatch)."""
+    measured = model._measured_records()
+    ref = predict.context(H100, measured=measured)
+    ctx = ref if gpu is H100 else predict.context(gpu)
+    if old:
+        for c in {id(ref): ref, id(ctx): ctx}.values():
+            c.rewrite_plan = lambda case, what, launches, sms=c.gpu.sms: \
+                calibrate.old_small_batch(case, what, launches, sms=sms)
+    return {c.id: predict.record(ctx, c, None if gpu is H100 else ref) for c in picked}
 
 
 def _us(r: dict) -> str:
@@ -48,27 +62,33 @@ def _us(r: dict) -> str:
 
 
 def table(before: dict, after: dict) -> list[str]:
-    lines = ["| case | before us (device) | after us (device) | after x pre-masked | "
-             "after x dense | target met | after bound |", "|---|---|---|---|---|---|---|"]
-    for rid in chosen(after):
-        a, b = after[rid], before.get(rid)
-        s = a["speedup"]
+    lines = ["| case | before us (device) | after us (device) | after x pre-masked "
+             "(device) | after x dense | target met | after bound |",
+             "|---|---|---|---|---|---|---|"]
+    for rid, a in after.items():
+        b, s = before[rid], a["speedup"]
         multi = a["family"] == "multitask"
-        other = s.get("separate_fused") if multi else s.get("premasked")
         dense = s.get("dense_masking") or 0.0
-        met = dense >= 7 if multi else (other or 0) >= 0.9 and dense >= 3
-        lines.append(f"| {rid} | {_us(b) if b else '-'} | {_us(a)} | "
-                     f"{'-' if multi else f'{other:.2f}'} | {dense:.2f} | "
+        if multi:
+            ratio, met = "-", dense >= 7
+        else:
+            device = a["variants"]["premasked"]["ms"] / a["predicted"]["device_ms"]
+            ratio = f"{s['premasked']:.2f} ({device:.2f})"
+            met = s["premasked"] >= 0.9 and dense >= 3
+        lines.append(f"| {rid} | {_us(b)} | {_us(a)} | {ratio} | {dense:.2f} | "
                      f"{'yes' if met else 'no'} | {a['predicted']['bound']} |")
     return lines
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("before")
-    p.add_argument("after")
+    p.add_argument("--gpu", action="append", choices=sorted(GPUS))
     args = p.parse_args(argv)
-    print("\n".join(table(_records(args.before), _records(args.after))))
+    for slug in args.gpu or ["h100-sxm", "h200-sxm"]:
+        gpu = GPUS[slug]
+        picked = chosen(gpu.sms)
+        print(f"\n{gpu.name}, predicted (before: gemm_small_batch.cuh; after: gemm_stream.cuh)\n")
+        print("\n".join(table(records(gpu, picked, True), records(gpu, picked, False))))
     return 0
 
 
