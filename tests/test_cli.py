@@ -110,6 +110,40 @@ def test_independent_baseline_reports_its_size(capsys, tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_an_interrupted_run_resumes_to_the_same_result(capsys, tmp_path, monkeypatch):
+    from cpg_kernels.cli.stored import load_run
+    from cpg_kernels.trainer import CPGTrainer
+
+    argv = ["train", *QUICK, "--tasks", "3", "-q", "--no-plot", "-o"]
+    whole, part = str(tmp_path / "whole.pt"), str(tmp_path / "part.pt")
+    assert main([*argv, whole]) == 0
+    learn = CPGTrainer.learn
+
+    def interrupted(self, task):  # Ctrl-C during the third task
+        if len(self.results) == 2:
+            raise KeyboardInterrupt
+        return learn(self, task)
+
+    monkeypatch.setattr(CPGTrainer, "learn", interrupted)
+    assert main([*argv, part]) == 130
+    assert len(load_run(part)[1].results) == 2  # the checkpoint after the second task
+    monkeypatch.setattr(CPGTrainer, "learn", learn)
+    capsys.readouterr()
+    assert main([*argv, part, "--resume", "--no-progress"]) == 0
+    _, err = capsys.readouterr()
+    assert err == ""  # --quiet
+    (model, run), (expected_model, expected) = load_run(part), load_run(whole)
+    assert [r.to_dict() for r in run.results] == [r.to_dict() for r in expected.results]
+    reference = expected_model.state_dict()
+    for key, value in model.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, reference[key]), key
+    code, _, err = _cpg(capsys, *argv, part, "--resume", "--lr", "0.1")
+    assert code == 2 and "trained with other options (lr)" in err
+    code, _, err = _cpg(capsys, *argv, part, "--resume", "--method", "independent")
+    assert code == 2 and "independent keeps no checkpoint" in err
+
+
 @pytest.mark.parametrize("argv,message", [
     (["train", "--epochs", "0"], "epochs must be an int >= 1"),
     (["train", "--epochs", "x"], "invalid int value"),
@@ -177,4 +211,4 @@ def test_the_module_runs_as_a_command():
     done = subprocess.run([sys.executable, "-m", "cpg_kernels.cli", "train", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
-    assert "--method {cpg,packnet,pae,finetune,scratch}" in done.stdout
+    assert "--method {cpg,pae,packnet,sequential,independent,finetune,scratch}" in done.stdout

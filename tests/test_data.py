@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cpg_kernels.data import (cifar100_tasks, digits_tasks, folder_tasks, load_tasks,
-                              synthetic_tasks)
+                              permuted_digits_tasks, synthetic_tasks, transformed_digits_tasks)
 from cpg_kernels.data.tasks import stratified_split
 
 
@@ -50,6 +50,40 @@ def test_digits_splits_are_seeded_and_can_validate_on_test():
     assert paper[0].val is paper[0].test
     with pytest.raises(ValueError, match="val_fraction"):
         digits_tasks(val_fraction=1.0)
+
+
+def test_permuted_digits_are_ten_ten_class_tasks_each_in_its_own_pixel_order():
+    tasks = permuted_digits_tasks(seed=0)
+    assert len(tasks) == 10 and all(t.num_classes == 10 for t in tasks)
+    assert tasks[0].name == "digits unpermuted" and tasks[1].name == "digits permutation 1"
+    # The same images in every task, their pixels reordered: the sorted pixels agree.
+    first, second = tasks[0].test.images, tasks[1].test.images
+    assert first.shape == second.shape == (len(tasks[0].test), 1, 8, 8)
+    assert not torch.equal(first, second)
+    assert torch.equal(first.flatten(1).sort(1).values, second.flatten(1).sort(1).values)
+    assert torch.equal(tasks[0].test.labels, tasks[9].test.labels)
+    # The permutations belong to the sequence; the seed draws the split.
+    again, other = permuted_digits_tasks(seed=0), permuted_digits_tasks(seed=1)
+    assert torch.equal(again[3].test.images, tasks[3].test.images)
+    assert not torch.equal(other[0].test.labels, tasks[0].test.labels)
+    with pytest.raises(ValueError, match="num_tasks"):
+        permuted_digits_tasks(num_tasks=0)
+
+
+def test_transformed_digits_are_six_ten_class_tasks_under_their_transforms():
+    tasks = transformed_digits_tasks(seed=0)
+    assert [t.name for t in tasks] == ["digits upright", "digits rotated 90",
+                                       "digits upside down", "digits inverted",
+                                       "digits blurred", "digits noisy"]
+    upright = tasks[0].test.images
+    assert torch.equal(tasks[1].test.images, torch.rot90(upright, 1, (2, 3)))
+    assert torch.equal(tasks[2].test.images, upright.flip(2))
+    assert torch.allclose(tasks[3].test.images, 1 - upright)
+    for task in tasks:
+        x = _inputs(task.train)
+        assert task.num_classes == 10 and x.shape[1:] == (1, 8, 8)
+        assert abs(float(x.mean())) < 1e-4  # normalized with its own statistics
+    assert len(tasks[0].train) + len(tasks[0].val) + len(tasks[0].test) == 1797
 
 
 def test_stratified_split_keeps_every_class_in_proportion():
@@ -162,6 +196,7 @@ def test_synthetic_tasks_are_seeded_and_sized():
 
 def test_load_tasks_by_name(tmp_path):
     assert len(load_tasks("digits", num_tasks=2)) == 2
+    assert len(load_tasks("permuted")) == 10 and len(load_tasks("transformed", num_tasks=3)) == 3
     assert len(load_tasks("synthetic")) == 3
     with pytest.raises(ValueError, match="unknown data set"):
         load_tasks("mnist")

@@ -21,7 +21,8 @@ def run_eval(args: argparse.Namespace) -> int:
     """Test accuracy of every task now, against the accuracy right after it was learned."""
     check_device(args.device)
     model, run = load_run(args.checkpoint, args.device)
-    tasks = load_tasks(run.data, args.data_dir or run.data_dir, run.num_tasks, run.val_fraction)
+    tasks = load_tasks(run.data, args.data_dir or run.data_dir, run.num_tasks, run.val_fraction,
+                       seed=int(run.config.get("seed", 0)))  # the split it was trained on
     finished, _ = L.task_state(model)
     learned = {r.task_id: r.learned_accuracy for r in run.results}
     rows = []

@@ -49,3 +49,36 @@ def plot_capacity(model: nn.Module, path: str | os.PathLike, title: str = "") ->
     figure.savefig(os.fspath(path), dpi=120)
     plt.close(figure)
     return True
+
+
+def plot_comparison(summary: dict[str, dict], names: list[str], path: str | os.PathLike,
+                    title: str = "") -> bool:
+    """Save a line chart of each method's final test accuracy per task (mean ± std) to ``path``.
+
+    Returns False, writing nothing, when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.7 * len(names) + 2), 4.2))
+    positions = list(range(1, len(names) + 1))
+    for method, values in summary.items():
+        means = [100 * m for m, _ in values["task_accuracy"]]
+        stds = [100 * s for _, s in values["task_accuracy"]]
+        average = 100 * values["average_accuracy"][0]
+        axes.errorbar(positions, means, yerr=stds, marker="o", capsize=3,
+                      label=f"{method} ({average:.1f}%)")
+    axes.set_xticks(positions)
+    axes.set_xticklabels([str(p) for p in positions])
+    axes.set_xlabel("task, in the order learned")
+    axes.set_ylabel("test accuracy after the last task (%)")
+    axes.set_title(title or "final accuracy per task")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(os.fspath(path), dpi=120)
+    plt.close(figure)
+    return True

@@ -2,6 +2,10 @@
 
 * ``digits``: the embedded default, scikit-learn's bundled digits as five
   2-class tasks (no download);
+* ``permuted``: the same digits as ten 10-class tasks, each with its own
+  pixel order (embedded);
+* ``transformed``: the same digits as six 10-class tasks, each under its own
+  transform: rotated, upside down, inverted, blurred, noisy (embedded);
 * ``cifar100``: the paper's 20 superclass tasks of 5 classes, from local
   ``cifar-100-python`` files;
 * ``folder``: a user's own tasks from image files;
@@ -12,12 +16,13 @@
 from __future__ import annotations
 
 from .cifar100 import cifar100_tasks
-from .digits import digits_tasks
+from .digits import digits_tasks, permuted_digits_tasks, transformed_digits_tasks
 from .folder import folder_tasks
 from .synthetic import synthetic_tasks
 from .tasks import ImageTensors, Task
 
-DATASETS = ("digits", "cifar100", "folder", "synthetic")
+DATASETS = ("digits", "permuted", "transformed", "cifar100", "folder", "synthetic")
+EMBEDDED = ("digits", "permuted", "transformed")
 _NEEDS_ROOT = ("cifar100", "folder")
 
 
@@ -40,6 +45,10 @@ def load_tasks(name: str, root: str | None = None, num_tasks: int | None = None,
                          "apply")
     if name == "digits":
         tasks = digits_tasks(seed=seed, **options)
+    elif name == "permuted":
+        tasks = permuted_digits_tasks(seed=seed, **options)
+    elif name == "transformed":
+        tasks = transformed_digits_tasks(seed=seed, **options)
     elif name == "cifar100":
         tasks = cifar100_tasks(root, seed=seed, **options)
     elif name == "folder":
@@ -53,5 +62,6 @@ def load_tasks(name: str, root: str | None = None, num_tasks: int | None = None,
     return tasks
 
 
-__all__ = ["DATASETS", "ImageTensors", "Task", "cifar100_tasks", "digits_tasks", "folder_tasks",
-           "load_tasks", "synthetic_tasks"]
+__all__ = ["DATASETS", "EMBEDDED", "ImageTensors", "Task", "cifar100_tasks", "digits_tasks",
+           "folder_tasks", "load_tasks", "permuted_digits_tasks", "synthetic_tasks",
+           "transformed_digits_tasks"]

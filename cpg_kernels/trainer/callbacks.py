@@ -32,7 +32,8 @@ class Callback:
         """The network grew from ``old_size`` to ``new_size`` times its original size."""
 
     def on_prune(self, task_id: int, sparsity: float, accuracy: float, kept: bool) -> None:
-        """A pruning step reached ``sparsity``; ``kept``: it still met the goal."""
+        """A pruning step reached ``sparsity``; ``kept``: the step stays (it met the goal,
+        or the reserve for later tasks requires it)."""
 
     def on_task_end(self, result: TaskResult) -> None:
         """The task is finished (frozen) with these results."""

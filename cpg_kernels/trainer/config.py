@@ -3,48 +3,82 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-METHODS = ("cpg", "packnet", "pae", "finetune", "scratch")
-SHARED_METHODS = ("cpg", "packnet", "pae")  # one network whose weights the tasks share
+from ..masks import MAX_TASK
+
+METHODS = ("cpg", "pae", "packnet", "sequential", "independent", "finetune")
+SHARED_METHODS = ("cpg", "pae", "packnet")  # one network whose weights the tasks share
+ALIASES = {"scratch": "independent"}  # the CPG paper's name for independent models
 OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
 class Method:
-    """What a shared-network method does differently: pick older weights? grow?"""
+    """What a shared-network method does: pick older weights? grow? how it compacts.
+
+    ``goal``: compaction and growth follow an accuracy goal (CPG, PAE);
+    without one (PackNet) a task is pruned once to a fixed ratio.
+    """
 
     picking: bool
     growth: bool
+    goal: bool = True
 
 
 SHARED = {
-    "cpg": Method(picking=True, growth=True),       # Hung et al. 2019
-    "packnet": Method(picking=False, growth=False),  # Mallya & Lazebnik 2018
-    "pae": Method(picking=False, growth=True),       # PackNet + growth (Hung et al. 2019)
+    "cpg": Method(picking=True, growth=True),                    # Hung et al. 2019
+    "pae": Method(picking=False, growth=True),                   # Hung et al., ICMR 2019
+    "packnet": Method(picking=False, growth=False, goal=False),  # Mallya & Lazebnik 2018
 }
+SCHEDULES = ("constant", "step", "cosine")
+MASK_SCHEDULES = ("paper", "same")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How to learn each task.
 
-    Shared methods (``cpg``, ``packnet``, ``pae``), per task: train for
-    ``epochs`` (the new weights, and with ``cpg`` the picking masks); while
-    the validation accuracy misses the goal, grow the network (``cpg``,
-    ``pae``) by up to ``growth_step`` of its original size per step, never
-    past ``max_size`` times it, and train again; then, if the goal is met,
-    prune the task's weights along the Zhu-Gupta cubic schedule from
-    ``initial_sparsity`` to ``final_sparsity`` in ``prune_steps`` steps with
-    ``retrain_epochs`` of training at ``prune_lr`` after each, keeping the
-    sparsest state that still meets the goal.
+    CPG and PAE (``cpg``, ``pae``), per task (see docs/protocol.md):
+
+    1. Train for ``epochs`` (the free weights, and with ``cpg`` the picking
+       masks over the older ones; ``pae`` uses every older weight).
+    2. If the validation accuracy misses the goal and the network may still
+       grow (never for the first task, never past ``max_size`` times its
+       original size), grow it by up to ``growth_step`` of its original size
+       and, with ``growth_restart``, train the task again from its state
+       before the task began (the paper: "expand, reset, go to the previous
+       step"); otherwise keep training on from where it stopped.
+    3. Prune the task's weights along the Zhu-Gupta cubic schedule from
+       ``initial_sparsity`` to ``final_sparsity`` in ``prune_steps`` steps,
+       ``retrain_epochs`` of training at ``prune_lr`` after each, keeping the
+       sparsest state that still meets the goal. A task that missed its goal
+       is pruned to the reserve instead, so it still leaves room for the
+       tasks after it: ``reserve`` of the weights available to the task when
+       given, else 1 - 1/(remaining tasks + 1) when the sequence length is
+       known (``total_tasks``, or the sequence ``Trainer.fit`` is given),
+       else 0.5.
+
+    PackNet (``packnet``): train for ``epochs``, prune once to
+    ``prune_ratio`` of the available weights (default: the reserve above),
+    retrain ``prune_steps * retrain_epochs`` epochs at ``prune_lr``. No goal,
+    no growth.
 
     The goal is ``goal`` (an accuracy in (0, 1]) when given; otherwise the
     validation accuracy of a reference -- a dense copy of the network
     fine-tuned on the task alone for ``reference_epochs`` (default
     ``epochs``) -- minus ``goal_drop``.
 
-    Independent baselines (``finetune``: each task's own copy of the network,
-    fine-tuned from the previous task's; ``scratch``: each task's own freshly
-    initialized network) train ``epochs`` per task and have no goal.
+    Every training phase follows ``lr_schedule`` step by step (``constant``
+    by default: at these short budgets cosine and step decay lost accuracy,
+    docs/protocol.md; the picking
+    masks follow ``mask_schedule``; ``paper``: x0.2 from half the phase, 0
+    from 70%, as the paper's code), evaluates on validation after each epoch
+    and, with ``select_best``, ends in its best epoch's state; ``patience``
+    stops a phase after that many epochs without improvement.
+
+    The other baselines train ``epochs`` per task and have no goal:
+    ``sequential`` fine-tunes one shared network (a head per task; the
+    forgetting lower bound), ``independent`` trains a fresh network per task
+    (the paper's "scratch"), ``finetune`` a copy of the previous task's.
 
     ``batch_size`` is per process under DistributedDataParallel.
 
@@ -53,7 +87,10 @@ class TrainConfig:
     unless ``mask_optimizer`` gives the masks one of their own at ``mask_lr``:
     the paper trains weights with SGD and masks with Adam
     (``optimizer="sgd", mask_optimizer="adam"``). Adam suits the masks, whose
-    gradients are tiny.
+    gradients are tiny; but Adam moves every entry by about ``mask_lr`` a step
+    whatever its gradient, and an entry starts only 5e-3 above the threshold,
+    so ``mask_lr`` is Piggyback's and the paper's code's 1e-4: at 5e-4 noise
+    alone unpicked a third of the older weights (docs/protocol.md).
     ``goal_drop=0.015`` forgives one error on a digits task's validation set.
     """
 
@@ -62,7 +99,7 @@ class TrainConfig:
     batch_size: int = 32
     optimizer: str = "adam"
     lr: float = 3e-3
-    mask_lr: float = 5e-4
+    mask_lr: float = 1e-4
     mask_optimizer: str | None = None
     momentum: float = 0.9
     weight_decay: float = 4e-5
@@ -76,10 +113,20 @@ class TrainConfig:
     prune_lr: float = 1e-3
     growth_step: float = 0.5
     max_size: float = 1.5
+    growth_restart: bool = True
+    reserve: float | None = None
+    total_tasks: int | None = None
+    prune_ratio: float | None = None
+    lr_schedule: str = "constant"
+    mask_schedule: str = "paper"
+    select_best: bool = True
+    patience: int | None = None
     seed: int = 0
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.method in ALIASES:
+            object.__setattr__(self, "method", ALIASES[self.method])
         _choice("method", self.method, METHODS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.mask_optimizer is not None:
@@ -105,6 +152,19 @@ class TrainConfig:
         if not self.max_size >= 1:
             raise ValueError(f"max_size must be >= 1 (times the original size), got "
                              f"{self.max_size}")
+        _choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        _choice("mask_schedule", self.mask_schedule, MASK_SCHEDULES)
+        for name in ("reserve", "prune_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name} is a share of the weights in [0, 1), got {value}")
+        if self.total_tasks is not None:
+            _at_least("total_tasks", self.total_tasks, 1)
+            if self.total_tasks > MAX_TASK:
+                raise ValueError(f"total_tasks: a shared network holds at most {MAX_TASK} "
+                                 f"tasks, got {self.total_tasks}")
+        if self.patience is not None:
+            _at_least("patience", self.patience, 1)
 
     @property
     def shared(self) -> Method | None:

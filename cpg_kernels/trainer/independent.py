@@ -1,7 +1,8 @@
 """The independent baselines: one network per task, so nothing is shared or forgotten.
 
-``scratch`` trains each task's network from a fresh initialization;
-``finetune`` starts each task's network from a copy of the previous task's.
+``independent`` (the CPG paper's "scratch") trains each task's network from
+a fresh initialization; ``finetune`` starts each task's network from a copy
+of the previous task's.
 Their cost is the size: one whole network per task.
 """
 from __future__ import annotations
@@ -23,14 +24,16 @@ class IndependentTrainer(Trainer):
 
     def __init__(self, build: Callable[[], nn.Module], config: TrainConfig,
                  callbacks: Iterable[Callback] = ()):
-        if config.shared is not None:
-            raise ValueError(f"method {config.method!r} shares one network: use CPGTrainer")
+        if config.method not in ("independent", "finetune"):
+            raise ValueError(f"method {config.method!r} shares one network: use "
+                             "CPGTrainer or SequentialTrainer")
         super().__init__(config, callbacks)
         self.build = build
         self.networks: list[nn.Module] = []
-        network = build()
-        self.head_name = classifier_name(network)
-        self.base_weights = backbone_weights(network, self.head_name)
+        # The first task trains this one: the same initial network the other methods get.
+        self._first = build()
+        self.head_name = classifier_name(self._first)
+        self.base_weights = backbone_weights(self._first, self.head_name)
 
     def learn(self, task: Task) -> TaskResult:
         """Train the next task's own network and return its results."""
@@ -39,6 +42,8 @@ class IndependentTrainer(Trainer):
         self._emit("on_task_begin", t, task.name)
         if self.config.method == "finetune" and self.networks:
             net = copy.deepcopy(self.networks[-1])
+        elif self._first is not None:
+            net, self._first = self._first, None
         else:
             net = self.build()
         head = net.get_submodule(self.head_name)

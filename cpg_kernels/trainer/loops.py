@@ -7,6 +7,9 @@ sees the same accuracy and takes the same decisions.
 """
 from __future__ import annotations
 
+import copy
+import functools
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,13 +37,16 @@ def train_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
 def run_epochs(model: nn.Module,
                optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
                loader: DataLoader, epochs: int, device: torch.device,
-               on_step: Callable[[float], None] | None = None) -> None:
+               on_step: Callable[[float], None] | None = None,
+               after_step: Callable[[], object] | None = None, first_epoch: int = 0) -> None:
     """``epochs`` passes of cross-entropy training over ``loader``; every step
-    steps each optimizer (e.g. one for the weights and one for the masks)."""
+    steps each optimizer (e.g. one for the weights and one for the masks),
+    then calls ``after_step`` (to step learning-rate schedules, say).
+    ``first_epoch`` numbers the passes (it reshuffles a distributed sampler)."""
     if isinstance(optimizers, torch.optim.Optimizer):
         optimizers = [optimizers]
     model.train()
-    for epoch in range(epochs):
+    for epoch in range(first_epoch, first_epoch + epochs):
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
         for x, y in loader:
@@ -51,8 +57,52 @@ def run_epochs(model: nn.Module,
             loss.backward()
             for optimizer in optimizers:
                 optimizer.step()
+            if after_step is not None:
+                after_step()
             if on_step is not None:
                 on_step(loss.item())
+
+
+def schedule_factor(name: str, progress: float) -> float:
+    """The learning-rate multiplier of schedule ``name`` at ``progress`` in [0, 1].
+
+    ``constant``: 1. ``step``: x0.1 from half the phase and x0.01 from 80%
+    (the paper's code: x0.1 at epochs 50 and 80 of 100). ``cosine``: from 1
+    down to 0 along half a cosine. ``paper`` (for picking masks, the paper's
+    code): 1, x0.2 from half the phase, 0 from 70% on, so the weights finish
+    training on a fixed selection.
+    """
+    if name == "constant":
+        return 1.0
+    if name == "step":
+        return 1.0 if progress < 0.5 else 0.1 if progress < 0.8 else 0.01
+    if name == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    if name == "paper":
+        return 1.0 if progress < 0.5 else 0.2 if progress < 0.7 else 0.0
+    raise ValueError(f"unknown schedule {name!r}")
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, steps: int, schedule: str,
+                 mask_schedule: str = "same") -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step ``LambdaLR`` over ``steps``: ``schedule`` for every parameter group,
+    ``mask_schedule`` for the picking masks' (``"same"``: ``schedule`` too)."""
+    steps = max(steps, 1)
+    mask = schedule if mask_schedule == "same" else mask_schedule
+    names = [mask if group.get("cpg_part") == "masks" else schedule
+             for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [functools.partial(_factor_at, name, steps) for name in names])
+
+
+def _factor_at(name: str, steps: int, step: int) -> float:
+    return schedule_factor(name, step / steps)
+
+
+def copy_state(model: nn.Module) -> dict:
+    """A detached copy of ``model.state_dict()`` (tensors cloned), to restore later."""
+    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+            for k, v in model.state_dict().items()}
 
 
 @torch.no_grad()

@@ -47,6 +47,15 @@ using ConvGradInput = at::Tensor(const at::Tensor&, const at::Tensor&, const at:
                                  c10::SymIntArrayRef, at::IntArrayRef, at::IntArrayRef,
                                  at::IntArrayRef, int64_t);
 
+// The accumulator of a weight gradient summed over tasks: fp32 for 16-bit weights, so the
+// sum rounds once (adding per-task 16-bit gradients in 16 bits errs many times that where
+// tasks' contributions cancel).
+at::Tensor task_sum(const at::Tensor& weight) {
+  const bool narrow = weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16;
+  return at::zeros(weight.sizes(),
+                   weight.options().dtype(narrow ? at::kFloat : weight.scalar_type()));
+}
+
 const auto& linear_op() { return op<&masked_linear>("cpg::masked_linear"); }
 const auto& linear_grad_input_op() {
   return op<&masked_linear_grad_input>("cpg::masked_linear_grad_input");
@@ -215,12 +224,12 @@ struct MaskedLinearMultitask : torch::autograd::Function<MaskedLinearMultitask> 
         out[0] = at::stack(dx);
       }
       if (need_w) {
-        // Each task's dL/dW_eff through its own bits, summed over the tasks.
-        at::Tensor dw = at::zeros_like(weight, at::MemoryFormat::Contiguous);
+        // Each task's dL/dW_eff through its own bits, summed over the tasks in fp32.
+        at::Tensor dw = task_sum(weight);
         for (int64_t t = 0; t < tasks; ++t) {
           dw.add_(apply_bits_op().call(dy[t].t().mm(x[t]), bits[t]));
         }
-        out[1] = dw;
+        out[1] = dw.to(weight.scalar_type());
       }
       if (need_b) out[3] = dy.sum({0, 1});
     }
@@ -359,12 +368,12 @@ struct MaskedConv2dMultitask : torch::autograd::Function<MaskedConv2dMultitask> 
         out[0] = at::stack(dx);
       }
       if (need_w) {
-        // Each task's dL/dW_eff through its own bits, summed over the tasks.
-        at::Tensor dw = at::zeros_like(weight, at::MemoryFormat::Contiguous);
+        // Each task's dL/dW_eff through its own bits, summed over the tasks in fp32.
+        at::Tensor dw = task_sum(weight);
         for (int64_t t = 0; t < tasks; ++t) {
           dw.add_(apply_bits_op().call(conv_weight_grad(dy[t], x[t], weight, c), bits[t]));
         }
-        out[1] = dw;
+        out[1] = dw.to(weight.scalar_type());
       }
       if (need_b) out[3] = dy.sum({0, 1, 3, 4});
     }
