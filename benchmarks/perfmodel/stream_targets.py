@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent
@@ -25,6 +24,7 @@ sys.path.insert(0, str(BENCH))
 
 import cases  # noqa: E402
 import model  # noqa: E402
+
 from perfmodel import calibrate, plan, predict  # noqa: E402
 from perfmodel.hardware import GPUS, H100  # noqa: E402
 
