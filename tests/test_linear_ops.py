@@ -148,9 +148,10 @@ def test_threshold_other_than_the_default(backend, threshold):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tasks,batch", [(1, 2), (3, 2), (2, 20)])
+@pytest.mark.parametrize("tasks,batch", [(1, 2), (3, 2), (2, 20), (2, 70)])
 def test_multitask_matches_separate_passes(backend, dtype, tasks, batch):
-    """batch 20 > 16 rows a task: the tiled kernels with the tasks on gridDim.z."""
+    """16-bit: the weight stream up to 64 rows a task, then the tiled kernels with the tasks on
+    gridDim.z; fp32 (TF32 off): small_batch up to 16 rows a task, then the tiled kernels."""
     n, k = (9, 40) if backend.small else (33, 100)
     if batch > 16:
         n, k = 24, 64  # whole 16-byte vectors: the tensor-core kernel for 16-bit
@@ -166,7 +167,9 @@ def test_multitask_matches_separate_passes(backend, dtype, tasks, batch):
             assert_within_bound(y[t], inference_oracle(x[t], w, bits[t], b), (t, b is None))
         if backend.name == "emu":
             files = {e.split(":")[0] for e in launches}
-            if batch > 16:
+            if dtype != torch.float32 and batch <= 64:
+                assert files == {"gemm_stream.cuh"}, launches
+            elif batch > 16:
                 tiled = "gemm_simt.cuh" if dtype == torch.float32 else "gemm_mma.cuh"
                 assert files == {tiled}, launches
                 assert len(launches) == 1, launches  # one launch for every task
@@ -392,28 +395,33 @@ def test_tf32_switch_is_respected(backend):
     assert_within_bound(y, ref, "tf32", tf32=True)
     if backend.name != "cpu":  # the CPU path has no TF32
         assert not torch.equal(y, exact), "allow_tf32 did not reach the kernel"
-    if backend.name == "emu":
-        assert [e.split(":")[0] for e in launches] == ["gemm_mma.cuh"], launches
+    if backend.name == "emu":  # at 40 rows, fp32 as TF32 takes the weight stream
+        assert [e.split(":")[0] for e in launches] == ["gemm_stream.cuh"], launches
 
 
 # One case per kernel of the masked-GEMM dispatcher (csrc/cuda/masked_gemm.cu), small enough
-# for the emulator: (M, N, K, dtype, tf32, path). At M <= 16 the path names the forward's
-# kernel; the input gradient takes small_batch_grad there. The input gradient reduces over N,
-# so the tensor-core cases have N in whole 16-byte vectors too.
+# for the emulator: (M, N, K, dtype, tf32, path). At M <= 16 (fp32 without TF32) the path
+# names the forward's kernel; the input gradient takes small_batch_grad there. 16-bit forwards
+# (and fp32 as TF32) of up to 64 rows in whole 16-byte vectors take the weight stream, so the
+# tiled tensor-core cases have 65 rows or more. The input gradient reduces over N, so the
+# tensor-core cases have N in whole 16-byte vectors too.
 DISPATCH_CASES = [
     (3, 20, 70, torch.float32, False, "small_batch"),
-    (16, 9, 64, torch.bfloat16, False, "small_batch at its M limit"),
-    (33, 24, 64, torch.bfloat16, False, "mma bf16"),
-    (33, 24, 64, torch.float16, False, "mma fp16"),
-    (33, 20, 64, torch.float32, True, "mma tf32"),
+    (16, 20, 64, torch.float32, False, "small_batch at its M limit"),
+    (16, 9, 64, torch.bfloat16, False, "stream bf16 (grad_input: small_batch_grad)"),
+    (33, 24, 64, torch.float16, False, "stream fp16 (grad_input: mma)"),
+    (33, 20, 64, torch.float32, True, "stream tf32 (grad_input: mma)"),
+    (65, 24, 64, torch.bfloat16, False, "mma bf16"),
+    (65, 24, 64, torch.float16, False, "mma fp16"),
+    (65, 20, 64, torch.float32, True, "mma tf32"),
     (33, 20, 64, torch.float32, False, "simt: fp32 without tf32"),
     (33, 20, 70, torch.bfloat16, False, "simt: rows not whole 16-byte vectors"),
     (130, 136, 96, torch.bfloat16, False, "mma: several tiles, partial edges"),
     # One tile on the emulator's 4 SMs, 16 to 32 reduction stages: split-K over 2 or 4 splits
     # (K = 1032: 17 stages, the last one partial, in splits of 9 and 8).
-    (33, 24, 1032, torch.bfloat16, False, "mma split-K forward"),
+    (65, 24, 1032, torch.bfloat16, False, "mma split-K forward"),
     (33, 1024, 24, torch.bfloat16, False, "mma split-K grad_input"),
-    (40, 20, 1024, torch.float32, True, "mma split-K forward, tf32, 4 splits"),
+    (65, 20, 1024, torch.float32, True, "mma split-K forward, tf32, 4 splits"),
     (33, 20, 1000, torch.float32, False, "simt split-K forward, 3 splits"),
 ]
 
@@ -441,9 +449,14 @@ def test_every_gemm_kernel_forward_and_grad_input(backend, m, n, k, dtype, tf32,
         kernel = path.split(" ")[0].rstrip(":")
         forward_file, grad_input_file = {
             "small_batch": ("gemm_small_batch.cuh", "gemm_small_batch_grad.cuh"),
+            "stream": ("gemm_stream.cuh",
+                       "gemm_small_batch_grad.cuh" if m <= 16 else "gemm_mma.cuh"),
             "mma": ("gemm_mma.cuh", "gemm_mma.cuh"),
             "simt": ("gemm_simt.cuh", "gemm_simt.cuh"),
         }[kernel]
+        # The weight stream takes every forward of up to 64 tensor-core rows of whole vectors.
+        if m <= 64 and (dtype != torch.float32 or tf32) and k * x.element_size() % 16 == 0:
+            forward_file = "gemm_stream.cuh"
         # Split-K adds the launch of the kernel that adds up the splits, and only then.
         for direction, launches, file in (("forward", forward_launches, forward_file),
                                           ("grad_input", grad_input_launches, grad_input_file)):

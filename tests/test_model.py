@@ -7,6 +7,7 @@ import copy
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ EMULATOR_SMS = 4  # cpgdev::sm_count() of the emulator (csrc/emu/runtime.h)
 # Planned kernel families -> the source file the emulator's launch log names.
 FILE_OF = {
     "small_batch::": "gemm_small_batch.cuh", "small_batch_grad::": "gemm_small_batch_grad.cuh",
+    "weight_stream::": "gemm_stream.cuh",
     "mma::": "gemm_mma.cuh", "simt::": "gemm_simt.cuh", "split_k::": "gemm_split_k.cuh",
     "conv::unfolded::": "conv_unfolded.cuh", "conv::direct::": "conv_direct.cuh",
 }
@@ -103,16 +105,23 @@ def test_conv_plan_is_what_the_emulator_launches(case, channels_last):
 
 def test_plan_of_a_large_layer_on_an_h100_without_a_gpu():
     """4096 x 4096 at batch 128: 32 tiles on 132 SMs, so split-K 4 (gemm_split_k.cuh) and the
-    reduction; at batch 1 the small-batch kernel, 2 slices, 512 blocks of 8 rows."""
+    reduction; at batch 1 the weight stream, 256 tiles of 16 rows on 256 blocks (two per SM,
+    one wave), K unsplit; in fp32 without TF32 the small-batch kernel, 2 slices, 512 blocks of
+    8 rows."""
     mma_plan = _C.plan_masked_linear("bfloat16", 1, 128, 4096, 4096, False, False, 132)
     assert [resources.normalize_kernel(d["kernel"]) for d in mma_plan] == [
         "mma::masked_gemm_mma_kernel<split_k::StageSplit<mma::LinearView<bf16,false>>>",
         "split_k::reduce_splits_kernel<mma::LinearView<bf16,false>>"]
     assert mma_plan[0]["grid"] == (1, 32, 4) and mma_plan[0]["params"]["stages_per_split"] == 16
     assert mma_plan[0]["workspace_bytes"] == 4 * 4 * 128 * 4096
-    small = _C.plan_masked_linear("bfloat16", 1, 1, 4096, 4096, False, False, 132)
+    [stream] = _C.plan_masked_linear("bfloat16", 1, 1, 4096, 4096, False, False, 132)
+    assert resources.normalize_kernel(stream["kernel"]) == (
+        "weight_stream::masked_linear_stream_kernel<bf16,1,false>")
+    assert stream["grid"] == (256, 1, 1) and stream["params"]["blocks_per_sm"] == 2
+    assert stream["params"]["splits"] == 1 and stream["workspace_bytes"] == 0
+    small = _C.plan_masked_linear("float32", 1, 1, 4096, 4096, False, False, 132)
     assert len(small) == 1 and small[0]["grid"] == (512, 1, 1)
-    assert small[0]["params"]["slices"] == 2 and small[0]["params"]["chunks"] == 2
+    assert small[0]["params"]["slices"] == 2 and small[0]["params"]["chunks"] == 4
 
 
 def test_plan_query_rejects_bad_arguments():
@@ -247,12 +256,14 @@ def test_h200_is_never_slower_than_h100_on_the_fused_kernels():
 
 def test_calibrated_cases_reproduce_their_measurements():
     """The committed constants predict the held-out unchanged cases of the 2026-11-27 run
-    within the stated 25% median error, and its 4096x25088 batch-1 layer within 25%."""
+    within the stated 25% median error, and its 4096x25088 batch-1 layer within 25%, each
+    with the small-batch launch that run made (today 16-bit takes the weight stream)."""
     run, gpu, points = calibrate.points_of_run(calibrate.RESULTS / "2026-11-27-h100" /
                                                "bench.json")
     held = [p for p in points if p.group == "unchanged" and p.held_out]
     assert len(held) >= 20
     ctx = predict.context(gpu)
+    ctx.rewrite_plan = partial(calibrate.old_small_batch, sms=gpu.sms)
     preds = [calibrate.predicted_seconds(ctx, p) for p in held]
     s = calibrate.summary(held, preds)
     assert s["median_abs_error"] <= 0.25, s
@@ -260,6 +271,35 @@ def test_calibrated_cases_reproduce_their_measurements():
     big = next(p for p in points if p.case.id == "linear/fc.4096x25088/b1/bf16/inference"
                and p.variant == "fused")
     assert abs(calibrate.predicted_seconds(ctx, big) / big.measured_s - 1) <= 0.25
+
+
+# (dtype, tasks, M, N, K): fp32 without TF32 keeps the small-batch kernel today.
+SMALL_BATCH = [("float32", 1, 1, 4096, 4096), ("float32", 1, 8, 4096, 25088),
+               ("float32", 1, 16, 1000, 300), ("float32", 8, 1, 4096, 4096),
+               ("float32", 3, 5, 200, 96)]
+
+
+@pytest.mark.parametrize("dtype,tasks,m,n,k", SMALL_BATCH)
+def test_the_old_small_batch_plan_is_the_small_batch_launchers(dtype, tasks, m, n, k):
+    """calibrate.small_batch_plan (what the 2026-11-27 run launched for 16-bit forwards too)
+    computes the launch of gemm_small_batch.cuh's plan() where the dispatcher still picks it."""
+    [planned] = [plan.Launch.from_query(d) for d in
+                 _C.plan_masked_linear(dtype, tasks, m, n, k, False, False, H100.sms)]
+    assert planned.family == "small_batch::masked_linear_small_batch_kernel"
+    ours = calibrate.small_batch_plan("f32", tasks, m, n, k, H100.sms)
+    assert (ours.kernel, ours.grid, ours.threads, ours.dynamic_smem) == (
+        planned.kernel, planned.grid, planned.threads, planned.dynamic_smem)
+    assert ours.params == {key: planned.params[key] for key in ours.params}
+
+
+def test_old_small_batch_rewrites_the_stream_launches():
+    case = next(c for c in cases.full_grid(("bf16",)) if c.id ==
+                "linear/fc.4096x4096/b1/bf16/inference")
+    today = plan.forward_launches(case, H100.sms)
+    assert [launch.family for launch in today] == ["weight_stream::masked_linear_stream_kernel"]
+    [old] = calibrate.old_small_batch(case, "forward", today, sms=H100.sms)
+    assert old.kernel == "small_batch::masked_linear_small_batch_kernel<bf16,1,false>"
+    assert old.grid == (512, 1, 1) and old.params["slices"] == 2
 
 
 def test_historical_plan_drops_split_k():
@@ -295,14 +335,14 @@ def test_quick_prediction_and_its_report_are_labelled_predicted(tmp_path):
 def test_compare_shows_the_kernel_whose_code_grew(tmp_path):
     table = resources.load_table()
     after = copy.deepcopy(table)
-    key = "small_batch::masked_linear_small_batch_kernel<bf16,1,false>"
+    key = "small_batch::masked_linear_small_batch_kernel<f32,1,false>"  # exact fp32, batch 1
     for loop in after["kernels"][key]["loops"]:
         loop["mix"]["total"] *= 3
         loop["path"]["total"] *= 3
     path = tmp_path / "after.json"
     path.write_text(json.dumps(after))
     r = subprocess.run([sys.executable, str(BENCH / "model.py"), "compare", str(resources.TABLE),
-                        str(path), "--family", "linear", "--dtype", "bf16", "--mode", "inference"],
+                        str(path), "--family", "linear", "--dtype", "fp32", "--mode", "inference"],
                        check=True, capture_output=True, text=True)
     changed = [line.split()[0] for line in r.stdout.splitlines() if line.startswith("linear/")]
     assert changed and all("/b1/" in c for c in changed), r.stdout

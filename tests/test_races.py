@@ -11,6 +11,16 @@ from cpg_kernels import backends, functional, masks
 from cpg_kernels.testing import random_mask, random_owner
 
 
+def with_tf32(fn, *args):
+    """fn(*args) with TF32 allowed for matmuls, the setting restored after."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        return fn(*args)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def _workloads(device: str = "cpu"):
     """Workload name -> a call of one op on tensors drawn once, on ``device``."""
     g = torch.Generator().manual_seed(1)
@@ -51,11 +61,18 @@ def _workloads(device: str = "cpu"):
     lbits = masks.pack(torch.rand(lw.shape, generator=g) < 0.5)
     lx = torch.randn(1, 16, 5, 5, generator=g)
     ldy = torch.randn(1, 128, 3, 3, generator=g)  # stride 2, padding 1
+    # More than 64 rows: 16-bit forwards of up to 64 rows take the weight stream instead.
+    x72, x72_long = torch.randn(72, 64, generator=g), torch.randn(72, 1024, generator=g)
+    # One row tile of 32 chunks: the weight stream splits K on the emulator's 4 SMs.
+    w_wide, x_wide = torch.randn(6, 4096, generator=g), torch.randn(2, 4096, generator=g)
+    bits_wide = masks.pack(torch.rand(w_wide.shape, generator=g) < 0.5)
     (w, owner, mask, bits, x, w64, x64, bits64, w_long, bits_long, x_long, sw, sbits, sx, cw,
-     cbits, cx, grad, tall_w, tall_bits, tall_dy, tw, tbits, tx, tdy, lw, lbits, lx, ldy) = (
+     cbits, cx, grad, tall_w, tall_bits, tall_dy, tw, tbits, tx, tdy, lw, lbits, lx, ldy, x72,
+     x72_long, w_wide, x_wide, bits_wide) = (
         t.to(device) for t in (w, owner, mask, bits, x, w64, x64, bits64, w_long, bits_long,
                                x_long, sw, sbits, sx, cw, cbits, cx, grad, tall_w, tall_bits,
-                               tall_dy, tw, tbits, tx, tdy, lw, lbits, lx, ldy))
+                               tall_dy, tw, tbits, tx, tdy, lw, lbits, lx, ldy, x72, x72_long,
+                               w_wide, x_wide, bits_wide))
 
     # Stride 2, padding 1 convs of image x (forward) or dy (input gradient) through weight cw_.
     def conv(x, cw_, cbits_, fmt, dtype):
@@ -83,9 +100,18 @@ def _workloads(device: str = "cpu"):
         "grad_epilogue": lambda: torch.ops.cpg.grad_epilogue(grad, w, owner, 3, True),
         "linear_small_batch": lambda: functional.masked_linear(x[:3], w, bits),
         "linear": lambda: functional.masked_linear(x, w, bits),
-        "linear_bf16": lambda: functional.masked_linear(x64.bfloat16(), w64.bfloat16(), bits64),
+        "linear_bf16": lambda: functional.masked_linear(x72.bfloat16(), w64.bfloat16(), bits64),
         "linear_bf16_split_k": lambda: functional.masked_linear(
-            x_long.bfloat16(), w_long.bfloat16(), bits_long),
+            x72_long.bfloat16(), w_long.bfloat16(), bits_long),
+        # The weight stream: 19 rows (3 n8 tiles of mma), K split across blocks, several
+        # tasks' rows in one group, and fp32 as TF32.
+        "linear_stream_bf16": lambda: functional.masked_linear(
+            x64.bfloat16(), w64.bfloat16(), bits64),
+        "linear_stream_split_k": lambda: functional.masked_linear(
+            x_wide.bfloat16(), w_wide.bfloat16(), bits_wide),
+        "multitask_stream": lambda: functional.masked_linear_multitask(
+            x64[:6].view(3, 2, 64).half(), w64.half(), torch.stack([bits64, bits64 ^ 1, bits64])),
+        "linear_stream_tf32": lambda: with_tf32(functional.masked_linear, x64[:7], w64, bits64),
         "linear_split_k": lambda: functional.masked_linear(x_long, w_long, bits_long),
         "linear_grad_input": lambda: torch.ops.cpg.masked_linear_grad_input(
             torch.randn(19, 21, generator=torch.Generator().manual_seed(2)).to(device), w, bits),
@@ -124,6 +150,8 @@ KERNEL_FILE = {
     "linear_small_batch": "gemm_small_batch.cuh", "linear": "gemm_simt.cuh",
     "linear_bf16": "gemm_mma.cuh", "linear_grad_input": "gemm_simt.cuh",
     "linear_bf16_split_k": "gemm_split_k.cuh:reduce", "linear_split_k": "gemm_split_k.cuh:reduce",
+    "linear_stream_bf16": "gemm_stream.cuh", "linear_stream_split_k": "gemm_stream.cuh:sum_kernel",
+    "multitask_stream": "gemm_stream.cuh", "linear_stream_tf32": "gemm_stream.cuh",
     "linear_grad_input_small_batch": "gemm_small_batch_grad.cuh",
     "multitask": "gemm_small_batch.cuh",
     "conv": "conv_direct.cuh", "conv_nhwc": "gemm_simt.cuh",
@@ -155,7 +183,8 @@ def test_two_seeds_agree_bitwise(name):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", ["linear_bf16_split_k", "linear_split_k",
+@pytest.mark.parametrize("name", ["linear_bf16_split_k", "linear_split_k", "linear_stream_bf16",
+                                  "linear_stream_split_k", "multitask_stream",
                                   "linear_grad_input_small_batch", "conv_split_k_nhwc_bf16",
                                   "conv_grad_input_nhwc_bf16", "conv_unfolded",
                                   "conv_grad_input_unfolded", "conv_multitask_unfolded"])

@@ -7,14 +7,16 @@ Which measured cases can calibrate today's model, from git history (``git log`` 
   Since then:
 
   - ``gemm_small_batch.cuh`` changed only in how a block finds its x rows (bfcdfe8: groups of
-    16 rows of one task, NCHW outputs), and the dispatcher still sends every forward with
-    M <= 16 to it: the **small-batch forward is unchanged** for linear inference at batch 1
-    and 8 and for all multi-task cases (the fused call and the T separate calls). Group
-    ``unchanged``.
+    16 rows of one task, NCHW outputs): the **small-batch forward is unchanged** for linear
+    inference at batch 1 and 8 and for all multi-task cases (the fused call and the T
+    separate calls). Today the dispatcher sends the 16-bit and TF32 forwards of those cases
+    to the weight-streaming kernel instead (gemm_stream.cuh), so they are compared with the
+    small-batch launch the run made (:func:`old_small_batch`). Group ``unchanged``.
   - ``gemm_mma.cuh`` / ``gemm_simt.cuh`` became generic over views (d09d806) and gained
     split-K (6751915, 57e1068): the **per-stage code is the same**, the launch shape is not.
     Linear inference at batch 32-256 is compared with the run's own launch shape (no split:
-    :func:`no_split_k`). Group ``mainloop``.
+    :func:`no_split_k`), except 16-bit and TF32 at batch 32, which now take the weight stream
+    (not comparable). Group ``mainloop``.
   - The baselines (cuBLAS, cuDNN, torch elementwise ops, the Python reference) are not this
     project's kernels: every measured baseline figure calibrates the library roofline. Group
     ``baselines``.
@@ -38,9 +40,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import statistics
 import subprocess
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import cases as bench_cases
@@ -125,6 +129,53 @@ def no_split_k(case, what, launches: list[Launch]) -> list[Launch]:
     return out
 
 
+def small_batch_plan(elem: str, tasks: int, m: int, n: int, k: int, sms: int) -> Launch:
+    """The launch of ``gemm_small_batch.cuh`` for a forward GEMM, as its C++ plan() computes it
+    (test_model.py checks the two agree where the dispatcher still picks it)."""
+    e = {"f32": 4, "f16": 2, "bf16": 2}[elem]
+    warps, rows_per_warp, max_rows, budget = 8, 2, 16, 48 * 1024
+    warp_chunk = 32 * 4 * (16 // e)
+    if tasks == 1:
+        group_rows, multitask = min(m, max_rows), False
+        x_rows = next(r for r in (1, 2, 4, 8, 16) if m <= r or r == 16)
+    else:
+        group_rows, multitask = min(tasks, max_rows // m) * m, True
+        x_rows = 4 if group_rows <= 4 else 16
+    groups = math.ceil(tasks * m / group_rows)
+    k_chunks = math.ceil(k / warp_chunk)
+    static = 4 * warps * rows_per_warp * x_rows
+    slices = 1
+    while (slices < warps and 2 * slices <= k_chunks
+           and x_rows * 2 * slices * warp_chunk * e + static <= budget
+           and math.ceil(n / (warps // slices * rows_per_warp)) * groups < 2 * sms):
+        slices *= 2
+    rows_per_block = warps // slices * rows_per_warp
+    stage_width = slices * warp_chunk
+    params = {"M": m, "N": n, "K": k, "tasks": tasks, "x_rows": x_rows,
+              "group_rows": group_rows, "slices": slices, "rows_per_block": rows_per_block,
+              "stage_width": stage_width, "chunks": math.ceil(k / stage_width),
+              "static_smem": static}
+    kernel = (f"small_batch::masked_linear_small_batch_kernel<{elem},{x_rows},"
+              f"{'true' if multitask else 'false'}>")
+    return Launch(kernel, (math.ceil(n / rows_per_block), groups, 1), 256,
+                  x_rows * slices * warp_chunk * e, 0, params)
+
+
+def old_small_batch(case, what, launches: list[Launch], sms: int) -> list[Launch]:
+    """The 2026-11-27 dispatcher's forward at M <= 16: every dtype on gemm_small_batch.cuh,
+    where today 16-bit and TF32 forwards take the weight-streaming kernel (gemm_stream.cuh)."""
+    out = []
+    for launch in launches:
+        if launch.family == "weight_stream::sum_splits_kernel":
+            continue
+        if launch.family == "weight_stream::masked_linear_stream_kernel":
+            p = launch.params
+            elem = re.search(r"<(bf16|f16|f32),", launch.kernel).group(1)
+            launch = small_batch_plan(elem, p["tasks"], p["M"], p["N"], p["K"], sms)
+        out.append(launch)
+    return out
+
+
 def _same_kernels(commit: str | None) -> bool:
     """Whether a run's commit had this checkout's csrc/cuda (a dirty run tree: unknown, no)."""
     if not commit or commit.endswith("-dirty"):
@@ -154,6 +205,8 @@ def points_of_run(path: Path) -> tuple[str, object, list[Point]]:
                                                       case.batch <= 16):
                         group = "unchanged"
                     elif case.family == "linear" and case.mode == "inference":
+                        if case.batch <= 64 and case.dtype != "fp32":
+                            continue  # now the weight stream, which no run has measured
                         group = "mainloop"
                     else:
                         continue
@@ -179,15 +232,18 @@ def _contexts(runs, constants, table):
         ctx = predict.context(gpu, constants, table)
         ctx_hist = predict.context(gpu, constants, table)
         ctx_hist.rewrite_plan = no_split_k
-        out[run] = (ctx, ctx_hist)
+        ctx_small = predict.context(gpu, constants, table)
+        if run in KNOWN_RUNS:
+            ctx_small.rewrite_plan = partial(old_small_batch, sms=gpu.sms)
+        out[run] = (ctx, ctx_hist, ctx_small)
     return out
 
 
 def _predict_all(points, ctxs, constants):
     preds = []
     for p in points:
-        ctx, hist = ctxs[p.run]
-        use = hist if p.group == "mainloop" else ctx
+        ctx, hist, small = ctxs[p.run]
+        use = hist if p.group == "mainloop" else small if p.group == "unchanged" else ctx
         use.constants = constants
         preds.append(predicted_seconds(use, p))
     return preds

@@ -292,6 +292,57 @@ def small_batch_grad(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -
                        {"instructions_from": source})
 
 
+def weight_stream(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> Cost:
+    """gemm_stream.cuh: each warp streams its chunks (16 W rows x chunk_bytes) through its own
+    ``stages``-deep cp.async pipeline, tile after tile; a unit is one chunk per warp of the
+    block. W (evict-first) and its bit words come from DRAM, x from L2 in a block's first tile
+    only; the chunk's HMMA (4 quads x 2 k-steps per n8 tile used) follow its wait and warp
+    barrier, so a warp's loads overlap its math and the stream is latency-bound only below
+    (stages - 1) chunks per memory latency. At a tile's end the warps' sums meet in shared
+    memory (two barriers). Extrapolated: no GPU has run this kernel yet."""
+    p, e = launch.params, elem_bytes(launch.kernel)
+    f = gpu.clock_ghz * 1e9
+    warps, stages, chunk = p["warps"], p["stages"], p["chunk_bytes"]
+    tiles_n8, tasks = p["tiles"], p["tasks_per_group"]
+    used = min(tasks * p["tiles_per_task"], tiles_n8)
+    groups = launch.grid[2]
+    cps = p["chunks_per_split"]
+    rounds = math.ceil(cps / warps)  # a warp's chunks per tile (the busiest warp's)
+    tiles_per_block = math.ceil(p["row_tiles"] / p["row_blocks"])
+    units = tiles_per_block * rounds
+    w_bytes = p["N"] * p["K"] * e
+    w_dram = 1.0 if groups == 1 or w_bytes > gpu.l2_bytes / 2 else 1.0 / groups
+    w_unit = cps * 16 * chunk / rounds  # the block's W bytes per unit, all warps
+    bits_unit = w_unit / e / 8 * tasks
+    group_rows = tasks * p["M"]
+    x_block = group_rows * cps * chunk
+    hmma = cps / rounds * 8 * used
+    # Instructions of one warp's chunk: the loop trip (one stream position) of the SASS, whose
+    # straight-line path multiplies all kTiles n8 tiles; scaled to the tiles used.
+    instr, source = per_unit_instructions(res, "HMMA", 8 * used, 250 + 24 * used)
+    # Shared-memory wavefronts per warp chunk: W copied in and read back (32 + 32), the bit
+    # words (a 4-byte copy and a 16-byte read per task per row half), x read per quad and tile
+    # (4 per LDS.128), x copied in during the first tile.
+    wavefronts = (64 + tasks * 2 * (1 + 4) + 4 * 4 * used
+                  + group_rows * chunk / 128 / tiles_per_block)
+    # A tile's end: two barriers and the warps' sums (kTiles x 4 shared loads per thread).
+    flush_clk = 2 * 40 + tiles_n8 * warps * 30
+    unit = Unit(count=units, dram_bytes=w_unit * w_dram + bits_unit,
+                l2_bytes=w_unit * (1 - w_dram) + x_block / units,
+                instructions=instr, warps=warps,
+                chain_s=c.mem_latency_ns * 1e-9 / (stages - 1), overlapped=True,
+                hmma=hmma, smem_wavefronts=wavefronts * warps,
+                fixed_s=flush_clk / f / rounds, prologue_s=c.mem_latency_ns * 1e-9)
+    rows_total = p["M"] * p["tasks"]
+    w_reads = groups if w_dram == 1.0 else 1
+    out = (4 * p["splits"] if launch.workspace_bytes else e) * rows_total * p["N"]
+    total = (w_bytes * w_reads + p["N"] * p["K"] / 8 * p["tasks"] + rows_total * p["K"] * e
+             + out)
+    return blocks_cost(launch, unit, _occ(launch, res, gpu), gpu, c, total,
+                       {"instructions_from": source, "units_per_tile": rounds,
+                        "tiles_per_block": tiles_per_block})
+
+
 def _view_kind(kernel: str) -> str:
     """linear, conv_nhwc (a tiles by cp.async), conv (gathered a tiles), or the 3x3 tap-window
     tiles of conv_window.cuh: window_nhwc, window."""
@@ -453,6 +504,8 @@ def launch_cost(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: 
     fam = launch.family
     if fam == "small_batch::masked_linear_small_batch_kernel":
         return small_batch(launch, res, gpu, c, single)
+    if fam == "weight_stream::masked_linear_stream_kernel":
+        return weight_stream(launch, res, gpu, c)
     if fam == "small_batch_grad::masked_linear_grad_input_small_batch_kernel":
         return small_batch_grad(launch, res, gpu, c)
     if fam == "mma::masked_gemm_mma_kernel":
@@ -461,7 +514,8 @@ def launch_cost(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: 
         return simt(launch, res, gpu, c)
     if fam == "conv::direct::masked_conv_direct_kernel":
         return direct(launch, res, gpu, c)
-    if fam in ("split_k::reduce_splits_kernel", "small_batch_grad::sum_splits_kernel"):
+    if fam in ("split_k::reduce_splits_kernel", "small_batch_grad::sum_splits_kernel",
+               "weight_stream::sum_splits_kernel"):
         return reduce_splits(launch, res, gpu, c, elem_bytes(launch.kernel))
     if fam == "conv::unfolded::unfold_kernel":
         return unfold(launch, res, gpu, c)

@@ -6,16 +6,17 @@
 // across the whole device, do the work on the pixels' unfolded windows:
 //
 //   forward     cols[m, (c, tap)] = x under pixel m's window (unfold_kernel),
-//               then y = cols W'^T (+ bias) by small_batch, written straight
-//               into NCHW or NHWC y (out_plane)
+//               then y = cols W'^T (+ bias) by weight_stream (f16 / bf16 on
+//               tensor cores, gemm_stream.cuh) or small_batch (fp32, exact),
+//               written straight into NCHW or NHWC y (out_plane)
 //   grad_input  dcols = dy W' by small_batch_grad, dy read straight from
 //               NCHW or NHWC (a_plane), left as fp32 partial sums; then
 //               fold_kernel adds each dx element's taps (and the partials'
 //               splits) in a fixed order and rounds once
 //
 //   multi-task  the windows of T tasks' images (at most 16 pixels a task),
-//               then small_batch's multi-task form: each task's rows under
-//               its own bits, W read once for all tasks
+//               then the same kernels' multi-task form: each task's rows
+//               under its own bits, W read once for a group of tasks
 //
 // The workspaces are activation-sized: cols holds at most kMaxRows pixel
 // windows (kMaxRows * K elements; multi-task, 16 per task), dcols the same in
@@ -29,6 +30,7 @@
 #include "cuda/conv_views.cuh"
 #include "cuda/gemm_small_batch.cuh"
 #include "cuda/gemm_small_batch_grad.cuh"
+#include "cuda/gemm_stream.cuh"
 
 namespace cpg {
 namespace CPG_KERNEL_NS {
@@ -123,7 +125,12 @@ void launch(const ForwardView<T>& v, bool channels_last, cpgdev::stream_t stream
   auto* unfold = &unfold_kernel<T>;
   CPG_LAUNCH(unfold, grid_stride_blocks(rows * K, kThreads), kThreads, 0, stream, v,
              cols.as<T>());
-  small_batch::launch(windows_gemm(v, cols.as<T>(), channels_last, tasks), stream);
+  const MaskedGemm<T> g = windows_gemm(v, cols.as<T>(), channels_last, tasks);
+  if (weight_stream::supports(g, /*allow_tf32=*/false, cpgdev::smem_limits())) {
+    weight_stream::launch(g, stream);
+  } else {
+    small_batch::launch(g, stream);
+  }
   cols.release();
 }
 
@@ -138,7 +145,12 @@ void describe(const ForwardView<T>& v, bool channels_last, int64_t tasks, int sm
                                0, {{"elements", rows * K}, {"taps", v.d.taps}},
                                static_cast<int64_t>(sizeof(T)) * rows * K));
   // The windows' workspace is 16-byte aligned, as the planning operands are.
-  small_batch::describe(windows_gemm<T>(v, nullptr, channels_last, tasks), sm_count, out);
+  const MaskedGemm<T> g = windows_gemm<T>(v, nullptr, channels_last, tasks);
+  if (weight_stream::supports(g, /*allow_tf32=*/false, weight_stream::kSm90Smem)) {
+    weight_stream::describe(g, sm_count, out);
+  } else {
+    small_batch::describe(g, sm_count, out);
+  }
 }
 
 // dx for a view with applies(shape, batch * Ho * Wo).

@@ -3,9 +3,14 @@
 // registers; no kernel writes W' = W masked to global memory.
 //
 // Kernels (each in its own header):
+//   weight_stream     forward only, M <= 64 rows per task, tensor cores
+//                     (f16 / bf16, or fp32 as TF32 where allowed): streams W
+//                     once per group of up to 64 x rows (up to 8 tasks' rows
+//                     in multitask) through a per-warp cp.async pipeline, the
+//                     mask applied in registers, W the mma's A operand.
 //   small_batch       forward only, M <= 16: streams W once per group of up to
 //                     16 x rows (several tasks' rows at once in multitask),
-//                     fp32 FMA.
+//                     fp32 FMA: exact fp32 without TF32, and any alignment.
 //   small_batch_grad  grad_input only, M <= 16: the transpose, streams W once
 //                     for all dy rows, fp32 FMA; the reduction over N is split
 //                     across warps and, when K alone cannot fill the device,
@@ -18,21 +23,25 @@
 //                     split-K like mma (gemm_split_k.cuh).
 //
 // Dispatch, first rule that matches:
-//   1. forward / multitask with M <= 16                  -> small_batch
-//   2. grad_input (dx = dy W', reduction over N) with
+//   1. forward / multitask with M <= 64, f16 / bf16 or f32
+//      with allow_tf32, K in whole 16-byte vectors, x and
+//      w 16-byte aligned, a block fitting shared memory   -> weight_stream
+//   2. forward / multitask with M <= 16                  -> small_batch
+//   3. grad_input (dx = dy W', reduction over N) with
 //      M <= 16                                           -> small_batch_grad
-//   3. f16 / bf16, or f32 with allow_tf32, where the
+//   4. f16 / bf16, or f32 with allow_tf32, where the
 //      tensor-core layout holds (the reduction and W rows
 //      are whole 16-byte vectors, a and w 16-byte aligned) -> mma
-//   4. everything else (f32 without TF32, odd K, offset
+//   5. everything else (f32 without TF32, odd K, offset
 //      views, an empty reduction)                         -> simt
-// Multitask at M > 16 runs tasks on gridDim.z of the tiled kernels (3-4). All
+// Multitask beyond rules 1-2 runs tasks on gridDim.z of the tiled kernels (4-5). All
 // kernels are deterministic: no atomics, fixed reduction orders.
 #include "cuda/gemm_common.cuh"
 #include "cuda/gemm_mma.cuh"
 #include "cuda/gemm_simt.cuh"
 #include "cuda/gemm_small_batch.cuh"
 #include "cuda/gemm_small_batch_grad.cuh"
+#include "cuda/gemm_stream.cuh"
 
 namespace cpg {
 namespace CPG_KERNEL_NS {
@@ -43,6 +52,9 @@ namespace {
 // plan query, launch_plan.h), so that a plan is what the launchers do.
 struct GemmLauncher {
   cpgdev::stream_t stream;
+  cpgdev::SmemLimits smem() const { return cpgdev::smem_limits(); }
+  template <typename T>
+  void stream_forward(const MaskedGemm<T>& g) const { weight_stream::launch(g, stream); }
   template <typename T>
   void small_batch(const MaskedGemm<T>& g) const { small_batch::launch(g, stream); }
   template <typename T>
@@ -56,6 +68,11 @@ struct GemmLauncher {
 struct GemmPlanner {
   int sm_count;
   LaunchPlan* plan;
+  cpgdev::SmemLimits smem() const { return weight_stream::kSm90Smem; }
+  template <typename T>
+  void stream_forward(const MaskedGemm<T>& g) const {
+    weight_stream::describe(g, sm_count, *plan);
+  }
   template <typename T>
   void small_batch(const MaskedGemm<T>& g) const { small_batch::describe(g, sm_count, *plan); }
   template <typename T>
@@ -79,7 +96,9 @@ void run_tiled(const MaskedGemm<T>& g, bool allow_tf32, const Exec& exec) {
 
 template <typename T, typename Exec>
 void run_forward(const MaskedGemm<T>& g, bool allow_tf32, const Exec& exec) {
-  if (g.M <= small_batch::kMaxXRows) {
+  if (weight_stream::supports(g, allow_tf32, exec.smem())) {
+    exec.stream_forward(g);
+  } else if (g.M <= small_batch::kMaxXRows) {
     exec.small_batch(g);
   } else {
     run_tiled<T, false>(g, allow_tf32, exec);

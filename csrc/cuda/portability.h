@@ -24,6 +24,11 @@
 //   cpgdev::store4(p, v)            4-byte global/shared store (uint32_t), aligned
 //   cpgdev::cp_async16(dst_smem, src_gmem)         cp.async.cg 16 bytes
 //   cpgdev::cp_async16_zfill(dst, src, bool valid) same; writes zeros if !valid
+//   cpgdev::l2_evict_first()        an L2 cache policy: evict these lines first
+//   cpgdev::cp_async16_zfill_hint(dst, src, valid, policy)
+//                                   cp_async16_zfill with that L2 policy (for a
+//                                   stream read once; a hint, no semantics)
+//   cpgdev::cp_async4_zfill(dst, src, bool valid)  cp.async.ca of 4 bytes
 //   cpgdev::cp_async_commit()  cpgdev::cp_async_wait<N>()
 //   cpgdev::ldmatrix_x1/x2/x4(regs, row_ptr) and *_trans
 //                                   ldmatrix.sync.aligned.m8n8.b16
@@ -31,6 +36,9 @@
 //   cpgdev::mma_f16_16816(d, a, b, c)   mma.sync m16n8k16 f16, f32 accumulate
 //   cpgdev::mma_tf32_1688(d, a, b, c)   mma.sync m16n8k8 tf32, f32 accumulate
 //   cpgdev::to_tf32(float) -> uint32    cvt.rna.tf32.f32
+//   cpgdev::byte_perm(a, b, sel)        prmt.b32 (default mode: bytes 0-3 of a,
+//                                   4-7 of b; a selector nibble's bit 3
+//                                   replicates the chosen byte's sign bit)
 //   cpgdev::bf16, cpgdev::f16           16-bit storage types
 //   cpgdev::to_float(x), cpgdev::from_float<T>(f), cpgdev::pack2(lo, hi)
 //   cpgdev::stream_t
@@ -38,6 +46,8 @@
 //                                   launch and check; throws std::runtime_error
 //   cpgdev::set_max_dynamic_smem(kernel, bytes)   set once per kernel and device
 //   cpgdev::sm_count()              multiprocessors of the current device (cached)
+//   cpgdev::smem_limits()           its shared memory per SM, per block (opt-in)
+//                                   and reserved per block, in bytes (cached)
 //   cpgdev::device_alloc(bytes, stream) device_free(p, stream)
 //                                   stream-ordered global scratch (a launcher's
 //                                   workspace); throws std::runtime_error
@@ -48,6 +58,7 @@
 #include <string>
 
 #include "core/hd.h"
+#include "core/smem_limits.h"
 
 #if defined(CPG_EMU)
 
@@ -115,6 +126,22 @@ CPG_DEVICE void cp_async16_zfill(void* dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(n));
 }
+CPG_DEVICE uint64_t l2_evict_first() {
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+CPG_DEVICE void cp_async16_zfill_hint(void* dst, const void* src, bool valid, uint64_t policy) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(n), "l"(policy));
+}
+CPG_DEVICE void cp_async4_zfill(void* dst, const void* src, bool valid) {
+  const int n = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(n));
+}
 CPG_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> CPG_DEVICE void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
@@ -175,6 +202,12 @@ CPG_DEVICE void mma_tf32_1688(float (&d)[4], const uint32_t (&a)[4], const uint3
 CPG_DEVICE uint32_t to_tf32(float f) {
   uint32_t r;
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(f));
+  return r;
+}
+
+CPG_DEVICE uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t selector) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(selector));
   return r;
 }
 
@@ -239,6 +272,24 @@ inline int sm_count() {
 // set_workspace_allocator), else the device's stream-ordered pool.
 void* device_alloc(size_t bytes, stream_t stream);
 void device_free(void* p, stream_t stream);
+
+inline SmemLimits smem_limits() {
+  static std::mutex mutex;
+  static SmemLimits cached[kMaxCachedDevices];  // per_sm 0: not queried yet
+  const int dev = current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  if (dev < kMaxCachedDevices && cached[dev].per_sm > 0) return cached[dev];
+  SmemLimits l;
+  check(cudaDeviceGetAttribute(&l.per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev),
+        "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&l.per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+        "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&l.reserved_per_block, cudaDevAttrReservedSharedMemoryPerBlock,
+                               dev),
+        "cudaDeviceGetAttribute");
+  if (dev < kMaxCachedDevices) cached[dev] = l;
+  return l;
+}
 
 }  // namespace gpu
 }  // namespace cpgdev

@@ -126,6 +126,7 @@ struct WarpOp {
 struct AsyncCopy {
   void* dst;
   const void* src;  // null: zero-fill
+  size_t bytes;     // 16 or 4
 };
 
 struct Fiber {
@@ -226,9 +227,9 @@ void check_aligned16(const void* p, const char* what) {
 void perform(const std::vector<AsyncCopy>& group) {
   for (const AsyncCopy& c : group) {
     if (c.src) {
-      std::memcpy(c.dst, c.src, 16);
+      std::memcpy(c.dst, c.src, c.bytes);
     } else {
-      std::memset(c.dst, 0, 16);
+      std::memset(c.dst, 0, c.bytes);
     }
   }
 }
@@ -783,7 +784,25 @@ void cp_async16(void* dst, const void* src, bool valid) {
       throw std::runtime_error("cp.async source " + hex(src) + " is shared memory, not global");
     }
   }
-  f.open_group.push_back({dst, valid ? src : nullptr});
+  f.open_group.push_back({dst, valid ? src : nullptr, 16});
+}
+
+void cp_async4(void* dst, const void* src, bool valid) {
+  Fiber& f = current_fiber();
+  auto aligned4 = [](const void* p, const char* what) {
+    if (reinterpret_cast<uintptr_t>(p) % 4 != 0) {
+      throw std::runtime_error(std::string(what) + " " + hex(p) + " is not 4-byte aligned");
+    }
+  };
+  aligned4(dst, "cp.async destination");
+  check_shared(dst, 4, "cp.async destination");
+  if (valid) {
+    aligned4(src, "cp.async source");
+    if (in_arena(src)) {
+      throw std::runtime_error("cp.async source " + hex(src) + " is shared memory, not global");
+    }
+  }
+  f.open_group.push_back({dst, valid ? src : nullptr, 4});
 }
 
 void cp_async_commit() {

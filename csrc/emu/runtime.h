@@ -42,6 +42,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/smem_limits.h"
+
 // CUDA's built-in vector types, as far as the contract uses them. g++ and clang
 // accept __restrict__ as is; `#pragma unroll` is ignored (with -Wunknown-pragmas
 // it warns, which the emulator build should silence with -Wno-unknown-pragmas).
@@ -202,6 +204,8 @@ void check_word_access(const void* p);
 
 // cp.async.cg of 16 bytes from global to shared memory; zeros when !valid.
 void cp_async16(void* dst, const void* src, bool valid);
+// cp.async.ca of 4 bytes, likewise (both addresses 4-byte aligned).
+void cp_async4(void* dst, const void* src, bool valid);
 void cp_async_commit();
 void cp_async_wait(int n);
 
@@ -365,6 +369,14 @@ inline void cp_async16(void* dst, const void* src) { ::cpg::emu::cp_async16(dst,
 inline void cp_async16_zfill(void* dst, const void* src, bool valid) {
   ::cpg::emu::cp_async16(dst, src, valid);
 }
+// An L2 cache policy changes no result: the emulator has no cache.
+inline uint64_t l2_evict_first() { return 0; }
+inline void cp_async16_zfill_hint(void* dst, const void* src, bool valid, uint64_t) {
+  ::cpg::emu::cp_async16(dst, src, valid);
+}
+inline void cp_async4_zfill(void* dst, const void* src, bool valid) {
+  ::cpg::emu::cp_async4(dst, src, valid);
+}
 inline void cp_async_commit() { ::cpg::emu::cp_async_commit(); }
 template <int N>
 inline void cp_async_wait() {
@@ -412,6 +424,21 @@ inline uint32_t to_tf32(float f) {
   const uint32_t u = ::cpg::emu::float_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return (u & 0x80000000u) | 0x7fffe000u;
   return (u + 0x1000u) & 0xffffe000u;
+}
+
+// prmt.b32 in its default mode: byte i of the result is byte (nibble i & 7)
+// of {b, a} (a's bytes 0-3, b's 4-7), or, where the nibble's bit 3 is set,
+// that byte's sign bit copied over all 8 bits.
+inline uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t selector) {
+  const uint64_t bytes = (static_cast<uint64_t>(b) << 32) | a;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t nibble = (selector >> (4 * i)) & 0xfu;
+    uint32_t byte = static_cast<uint32_t>(bytes >> (8 * (nibble & 7u))) & 0xffu;
+    if (nibble & 8u) byte = (byte & 0x80u) ? 0xffu : 0u;
+    r |= byte << (8 * i);
+  }
+  return r;
 }
 
 inline float to_float(float x) { return x; }
@@ -485,6 +512,8 @@ inline void set_max_dynamic_smem(Kernel kernel, int bytes) {
 }
 
 inline int sm_count() { return 4; }
+// sm_90's (H100, H200): the emulator's shared-memory bounds are these.
+inline SmemLimits smem_limits() { return {228 * 1024, 227 * 1024, 1024}; }
 
 // Device memory is host memory here, and launches are synchronous: what the
 // CUDA build orders on the stream is already done when device_free runs.

@@ -177,6 +177,29 @@ CPG_GLOBAL void cp_async_kernel(const unsigned* src, unsigned* obs) {
   obs[128 + t] = first[4 * ((t + 1) % 32)];
 }
 
+// 32 threads: thread t copies word t of `src` with cp.async of 4 bytes (odd
+// threads zero-fill) and 16 bytes with the L2 evict-first hint; after the wait
+// and a barrier each reads its neighbour's words.
+CPG_GLOBAL void cp_async4_hint_kernel(const unsigned* src, unsigned* obs) {
+  CPG_SHARED_ARRAY(unsigned, words, 32);
+  CPG_SHARED_ARRAY(unsigned, vecs, 128);
+  const int t = threadIdx.x;
+  const uint64_t policy = cpgdev::l2_evict_first();
+  cpgdev::cp_async4_zfill(&words[t], src + t, t % 2 == 0);
+  cpgdev::cp_async16_zfill_hint(&vecs[4 * t], src + 32 + 4 * t, t != 5, policy);
+  cpgdev::cp_async_commit();
+  cpgdev::cp_async_wait<0>();
+  cpgdev::syncthreads();
+  obs[t] = words[(t + 1) % 32];
+  obs[32 + t] = vecs[4 * ((t + 1) % 32) + 2];
+}
+
+// prmt.b32 (default mode) for a few selectors, sign replication included.
+CPG_GLOBAL void byte_perm_kernel(const unsigned* sel, unsigned* out) {
+  const int t = threadIdx.x;
+  out[t] = cpgdev::byte_perm(0x80ff7f01u, 0x00c35a81u, sel[t]);
+}
+
 CPG_GLOBAL void vector_copy_kernel(const unsigned* src, unsigned* dst) {
   CPG_SHARED_ARRAY(uint4, buf, 32);
   const int t = threadIdx.x;
@@ -868,6 +891,35 @@ void test_cp_async() {
 #endif
 }
 
+void test_cp_async4_and_hint() {
+  std::vector<unsigned> src(160);
+  for (int i = 0; i < 160; ++i) src[i] = 0x500u + 3u * i;
+  Buffer<unsigned> d_src(src), obs(64);
+  CPG_LAUNCH(cp_async4_hint_kernel, 1, 32, 0, nullptr, d_src.ptr(), obs.ptr());
+  const std::vector<unsigned> got = obs.get();
+  std::vector<unsigned> want(64);
+  for (int t = 0; t < 32; ++t) {
+    const int u = (t + 1) % 32;
+    want[t] = u % 2 == 0 ? src[u] : 0u;
+    want[32 + t] = u != 5 ? src[32 + 4 * u + 2] : 0u;
+  }
+  check_equal_vectors("cp_async4_zfill and cp_async16_zfill_hint land by the wait", got, want);
+}
+
+void test_byte_perm() {
+  // Bytes of {b, a}: 0:01 1:7f 2:ff 3:80 4:81 5:5a 6:c3 7:00.
+  const std::vector<unsigned> sel = {0x3210u, 0x7654u, 0x0123u, 0x5410u, 0x9988u, 0xbbaau,
+                                     0x8888u, 0xfedcu, 0x1111u};
+  const std::vector<unsigned> want = {0x80ff7f01u, 0x00c35a81u, 0x017fff80u, 0x5a817f01u,
+                                      0x00000000u, 0xffffffffu, 0x00000000u, 0x00ff00ffu,
+                                      0x7f7f7f7fu};
+  Buffer<unsigned> d_sel(sel), out(sel.size());
+  CPG_LAUNCH(byte_perm_kernel, 1, static_cast<unsigned>(sel.size()), 0, nullptr, d_sel.ptr(),
+             out.ptr());
+  check_equal_vectors("byte_perm picks bytes of {b, a} and replicates sign bits", out.get(),
+                      want);
+}
+
 void test_vector_copy() {
   std::vector<unsigned> src(128), want(128);
   for (int i = 0; i < 128; ++i) src[i] = 3u * i + 1u;
@@ -1082,6 +1134,8 @@ int main(int argc, char** argv) {
   run_ldmatrix_mma(1, "ldmatrix x4/x2/x2.trans fragments feed mma f16 (GEMM tile)");
   test_conversions();
   test_cp_async();
+  test_cp_async4_and_hint();
+  test_byte_perm();
   test_vector_copy();
   test_block_sum();
   test_early_exit();
