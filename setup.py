@@ -42,7 +42,7 @@ def is_toolkit(root):
 def wrapper_target(nvcc):
     """The toolkit a wrapper script `exec`s into, e.g. `exec /usr/local/cuda-13.0/bin/nvcc`."""
     try:
-        with open(nvcc, "r", errors="ignore") as f:
+        with open(nvcc, errors="ignore") as f:
             for word in f.read(4096).split():
                 if word.endswith("/bin/nvcc") and word != nvcc:
                     return os.path.dirname(os.path.dirname(word.strip("\"'")))

@@ -27,7 +27,7 @@ def _check(cond, message: str) -> None:
 def _check_shape(t: torch.Tensor, expected, name: str) -> None:
     _check(t.dim() == len(expected), f"{name}: expected shape {list(expected)}, got "
            f"{list(t.shape)}")
-    for have, want in zip(t.shape, expected):
+    for have, want in zip(t.shape, expected, strict=True):
         _check(have == want, f"{name}: expected shape {list(expected)}, got {list(t.shape)}")
 
 

@@ -104,8 +104,8 @@ def summarize(name: str, status: str, text: str, out: Path) -> tuple[str, list[s
     elif name == "kernels":  # the per-kernel breakdown stays in the log
         lines = grep(text, r"^FAIL|cases failed") + ["per-kernel times: gpu_check.log"]
     elif name == "bench":
-        lines = grep(text, r"^device:|^copy |cases( \(.*\))? in .* s;|budget of|context lost|Traceback|"
-                     r"Error|wrote ")
+        lines = grep(text, r"^device:|^copy |cases( \(.*\))? in .* s;|budget of|context lost|"
+                     r"Traceback|Error|wrote ")
     else:
         lines = []
     if status != "ok":  # the end of the output says why

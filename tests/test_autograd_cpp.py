@@ -61,7 +61,7 @@ def _grads(fn, x, w, owner, mask, bias, wanted):
     y = fn(leaves["x"], leaves["weight"], owner, leaves["mask"], leaves["bias"])
     gy = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
     inputs = [leaves[name] for name in wanted]
-    return dict(zip(wanted, torch.autograd.grad(y, inputs, gy)))
+    return dict(zip(wanted, torch.autograd.grad(y, inputs, gy), strict=True))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -89,7 +89,7 @@ def test_inference_form_gradients_match_the_oracle():
     gy = torch.randn(3, 5, dtype=torch.float64)
     ours = torch.autograd.grad(functional.masked_linear(x, w, bits), (x, w), gy)
     ref = torch.autograd.grad(reference.masked_linear(x, w, active), (x, w), gy)
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -212,7 +212,7 @@ def test_multitask_gradients_match_separate_tasks():
     ours = torch.autograd.grad(functional.masked_linear_multitask(x, w, bits, b), (x, w, b), gy)
     y = torch.stack([functional.masked_linear(x[t], w, bits[t], b) for t in range(tasks)])
     ref = torch.autograd.grad(y, (x, w, b), gy)
-    for a, r in zip(ours, ref):
+    for a, r in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, r)
 
 
@@ -228,5 +228,5 @@ def test_conv_multitask_gradients_match_separate_tasks():
     y_ref = torch.stack([functional.masked_conv2d(x[t], w, bits[t], b, padding=1)
                          for t in range(tasks)])
     ref = torch.autograd.grad(y_ref, (x, w, b), gy)
-    for a, r in zip(ours, ref):
+    for a, r in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, r)

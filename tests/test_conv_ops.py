@@ -300,7 +300,8 @@ VARIANTS = {
     "depthwise, groups = C": ((2, 6, 7, 7, 6, 3, 1, 1, 1, 6), "direct", "direct"),
     "1x1": ((3, 16, 5, 5, 16, 1, 1, 0, 1, 1), ("tiled", "linear"), ("tiled", "linear")),
     "1x1 stride 2": ((4, 16, 9, 7, 16, 1, 2, 0, 1, 1), "tiled", "phases"),
-    "7x7 stride 2, padding 3 (simt, tf32 mma)": ((3, 4, 9, 9, 16, 7, 2, 3, 1, 1), "tiled", "direct"),
+    "7x7 stride 2, padding 3 (simt, tf32 mma)":
+        ((3, 4, 9, 9, 16, 7, 2, 3, 1, 1), "tiled", "direct"),
     "two row tiles: 154 pixels": ((2, 16, 11, 7, 16, 3, 1, 1, 1, 1), "tiled", "tiled"),
     "one tile, 18 reduction stages (16-bit: split-K)":
         ((2, 128, 7, 7, 16, 3, 1, 1, 1, 1), "tiled", "tiled"),

@@ -143,7 +143,7 @@ def test_element_wise_results_are_the_same_bits_on_every_build():
         with cpu_isa(name):
             results.append(run())
     for other in results[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
 
 
 @contextlib.contextmanager
@@ -308,7 +308,7 @@ def test_training_step_matches_the_oracle(isa):
             xf, wf, mf = (t.float().requires_grad_() for t in (x, w, mask))
             y = fn(xf, wf, owner, task, mf, None, THRESHOLD)
             grads.append((y, *torch.autograd.grad(y, (xf, wf, mf), gy.float())))
-        for got, expect in zip(*grads):
+        for got, expect in zip(*grads, strict=True):
             torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)
 
 
@@ -352,7 +352,7 @@ def test_avx2_and_avx512_dot_products_give_the_same_bits():
         with cpu_isa(name):
             out[name] = (functional.masked_linear(x, w, bits, b),
                          torch.ops.cpg.masked_linear_grad_input(dy, w, bits))
-    assert all(torch.equal(a, b) for a, b in zip(out["avx2"], out["avx512"]))
+    assert all(torch.equal(a, b) for a, b in zip(out["avx2"], out["avx512"], strict=True))
 
 
 # ---------------------------------------------------------------------- selection

@@ -4,8 +4,8 @@ The emulator build needs only the system C++ compiler; it is built with AddressS
 UndefinedBehaviorSanitizer, which run the same checks (the fiber switches announced to ASan
 must raise no false report) and prove that a kernel's out-of-bounds global read is caught:
 the emulator itself bounds-checks shared memory only, and global memory is what the
-sanitizer step of .ci/run checks for the library's kernels (scripts/sanitized_emulator.sh). Where nvcc exists, the
-same file is also built as CUDA for sm_90 (which checks portability.h's CUDA
+sanitizer step of .ci/run checks for the library's kernels (scripts/sanitized_emulator.sh).
+Where nvcc exists, the same file is also built as CUDA for sm_90 (which checks portability.h's CUDA
 branch and that the test kernels are valid CUDA), and run where an sm_90 GPU is
 present, so that the hardware confirms the semantics the emulator is held to.
 """

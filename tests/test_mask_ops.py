@@ -123,7 +123,8 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="mask: expected dtype float32"):
         masks.active_bits(owner, 2, mask=torch.zeros(4, 40, dtype=torch.float64))
     with pytest.raises(ValueError, match="not both"):
-        masks.active_bits(owner, 2, mask=torch.zeros(4, 40), pick_bits=torch.zeros(4, 2, dtype=torch.int32))
+        masks.active_bits(owner, 2, mask=torch.zeros(4, 40),
+                          pick_bits=torch.zeros(4, 2, dtype=torch.int32))
     with pytest.raises(ValueError, match=r"bits: expected shape \[4, 2\]"):
         masks.active_bits(owner, 2, pick_bits=torch.zeros(4, 1, dtype=torch.int32))
     with pytest.raises(ValueError, match="bits: expected dtype int32"):

@@ -141,7 +141,7 @@ def test_fake_kernels_agree_with_the_kernels_on_shapes_and_layouts():
         with FakeTensorMode(allow_non_fake_inputs=True):
             fake = op(*args)
         for r, f in zip(real if isinstance(real, tuple) else (real,),
-                        fake if isinstance(fake, tuple) else (fake,)):
+                        fake if isinstance(fake, tuple) else (fake,), strict=True):
             assert (f.shape, f.dtype, f.stride()) == (r.shape, r.dtype, r.stride()), name
 
 

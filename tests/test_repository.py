@@ -36,4 +36,5 @@ def test_the_design_page_exists_with_the_sections_code_cites():
         cited.update(re.findall(r"docs/design\.md\W+section (\d+)", text))
     assert cited, "nothing cites docs/design.md by section; the check below would be empty"
     for number in cited:
-        assert re.search(rf"^## {number}\. ", design, re.M), f"no section {number} in docs/design.md"
+        assert re.search(rf"^## {number}\. ", design, re.M), (
+            f"no section {number} in docs/design.md")

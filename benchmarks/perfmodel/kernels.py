@@ -250,7 +250,7 @@ def small_batch(launch: Launch, res: dict | None, gpu: Gpu, c: Constants,
         # the single-task kernel of the same x rows (``single``).
         base, _ = per_unit_instructions(single, "FFMA", ffma, instr)
         instr = base + (instr - base) * tasks_in_group / p["x_rows"]
-    l = c.mem_latency_ns * 1e-9
+    latency = c.mem_latency_ns * 1e-9
     # Each load u of a chunk reads 32 lanes x kv columns of a row's bit words: 32 bytes
     # (16-bit W) or 16 (fp32), after the previous round's FMAs.
     rounds = load_rounds(32 * kv // 8, 4)
@@ -261,7 +261,7 @@ def small_batch(launch: Launch, res: dict | None, gpu: Gpu, c: Constants,
                 l2_bytes=w_chunk * (1 - w_dram) + p["group_rows"] * cols * e,
                 instructions=instr, fma=ffma, warps=8, smem_wavefronts=8 * 4 * lds,
                 chain_s=gpu.l2_latency_ns * 1e-9 + tasks_in_group * rounds_seconds(rounds, gpu, c),
-                prologue_s=l)
+                prologue_s=latency)
     w_reads = groups if w_dram == 1.0 else 1
     total = (w_bytes * w_reads + p["N"] * p["K"] / 8 * p["tasks"]
              + p["M"] * p["tasks"] * (p["K"] + p["N"]) * e)
@@ -279,12 +279,12 @@ def small_batch_grad(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -
     ffma = p["rows_per_step"] * kv * p["dy_rows"]
     instr, source = per_unit_instructions(res, "FFMA", ffma, 2.0 * ffma + 120)
     step_bytes = 8 * p["rows_per_step"] * (32 * 16 + 32)  # 8 warps x rows x (W + bit words)
-    l = c.mem_latency_ns * 1e-9
+    latency = c.mem_latency_ns * 1e-9
     stage_rows = 4096 // p["dy_rows"]
-    chain = l + gpu.l2_latency_ns * 1e-9 * p["slices"] * p["rows_per_step"] / stage_rows
+    chain = latency + gpu.l2_latency_ns * 1e-9 * p["slices"] * p["rows_per_step"] / stage_rows
     unit = Unit(count=steps, dram_bytes=step_bytes, instructions=instr, fma=ffma, warps=8,
                 chain_s=chain,
-                prologue_s=l)
+                prologue_s=latency)
     m, n, k = p["M"], p["N"], p["K"]
     out = (4 * p["splits"] if launch.workspace_bytes else e) * m * k
     total = n * k * (e + 1 / 8) + m * n * e + out
@@ -407,7 +407,7 @@ def mma(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: int = 1)
         chain = 16 * (4 // e) * (gpu.l1_latency_ns + 10) * 1e-9
     elif kind.startswith("window"):
         chain = gpu.l2_latency_ns * 1e-9
-    l = c.mem_latency_ns * 1e-9
+    latency = c.mem_latency_ns * 1e-9
     stages = p["stages_per_split"]
     splits = p["splits"]
     out_bytes = tile_m * tile_n * (4 if splits > 1 else e)
@@ -423,7 +423,7 @@ def mma(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: int = 1)
     unit = Unit(count=stages, l2_bytes=a_bytes + w_bytes + bits,
                 instructions=instr, warps=warps, chain_s=chain, overlapped=True, hmma=hmma_block,
                 smem_wavefronts=wavefronts, fixed_s=c.tile_sync_clk / f,
-                prologue_s=2 * l + out_bytes / (gpu.dram_gbps * 1e9 / gpu.sms))
+                prologue_s=2 * latency + out_bytes / (gpu.dram_gbps * 1e9 / gpu.sms))
     rows, cols = p["rows"], p["cols"]
     red = p["stages"] * stage_bytes // e
     z = launch.grid[2] // splits
@@ -440,11 +440,12 @@ def simt(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> Cost:
     p, e = launch.params, elem_bytes(launch.kernel)
     f = gpu.clock_ghz * 1e9
     instr, source = per_unit_instructions(res, "FFMA", 512, 800)
-    l = c.mem_latency_ns * 1e-9
+    latency = c.mem_latency_ns * 1e-9
     slices = p["per_split"] // p["tile_k"]
     unit = Unit(count=slices, l2_bytes=2 * 128 * 8 * e + 128 * 8 / 8, instructions=instr,
-                warps=8, chain_s=gpu.l1_latency_ns * 1e-9 + l, overlapped=True,
-                smem_wavefronts=8 * 16 * 4 + 64, fixed_s=c.simt_sync_clk / f, prologue_s=2 * l)
+                warps=8, chain_s=gpu.l1_latency_ns * 1e-9 + latency, overlapped=True,
+                smem_wavefronts=8 * 16 * 4 + 64, fixed_s=c.simt_sync_clk / f,
+                prologue_s=2 * latency)
     rows, cols, red, splits = p["rows"], p["cols"], p["reduction"], p["splits"]
     z = launch.grid[2] // splits
     total = z * (cols * red * (e + 1 / 8) + rows * red * e
