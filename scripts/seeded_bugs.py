@@ -38,8 +38,8 @@ BUGS = [
         "the mma kernel writes 0 for the last element of the output",
         backends="emu"),
     Bug("mma-16-bit-accumulator", "csrc/cuda/gemm_mma.cuh",
-        "    mma_fragments<T>(f[i % 2], acc);\n",
-        "    mma_fragments<T>(f[i % 2], acc);\n"
+        "    mma_fragments<L, T>(f[i % 2], acc);\n",
+        "    mma_fragments<L, T>(f[i % 2], acc);\n"
         "    for (auto& fm : acc) for (auto& fn : fm) for (float& e : fn)\n"
         "      e = cpgdev::to_float(cpgdev::from_float<T>(e));\n",
         [f"{LIN}::test_every_gemm_kernel_forward_and_grad_input"],
