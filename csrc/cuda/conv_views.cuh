@@ -233,6 +233,21 @@ struct ConvOperands {
     return masked_weight(w, bits, d.K, d.words, group * d.Ng + n, c * d.taps + t);
   }
 
+  // vec_elems<T>() channels of the image from src on (zeros for null), as the
+  // 16 bytes of a tile chunk: the a gather of the mma views (ConvMmaView,
+  // ConvWindowView) where channels are not contiguous.
+  CPG_DEVICE uint4 gather_channels(const T* src) const {
+    constexpr int kV = vec_elems<T>();
+    T v[kV];
+#pragma unroll
+    for (int j = 0; j < kV; ++j) {
+      v[j] = src != nullptr ? src[j * image_strides.c] : cpgdev::from_float<T>(0.0f);
+    }
+    uint4 u;
+    memcpy(&u, v, kVecBytes);
+    return u;
+  }
+
   // W'[n, [c, c + kV), tap t] of the group as the 16 bytes of a tile chunk,
   // zeros past Ng and Cg. The channels lie `taps` elements apart in the
   // weight, so they are gathered one by one, each bit word loaded once as the
@@ -513,7 +528,7 @@ struct ConvMmaView : View {
         cpgdev::cp_async16_zfill(buf + a_chunk_offset(i), src != nullptr ? src : this->image,
                                  src != nullptr);
       } else {
-        staged.a[i] = gather_channels(src);
+        staged.a[i] = this->gather_channels(src);
       }
     }
     if (this->d.taps == 1) {
@@ -573,18 +588,6 @@ struct ConvMmaView : View {
   CPG_DEVICE static mma::ChunkPos weight_pos(int i, int64_t ch0, int64_t c0) {
     return mma::weight_chunk<T, View::kGradInput>(static_cast<int>(threadIdx.x) + i * mma::kThreads,
                                                   ch0, c0);
-  }
-
-  // kV channels from src on (zeros for null), as a tile chunk.
-  CPG_DEVICE uint4 gather_channels(const T* src) const {
-    T v[kV];
-#pragma unroll
-    for (int j = 0; j < kV; ++j) {
-      v[j] = src != nullptr ? src[j * this->image_strides.c] : cpgdev::from_float<T>(0.0f);
-    }
-    uint4 u;
-    memcpy(&u, v, kVecBytes);
-    return u;
   }
 };
 

@@ -160,7 +160,7 @@ struct ConvWindowView : View {
         cpgdev::cp_async16_zfill(buf + L::a_offset(row, t * kV),
                                  src != nullptr ? src : this->image, src != nullptr);
       } else {
-        staged.a[j] = gather_channels(src);
+        staged.a[j] = this->gather_channels(src);
       }
     }
     if (w_thread()) load_half(run_of(ch0, c0), w_half(), staged);
@@ -268,18 +268,6 @@ struct ConvWindowView : View {
         cpgdev::store4(w_tile + offset + q * 4 / static_cast<int>(sizeof(T)), u[q]);
       }
     }
-  }
-
-  // kV channels from src on (zeros for null), as a tile vector.
-  CPG_DEVICE uint4 gather_channels(const T* src) const {
-    T v[kV];
-#pragma unroll
-    for (int j = 0; j < kV; ++j) {
-      v[j] = src != nullptr ? src[j * this->image_strides.c] : cpgdev::from_float<T>(0.0f);
-    }
-    uint4 u;
-    memcpy(&u, v, kVecBytes);
-    return u;
   }
 };
 
