@@ -4,21 +4,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from torch import nn
 
 from cpg_kernels.cli import main
 from cpg_kernels.data import synthetic_tasks
 from cpg_kernels.trainer import TrainConfig
 from cpg_kernels.trainer.compare import check_sequence, compare, summarize
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _network() -> nn.Module:
