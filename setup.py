@@ -5,6 +5,7 @@ when torch is a CUDA build and a CUDA toolkit is found (FORCE_CUDA=1 makes a
 missing toolkit an error; USE_CUDA=0 skips them even where a toolkit is found).
 TORCH_CUDA_ARCH_LIST picks GPU targets (default 8.0 and 9.0).
 """
+
 import glob
 import os
 import shutil
@@ -56,8 +57,10 @@ def find_cuda_toolkit():
     explicit = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if explicit:
         if not is_toolkit(explicit):
-            sys.exit(f"cpg-kernels: CUDA_HOME={explicit} is not a CUDA toolkit "
-                     "(no bin/nvcc binary next to include/cuda_runtime.h)")
+            sys.exit(
+                f"cpg-kernels: CUDA_HOME={explicit} is not a CUDA toolkit "
+                "(no bin/nvcc binary next to include/cuda_runtime.h)"
+            )
         return explicit
     candidates = []
     nvcc = shutil.which("nvcc")
@@ -72,8 +75,9 @@ def find_cuda_toolkit():
 
 
 def nvcc_version(root):
-    out = subprocess.run([os.path.join(root, "bin", "nvcc"), "--version"], capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        [os.path.join(root, "bin", "nvcc"), "--version"], capture_output=True, text=True
+    ).stdout
     return out.strip().splitlines()[-1] if out else "unknown"
 
 
@@ -93,33 +97,44 @@ def configure_cuda(torch):
     root = find_cuda_toolkit()
     if root is None:
         if force:
-            sys.exit("cpg-kernels: FORCE_CUDA=1 but no CUDA toolkit was found "
-                     "(set CUDA_HOME to its root)")
+            sys.exit(
+                "cpg-kernels: FORCE_CUDA=1 but no CUDA toolkit was found "
+                "(set CUDA_HOME to its root)"
+            )
         print("cpg-kernels: no CUDA toolkit found; building the CPU ops and the emulator")
         return False
     os.environ["CUDA_HOME"] = root
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-    print(f"cpg-kernels: CUDA toolkit {root} ({nvcc_version(root)}), torch CUDA "
-          f"{torch.version.cuda}, targets {os.environ['TORCH_CUDA_ARCH_LIST']}")
+    print(
+        f"cpg-kernels: CUDA toolkit {root} ({nvcc_version(root)}), torch CUDA "
+        f"{torch.version.cuda}, targets {os.environ['TORCH_CUDA_ARCH_LIST']}"
+    )
     return True
 
 
 def extension(torch, with_cuda):
     from torch.utils import cpp_extension  # after CUDA_HOME is settled
 
-    sources = sorted(glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp") +
-                     glob.glob("csrc/emu/*.cpp"))
+    sources = sorted(
+        glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/emu/*.cpp")
+    )
     cxx = ["-O2", "-Wno-unknown-pragmas"]  # kernels carry #pragma unroll
     if not with_cuda:
         sources.remove("csrc/ops/cuda_stream.cpp")
         return cpp_extension.CppExtension(
-            "cpg_kernels._C", sources, include_dirs=[os.path.abspath("csrc")],
-            extra_compile_args={"cxx": cxx})
+            "cpg_kernels._C",
+            sources,
+            include_dirs=[os.path.abspath("csrc")],
+            extra_compile_args={"cxx": cxx},
+        )
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     return cpp_extension.CUDAExtension(
-        "cpg_kernels._C", sources, include_dirs=[os.path.abspath("csrc")],
+        "cpg_kernels._C",
+        sources,
+        include_dirs=[os.path.abspath("csrc")],
         define_macros=[("CPG_WITH_CUDA", "1")],
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]})
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]},
+    )
 
 
 def main():
@@ -128,8 +143,10 @@ def main():
     with_cuda = configure_cuda(torch)
     from torch.utils.cpp_extension import BuildExtension
 
-    setup(ext_modules=[extension(torch, with_cuda)],
-          cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
+    setup(
+        ext_modules=[extension(torch, with_cuda)],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )
 
 
 main()

@@ -20,6 +20,7 @@ CPU), after warm-up, rotating among several input sets so the caches do not
 flatter. The run also measures copy bandwidth and matmul peak to give each case
 its floor. Usage: see benchmarks/README.md, or ``--help``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,14 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.append(str(ROOT))  # an in-place build works without installing; an install still wins
 
-from cases import (DTYPES, Case, floor_seconds, full_grid, quick_grid,  # noqa: E402
-                   speed_ratio)
+from cases import (  # noqa: E402
+    DTYPES,
+    Case,
+    floor_seconds,
+    full_grid,
+    quick_grid,
+    speed_ratio,
+)
 
 TASK = 3  # the task whose active set the single-task cases use
 THRESHOLD = 5e-3
@@ -72,8 +79,13 @@ class Timing:
     iters: int
 
     def to_json(self) -> dict:
-        return {"ms": self.median_s * 1e3, "ms_min": self.min_s * 1e3,
-                "ms_max": self.max_s * 1e3, "repeats": self.repeats, "iters": self.iters}
+        return {
+            "ms": self.median_s * 1e3,
+            "ms_min": self.min_s * 1e3,
+            "ms_max": self.max_s * 1e3,
+            "repeats": self.repeats,
+            "iters": self.iters,
+        }
 
 
 class Clock:
@@ -102,6 +114,7 @@ class Clock:
 
 def measure(run, n_sets: int, clock: Clock, cfg: Settings) -> Timing:
     """Median time per call of ``run(i)``, ``i`` cycling through the input sets."""
+
     def calls(first: int, count: int) -> None:
         for i in range(first, first + count):
             run(i % n_sets)
@@ -110,8 +123,7 @@ def measure(run, n_sets: int, clock: Clock, cfg: Settings) -> Timing:
     clock.sync()
     per_call = clock.time(lambda: calls(0, n_sets)) / n_sets
     iters = max(1, math.ceil(cfg.min_repeat_s / max(per_call, 1e-7)))
-    samples = [clock.time(lambda r=r: calls(r * iters, iters)) / iters
-               for r in range(cfg.repeats)]
+    samples = [clock.time(lambda r=r: calls(r * iters, iters)) / iters for r in range(cfg.repeats)]
     return Timing(statistics.median(samples), min(samples), max(samples), cfg.repeats, iters)
 
 
@@ -129,6 +141,7 @@ def precision(dtype: str):
 
 # -------------------------------------------------------------------------- calibration
 
+
 def copy_bandwidth(nbytes: int, device: torch.device, clock: Clock, cfg: Settings) -> float:
     """Bytes read plus written per second by a device-to-device copy of ``nbytes``."""
     src = torch.rand(nbytes // 4, device=device)
@@ -141,19 +154,23 @@ def matmul_peak(n: int, dtype: str, device: torch.device, clock: Clock, cfg: Set
     with precision(dtype):
         a = torch.randn(n, n, device=device, dtype=TORCH_DTYPE[dtype])
         b = torch.randn(n, n, device=device, dtype=TORCH_DTYPE[dtype])
-        return 2 * n ** 3 / measure(lambda i: a @ b, 1, clock, cfg).median_s
+        return 2 * n**3 / measure(lambda i: a @ b, 1, clock, cfg).median_s
 
 
 def calibrate(device: torch.device, dtypes, clock: Clock, cfg: Settings) -> dict:
     """The two ceilings of the floor, measured on this device in this run."""
     cuda = device.type == "cuda"
     nbytes, n = (1 << 30, 8192) if cuda else (64 << 20, 1024)
-    return {"copy_bytes": nbytes,
-            "copy_gbps": copy_bandwidth(nbytes, device, clock, cfg) / 1e9, "matmul_n": n,
-            "peak_tflops": {d: matmul_peak(n, d, device, clock, cfg) / 1e12 for d in dtypes}}
+    return {
+        "copy_bytes": nbytes,
+        "copy_gbps": copy_bandwidth(nbytes, device, clock, cfg) / 1e9,
+        "matmul_n": n,
+        "peak_tflops": {d: matmul_peak(n, d, device, clock, cfg) / 1e12 for d in dtypes},
+    }
 
 
 # ---------------------------------------------------------------------------- case inputs
+
 
 class Api:
     """The ops under test, imported once: fails with one clear line if the extension is missing."""
@@ -162,8 +179,10 @@ class Api:
         try:
             from cpg_kernels import functional, masks, reference
         except ImportError as e:
-            sys.exit(f"bench_ops: cannot import the cpg_kernels extension ({e}); build it first: "
-                     "pip install --no-build-isolation -e .")
+            sys.exit(
+                f"bench_ops: cannot import the cpg_kernels extension ({e}); build it first: "
+                "pip install --no-build-isolation -e ."
+            )
         self.fn, self.masks, self.ref = functional, masks, reference
 
 
@@ -192,13 +211,16 @@ def make_sets(case: Case, n_sets: int, device: torch.device, api: Api) -> list[d
         x_shape = (case.batch, lay.in_ch, lay.hw, lay.hw)
     sets = []
     for _ in range(n_sets):
-        w = randn(*lay.weight_shape, scale=lay.k ** -0.5)
+        w = randn(*lay.weight_shape, scale=lay.k**-0.5)
         s = {"w": w, "b": randn(lay.out_ch) if lay.bias else None}
         if case.family == "multitask":
             s["x"] = randn(case.tasks, *x_shape)
-            s["active"] = torch.stack([
-                torch.rand(lay.weight_shape, device=device, generator=gen) < 0.6
-                for _ in range(case.tasks)])
+            s["active"] = torch.stack(
+                [
+                    torch.rand(lay.weight_shape, device=device, generator=gen) < 0.6
+                    for _ in range(case.tasks)
+                ]
+            )
             s["bits"] = torch.stack([api.masks.pack(a) for a in s["active"]])
             sets.append(s)
             continue
@@ -226,6 +248,7 @@ def _output_shape(case: Case) -> tuple[int, ...]:
 
 # ------------------------------------------------------------------------------ variants
 
+
 def variants(case: Case, api: Api) -> dict:
     """name -> ``f(set) -> output``; ``fused`` first, the check's reference is ``premasked``
     (multi-task: ``dense_masking_cached``). Training outputs are ``(y, dL/dx, ...)``."""
@@ -241,18 +264,23 @@ def variants(case: Case, api: Api) -> dict:
         return fn.masked_conv2d(x, s["w"], bits, s["b"], **conv_args)
 
     if case.family == "multitask":
+
         def per_task(s, weight_of):
             return [dense(s["x"][t], weight_of(s, t), s["b"]) for t in range(case.tasks)]
+
         def fused(s):
             if lay.is_linear:
                 return fn.masked_linear_multitask(s["x"], s["w"], s["bits"], s["b"])
             return fn.masked_conv2d_multitask(s["x"], s["w"], s["bits"], s["b"], **conv_args)
+
         return {
             "fused": fused,
-            "separate_fused": lambda s: [fused_one(s, s["x"][t], s["bits"][t])
-                                         for t in range(case.tasks)],
+            "separate_fused": lambda s: [
+                fused_one(s, s["x"][t], s["bits"][t]) for t in range(case.tasks)
+            ],
             "dense_masking": lambda s: per_task(
-                s, lambda s, t: s["w"] * masks.unpack(s["bits"][t], s["w"].shape)),
+                s, lambda s, t: s["w"] * masks.unpack(s["bits"][t], s["w"].shape)
+            ),
             "dense_masking_cached": lambda s: per_task(s, lambda s, t: s["w"] * s["active"][t]),
         }
 
@@ -260,7 +288,8 @@ def variants(case: Case, api: Api) -> dict:
         return {
             "fused": lambda s: fused_one(s, s["x"], s["bits"]),
             "dense_masking": lambda s: dense(
-                s["x"], s["w"] * masks.unpack(s["bits"], s["w"].shape), s["b"]),
+                s["x"], s["w"] * masks.unpack(s["bits"], s["w"].shape), s["b"]
+            ),
             "dense_masking_cached": lambda s: dense(s["x"], s["w"] * s["active"], s["b"]),
             "premasked": lambda s: dense(s["x"], s["w_eff"], s["b"]),
         }
@@ -270,22 +299,42 @@ def variants(case: Case, api: Api) -> dict:
             y = forward(s)
             wrt = [s[p] for p in params if s[p] is not None]
             return (y, *torch.autograd.grad(y, wrt, s["gy"]))
+
         return run
 
     if lay.is_linear:
+
         def fused_fwd(s):
             return fn.cpg_linear(s["x"], s["w"], s["owner"], TASK, s["mask"], s["b"], THRESHOLD)
 
         def dense_fwd(s):
             return ref.linear(s["x"], s["w"], s["owner"], TASK, s["mask"], s["b"], THRESHOLD)
     else:
+
         def fused_fwd(s):
-            return fn.cpg_conv2d(s["x"], s["w"], s["owner"], TASK, s["mask"], s["b"],
-                                 threshold=THRESHOLD, **conv_args)
+            return fn.cpg_conv2d(
+                s["x"],
+                s["w"],
+                s["owner"],
+                TASK,
+                s["mask"],
+                s["b"],
+                threshold=THRESHOLD,
+                **conv_args,
+            )
 
         def dense_fwd(s):
-            return ref.conv2d(s["x"], s["w"], s["owner"], TASK, s["mask"], s["b"],
-                              threshold=THRESHOLD, **conv_args)
+            return ref.conv2d(
+                s["x"],
+                s["w"],
+                s["owner"],
+                TASK,
+                s["mask"],
+                s["b"],
+                threshold=THRESHOLD,
+                **conv_args,
+            )
+
     return {
         "fused": step(fused_fwd, ("x", "w", "mask", "b")),
         "dense_masking": step(dense_fwd, ("x", "w", "mask", "b")),
@@ -321,6 +370,7 @@ def peak_bytes(run, s, device: torch.device) -> int:
 
 # ----------------------------------------------------------------------------- one case
 
+
 class DeviceLost(RuntimeError):
     """The CUDA context is unusable (e.g. after an illegal address): no later case can run."""
 
@@ -339,8 +389,9 @@ def _check_device(device: torch.device) -> None:
             raise DeviceLost(_error_text(e)) from e
 
 
-def run_case(case: Case, api: Api, device: torch.device, clock: Clock, cfg: Settings,
-             calib: dict) -> dict:
+def run_case(
+    case: Case, api: Api, device: torch.device, clock: Clock, cfg: Settings, calib: dict
+) -> dict:
     """Time every variant of ``case`` and derive ratios, rates and the floor."""
     n_sets = max(2, min(cfg.max_sets, math.ceil(2 * cfg.cache_bytes / case.min_bytes())))
     bandwidth = calib["copy_gbps"] * 1e9
@@ -348,15 +399,28 @@ def run_case(case: Case, api: Api, device: torch.device, clock: Clock, cfg: Sett
     floor_s, bound = floor_seconds(case.flops(), case.min_bytes(), bandwidth, peak)
     lay = case.layer
     rec = {
-        "id": case.id, "family": case.family, "net": lay.net, "layer": lay.name,
-        "late": lay.late, "mode": case.mode, "dtype": case.dtype, "batch": case.batch,
-        "tasks": case.tasks, "weight_shape": list(lay.weight_shape),
-        "conv": None if lay.is_linear else {"hw": lay.hw, "stride": lay.stride,
-                                            "padding": lay.padding},
-        "flops": case.flops(), "bytes": case.min_bytes(), "weight_bytes": case.weight_bytes,
-        "floor_ms": floor_s * 1e3, "floor_bound": bound, "rotation_sets": n_sets,
+        "id": case.id,
+        "family": case.family,
+        "net": lay.net,
+        "layer": lay.name,
+        "late": lay.late,
+        "mode": case.mode,
+        "dtype": case.dtype,
+        "batch": case.batch,
+        "tasks": case.tasks,
+        "weight_shape": list(lay.weight_shape),
+        "conv": None
+        if lay.is_linear
+        else {"hw": lay.hw, "stride": lay.stride, "padding": lay.padding},
+        "flops": case.flops(),
+        "bytes": case.min_bytes(),
+        "weight_bytes": case.weight_bytes,
+        "floor_ms": floor_s * 1e3,
+        "floor_bound": bound,
+        "rotation_sets": n_sets,
         "rotation_over_cache": n_sets * case.min_bytes() / cfg.cache_bytes,
-        "variants": {}, "errors": {},
+        "variants": {},
+        "errors": {},
     }
     with precision(case.dtype):
         try:
@@ -380,13 +444,20 @@ def run_case(case: Case, api: Api, device: torch.device, clock: Clock, cfg: Sett
         if "fused" in outputs and check_ref in outputs:
             err = relative_error(case, outputs["fused"], outputs[check_ref])
             tol = CHECK_TOLERANCE[case.dtype]
-            rec["check"] = {"against": check_ref, "rel_err": err, "tol": tol,
-                            "ok": bool(math.isfinite(err) and err <= tol)}
+            rec["check"] = {
+                "against": check_ref,
+                "rel_err": err,
+                "tol": tol,
+                "ok": bool(math.isfinite(err) and err <= tol),
+            }
     fused = rec["variants"].get("fused")
     if fused:
         t = fused["ms"] / 1e3
-        rec["speedup"] = {name: speed_ratio(v["ms"], fused["ms"])
-                          for name, v in rec["variants"].items() if name != "fused"}
+        rec["speedup"] = {
+            name: speed_ratio(v["ms"], fused["ms"])
+            for name, v in rec["variants"].items()
+            if name != "fused"
+        }
         rec["fused_tflops"] = case.flops() / t / 1e12
         rec["fused_gbps"] = case.min_bytes() / t / 1e9
         rec["fused_of_floor"] = floor_s / t
@@ -395,20 +466,33 @@ def run_case(case: Case, api: Api, device: torch.device, clock: Clock, cfg: Sett
 
 # ------------------------------------------------------------------------------- output
 
+
 def environment(device: torch.device) -> dict:
     """What the numbers hold for: device, software versions, commit."""
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": cudnn,
-            "python": platform.python_version(), "host": platform.node(),
-            "git_commit": _git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    info = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": cudnn,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "git_commit": _git_commit(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(device=props.name, sm_count=props.multi_processor_count,
-                    memory_bytes=props.total_memory, l2_bytes=props.L2_cache_size,
-                    capability=f"{props.major}.{props.minor}")
+        info.update(
+            device=props.name,
+            sm_count=props.multi_processor_count,
+            memory_bytes=props.total_memory,
+            l2_bytes=props.L2_cache_size,
+            capability=f"{props.major}.{props.minor}",
+        )
     else:
-        info.update(device=f"cpu {platform.machine()} ({os.cpu_count()} cores, "
-                           f"{torch.get_num_threads()} threads)")
+        info.update(
+            device=f"cpu {platform.machine()} ({os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} threads)"
+        )
     info["device_slug"] = device_slug(device)
     return info
 
@@ -426,19 +510,37 @@ def _git_commit() -> str | None:
     """HEAD of the checkout (with ``-dirty`` if tracked files changed), or ``$CPG_GIT_COMMIT``
     where the tree was copied without its git metadata."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
         if head.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                   cwd=ROOT, capture_output=True, text=True, timeout=10)
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
     return os.environ.get("CPG_GIT_COMMIT")
 
 
-_COLUMNS = ("case", "fused", "dense", "dense$", "prem|sep", "floor", "x dense", "x p|s",
-            "TFLOP/s", "GB/s", "%floor", "check")
+_COLUMNS = (
+    "case",
+    "fused",
+    "dense",
+    "dense$",
+    "prem|sep",
+    "floor",
+    "x dense",
+    "x p|s",
+    "TFLOP/s",
+    "GB/s",
+    "%floor",
+    "check",
+)
 _ROW = "{:<54} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>6} {:>5}"
 
 
@@ -457,13 +559,19 @@ def table_row(rec: dict) -> str:
 
     check = rec.get("check")
     return _ROW.format(
-        rec["id"][:54], ms("fused"), ms("dense_masking"), ms("dense_masking_cached"),
+        rec["id"][:54],
+        ms("fused"),
+        ms("dense_masking"),
+        ms("dense_masking_cached"),
         ms("premasked") if rec["family"] != "multitask" else ms("separate_fused"),
-        f"{rec['floor_ms']:.4f}", num(s.get("dense_masking"), ".2f"),
+        f"{rec['floor_ms']:.4f}",
+        num(s.get("dense_masking"), ".2f"),
         num(s.get("premasked", s.get("separate_fused")), ".2f"),
-        num(rec.get("fused_tflops"), ".3g"), num(rec.get("fused_gbps"), ".0f"),
+        num(rec.get("fused_tflops"), ".3g"),
+        num(rec.get("fused_gbps"), ".0f"),
         num(rec.get("fused_of_floor") and 100 * rec["fused_of_floor"], ".0f"),
-        "-" if check is None else ("ok" if check["ok"] else "BAD"))
+        "-" if check is None else ("ok" if check["ok"] else "BAD"),
+    )
 
 
 def write_json(path: Path, doc: dict) -> None:
@@ -473,6 +581,7 @@ def write_json(path: Path, doc: dict) -> None:
 
 
 # --------------------------------------------------------------------------------- main
+
 
 def resumed_records(path: Path, device: torch.device) -> list[dict]:
     """The records of an earlier run on the same kind of device (each keeps the floor of its
@@ -488,33 +597,54 @@ def resumed_records(path: Path, device: torch.device) -> list[dict]:
 
 
 def select(cases: list[Case], args) -> list[Case]:
-    return [c for c in cases
-            if (not args.family or c.family in args.family)
-            and (not args.dtype or c.dtype in args.dtype)
-            and (not args.mode or c.mode in args.mode)
-            and (not args.batch or c.batch in args.batch)]
+    return [
+        c
+        for c in cases
+        if (not args.family or c.family in args.family)
+        and (not args.dtype or c.dtype in args.dtype)
+        and (not args.mode or c.mode in args.mode)
+        and (not args.batch or c.batch in args.batch)
+    ]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available()
-                   else "cpu")
-    p.add_argument("--quick", action="store_true",
-                   help="a few small cases with short timing loops (CI: under a minute on a CPU)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="start no case after this many seconds (cases run most important first)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few small cases with short timing loops (CI: under a minute on a CPU)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no case after this many seconds (cases run most important first)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the records here")
-    p.add_argument("--resume", type=Path, default=None, metavar="JSON",
-                   help="an earlier run's records on this device: keep them and run only the "
-                        "cases they lack (a grid too large for one run's budget)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="an earlier run's records on this device: keep them and run only the "
+        "cases they lack (a grid too large for one run's budget)",
+    )
     p.add_argument("--family", action="append", choices=("linear", "conv", "multitask"))
     p.add_argument("--dtype", action="append", choices=DTYPES)
     p.add_argument("--mode", action="append", choices=("inference", "training"))
     p.add_argument("--batch", action="append", type=int)
     p.add_argument("--repeats", type=int, default=None, help="timed loops per variant")
-    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
-                   help="let cuDNN autotune the baselines' convolutions (default: on)")
+    p.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let cuDNN autotune the baselines' convolutions (default: on)",
+    )
     return p.parse_args(argv)
 
 
@@ -527,15 +657,20 @@ def main(argv=None) -> int:
     api = Api()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     dtypes = DTYPES if device.type == "cuda" else ("bf16", "fp32")  # TF32 is a GPU mode
-    cache = (torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda"
-             else CPU_CACHE_BYTES)
+    cache = (
+        torch.cuda.get_device_properties(device).L2_cache_size
+        if device.type == "cuda"
+        else CPU_CACHE_BYTES
+    )
     if args.quick:
-        cfg = Settings(warmup=1, repeats=args.repeats or 3, min_repeat_s=2e-3, max_sets=2,
-                       cache_bytes=cache)
+        cfg = Settings(
+            warmup=1, repeats=args.repeats or 3, min_repeat_s=2e-3, max_sets=2, cache_bytes=cache
+        )
         cases = quick_grid(tuple(d for d in ("fp32", "bf16") if d in dtypes))
     else:
-        cfg = Settings(warmup=3, repeats=args.repeats or 15, min_repeat_s=2e-3, max_sets=64,
-                       cache_bytes=cache)
+        cfg = Settings(
+            warmup=3, repeats=args.repeats or 15, min_repeat_s=2e-3, max_sets=64, cache_bytes=cache
+        )
         cases = full_grid(dtypes)
     cases = select(cases, args)
     earlier = resumed_records(args.resume, device) if args.resume else []
@@ -545,30 +680,50 @@ def main(argv=None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
 
-    doc = {"meta": environment(device), "calibration": None, "records": list(earlier),
-           "not_run": [],
-           "settings": {**cfg.__dict__, "quick": args.quick, "budget_s": args.budget_s,
-                        "cudnn_benchmark": args.cudnn_benchmark if device.type == "cuda" else None,
-                        "argv": sys.argv[1:]}}
+    doc = {
+        "meta": environment(device),
+        "calibration": None,
+        "records": list(earlier),
+        "not_run": [],
+        "settings": {
+            **cfg.__dict__,
+            "quick": args.quick,
+            "budget_s": args.budget_s,
+            "cudnn_benchmark": args.cudnn_benchmark if device.type == "cuda" else None,
+            "argv": sys.argv[1:],
+        },
+    }
     if args.resume:
         doc["resumed"] = {"from": str(args.resume), "records": len(earlier)}
-    print(f"device: {doc['meta']['device']}  torch {torch.__version__}  "
-          f"CUDA {torch.version.cuda}  commit {doc['meta']['git_commit']}", flush=True)
+    print(
+        f"device: {doc['meta']['device']}  torch {torch.__version__}  "
+        f"CUDA {torch.version.cuda}  commit {doc['meta']['git_commit']}",
+        flush=True,
+    )
     if earlier:
-        print(f"resuming: {len(earlier)} cases kept from {args.resume}, {len(cases)} to run",
-              flush=True)
+        print(
+            f"resuming: {len(earlier)} cases kept from {args.resume}, {len(cases)} to run",
+            flush=True,
+        )
     doc["calibration"] = calibrate(device, dtypes, clock, cfg)
     cal = doc["calibration"]
-    print(f"copy {cal['copy_gbps']:.0f} GB/s; matmul peak " + ", ".join(
-        f"{d} {p:.3g}" for d, p in cal["peak_tflops"].items()) + " TFLOP/s", flush=True)
+    print(
+        f"copy {cal['copy_gbps']:.0f} GB/s; matmul peak "
+        + ", ".join(f"{d} {p:.3g}" for d, p in cal["peak_tflops"].items())
+        + " TFLOP/s",
+        flush=True,
+    )
     print(table_header(), flush=True)
 
     last_write = time.monotonic()
     for i, case in enumerate(cases):
         if args.budget_s is not None and time.monotonic() - t_start >= args.budget_s:
             doc["not_run"] = [c.id for c in cases[i:]]
-            print(f"budget of {args.budget_s:.0f} s spent: {len(cases) - i} of {len(cases)} "
-                  "cases not run", flush=True)
+            print(
+                f"budget of {args.budget_s:.0f} s spent: {len(cases) - i} of {len(cases)} "
+                "cases not run",
+                flush=True,
+            )
             break
         try:
             rec = run_case(case, api, device, clock, cfg, cal)
@@ -590,8 +745,11 @@ def main(argv=None) -> int:
         write_json(args.json, doc)
     failed = sum(1 for r in doc["records"] if r["errors"] or not r.get("check", {}).get("ok"))
     kept = f" ({len(earlier)} kept from {args.resume})" if earlier else ""
-    print(f"{len(doc['records'])} cases{kept} in {doc['elapsed_s']:.0f} s; {failed} with errors "
-          f"or a failed output check; {len(doc['not_run'])} not run", flush=True)
+    print(
+        f"{len(doc['records'])} cases{kept} in {doc['elapsed_s']:.0f} s; {failed} with errors "
+        f"or a failed output check; {len(doc['not_run'])} not run",
+        flush=True,
+    )
     return 1 if "aborted" in doc else 0
 
 

@@ -26,6 +26,7 @@ default repeats are for reports).
 Targets (issue 14): fused inference <= 1.5x ``torch``, grad on and off; fused training
 <= 1.2x ``dense_masking``. They are reported, never asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,12 +76,16 @@ def _layer(family: str, device: str):
 
 def _inference_calls(family, x, w, b, bits, active):
     if family == "linear":
-        return {"fused": lambda: functional.masked_linear(x, w, bits, b),
-                "dense_masking": lambda: reference.masked_linear(x, w, active, b),
-                "torch": lambda: F.linear(x, w, b)}
-    return {"fused": lambda: functional.masked_conv2d(x, w, bits, b, padding=1),
-            "dense_masking": lambda: reference.masked_conv2d(x, w, active, b, padding=1),
-            "torch": lambda: F.conv2d(x, w, b, padding=1)}
+        return {
+            "fused": lambda: functional.masked_linear(x, w, bits, b),
+            "dense_masking": lambda: reference.masked_linear(x, w, active, b),
+            "torch": lambda: F.linear(x, w, b),
+        }
+    return {
+        "fused": lambda: functional.masked_conv2d(x, w, bits, b, padding=1),
+        "dense_masking": lambda: reference.masked_conv2d(x, w, active, b, padding=1),
+        "torch": lambda: F.conv2d(x, w, b, padding=1),
+    }
 
 
 def _training_calls(family, x, w, b, owner, mask):
@@ -122,8 +127,10 @@ def _time_calls(calls: dict, device: str, loops: int, repeats: int, warmup: int)
                 fn()
             sync()
             samples[name].append((time.perf_counter() - start) / loops)
-    return {name: {"us_median": statistics.median(s) * 1e6, "us_min": min(s) * 1e6}
-            for name, s in samples.items()}
+    return {
+        name: {"us_median": statistics.median(s) * 1e6, "us_min": min(s) * 1e6}
+        for name, s in samples.items()
+    }
 
 
 def run(device: str, loops: int, repeats: int, warmup: int) -> list[dict]:
@@ -140,29 +147,44 @@ def run(device: str, loops: int, repeats: int, warmup: int) -> list[dict]:
                 times = _time_calls(calls, device, loops, repeats, warmup)
             baseline, limit = TARGETS[(family, form)]
             ratio = times["fused"]["us_min"] / times[baseline]["us_min"]
-            records.append({"family": family, "form": form, "shape": list(w.shape),
-                            "variants": times, "baseline": baseline, "ratio": ratio,
-                            "target": limit, "met": ratio <= limit})
+            records.append(
+                {
+                    "family": family,
+                    "form": form,
+                    "shape": list(w.shape),
+                    "variants": times,
+                    "baseline": baseline,
+                    "ratio": ratio,
+                    "target": limit,
+                    "met": ratio <= limit,
+                }
+            )
     return records
 
 
 def table(records: list[dict]) -> str:
-    head = (f"{'case (best, us)':<24}" + "".join(f"{v:>14}" for v in VARIANTS) +
-            f"{'fused/baseline':>20}{'target':>14}")
+    head = (
+        f"{'case (best, us)':<24}"
+        + "".join(f"{v:>14}" for v in VARIANTS)
+        + f"{'fused/baseline':>20}{'target':>14}"
+    )
     lines = [head, "-" * len(head)]
     for r in records:
         cells = "".join(f"{r['variants'][v]['us_min']:>14.1f}" for v in VARIANTS)
         verdict = f"{r['ratio']:.2f}x {r['baseline']}"
         mark = "met" if r["met"] else "MISSED"
-        lines.append(f"{r['family'] + ' ' + r['form']:<24}{cells}{verdict:>20}"
-                     f"{'<= ' + str(r['target']) + ' ' + mark:>14}")
+        lines.append(
+            f"{r['family'] + ' ' + r['form']:<24}{cells}{verdict:>20}"
+            f"{'<= ' + str(r['target']) + ' ' + mark:>14}"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=("cpu", "cuda"),
-                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     p.add_argument("--quick", action="store_true", help="short loops (CI): seconds, noisy")
     p.add_argument("--loops", type=int, help="calls per timed loop (default 200; quick 20)")
     p.add_argument("--repeats", type=int, help="timed loops per variant (default 25; quick 3)")
@@ -176,8 +198,9 @@ def main(argv=None) -> int:
     records = run(args.device, loops, repeats, warmup=5 if args.quick else 50)
     doc = {
         "benchmark": "bench_overhead",
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
-        or platform.machine(),
+        "device": torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else platform.processor() or platform.machine(),
         "device_type": args.device,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -187,8 +210,10 @@ def main(argv=None) -> int:
         "quick": args.quick,
         "records": records,
     }
-    print(f"per-call time, {doc['device_type']} ({doc['device']}), torch {doc['torch']}, "
-          f"1 thread, best of {repeats} loops of {loops} calls")
+    print(
+        f"per-call time, {doc['device_type']} ({doc['device']}), torch {doc['torch']}, "
+        f"1 thread, best of {repeats} loops of {loops} calls"
+    )
     print(table(records))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ once). With a measured copy bandwidth and matmul peak, the larger of
 ``bytes / bandwidth`` and ``flops / peak`` is the case's floor: no
 implementation runs much faster.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,6 +25,7 @@ WORD_BITS = 32  # packed masks: int32 words
 @dataclass(frozen=True)
 class Layer:
     """One weight of a network, as the masked layer sees it."""
+
     net: str  # "vgg16bn" (CIFAR, 32x32), "resnet50" (ImageNet, 224x224) or "fc"
     name: str
     out_ch: int  # N: output channels / out_features
@@ -62,16 +64,27 @@ def _vgg16bn_cifar() -> list[Layer]:
     for s, (width, count, hw) in enumerate(stages, start=1):
         for i in range(1, count + 1):
             name = f"conv{s}_{i}"
-            layers.append(Layer("vgg16bn", name, width, cin, kernel=3, padding=1, hw=hw,
-                                bias=True, late=s >= 4, rep=name in ("conv3_2", "conv5_1")))
+            layers.append(
+                Layer(
+                    "vgg16bn",
+                    name,
+                    width,
+                    cin,
+                    kernel=3,
+                    padding=1,
+                    hw=hw,
+                    bias=True,
+                    late=s >= 4,
+                    rep=name in ("conv3_2", "conv5_1"),
+                )
+            )
             cin = width
     return layers
 
 
 def _resnet50_imagenet() -> list[Layer]:
     """The distinct conv shapes of torchvision's ResNet-50 (stride on the 3x3 conv)."""
-    layers = [Layer("resnet50", "conv1", 64, 3, kernel=7, stride=2, padding=3, hw=224,
-                    bias=False)]
+    layers = [Layer("resnet50", "conv1", 64, 3, kernel=7, stride=2, padding=3, hw=224, bias=False)]
     # layer1 keeps 56x56; its first block's 1x1 reads 64 channels, the others 256.
     # Its downsample (64->256, 1x1) has conv3's shape.
     layers += [
@@ -87,16 +100,47 @@ def _resnet50_imagenet() -> list[Layer]:
         p = f"layer{stage}"
         layers += [
             Layer("resnet50", f"{p}.0.conv1", width, cin, kernel=1, hw=hw, bias=False, late=late),
-            Layer("resnet50", f"{p}.0.conv2", width, width, kernel=3, stride=2, padding=1, hw=hw,
-                  bias=False, late=late),
-            Layer("resnet50", f"{p}.0.downsample", out, cin, kernel=1, stride=2, hw=hw,
-                  bias=False, late=late),
-            Layer("resnet50", f"{p}.conv3", out, width, kernel=1, hw=hw // 2, bias=False,
-                  late=late),
-            Layer("resnet50", f"{p}.x.conv1", width, out, kernel=1, hw=hw // 2, bias=False,
-                  late=late),
-            Layer("resnet50", f"{p}.x.conv2", width, width, kernel=3, padding=1, hw=hw // 2,
-                  bias=False, late=late, rep=True),
+            Layer(
+                "resnet50",
+                f"{p}.0.conv2",
+                width,
+                width,
+                kernel=3,
+                stride=2,
+                padding=1,
+                hw=hw,
+                bias=False,
+                late=late,
+            ),
+            Layer(
+                "resnet50",
+                f"{p}.0.downsample",
+                out,
+                cin,
+                kernel=1,
+                stride=2,
+                hw=hw,
+                bias=False,
+                late=late,
+            ),
+            Layer(
+                "resnet50", f"{p}.conv3", out, width, kernel=1, hw=hw // 2, bias=False, late=late
+            ),
+            Layer(
+                "resnet50", f"{p}.x.conv1", width, out, kernel=1, hw=hw // 2, bias=False, late=late
+            ),
+            Layer(
+                "resnet50",
+                f"{p}.x.conv2",
+                width,
+                width,
+                kernel=3,
+                padding=1,
+                hw=hw // 2,
+                bias=False,
+                late=late,
+                rep=True,
+            ),
         ]
         cin, hw = out, hw // 2
     return layers
@@ -129,8 +173,10 @@ class Case:
     @property
     def id(self) -> str:
         t = f"/T{self.tasks}" if self.family == "multitask" else ""
-        return (f"{self.family}/{self.layer.net}.{self.layer.name}{t}/b{self.batch}/"
-                f"{self.dtype}/{self.mode}")
+        return (
+            f"{self.family}/{self.layer.net}.{self.layer.name}{t}/b{self.batch}/"
+            f"{self.dtype}/{self.mode}"
+        )
 
     @property
     def element_bytes(self) -> int:
@@ -204,9 +250,15 @@ _FAMILY_ORDER = ("linear", "multitask", "conv")
 def _priority(case: Case) -> tuple:
     """Representative layers of every family and precision first, then the full grid."""
     layers = LINEAR_LAYERS + CONV_LAYERS
-    return (not case.layer.rep, _DTYPE_ORDER.index(case.dtype), _BATCH_ORDER.index(case.batch),
-            _FAMILY_ORDER.index(case.family), layers.index(case.layer), case.tasks,
-            case.mode != "inference")
+    return (
+        not case.layer.rep,
+        _DTYPE_ORDER.index(case.dtype),
+        _BATCH_ORDER.index(case.batch),
+        _FAMILY_ORDER.index(case.family),
+        layers.index(case.layer),
+        case.tasks,
+        case.mode != "inference",
+    )
 
 
 def full_grid(dtypes=DTYPES) -> list[Case]:
@@ -219,8 +271,10 @@ def full_grid(dtypes=DTYPES) -> list[Case]:
                 cases += [Case("conv", lay, batch, dtype, mode) for lay in CONV_LAYERS]
         for batch in MULTITASK_BATCHES:
             for tasks in TASK_COUNTS:
-                cases += [Case("multitask", lay, batch, dtype, "inference", tasks)
-                          for lay in multitask_layers()]
+                cases += [
+                    Case("multitask", lay, batch, dtype, "inference", tasks)
+                    for lay in multitask_layers()
+                ]
     return sorted(cases, key=_priority)
 
 
@@ -232,8 +286,12 @@ def quick_grid(dtypes=("fp32", "bf16")) -> list[Case]:
     cases = []
     for dtype in dtypes:
         for mode in ("inference", "training"):
-            cases += [Case("linear", fc, 1, dtype, mode), Case("linear", fc, 32, dtype, mode),
-                      Case("conv", vgg, 1, dtype, mode), Case("conv", res, 1, dtype, mode)]
+            cases += [
+                Case("linear", fc, 1, dtype, mode),
+                Case("linear", fc, 32, dtype, mode),
+                Case("conv", vgg, 1, dtype, mode),
+                Case("conv", res, 1, dtype, mode),
+            ]
         cases += [Case("multitask", fc, 1, dtype, "inference", tasks) for tasks in (2, 4)]
         cases += [Case("multitask", vgg, 1, dtype, "inference", 2)]
     return cases

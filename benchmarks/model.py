@@ -15,6 +15,7 @@ REF); tables and builds are predicted with this checkout's plan and constants. `
 regenerates the committed register/shared-memory/SASS table from a FORCE_CUDA=1 build.
 How it works: benchmarks/README.md ("The performance model").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,12 +46,15 @@ def _measured_records() -> dict:
 
 
 def select(all_cases, args):
-    return [c for c in all_cases
-            if (not args.family or c.family in args.family)
-            and (not args.dtype or c.dtype in args.dtype)
-            and (not args.mode or c.mode in args.mode)
-            and (not args.batch or c.batch in args.batch)
-            and (not args.layer or c.layer.name in args.layer)]
+    return [
+        c
+        for c in all_cases
+        if (not args.family or c.family in args.family)
+        and (not args.dtype or c.dtype in args.dtype)
+        and (not args.mode or c.mode in args.mode)
+        and (not args.batch or c.batch in args.batch)
+        and (not args.layer or c.layer.name in args.layer)
+    ]
 
 
 def grid(args):
@@ -60,12 +64,17 @@ def grid(args):
 
 
 def _git_commit() -> str | None:
-    r = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=HERE.parent,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=HERE.parent, capture_output=True, text=True
+    )
     if r.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           cwd=HERE.parent, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=HERE.parent,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return r.stdout.strip() + ("-dirty" if dirty else "")
 
 
@@ -77,18 +86,30 @@ def predict_doc(gpu, chosen, table=None, constants=None) -> dict:
     ctx = ref if gpu is H100 else predict.context(gpu, constants, table)
     records = [predict.record(ctx, c, None if gpu is H100 else ref) for c in chosen]
     return {
-        "meta": {"device": f"{gpu.name} (predicted)", "device_slug": f"predicted-{gpu.slug}",
-                 "predicted": True, "git_commit": _git_commit(), "gpu": gpu.slug,
-                 "sm_count": gpu.sms, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                 "resources": table.get("arch"), "constants": ctx.constants.__dict__},
-        "calibration": {"copy_gbps": gpu.dram_gbps, "matmul_n": 8192,
-                        "peak_tflops": dict(gpu.peak_tflops)},
-        "records": records, "not_run": [],
+        "meta": {
+            "device": f"{gpu.name} (predicted)",
+            "device_slug": f"predicted-{gpu.slug}",
+            "predicted": True,
+            "git_commit": _git_commit(),
+            "gpu": gpu.slug,
+            "sm_count": gpu.sms,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "resources": table.get("arch"),
+            "constants": ctx.constants.__dict__,
+        },
+        "calibration": {
+            "copy_gbps": gpu.dram_gbps,
+            "matmul_n": 8192,
+            "peak_tflops": dict(gpu.peak_tflops),
+        },
+        "records": records,
+        "not_run": [],
         "settings": {"repeats": 0, "budget_s": None, "quick": False, "predicted": True},
     }
 
 
 # ---------------------------------------------------------------------------- commands
+
 
 def cmd_predict(args) -> int:
     chosen = select(grid(args), args)
@@ -108,22 +129,27 @@ def cmd_predict(args) -> int:
             for r in doc["records"]:
                 s = r["speedup"]
                 other = s.get("premasked", s.get("separate_fused"))
-                print(f"{r['id'][:56]:<56} {r['variants']['fused']['ms'] * 1e3:9.1f} "
-                      f"{s.get('dense_masking') or 0:7.2f} {other or 0:10.2f} "
-                      f"{r['predicted']['bound']:>8}")
+                print(
+                    f"{r['id'][:56]:<56} {r['variants']['fused']['ms'] * 1e3:9.1f} "
+                    f"{s.get('dense_masking') or 0:7.2f} {other or 0:10.2f} "
+                    f"{r['predicted']['bound']:>8}"
+                )
     return 0
 
 
 def cmd_calibrate(args) -> int:
-    report = calibrate.calibrate([Path(p) for p in args.runs] or None,
-                                 write=None if args.no_write else predict.CONSTANTS)
+    report = calibrate.calibrate(
+        [Path(p) for p in args.runs] or None, write=None if args.no_write else predict.CONSTANTS
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     held = report["groups"]["unchanged"]["held_out"]
     limit = args.max_error
     if held["median_abs_error"] is not None and held["median_abs_error"] > limit:
-        print(f"calibrate: held-out median error {held['median_abs_error']:.1%} of the "
-              f"unchanged cases exceeds {limit:.0%}")
+        print(
+            f"calibrate: held-out median error {held['median_abs_error']:.1%} of the "
+            f"unchanged cases exceeds {limit:.0%}"
+        )
         return 1
     return 0
 
@@ -133,8 +159,13 @@ def _side(spec: str, gpu, chosen) -> dict:
     path = Path(spec)
     if spec.startswith("git:"):
         rel = resources.TABLE.relative_to(HERE.parent)
-        text = subprocess.run(["git", "show", f"{spec[4:]}:{rel}"], cwd=HERE.parent,
-                              capture_output=True, text=True, check=True).stdout
+        text = subprocess.run(
+            ["git", "show", f"{spec[4:]}:{rel}"],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         table = json.loads(text)
     elif path.suffix == ".so":
         table = resources.extract(str(path))
@@ -160,11 +191,15 @@ def cmd_compare(args) -> int:
         if args.all or abs(a / b - 1) > 0.005:
             xb = before[i]["speedup"].get("dense_masking") or 0
             xa = after[i]["speedup"].get("dense_masking") or 0
-            print(f"{i[:56]:<56} {b * 1e3:10.1f} {a * 1e3:10.1f} {a / b - 1:+7.1%} "
-                  f"{xb:5.2f}->{xa:5.2f}")
+            print(
+                f"{i[:56]:<56} {b * 1e3:10.1f} {a * 1e3:10.1f} {a / b - 1:+7.1%} "
+                f"{xb:5.2f}->{xa:5.2f}"
+            )
     if ratios:
-        print(f"{len(ids)} cases; {sum(1 for r in ratios if abs(r - 1) > 0.005)} changed; "
-              f"median after/before {statistics.median(ratios):.3f}")
+        print(
+            f"{len(ids)} cases; {sum(1 for r in ratios if abs(r - 1) > 0.005)} changed; "
+            f"median after/before {statistics.median(ratios):.3f}"
+        )
     return 0
 
 
@@ -198,8 +233,12 @@ def parse_args(argv=None):
     q.add_argument("runs", nargs="*", help="bench.json files (default: benchmarks/results/*)")
     q.add_argument("--json", help="write the full report (every point)")
     q.add_argument("--no-write", action="store_true", help="leave constants.json as it is")
-    q.add_argument("--max-error", type=float, default=0.25,
-                   help="fail above this held-out median error of the unchanged group")
+    q.add_argument(
+        "--max-error",
+        type=float,
+        default=0.25,
+        help="fail above this held-out median error of the unchanged group",
+    )
     q = sub.add_parser("compare", help="before/after predictions of a kernel change")
     q.add_argument("before")
     q.add_argument("after")
@@ -216,8 +255,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return {"predict": cmd_predict, "calibrate": cmd_calibrate, "compare": cmd_compare,
-            "resources": cmd_resources}[args.command](args)
+    return {
+        "predict": cmd_predict,
+        "calibrate": cmd_calibrate,
+        "compare": cmd_compare,
+        "resources": cmd_resources,
+    }[args.command](args)
 
 
 if __name__ == "__main__":

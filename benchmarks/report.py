@@ -11,6 +11,7 @@ file's record.
 The JSON of ``benchmarks/model.py predict`` renders the same way as a **predicted** report:
 every table says so, and a baseline taken from a measured run is marked ``*``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ MIB = 1 << 20
 
 # ------------------------------------------------------------------------------ targets
 
+
 @dataclass(frozen=True)
 class Target:
     text: str
@@ -43,9 +45,13 @@ class Target:
     def applies(self, r: dict) -> bool:
         if self.metric == "memory" and "peak_bytes" not in r:
             return False  # measured on CUDA only
-        return (r["family"] in self.family and r["mode"] == self.mode
-                and self.batch[0] <= r["batch"] <= self.batch[1]
-                and (r["late"] or not self.late_only) and r["tasks"] == self.tasks)
+        return (
+            r["family"] in self.family
+            and r["mode"] == self.mode
+            and self.batch[0] <= r["batch"] <= self.batch[1]
+            and (r["late"] or not self.late_only)
+            and r["tasks"] == self.tasks
+        )
 
     def value(self, r: dict) -> float | None:
         if self.metric == "memory":
@@ -64,22 +70,74 @@ def memory_saving(r: dict) -> float | None:
 _GEMM = ("linear", "conv")
 _ANY = (1, 1 << 30)
 TARGETS = [
-    Target("Inference, batch 1-16, linear and late conv layers: fused >= 2.5x dense masking",
-           "dense_masking", 2.5, _GEMM, "inference", (1, 16), late_only=True),
-    Target("Inference, batch 1-16, linear and late conv layers: fused >= 0.85x pre-masked",
-           "premasked", 0.85, _GEMM, "inference", (1, 16), late_only=True),
-    Target("Inference, batch >= 128: fused >= 1.0x dense masking",
-           "dense_masking", 1.0, _GEMM, "inference", (128, _ANY[1])),
-    Target("Inference, batch >= 128: fused >= 0.9x pre-masked",
-           "premasked", 0.9, _GEMM, "inference", (128, _ANY[1])),
-    Target("Training step, batch <= 32: fused >= 1.3x dense masking",
-           "dense_masking", 1.3, _GEMM, "training", (1, 32)),
-    Target("Training step, batch >= 128: fused >= 1.0x dense masking",
-           "dense_masking", 1.0, _GEMM, "training", (128, _ANY[1])),
-    Target("Training step peak memory: below dense masking's by >= one weight-sized temporary "
-           "(value: bytes saved / weight bytes)", "memory", 1.0, _GEMM, "training", _ANY),
-    Target("Multi-task, T = 8, batch 1: fused >= 5x 8 dense-masking passes",
-           "dense_masking", 5.0, ("multitask",), "inference", (1, 1), tasks=8),
+    Target(
+        "Inference, batch 1-16, linear and late conv layers: fused >= 2.5x dense masking",
+        "dense_masking",
+        2.5,
+        _GEMM,
+        "inference",
+        (1, 16),
+        late_only=True,
+    ),
+    Target(
+        "Inference, batch 1-16, linear and late conv layers: fused >= 0.85x pre-masked",
+        "premasked",
+        0.85,
+        _GEMM,
+        "inference",
+        (1, 16),
+        late_only=True,
+    ),
+    Target(
+        "Inference, batch >= 128: fused >= 1.0x dense masking",
+        "dense_masking",
+        1.0,
+        _GEMM,
+        "inference",
+        (128, _ANY[1]),
+    ),
+    Target(
+        "Inference, batch >= 128: fused >= 0.9x pre-masked",
+        "premasked",
+        0.9,
+        _GEMM,
+        "inference",
+        (128, _ANY[1]),
+    ),
+    Target(
+        "Training step, batch <= 32: fused >= 1.3x dense masking",
+        "dense_masking",
+        1.3,
+        _GEMM,
+        "training",
+        (1, 32),
+    ),
+    Target(
+        "Training step, batch >= 128: fused >= 1.0x dense masking",
+        "dense_masking",
+        1.0,
+        _GEMM,
+        "training",
+        (128, _ANY[1]),
+    ),
+    Target(
+        "Training step peak memory: below dense masking's by >= one weight-sized temporary "
+        "(value: bytes saved / weight bytes)",
+        "memory",
+        1.0,
+        _GEMM,
+        "training",
+        _ANY,
+    ),
+    Target(
+        "Multi-task, T = 8, batch 1: fused >= 5x 8 dense-masking passes",
+        "dense_masking",
+        5.0,
+        ("multitask",),
+        "inference",
+        (1, 1),
+        tasks=8,
+    ),
 ]
 
 
@@ -98,8 +156,10 @@ def _measured_limit(r: dict) -> str:
     if of_floor >= 0.8:
         return f"fused at {of_floor:.0%} of the {bound} floor: near this device's limit"
     if fused_us < 20 and of_floor < 0.3:
-        return (f"launch/overhead-bound: fused takes {fused_us:.1f} us against a "
-                f"{r['floor_ms'] * 1e3:.1f} us {bound} floor")
+        return (
+            f"launch/overhead-bound: fused takes {fused_us:.1f} us against a "
+            f"{r['floor_ms'] * 1e3:.1f} us {bound} floor"
+        )
     return f"kernel efficiency: fused at {of_floor:.0%} of the {bound} floor"
 
 
@@ -113,11 +173,16 @@ def judge(target: Target, records: list[dict], dtype: str) -> dict:
     if not cases:
         return {"verdict": "NOT RUN", "cases": 0}
     values = [(target.value(r), r) for r in cases if target.value(r) is not None]
-    checked = [(v, r) for v, r in values
-               if r.get("predicted") or r.get("check", {}).get("ok", False)]
+    checked = [
+        (v, r) for v, r in values if r.get("predicted") or r.get("check", {}).get("ok", False)
+    ]
     passed = [r for v, r in checked if v >= target.threshold]
-    out = {"verdict": "MET" if len(passed) == len(cases) else "MISSED", "cases": len(cases),
-           "passed": len(passed), "notes": []}
+    out = {
+        "verdict": "MET" if len(passed) == len(cases) else "MISSED",
+        "cases": len(cases),
+        "passed": len(passed),
+        "notes": [],
+    }
     if len(values) < len(cases):
         out["notes"].append(f"{len(cases) - len(values)} without a number (a variant failed)")
     if len(checked) < len(values):
@@ -127,18 +192,22 @@ def judge(target: Target, records: list[dict], dtype: str) -> dict:
         out["worst"], worst = min(values, key=lambda vr: vr[0])
         out["worst_case"] = worst["id"]
         if out["worst"] < target.threshold:
-            out["limit"] = (memory_text(worst) if target.metric == "memory"
-                            else limiting_factor(worst))
+            out["limit"] = (
+                memory_text(worst) if target.metric == "memory" else limiting_factor(worst)
+            )
     return out
 
 
 def memory_text(r: dict) -> str:
     peak = r["peak_bytes"]
-    return (f"peak {peak['fused'] / MIB:.3g} MiB fused vs {peak['dense_masking'] / MIB:.3g} MiB "
-            f"dense, weight {r['weight_bytes'] / MIB:.3g} MiB")
+    return (
+        f"peak {peak['fused'] / MIB:.3g} MiB fused vs {peak['dense_masking'] / MIB:.3g} MiB "
+        f"dense, weight {r['weight_bytes'] / MIB:.3g} MiB"
+    )
 
 
 # ----------------------------------------------------------------------------- loading
+
 
 def load(paths: list[Path]) -> dict[str, dict]:
     """Runs grouped by device slug: ``{slug: {"runs": [doc, ...], "records": [...]}}``."""
@@ -159,11 +228,16 @@ _LAYER_ORDER = {(lay.net, lay.name): i for i, lay in enumerate(LINEAR_LAYERS + C
 
 
 def _order(r: dict) -> tuple:
-    return (DTYPES.index(r["dtype"]) if r["dtype"] in DTYPES else len(DTYPES),
-            _LAYER_ORDER.get((r["net"], r["layer"]), len(_LAYER_ORDER)), r["tasks"], r["batch"])
+    return (
+        DTYPES.index(r["dtype"]) if r["dtype"] in DTYPES else len(DTYPES),
+        _LAYER_ORDER.get((r["net"], r["layer"]), len(_LAYER_ORDER)),
+        r["tasks"],
+        r["batch"],
+    )
 
 
 # ---------------------------------------------------------------------------- markdown
+
 
 def _ms(r: dict, name: str) -> str:
     if name in r["variants"]:
@@ -189,8 +263,9 @@ def _check_text(r: dict) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(row) + " |" for row in rows])
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(row) + " |" for row in rows
+    ]
 
 
 def _floor(r: dict) -> str:
@@ -198,73 +273,179 @@ def _floor(r: dict) -> str:
 
 
 def _rates(r: dict) -> list[str]:
-    return [_num(r.get("fused_tflops"), ".3g"), _num(r.get("fused_gbps"), ".0f"),
-            _num(r.get("fused_of_floor") and 100 * r["fused_of_floor"], ".0f")]
+    return [
+        _num(r.get("fused_tflops"), ".3g"),
+        _num(r.get("fused_gbps"), ".0f"),
+        _num(r.get("fused_of_floor") and 100 * r["fused_of_floor"], ".0f"),
+    ]
 
 
 def inference_table(records: list[dict]) -> list[str]:
-    header = ["layer", "batch", "dtype", "fused ms", "dense ms", "dense cached ms",
-              "premasked ms", "floor ms", "x dense", "x cached", "x premasked", "TFLOP/s",
-              "GB/s", "% floor", "check"]
-    rows = [[r["layer"], str(r["batch"]), r["dtype"], _ms(r, "fused"), _ms(r, "dense_masking"),
-             _ms(r, "dense_masking_cached"), _ms(r, "premasked"), _floor(r),
-             _x(r, "dense_masking"), _x(r, "dense_masking_cached"), _x(r, "premasked"),
-             *_rates(r), _check_text(r)] for r in records]
+    header = [
+        "layer",
+        "batch",
+        "dtype",
+        "fused ms",
+        "dense ms",
+        "dense cached ms",
+        "premasked ms",
+        "floor ms",
+        "x dense",
+        "x cached",
+        "x premasked",
+        "TFLOP/s",
+        "GB/s",
+        "% floor",
+        "check",
+    ]
+    rows = [
+        [
+            r["layer"],
+            str(r["batch"]),
+            r["dtype"],
+            _ms(r, "fused"),
+            _ms(r, "dense_masking"),
+            _ms(r, "dense_masking_cached"),
+            _ms(r, "premasked"),
+            _floor(r),
+            _x(r, "dense_masking"),
+            _x(r, "dense_masking_cached"),
+            _x(r, "premasked"),
+            *_rates(r),
+            _check_text(r),
+        ]
+        for r in records
+    ]
     return _table(header, rows)
 
 
 def training_table(records: list[dict]) -> list[str]:
-    header = ["layer", "batch", "dtype", "fused ms", "dense ms", "premasked ms", "floor ms",
-              "x dense", "x premasked", "TFLOP/s", "GB/s", "% floor", "peak fused MiB",
-              "peak dense MiB", "saved / weight", "check"]
+    header = [
+        "layer",
+        "batch",
+        "dtype",
+        "fused ms",
+        "dense ms",
+        "premasked ms",
+        "floor ms",
+        "x dense",
+        "x premasked",
+        "TFLOP/s",
+        "GB/s",
+        "% floor",
+        "peak fused MiB",
+        "peak dense MiB",
+        "saved / weight",
+        "check",
+    ]
     rows = []
     for r in records:
         peak = r.get("peak_bytes", {})
-        rows.append([r["layer"], str(r["batch"]), r["dtype"], _ms(r, "fused"),
-                     _ms(r, "dense_masking"), _ms(r, "premasked"), _floor(r),
-                     _x(r, "dense_masking"), _x(r, "premasked"), *_rates(r),
-                     _num(peak.get("fused") and peak["fused"] / MIB, ".3g"),
-                     _num(peak.get("dense_masking") and peak["dense_masking"] / MIB, ".3g"),
-                     _num(memory_saving(r), ".2f"), _check_text(r)])
+        rows.append(
+            [
+                r["layer"],
+                str(r["batch"]),
+                r["dtype"],
+                _ms(r, "fused"),
+                _ms(r, "dense_masking"),
+                _ms(r, "premasked"),
+                _floor(r),
+                _x(r, "dense_masking"),
+                _x(r, "premasked"),
+                *_rates(r),
+                _num(peak.get("fused") and peak["fused"] / MIB, ".3g"),
+                _num(peak.get("dense_masking") and peak["dense_masking"] / MIB, ".3g"),
+                _num(memory_saving(r), ".2f"),
+                _check_text(r),
+            ]
+        )
     return _table(header, rows)
 
 
 def multitask_table(records: list[dict]) -> list[str]:
-    header = ["layer", "T", "batch", "dtype", "fused ms", "T fused ms", "T dense ms",
-              "T dense cached ms", "floor ms", "x T fused", "x T dense", "x T cached", "GB/s",
-              "% floor", "check"]
-    rows = [[r["layer"], str(r["tasks"]), str(r["batch"]), r["dtype"], _ms(r, "fused"),
-             _ms(r, "separate_fused"), _ms(r, "dense_masking"), _ms(r, "dense_masking_cached"),
-             _floor(r), _x(r, "separate_fused"), _x(r, "dense_masking"),
-             _x(r, "dense_masking_cached"), *_rates(r)[1:], _check_text(r)] for r in records]
+    header = [
+        "layer",
+        "T",
+        "batch",
+        "dtype",
+        "fused ms",
+        "T fused ms",
+        "T dense ms",
+        "T dense cached ms",
+        "floor ms",
+        "x T fused",
+        "x T dense",
+        "x T cached",
+        "GB/s",
+        "% floor",
+        "check",
+    ]
+    rows = [
+        [
+            r["layer"],
+            str(r["tasks"]),
+            str(r["batch"]),
+            r["dtype"],
+            _ms(r, "fused"),
+            _ms(r, "separate_fused"),
+            _ms(r, "dense_masking"),
+            _ms(r, "dense_masking_cached"),
+            _floor(r),
+            _x(r, "separate_fused"),
+            _x(r, "dense_masking"),
+            _x(r, "dense_masking_cached"),
+            *_rates(r)[1:],
+            _check_text(r),
+        ]
+        for r in records
+    ]
     return _table(header, rows)
 
 
 SECTIONS = [  # title, selection, table
-    ("Linear layers, inference", lambda r: r["family"] == "linear" and r["mode"] == "inference",
-     inference_table),
-    ("Linear layers, training step", lambda r: r["family"] == "linear" and r["mode"] == "training",
-     training_table),
-    ("VGG16-BN conv layers (CIFAR, 32x32), inference",
-     lambda r: r["family"] == "conv" and r["net"] == "vgg16bn" and r["mode"] == "inference",
-     inference_table),
-    ("VGG16-BN conv layers (CIFAR, 32x32), training step",
-     lambda r: r["family"] == "conv" and r["net"] == "vgg16bn" and r["mode"] == "training",
-     training_table),
-    ("ResNet-50 conv layers (ImageNet, 224x224), inference",
-     lambda r: r["family"] == "conv" and r["net"] == "resnet50" and r["mode"] == "inference",
-     inference_table),
-    ("ResNet-50 conv layers (ImageNet, 224x224), training step",
-     lambda r: r["family"] == "conv" and r["net"] == "resnet50" and r["mode"] == "training",
-     training_table),
-    ("Multi-task inference (T tasks, one shared weight)", lambda r: r["family"] == "multitask",
-     multitask_table),
+    (
+        "Linear layers, inference",
+        lambda r: r["family"] == "linear" and r["mode"] == "inference",
+        inference_table,
+    ),
+    (
+        "Linear layers, training step",
+        lambda r: r["family"] == "linear" and r["mode"] == "training",
+        training_table,
+    ),
+    (
+        "VGG16-BN conv layers (CIFAR, 32x32), inference",
+        lambda r: r["family"] == "conv" and r["net"] == "vgg16bn" and r["mode"] == "inference",
+        inference_table,
+    ),
+    (
+        "VGG16-BN conv layers (CIFAR, 32x32), training step",
+        lambda r: r["family"] == "conv" and r["net"] == "vgg16bn" and r["mode"] == "training",
+        training_table,
+    ),
+    (
+        "ResNet-50 conv layers (ImageNet, 224x224), inference",
+        lambda r: r["family"] == "conv" and r["net"] == "resnet50" and r["mode"] == "inference",
+        inference_table,
+    ),
+    (
+        "ResNet-50 conv layers (ImageNet, 224x224), training step",
+        lambda r: r["family"] == "conv" and r["net"] == "resnet50" and r["mode"] == "training",
+        training_table,
+    ),
+    (
+        "Multi-task inference (T tasks, one shared weight)",
+        lambda r: r["family"] == "multitask",
+        multitask_table,
+    ),
 ]
 
 
-PREDICTED_NOTE = ("*Predicted by the performance model (benchmarks/model.py), not measured. "
-                  "Baselines marked \\* are the measured H100 figures (scaled to the H200 by the "
-                  "model on that GPU).*")
+PREDICTED_NOTE = (
+    "*Predicted by the performance model (benchmarks/model.py), not measured. "
+    "Baselines marked \\* are the measured H100 figures (scaled to the H200 by the "
+    "model on that GPU).*"
+)
 
 
 def _predicted_run_lines(doc: dict) -> list[str]:
@@ -292,8 +473,11 @@ def _run_lines(doc: dict) -> list[str]:
         f"  - {len(doc['records'])} cases run, {len(doc['not_run'])} not run"
         + (f" (time budget {s['budget_s']:.0f} s)" if s.get("budget_s") else "")
         + f"; {s['repeats']} timed repeats per variant"
-        + ("" if s.get("cudnn_benchmark") is None
-           else f"; cuDNN autotuning {'on' if s['cudnn_benchmark'] else 'off'}")
+        + (
+            ""
+            if s.get("cudnn_benchmark") is None
+            else f"; cuDNN autotuning {'on' if s['cudnn_benchmark'] else 'off'}"
+        )
         + ("; **quick mode**" if s.get("quick") else "")
         + (f"; **aborted**: {doc['aborted']}" if doc.get("aborted") else ""),
     ]
@@ -309,13 +493,31 @@ def verdict_lines(records: list[dict]) -> list[str]:
             if j["verdict"] == "NOT RUN" and any(r.get("predicted") for r in records):
                 j["verdict"] = "NOT PREDICTED"  # e.g. peak memory: the model has no figure
             why = "; ".join(([j["limit"]] if "limit" in j else []) + j.get("notes", []))
-            rows.append([t.text, dtype, f"**{j['verdict']}**",
-                         f"{j.get('passed', 0)}/{j['cases']}", _num(j.get("median"), ".2f"),
-                         _num(j.get("worst"), ".2f"),
-                         f"`{j['worst_case']}`" if "worst_case" in j else "-",
-                         why.replace("|", "\\|") or "-"])
-    return _table(["target", "dtype", "verdict", "cases met", "median", "worst", "worst case",
-                   "limiting factor of the worst case; cases not judged"], rows)
+            rows.append(
+                [
+                    t.text,
+                    dtype,
+                    f"**{j['verdict']}**",
+                    f"{j.get('passed', 0)}/{j['cases']}",
+                    _num(j.get("median"), ".2f"),
+                    _num(j.get("worst"), ".2f"),
+                    f"`{j['worst_case']}`" if "worst_case" in j else "-",
+                    why.replace("|", "\\|") or "-",
+                ]
+            )
+    return _table(
+        [
+            "target",
+            "dtype",
+            "verdict",
+            "cases met",
+            "median",
+            "worst",
+            "worst case",
+            "limiting factor of the worst case; cases not judged",
+        ],
+        rows,
+    )
 
 
 def markdown(dev: dict, plot: str | None) -> str:
@@ -326,13 +528,19 @@ def markdown(dev: dict, plot: str | None) -> str:
     out = [title + (" -- PREDICTED, not measured" if predicted else ""), ""]
     for doc in dev["runs"]:
         out += _run_lines(doc)
-    out += ["", "How to read this: [benchmarks/README.md](../README.md). `x dense` is how many "
-            "times faster the fused op runs than dense masking (> 1: fused wins); `% floor` is "
-            "the floor over fused's time.", "",
-            "## Verdict against the targets of issue 8" + (" (predicted)" if predicted else ""),
-            "", *label,
-            "A target is MET in a precision only if every case it covers meets it (with a "
-            "passing output check); the median and worst ratio show by how much.", ""]
+    out += [
+        "",
+        "How to read this: [benchmarks/README.md](../README.md). `x dense` is how many "
+        "times faster the fused op runs than dense masking (> 1: fused wins); `% floor` is "
+        "the floor over fused's time.",
+        "",
+        "## Verdict against the targets of issue 8" + (" (predicted)" if predicted else ""),
+        "",
+        *label,
+        "A target is MET in a precision only if every case it covers meets it (with a "
+        "passing output check); the median and worst ratio show by how much.",
+        "",
+    ]
     out += verdict_lines(records)
     out += ["", plot or "(No plot: matplotlib is not installed where this report was made.)", ""]
     for title, select, table in SECTIONS:
@@ -341,12 +549,17 @@ def markdown(dev: dict, plot: str | None) -> str:
             out += [f"## {title}" + (" (predicted)" if predicted else ""), "", *label]
             out += table(chosen) + [""]
     problems = [(r["id"], name, err) for r in records for name, err in r["errors"].items()]
-    problems += [(r["id"], "check", _check_text(r)) for r in records
-                 if r.get("check") and not r["check"]["ok"]]
+    problems += [
+        (r["id"], "check", _check_text(r))
+        for r in records
+        if r.get("check") and not r["check"]["ok"]
+    ]
     if problems:
         out += ["## Errors and failed output checks", ""]
-        out += _table(["case", "variant", "error"], [[f"`{i}`", n, e.replace("|", "\\|")]
-                                                      for i, n, e in problems]) + [""]
+        out += _table(
+            ["case", "variant", "error"],
+            [[f"`{i}`", n, e.replace("|", "\\|")] for i, n, e in problems],
+        ) + [""]
     measured = {r["id"] for r in records}
     not_run = {i for doc in dev["runs"] for i in doc["not_run"]} - measured
     if not_run:
@@ -355,25 +568,31 @@ def markdown(dev: dict, plot: str | None) -> str:
             parts = i.split("/")  # family/layer[/T]/batch/dtype/mode
             groups[(parts[0], parts[-2], parts[-1])] += 1
         out += ["## Not run (time budget)", ""]
-        out += [f"- {family} {dtype} {mode}: {n} cases" for (family, dtype, mode), n
-                in sorted(groups.items())] + [""]
+        out += [
+            f"- {family} {dtype} {mode}: {n} cases"
+            for (family, dtype, mode), n in sorted(groups.items())
+        ] + [""]
     return "\n".join(out)
 
 
 # -------------------------------------------------------------------------------- plot
 
+
 def plot(records: list[dict], path: Path, predicted: bool = False) -> bool:
     """Median speed-up over layers against batch, per family; False if matplotlib is missing."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.ticker import ScalarFormatter
     except ImportError:
         return False
-    families = [("linear", lambda r: r["family"] == "linear"),
-                ("VGG16-BN conv", lambda r: r["net"] == "vgg16bn"),
-                ("ResNet-50 conv", lambda r: r["net"] == "resnet50")]
+    families = [
+        ("linear", lambda r: r["family"] == "linear"),
+        ("VGG16-BN conv", lambda r: r["net"] == "vgg16bn"),
+        ("ResNet-50 conv", lambda r: r["net"] == "resnet50"),
+    ]
     baselines = [("dense_masking", "x dense masking"), ("premasked", "x pre-masked")]
     fig, axes = plt.subplots(len(baselines), len(families), figsize=(15, 8), squeeze=False)
     for row, (baseline, ylabel) in enumerate(baselines):
@@ -388,8 +607,12 @@ def plot(records: list[dict], path: Path, predicted: bool = False) -> bool:
                             by_batch[r["batch"]].append(v)
                     if by_batch:
                         batches = sorted(by_batch)
-                        ax.plot(batches, [statistics.median(by_batch[b]) for b in batches],
-                                style, label=f"{dtype} {mode}")
+                        ax.plot(
+                            batches,
+                            [statistics.median(by_batch[b]) for b in batches],
+                            style,
+                            label=f"{dtype} {mode}",
+                        )
             ax.axhline(1.0, color="grey", linewidth=0.8)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log", base=2)
@@ -401,8 +624,10 @@ def plot(records: list[dict], path: Path, predicted: bool = False) -> bool:
                 ax.set_ylabel(ylabel)
             if ax.has_data():
                 ax.legend(fontsize=7)
-    fig.suptitle(("PREDICTED (performance model): " if predicted else "")
-                 + "Fused op against batch, median over layers (above 1: fused is faster)")
+    fig.suptitle(
+        ("PREDICTED (performance model): " if predicted else "")
+        + "Fused op against batch, median over layers (above 1: fused is faster)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

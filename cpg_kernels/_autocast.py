@@ -28,13 +28,19 @@ The rule is registered as ``torch.library.register_autocast`` does, which
 cannot be used itself: it casts every floating tensor, the mask included, to
 one fixed dtype, where autocast's dtype is chosen by the caller.
 """
+
 from __future__ import annotations
 
 import torch
 
-_LOWER_PRECISION = ("masked_linear", "masked_conv2d", "masked_linear_multitask",
-                    "masked_conv2d_multitask", "masked_linear_grad_input",
-                    "masked_conv2d_grad_input")
+_LOWER_PRECISION = (
+    "masked_linear",
+    "masked_conv2d",
+    "masked_linear_multitask",
+    "masked_conv2d_multitask",
+    "masked_linear_grad_input",
+    "masked_conv2d_grad_input",
+)
 _PROMOTE = ("grad_epilogue",)
 # The arguments a lower-precision op casts: activations, weight, bias; never the mask.
 _CAST_ARGUMENTS = frozenset({"x", "grad_out", "weight", "bias"})
@@ -49,22 +55,31 @@ def _lower_precision_cast(names, device_type: str):
         dtype = torch.get_autocast_dtype(device_type)
 
         def to(value, name):
-            if name in _CAST_ARGUMENTS and isinstance(value, torch.Tensor) and \
-                    value.dtype in _CASTABLE and value.dtype != dtype:
+            if (
+                name in _CAST_ARGUMENTS
+                and isinstance(value, torch.Tensor)
+                and value.dtype in _CASTABLE
+                and value.dtype != dtype
+            ):
                 return value.to(dtype)
             return value
 
         # Trailing arguments left at their defaults are absent from args.
-        return ([to(a, n) for a, n in zip(args, names, strict=False)],
-                {n: to(v, n) for n, v in kwargs.items()})
+        return (
+            [to(a, n) for a, n in zip(args, names, strict=False)],
+            {n: to(v, n) for n, v in kwargs.items()},
+        )
 
     return cast
 
 
 def _promote_cast(names, device_type: str):
     def cast(args, kwargs):
-        floating = [a for a in (*args, *kwargs.values())
-                    if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        floating = [
+            a
+            for a in (*args, *kwargs.values())
+            if isinstance(a, torch.Tensor) and a.is_floating_point()
+        ]
         dtype = floating[0].dtype
         for a in floating[1:]:
             dtype = torch.promote_types(dtype, a.dtype)
@@ -95,8 +110,12 @@ def _register(name: str, make_cast, device_type: str) -> None:
     if op.has_kernel_for_dispatch_key(key):
         op.py_kernels.pop(key, None)
     op.py_impl(key)(autocast_rule)
-    _lib.impl(name, lambda _keyset, *args, **kwargs: autocast_rule(*args, **kwargs), key_name,
-              with_keyset=True)
+    _lib.impl(
+        name,
+        lambda _keyset, *args, **kwargs: autocast_rule(*args, **kwargs),
+        key_name,
+        with_keyset=True,
+    )
 
 
 def register() -> None:

@@ -8,6 +8,7 @@ arguments as the C++ kernels do (``ValueError`` naming the argument, through
 ``torch._check_value`` so symbolic shapes become runtime asserts, not guards)
 and return outputs of the right shape, dtype and layout.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,23 +26,32 @@ def _check(cond, message: str) -> None:
 
 
 def _check_shape(t: torch.Tensor, expected, name: str) -> None:
-    _check(t.dim() == len(expected), f"{name}: expected shape {list(expected)}, got "
-           f"{list(t.shape)}")
+    _check(
+        t.dim() == len(expected), f"{name}: expected shape {list(expected)}, got {list(t.shape)}"
+    )
     for have, want in zip(t.shape, expected, strict=True):
         _check(have == want, f"{name}: expected shape {list(expected)}, got {list(t.shape)}")
 
 
 def _check_floating(t: torch.Tensor, name: str) -> None:
-    _check(t.dtype in _FLOATING, f"{name}: expected a floating-point tensor (float32, float16, "
-           f"bfloat16 or float64), got {t.dtype}")
+    _check(
+        t.dtype in _FLOATING,
+        f"{name}: expected a floating-point tensor (float32, float16, "
+        f"bfloat16 or float64), got {t.dtype}",
+    )
 
 
 def _check_like(t: torch.Tensor, ref: torch.Tensor, name: str, ref_name: str) -> None:
     """Same dtype and device as ``ref``."""
-    _check(t.dtype == ref.dtype, f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), "
-           f"got {t.dtype}")
-    _check(t.device == ref.device, f"{name}: expected a tensor on {ref.device} (the device of "
-           f"{ref_name}), got one on {t.device}")
+    _check(
+        t.dtype == ref.dtype,
+        f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {t.dtype}",
+    )
+    _check(
+        t.device == ref.device,
+        f"{name}: expected a tensor on {ref.device} (the device of "
+        f"{ref_name}), got one on {t.device}",
+    )
 
 
 def _check_bits(bits: torch.Tensor, weight: torch.Tensor, tasks=None) -> None:
@@ -53,8 +63,10 @@ def _check_bits(bits: torch.Tensor, weight: torch.Tensor, tasks=None) -> None:
 
 
 def _check_task(task: int) -> None:
-    _check(1 <= task <= MAX_TASK, f"task: expected an id in 1..{MAX_TASK} (owner is uint8 and 0 "
-           f"means free), got {task}")
+    _check(
+        1 <= task <= MAX_TASK,
+        f"task: expected an id in 1..{MAX_TASK} (owner is uint8 and 0 means free), got {task}",
+    )
 
 
 def _check_owner(owner: torch.Tensor, weight: torch.Tensor) -> None:
@@ -88,25 +100,38 @@ def _check_bias(bias, weight) -> None:
 
 def _check_linear(x, weight, bits, x_name: str) -> None:
     _check_floating(weight, "weight")
-    _check(weight.dim() == 2, f"weight: expected a 2-D linear weight [out, in], got "
-           f"{weight.dim()} dimensions")
+    _check(
+        weight.dim() == 2,
+        f"weight: expected a 2-D linear weight [out, in], got {weight.dim()} dimensions",
+    )
     _check_like(x, weight, x_name, "weight")
     _check_bits(bits, weight)
 
 
 def _check_conv(weight, bits, stride, padding, dilation, groups, tasks=None) -> None:
-    _check(len(stride) == 2 and all(s >= 1 for s in stride),
-           f"stride: expected two positive ints, got {stride}")
-    _check(len(padding) == 2 and all(p >= 0 for p in padding),
-           f"padding: expected two non-negative ints, got {padding}")
-    _check(len(dilation) == 2 and all(d >= 1 for d in dilation),
-           f"dilation: expected two positive ints, got {dilation}")
+    _check(
+        len(stride) == 2 and all(s >= 1 for s in stride),
+        f"stride: expected two positive ints, got {stride}",
+    )
+    _check(
+        len(padding) == 2 and all(p >= 0 for p in padding),
+        f"padding: expected two non-negative ints, got {padding}",
+    )
+    _check(
+        len(dilation) == 2 and all(d >= 1 for d in dilation),
+        f"dilation: expected two positive ints, got {dilation}",
+    )
     _check(groups >= 1, f"groups: expected a positive int, got {groups}")
     _check_floating(weight, "weight")
-    _check(weight.dim() == 4, f"weight: expected a 4-D conv2d weight [out, in/groups, kh, kw], "
-           f"got {weight.dim()} dimensions")
-    _check(weight.shape[0] % groups == 0, f"weight: out_channels {weight.shape[0]} must be "
-           f"divisible by groups = {groups}")
+    _check(
+        weight.dim() == 4,
+        f"weight: expected a 4-D conv2d weight [out, in/groups, kh, kw], "
+        f"got {weight.dim()} dimensions",
+    )
+    _check(
+        weight.shape[0] % groups == 0,
+        f"weight: out_channels {weight.shape[0]} must be divisible by groups = {groups}",
+    )
     _check_bits(bits, weight, tasks)
 
 
@@ -123,21 +148,30 @@ def _conv_output(x, weight, stride, padding, dilation, groups):
     """The empty output of a conv of ``x`` [images, C, H, W], in the layout the op promises.
     Its shape is aten's own (a conv on these fake tensors allocates nothing), the rule
     that csrc/core/conv_shape.h implements for the kernels."""
-    _check(x.dim() == 4, f"x: expected a 4-D input [batch, channels, height, width], got "
-           f"{x.dim()} dimensions")
+    _check(
+        x.dim() == 4,
+        f"x: expected a 4-D input [batch, channels, height, width], got {x.dim()} dimensions",
+    )
     _check_like(x, weight, "x", "weight")
-    _check(x.shape[1] == weight.shape[1] * groups, f"x: expected {weight.shape[1] * groups} "
-           f"input channels (weight in/groups = {weight.shape[1]}, groups = {groups}), got "
-           f"{x.shape[1]}")
+    _check(
+        x.shape[1] == weight.shape[1] * groups,
+        f"x: expected {weight.shape[1] * groups} "
+        f"input channels (weight in/groups = {weight.shape[1]}, groups = {groups}), got "
+        f"{x.shape[1]}",
+    )
     for d in range(2):
         window = dilation[d] * (weight.shape[2 + d] - 1) + 1
-        _check(x.shape[2 + d] + 2 * padding[d] >= window, f"x: input of spatial size "
-               f"{x.shape[2]}x{x.shape[3]} is smaller than the dilated kernel")
+        _check(
+            x.shape[2 + d] + 2 * padding[d] >= window,
+            f"x: input of spatial size "
+            f"{x.shape[2]}x{x.shape[3]} is smaller than the dilated kernel",
+        )
     shape = F.conv2d(x, weight, None, stride, padding, dilation, groups).shape
     return x.new_empty(shape).contiguous(memory_format=_conv_layout(x))
 
 
 # ---------------------------------------------------------------- fake kernels
+
 
 def _fake(name: str):
     """Registers the decorated function as the fake kernel of ``cpg::name``.
@@ -148,7 +182,7 @@ def _fake(name: str):
 
     def register(fn):
         def fake(*args, **kwargs):
-            rest = [kwargs.get(a.name, a.default_value) for a in arguments[len(args):]]
+            rest = [kwargs.get(a.name, a.default_value) for a in arguments[len(args) :]]
             return fn(*args, *rest)
 
         torch.library.register_fake(_lib + name)(fake)
@@ -169,8 +203,10 @@ def _(mask):
 def _(bits, K):
     _check(bits.dtype == torch.int32, f"bits: expected dtype int32, got {bits.dtype}")
     _check(bits.dim() == 2, f"bits: expected a 2-D tensor [N, words], got {bits.dim()} dimensions")
-    _check(K >= 0 and bits.shape[1] == words_per_row(K),
-           f"bits: expected {words_per_row(K)} words per row for K = {K}, got {bits.shape[1]}")
+    _check(
+        K >= 0 and bits.shape[1] == words_per_row(K),
+        f"bits: expected {words_per_row(K)} words per row for K = {K}, got {bits.shape[1]}",
+    )
     return bits.new_empty((bits.shape[0], K), dtype=torch.bool)
 
 
@@ -179,8 +215,10 @@ def _(owner, task, mask, pick_bits, threshold):
     _check(owner.dtype == torch.uint8, f"owner: expected dtype uint8, got {owner.dtype}")
     _check(owner.dim() >= 1, "owner: expected at least 1 dimension")
     _check_task(task)
-    _check(mask is None or pick_bits is None,
-           "active_bits: give the picks either as a real mask or as pick_bits, not both")
+    _check(
+        mask is None or pick_bits is None,
+        "active_bits: give the picks either as a real mask or as pick_bits, not both",
+    )
     if mask is not None:
         _check_mask(mask, owner)
     if pick_bits is not None:
@@ -226,8 +264,11 @@ def _(grad, weight, owner, task, mask_grad):
 def _(x, weight, bits, bias, owner, mask, task):
     _check_linear(x, weight, bits, "x")
     _check_training(weight, owner, mask, task)
-    _check(x.dim() >= 1 and x.shape[-1] == weight.shape[1], f"x: expected last dimension "
-           f"{weight.shape[1]} (the weight's in_features), got shape {list(x.shape)}")
+    _check(
+        x.dim() >= 1 and x.shape[-1] == weight.shape[1],
+        f"x: expected last dimension "
+        f"{weight.shape[1]} (the weight's in_features), got shape {list(x.shape)}",
+    )
     _check_bias(bias, weight)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
@@ -235,20 +276,27 @@ def _(x, weight, bits, bias, owner, mask, task):
 @_fake("masked_linear_grad_input")
 def _(grad_out, weight, bits):
     _check_linear(grad_out, weight, bits, "grad_out")
-    _check(grad_out.dim() >= 1 and grad_out.shape[-1] == weight.shape[0],
-           f"grad_out: expected last dimension {weight.shape[0]} (the weight's out_features), "
-           f"got shape {list(grad_out.shape)}")
+    _check(
+        grad_out.dim() >= 1 and grad_out.shape[-1] == weight.shape[0],
+        f"grad_out: expected last dimension {weight.shape[0]} (the weight's out_features), "
+        f"got shape {list(grad_out.shape)}",
+    )
     return grad_out.new_empty((*grad_out.shape[:-1], weight.shape[1]))
 
 
 @_fake("masked_linear_multitask")
 def _(x, weight, bits, bias):
     _check_floating(weight, "weight")
-    _check(weight.dim() == 2, f"weight: expected a 2-D linear weight [out, in], got "
-           f"{weight.dim()} dimensions")
+    _check(
+        weight.dim() == 2,
+        f"weight: expected a 2-D linear weight [out, in], got {weight.dim()} dimensions",
+    )
     _check_like(x, weight, "x", "weight")
-    _check(x.dim() == 3 and x.shape[2] == weight.shape[1], f"x: expected shape [T, B, "
-           f"{weight.shape[1]}] (tasks, batch, in_features), got {list(x.shape)}")
+    _check(
+        x.dim() == 3 and x.shape[2] == weight.shape[1],
+        f"x: expected shape [T, B, "
+        f"{weight.shape[1]}] (tasks, batch, in_features), got {list(x.shape)}",
+    )
     _check_bits(bits, weight, tasks=x.shape[0])
     _check_bias(bias, weight)
     return x.new_empty((x.shape[0], x.shape[1], weight.shape[0]))
@@ -264,8 +312,11 @@ def _(x, weight, bits, bias, stride, padding, dilation, groups, owner, mask, tas
 
 @_fake("masked_conv2d_multitask")
 def _(x, weight, bits, bias, stride, padding, dilation, groups):
-    _check(x.dim() == 5, f"x: expected a 5-D input [T, batch, channels, height, width] (tasks "
-           f"first), got {x.dim()} dimensions")
+    _check(
+        x.dim() == 5,
+        f"x: expected a 5-D input [T, batch, channels, height, width] (tasks "
+        f"first), got {x.dim()} dimensions",
+    )
     _check_conv(weight, bits, stride, padding, dilation, groups, tasks=x.shape[0])
     _check_bias(bias, weight)
     y = _conv_output(x.flatten(0, 1), weight, stride, padding, dilation, groups)
@@ -276,12 +327,18 @@ def _(x, weight, bits, bias, stride, padding, dilation, groups):
 def _(grad_out, weight, bits, input_size, stride, padding, dilation, groups):
     _check_conv(weight, bits, stride, padding, dilation, groups)
     _check_like(grad_out, weight, "grad_out", "weight")
-    _check(len(input_size) == 4 and input_size[1] == weight.shape[1] * groups,
-           f"input_size: expected [batch, {weight.shape[1] * groups}, height, width], got "
-           f"{list(input_size)}")
-    _check(grad_out.dim() == 4 and grad_out.shape[0] == input_size[0] and
-           grad_out.shape[1] == weight.shape[0], f"grad_out: expected shape [{input_size[0]}, "
-           f"{weight.shape[0]}, Ho, Wo], got {list(grad_out.shape)}")
+    _check(
+        len(input_size) == 4 and input_size[1] == weight.shape[1] * groups,
+        f"input_size: expected [batch, {weight.shape[1] * groups}, height, width], got "
+        f"{list(input_size)}",
+    )
+    _check(
+        grad_out.dim() == 4
+        and grad_out.shape[0] == input_size[0]
+        and grad_out.shape[1] == weight.shape[0],
+        f"grad_out: expected shape [{input_size[0]}, "
+        f"{weight.shape[0]}, Ho, Wo], got {list(grad_out.shape)}",
+    )
     return grad_out.new_empty(input_size).contiguous(memory_format=_conv_layout(grad_out))
 
 

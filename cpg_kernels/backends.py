@@ -7,6 +7,7 @@ threads within a barrier phase in an order drawn from ``seed``: two seeds
 giving different bits reveal a race. This is how kernels are verified on
 machines without a GPU; it is slow, so keep shapes small.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -14,6 +14,7 @@ model's dtype (a silent cast would change the weights old tasks compute
 with) and hold consistent CPG state
 (owner values within the stored tasks, packed masks that fit their layers).
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ FORMAT = "cpg-kernels checkpoint"
 VERSION = 1
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike,
-                    metadata: dict | None = None) -> None:
+def save_checkpoint(
+    model: nn.Module, path: str | os.PathLike, metadata: dict | None = None
+) -> None:
     """Write ``model`` (a converted model) to ``path`` atomically.
 
     ``metadata`` (returned by ``load_checkpoint``) must hold plain Python
@@ -39,9 +41,14 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike,
     ``optimizer.state_dict()`` qualifies.
     """
     finished, training = task_state(model)
-    payload = {"format": FORMAT, "version": VERSION, "tasks": finished,
-               "training_task": training, "state_dict": model.state_dict(),
-               "metadata": dict(metadata or {})}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "tasks": finished,
+        "training_task": training,
+        "state_dict": model.state_dict(),
+        "metadata": dict(metadata or {}),
+    }
     _atomic_save(payload, os.fspath(path))
 
 
@@ -69,12 +76,17 @@ def _check_dtypes(model: nn.Module, state: dict, path: str) -> None:
     """ValueError naming the first tensor stored in a dtype other than the model's."""
     for key, have in model.state_dict().items():
         stored = state.get(key)
-        if isinstance(stored, torch.Tensor) and isinstance(have, torch.Tensor) and \
-                stored.dtype != have.dtype:
-            raise ValueError(f"{path}: {key} is {stored.dtype} in the checkpoint but "
-                             f"{have.dtype} in the model; loading would cast it and change what "
-                             f"old tasks compute: bring the model to the checkpoint's dtype "
-                             f"first (model.to({stored.dtype}))")
+        if (
+            isinstance(stored, torch.Tensor)
+            and isinstance(have, torch.Tensor)
+            and stored.dtype != have.dtype
+        ):
+            raise ValueError(
+                f"{path}: {key} is {stored.dtype} in the checkpoint but "
+                f"{have.dtype} in the model; loading would cast it and change what "
+                f"old tasks compute: bring the model to the checkpoint's dtype "
+                f"first (model.to({stored.dtype}))"
+            )
 
 
 def _atomic_save(payload: dict, path: str) -> None:
@@ -116,20 +128,25 @@ def _read(path: str) -> dict:
     except OSError:
         raise
     except Exception as err:  # torch.load raises many types for damaged files
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
-                         f"{err}") from None
+        raise ValueError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {err}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a cpg-kernels checkpoint")
     if payload.get("version") != VERSION:
-        raise ValueError(f"{path}: checkpoint format version {payload.get('version')!r}; this "
-                         f"cpg_kernels reads version {VERSION}")
-    if not isinstance(payload.get("state_dict"), dict) or \
-            not isinstance(payload.get("metadata"), dict):
+        raise ValueError(
+            f"{path}: checkpoint format version {payload.get('version')!r}; this "
+            f"cpg_kernels reads version {VERSION}"
+        )
+    if not isinstance(payload.get("state_dict"), dict) or not isinstance(
+        payload.get("metadata"), dict
+    ):
         raise ValueError(f"{path}: checkpoint lacks its state_dict or metadata")
     return payload
 
 
 # ------------------------------------------------------------------ sizes
+
 
 @dataclass(frozen=True)
 class SizeReport:
@@ -157,8 +174,12 @@ class SizeReport:
     def __str__(self) -> str:
         rows = [("shared weights", self.weights), ("owners", self.owners)]
         rows += [(f"task {t}", n) for t, n in self.per_task.items()]
-        rows += [("  of which packed masks", self.masks), ("other", self.other),
-                 ("total (CPG)", self.total), ("independent models", self.independent)]
+        rows += [
+            ("  of which packed masks", self.masks),
+            ("other", self.other),
+            ("total (CPG)", self.total),
+            ("independent models", self.independent),
+        ]
         lines = [f"{name:<24}{_human(n):>12}" for name, n in rows]
         if self.total:
             lines.append(f"{'independent / CPG':<24}{self.independent / self.total:>11.2f}x")
@@ -172,12 +193,15 @@ def size_report(model: nn.Module) -> SizeReport:
     weights = sum(_nbytes(layer.weight) for layer in layers)
     owners = sum(_nbytes(layer.owner) for layer in layers)
     masks = sum(_nbytes(layer.get_buffer(f"bits_{t}")) for layer in layers for t in finished)
-    per_task = {t: sum(_nbytes(x) for _, m in cpg_modules(model) for x in m.task_tensors(t))
-                for t in finished}
+    per_task = {
+        t: sum(_nbytes(x) for _, m in cpg_modules(model) for x in m.task_tensors(t))
+        for t in finished
+    }
     total = sum(_nbytes(x) for x in model.state_dict().values() if isinstance(x, torch.Tensor))
     other = total - weights - owners - sum(per_task.values())
-    independent = sum(_nbytes(x) for t in finished
-                      for x in export_task(model, t).state_dict().values())
+    independent = sum(
+        _nbytes(x) for t in finished for x in export_task(model, t).state_dict().values()
+    )
     return SizeReport(weights, owners, masks, per_task, other, independent)
 
 

@@ -13,6 +13,7 @@ A module whose running statistics training would update for every task at
 once (a batch-norm subclass, an instance norm with ``track_running_stats``)
 cannot be made safe that way: ``convert`` refuses it, naming it.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -81,12 +82,17 @@ def _refuse_shared_statistics(model: nn.Module) -> None:
             continue
         kind = type(module).__name__
         if isinstance(module, nn.modules.instancenorm._InstanceNorm):
-            fix = (f"build it with track_running_stats=False (torch's default for "
-                   f"{kind}), or replace it before convert()")
+            fix = (
+                f"build it with track_running_stats=False (torch's default for "
+                f"{kind}), or replace it before convert()"
+            )
         else:
-            fix = ("replace it with a plain nn.BatchNorm1d/2d/3d or nn.SyncBatchNorm before "
-                   "convert() (those become per task)")
+            fix = (
+                "replace it with a plain nn.BatchNorm1d/2d/3d or nn.SyncBatchNorm before "
+                "convert() (those become per task)"
+            )
         raise ValueError(
             f"{name or '<root>'}: a {kind} tracks running statistics that training would "
             f"update for every task at once, so later tasks would change older tasks' outputs; "
-            f"convert() makes only exact torch batch norms per task: {fix}")
+            f"convert() makes only exact torch batch norms per task: {fix}"
+        )

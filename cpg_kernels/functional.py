@@ -29,6 +29,7 @@ Every function here is one call of a ``torch.ops.cpg`` op (two for the
 training forms: the active bits, then the layer), with its autograd formula in
 C++, so it works under ``torch.compile`` and costs little per call.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,9 @@ _masked_linear_multitask = torch.ops.cpg.masked_linear_multitask.default
 _masked_conv2d_multitask = torch.ops.cpg.masked_conv2d_multitask.default
 
 
-def masked_linear(x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor,
-                  bias: torch.Tensor | None = None) -> torch.Tensor:
+def masked_linear(
+    x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """``x @ (weight * unpack(bits)).T + bias``, inference from a task's packed bits.
 
     ``x`` ``[..., K]``, ``weight`` ``[N, K]``, ``bits`` int32 ``[N, ceil(K/32)]``,
@@ -55,9 +57,16 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor,
     return _masked_linear(x, weight, bits, bias)
 
 
-def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor,
-                  bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
-                  groups: int = 1) -> torch.Tensor:
+def masked_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bits: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> torch.Tensor:
     """``F.conv2d`` with ``weight * unpack(bits)``, inference from a task's packed bits.
 
     ``x`` ``[B, C, H, W]`` (NCHW or channels_last), ``weight``
@@ -68,9 +77,15 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor,
     return _masked_conv2d(x, weight, bits, bias, stride, padding, dilation, groups)
 
 
-def cpg_linear(x: torch.Tensor, weight: torch.Tensor, owner: torch.Tensor, task: int,
-               mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-               threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+def cpg_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    owner: torch.Tensor,
+    task: int,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> torch.Tensor:
     """Linear layer while training ``task``: its own weights plus the picked older ones.
 
     ``x`` ``[..., K]``, ``weight`` ``[N, K]``, ``owner`` uint8 ``[N, K]``, ``task``
@@ -83,10 +98,19 @@ def cpg_linear(x: torch.Tensor, weight: torch.Tensor, owner: torch.Tensor, task:
     return _masked_linear(x, weight, bits, bias, owner, mask, task)
 
 
-def cpg_conv2d(x: torch.Tensor, weight: torch.Tensor, owner: torch.Tensor, task: int,
-               mask: torch.Tensor | None = None, bias: torch.Tensor | None = None, stride=1,
-               padding=0, dilation=1, groups: int = 1,
-               threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+def cpg_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    owner: torch.Tensor,
+    task: int,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> torch.Tensor:
     """Conv2d layer while training ``task``: its own weights plus the picked older ones.
 
     ``x`` ``[B, C, H, W]``, ``weight`` ``[N, C/groups, kh, kw]``, ``owner`` uint8
@@ -95,12 +119,14 @@ def cpg_conv2d(x: torch.Tensor, weight: torch.Tensor, owner: torch.Tensor, task:
     as ``cpg_linear``.
     """
     bits = _active_bits(owner, task, mask, None, threshold)
-    return _masked_conv2d(x, weight, bits, bias, stride, padding, dilation, groups, owner, mask,
-                          task)
+    return _masked_conv2d(
+        x, weight, bits, bias, stride, padding, dilation, groups, owner, mask, task
+    )
 
 
-def masked_linear_multitask(x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor,
-                            bias: torch.Tensor | None = None) -> torch.Tensor:
+def masked_linear_multitask(
+    x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """T tasks' inputs against one shared weight in one call.
 
     ``x`` is ``[T, B, K]``, ``weight`` ``[N, K]``, ``bits`` int32
@@ -110,9 +136,16 @@ def masked_linear_multitask(x: torch.Tensor, weight: torch.Tensor, bits: torch.T
     return _masked_linear_multitask(x, weight, bits, bias)
 
 
-def masked_conv2d_multitask(x: torch.Tensor, weight: torch.Tensor, bits: torch.Tensor,
-                            bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
-                            groups: int = 1) -> torch.Tensor:
+def masked_conv2d_multitask(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bits: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> torch.Tensor:
     """T tasks' images against one shared conv weight in one call.
 
     ``x`` is ``[T, B, C, H, W]`` (each task's images; channels_last per image

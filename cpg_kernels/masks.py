@@ -6,6 +6,7 @@ Packed masks are int32 tensors ``[N, ceil(K/32)]``, least significant bit first;
 padding bits are zero. ``owner`` is uint8 with the weight's shape: 0 = free,
 ``t`` in 1..255 = trained by task ``t``.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,14 +40,20 @@ def unpack(bits: torch.Tensor, shape: torch.Size | tuple[int, ...] | int) -> tor
         return torch.ops.cpg.unpack_bits(bits, shape)
     n, k = rows_and_cols(shape)
     if bits.dim() != 2 or bits.shape[0] != n:
-        raise ValueError(f"bits: expected {n} rows for a weight of shape {tuple(shape)}, "
-                         f"got shape {tuple(bits.shape)}")
+        raise ValueError(
+            f"bits: expected {n} rows for a weight of shape {tuple(shape)}, "
+            f"got shape {tuple(bits.shape)}"
+        )
     return torch.ops.cpg.unpack_bits(bits, k).view(shape)
 
 
-def active_bits(owner: torch.Tensor, task: int, mask: torch.Tensor | None = None,
-                pick_bits: torch.Tensor | None = None,
-                threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+def active_bits(
+    owner: torch.Tensor,
+    task: int,
+    mask: torch.Tensor | None = None,
+    pick_bits: torch.Tensor | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> torch.Tensor:
     """Packed active set of ``task``: its own weights plus the older weights it picks.
 
     Older tasks' weights are picked by ``mask > threshold`` (a real-valued

@@ -5,6 +5,7 @@ The module structure and names follow torchvision's (``features.N``,
 so code written against torchvision models works on these and vice versa.
 ``width`` scales every channel count, which keeps test models tiny.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,15 +21,25 @@ def _scaled(channels: int, width: float) -> int:
 class VGG(nn.Module):
     """torchvision's VGG: ``features`` -> ``avgpool`` -> flatten -> ``classifier``."""
 
-    def __init__(self, features: nn.Module, num_classes: int = 1000, hidden: int = 4096,
-                 pool: int = 7, dropout: float = 0.5):
+    def __init__(
+        self,
+        features: nn.Module,
+        num_classes: int = 1000,
+        hidden: int = 4096,
+        pool: int = 7,
+        dropout: float = 0.5,
+    ):
         super().__init__()
         channels = [m.out_channels for m in features.modules() if isinstance(m, nn.Conv2d)][-1]
         self.features = features
         self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
         self.classifier = nn.Sequential(
-            nn.Linear(channels * pool * pool, hidden), nn.ReLU(True), nn.Dropout(p=dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(p=dropout),
+            nn.Linear(channels * pool * pool, hidden),
+            nn.ReLU(True),
+            nn.Dropout(p=dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(True),
+            nn.Dropout(p=dropout),
             nn.Linear(hidden, num_classes),
         )
         for m in self.modules():
@@ -50,8 +61,7 @@ class VGG(nn.Module):
         return self.classifier(x)
 
 
-def vgg16_bn(num_classes: int = 1000, width: float = 1.0, hidden: int = 4096,
-             pool: int = 7) -> VGG:
+def vgg16_bn(num_classes: int = 1000, width: float = 1.0, hidden: int = 4096, pool: int = 7) -> VGG:
     """VGG16 with batch norm (torchvision's ``vgg16_bn``), channels scaled by ``width``."""
     layers: list[nn.Module] = []
     channels = 3
@@ -60,8 +70,11 @@ def vgg16_bn(num_classes: int = 1000, width: float = 1.0, hidden: int = 4096,
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
             out = _scaled(v, width)
-            layers += [nn.Conv2d(channels, out, kernel_size=3, padding=1), nn.BatchNorm2d(out),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, out, kernel_size=3, padding=1),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
             channels = out
     return VGG(nn.Sequential(*layers), num_classes, hidden, pool)
 
@@ -79,8 +92,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ):
         super().__init__()
         self.conv1 = _conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -105,8 +119,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ):
         super().__init__()
         self.conv1 = _conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -132,8 +147,13 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision's ResNet: stem, ``layer1``..``layer4``, ``avgpool``, ``fc``."""
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int],
-                 num_classes: int = 1000, width: float = 1.0):
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: list[int],
+        num_classes: int = 1000,
+        width: float = 1.0,
+    ):
         super().__init__()
         self.inplanes = _scaled(64, width)
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
@@ -156,8 +176,10 @@ class ResNet(nn.Module):
     def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(_conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       nn.BatchNorm2d(planes * block.expansion))
+            downsample = nn.Sequential(
+                _conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
         layers = [block(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]

@@ -18,6 +18,7 @@ would be 2-15x looser than rounding can err, and accumulation in bf16 or split-K
 stored in bf16 would still pass (a simulation of the bf16 130x136x96 case: 1.2 and 1.0 of
 that bound, against 0.6 for a correct kernel); on ``|ref|`` they exceed the bound 60-170x.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ from .masks import DEFAULT_THRESHOLD
 
 # The slack over the rounding bound above: correct kernels stay below half of what is accepted.
 ERROR_BOUND_FACTOR = 2.0
-TF32_UNIT_ROUNDOFF = 2.0 ** -11  # 10 stored mantissa bits, round to nearest
+TF32_UNIT_ROUNDOFF = 2.0**-11  # 10 stored mantissa bits, round to nearest
 ACCUMULATION = {torch.float64: torch.float64}  # every other dtype accumulates in float32
 
 
@@ -42,9 +43,9 @@ def unit_roundoff(dtype: torch.dtype) -> float:
 class Oracle:
     """One float64 result of the dense-masking oracle, with what its error bound needs."""
 
-    value: torch.Tensor      # the op on the (already rounded) inputs, exactly
+    value: torch.Tensor  # the op on the (already rounded) inputs, exactly
     magnitude: torch.Tensor  # the op on the operands' absolute values
-    terms: torch.Tensor      # the op on the operands' non-zero patterns: products summed
+    terms: torch.Tensor  # the op on the operands' non-zero patterns: products summed
 
 
 def _prepared(t, how: str, grad: bool):
@@ -58,8 +59,12 @@ def _prepared(t, how: str, grad: bool):
     return t.requires_grad_(grad)
 
 
-def oracle(fn: Callable[..., torch.Tensor], operands: Sequence, params: Sequence = (),
-           grad_output: torch.Tensor | None = None) -> tuple[Oracle, list[Oracle | None]]:
+def oracle(
+    fn: Callable[..., torch.Tensor],
+    operands: Sequence,
+    params: Sequence = (),
+    grad_output: torch.Tensor | None = None,
+) -> tuple[Oracle, list[Oracle | None]]:
     """Runs ``fn(*operands, *params)`` in float64 on the values, the absolute values and the
     non-zero patterns of the operands, and with ``grad_output`` the backward of each.
 
@@ -77,8 +82,11 @@ def oracle(fn: Callable[..., torch.Tensor], operands: Sequence, params: Sequence
         out = fn(*ops, *ps)
         grads = [None] * (len(ops) + len(ps))
         if grad:
-            leaves = [(i, t) for i, t in enumerate(ops + ps)
-                      if isinstance(t, torch.Tensor) and t.requires_grad]
+            leaves = [
+                (i, t)
+                for i, t in enumerate(ops + ps)
+                if isinstance(t, torch.Tensor) and t.requires_grad
+            ]
             gy = _prepared(grad_output, how, False)
             found = torch.autograd.grad(out, [t for _, t in leaves], gy, allow_unused=True)
             for (i, t), g in zip(leaves, found, strict=True):
@@ -89,8 +97,13 @@ def oracle(fn: Callable[..., torch.Tensor], operands: Sequence, params: Sequence
     return Oracle(value, mag, terms), grads
 
 
-def error_bound(ref: Oracle, out_dtype: torch.dtype, dtype: torch.dtype | None = None,
-                tf32: bool = False, partials: bool = False) -> torch.Tensor:
+def error_bound(
+    ref: Oracle,
+    out_dtype: torch.dtype,
+    dtype: torch.dtype | None = None,
+    tf32: bool = False,
+    partials: bool = False,
+) -> torch.Tensor:
     """What ``out`` (of ``out_dtype``, computed in ``dtype`` precision) may differ from ref.
 
     ``partials``: the result comes from a library that may round partial sums to ``dtype``
@@ -108,8 +121,13 @@ def error_bound(ref: Oracle, out_dtype: torch.dtype, dtype: torch.dtype | None =
     return ERROR_BOUND_FACTOR * bound + tiny
 
 
-def bound_ratio(out: torch.Tensor, ref: Oracle, dtype: torch.dtype | None = None,
-                tf32: bool = False, partials: bool = False) -> float:
+def bound_ratio(
+    out: torch.Tensor,
+    ref: Oracle,
+    dtype: torch.dtype | None = None,
+    tf32: bool = False,
+    partials: bool = False,
+) -> float:
     """max |out - ref| / bound over the elements; inf where out is not finite or misshapen."""
     out64 = out.detach().cpu().double()
     if out64.shape != ref.value.shape or not torch.isfinite(out64).all():
@@ -120,9 +138,14 @@ def bound_ratio(out: torch.Tensor, ref: Oracle, dtype: torch.dtype | None = None
     return (err / error_bound(ref, out.dtype, dtype, tf32, partials)).max().item()
 
 
-def assert_within_bound(out: torch.Tensor, ref: Oracle, what: object = "",
-                        dtype: torch.dtype | None = None, tf32: bool = False,
-                        partials: bool = False) -> float:
+def assert_within_bound(
+    out: torch.Tensor,
+    ref: Oracle,
+    what: object = "",
+    dtype: torch.dtype | None = None,
+    tf32: bool = False,
+    partials: bool = False,
+) -> float:
     """Fails with the worst element unless every element of ``out`` is within its bound."""
     ratio = bound_ratio(out, ref, dtype, tf32, partials)
     if ratio <= 1.0:
@@ -130,8 +153,10 @@ def assert_within_bound(out: torch.Tensor, ref: Oracle, what: object = "",
             _record(out.dtype if dtype is None else dtype, tf32, ratio)
         return ratio
     if ratio == float("inf"):
-        raise AssertionError(f"{what}: shape {tuple(out.shape)} (expected "
-                             f"{tuple(ref.value.shape)}) or a non-finite element")
+        raise AssertionError(
+            f"{what}: shape {tuple(out.shape)} (expected "
+            f"{tuple(ref.value.shape)}) or a non-finite element"
+        )
     out64 = out.detach().cpu().double()
     ratios = (out64 - ref.value).abs() / error_bound(ref, out.dtype, dtype, tf32, partials)
     worst = tuple(int(i) for i in torch.unravel_index(ratios.argmax(), ratios.shape))
@@ -140,7 +165,8 @@ def assert_within_bound(out: torch.Tensor, ref: Oracle, what: object = "",
         f"{ref.value[worst].item():.6g}: error {ratio:.3g}x the bound (magnitude "
         f"{ref.magnitude[worst].item():.4g}, {int(ref.terms[worst].item())} terms, "
         f"{out.dtype}{', tf32' if tf32 else ''}); {int((ratios > 1).sum())} of "
-        f"{ratios.numel()} elements exceed it")
+        f"{ratios.numel()} elements exceed it"
+    )
 
 
 # The largest ratio seen per precision in this process, for reports (scripts/bug_probe.py
@@ -155,16 +181,19 @@ def _record(dtype: torch.dtype, tf32: bool, ratio: float) -> None:
 
 # ------------------------------------------------------------------ random layer states
 
-def random_owner(shape, tasks: int = 5, free_fraction: float = 0.2,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+
+def random_owner(
+    shape, tasks: int = 5, free_fraction: float = 0.2, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """uint8 owners spanning free (0) and tasks 1..tasks."""
     owner = torch.randint(1, tasks + 1, shape, generator=generator, dtype=torch.uint8)
     free = torch.rand(shape, generator=generator) < free_fraction
     return owner.masked_fill_(free, 0)
 
 
-def random_mask(shape, threshold: float = DEFAULT_THRESHOLD,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def random_mask(
+    shape, threshold: float = DEFAULT_THRESHOLD, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A float32 picking mask with about half its entries above the threshold."""
     spread = torch.rand(shape, generator=generator) * 2 * threshold
     return spread.float()

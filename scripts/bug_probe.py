@@ -17,6 +17,7 @@ also reports the largest error-to-bound ratio of the op tests per precision
 (cpg_kernels.testing). Incremental: the work folder (default /tmp/cpg-bug-probe) keeps the
 build between runs, and ccache keeps every patched object, so a second run takes minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,12 @@ class ProbeError(Exception):
 
 
 def tree_files(root: Path) -> list[str]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                         cwd=root, capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout
     return sorted({p for p in out.decode().split("\0") if p and (root / p).is_file()})
 
 
@@ -71,16 +76,25 @@ def tree_files_or_empty(dst: Path) -> list[str]:
     found = []
     for path in dst.rglob("*"):
         rel = path.relative_to(dst)
-        if path.is_file() and not (set(rel.parts) & skip) and not path.name.endswith(".so") \
-                and not rel.parts[0].endswith(".egg-info"):
+        if (
+            path.is_file()
+            and not (set(rel.parts) & skip)
+            and not path.name.endswith(".so")
+            and not rel.parts[0].endswith(".egg-info")
+        ):
             found.append(str(rel))
     return found
 
 
 def environment(tree: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(USE_CUDA="0", MAX_JOBS=env.get("MAX_JOBS", "2"), PYTHONPATH=str(tree),
-               CCACHE_BASEDIR=str(tree), PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        USE_CUDA="0",
+        MAX_JOBS=env.get("MAX_JOBS", "2"),
+        PYTHONPATH=str(tree),
+        CCACHE_BASEDIR=str(tree),
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     env.pop("FORCE_CUDA", None)
     if Path("/usr/lib/ccache").is_dir():
         env["PATH"] = "/usr/lib/ccache:" + env["PATH"]
@@ -90,16 +104,26 @@ def environment(tree: Path) -> dict[str, str]:
 def build(tree: Path, env: dict[str, str], log: Path) -> float:
     start = time.time()
     with open(log, "a") as f:
-        proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree,
-                              env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            [sys.executable, "setup.py", "build_ext", "--inplace"],
+            cwd=tree,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     if proc.returncode != 0:
         raise ProbeError(f"the build of {tree} failed: see {log}")
     return time.time() - start
 
 
 def check_imports_the_copy(tree: Path, env: dict[str, str]) -> None:
-    out = subprocess.run([sys.executable, "-c", "import cpg_kernels._C as c; print(c.__file__)"],
-                         cwd=tree, env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import cpg_kernels._C as c; print(c.__file__)"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0 or not Path(out.stdout.strip()).resolve().is_relative_to(tree):
         raise ProbeError(f"tests would not import the copy in {tree}: {out.stdout}{out.stderr}")
 
@@ -110,8 +134,17 @@ def run_tests(tree: Path, env: dict[str, str], bug: Bug, extra_env=None) -> tupl
         cmd = ["bash", "scripts/sanitized_emulator.sh", *bug.tests]
         env["CPG_SANITIZED_DIR"] = str(tree / "build" / "sanitized")
     else:
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-rf",
-               *bug.tests]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "-rf",
+            *bug.tests,
+        ]
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     return proc.returncode, proc.stdout + proc.stderr
 
@@ -131,9 +164,11 @@ def apply(tree: Path, bug: Bug) -> str:
     text = path.read_text()
     found = text.count(bug.search)
     if found != bug.count:
-        raise ProbeError(f"bug {bug.id}: the patch no longer applies to {bug.file} (its search "
-                         f"text occurs {found} times, expected {bug.count}); update "
-                         "scripts/seeded_bugs.py")
+        raise ProbeError(
+            f"bug {bug.id}: the patch no longer applies to {bug.file} (its search "
+            f"text occurs {found} times, expected {bug.count}); update "
+            "scripts/seeded_bugs.py"
+        )
     path.write_text(text.replace(bug.search, bug.replace))
     return text
 
@@ -143,11 +178,17 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", metavar="ID", help="probe these bugs only")
     parser.add_argument("--list", action="store_true", help="list the bugs and exit")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cpg-bug-probe"))
-    parser.add_argument("--no-baseline", action="store_true",
-                        help="skip the run of every bug's tests on the unpatched tree")
-    parser.add_argument("--skip-build", action="store_true",
-                        help="trust the extension already in the work tree (for bugs that "
-                        "touch no C++, e.g. a second probe beside a running one)")
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the run of every bug's tests on the unpatched tree",
+    )
+    parser.add_argument(
+        "--skip-build",
+        action="store_true",
+        help="trust the extension already in the work tree (for bugs that "
+        "touch no C++, e.g. a second probe beside a running one)",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for bug in BUGS:
@@ -183,8 +224,10 @@ def main(argv=None) -> int:
         print(f"PROBE FAILED: {err}", file=sys.stderr)
         return 2
     survivors = [b for b, (caught, _, _) in zip(bugs, results, strict=True) if not caught]
-    print(f"\n{len(bugs) - len(survivors)} of {len(bugs)} seeded bugs caught, "
-          f"{len(survivors)} survived ({time.time() - start:.0f} s)")
+    print(
+        f"\n{len(bugs) - len(survivors)} of {len(bugs)} seeded bugs caught, "
+        f"{len(survivors)} survived ({time.time() - start:.0f} s)"
+    )
     for bug in survivors:
         print(f"  SURVIVED: {bug.id}: {bug.what}")
     return 1 if survivors else 0
@@ -204,8 +247,11 @@ def baseline(tree: Path, env: dict[str, str], bugs: list[Bug]) -> None:
             raise ProbeError(f"the unpatched tests fail (backends {backends}):\n{out[-3000:]}")
         ratios = json.loads(report.read_text()) if report.exists() else {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(ratios.items())) or "none"
-        print(f"baseline passes ({backends}, {len(tests)} test ids, {time.time() - started:.0f}"
-              f" s); largest error / bound: {shown}", flush=True)
+        print(
+            f"baseline passes ({backends}, {len(tests)} test ids, {time.time() - started:.0f}"
+            f" s); largest error / bound: {shown}",
+            flush=True,
+        )
     if any(b.sanitizer for b in bugs):
         tests = sorted({t for b in bugs if b.sanitizer for t in b.tests})
         rc, out = run_tests(tree, env, Bug("baseline", "", "", "", tests, "", sanitizer=True))

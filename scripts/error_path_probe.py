@@ -5,6 +5,7 @@ SIGSEGV at the first ValueError a `cpg` op raised after CUDA tests had run in th
 process; the same error path passes on the CPU with torch 2.11 and 2.14. scripts/gpu_check.sh
 runs this under cuda-gdb so that a crash leaves a native backtrace in the log.
 """
+
 from __future__ import annotations
 
 import faulthandler
@@ -36,15 +37,17 @@ def raise_errors(stage):
         w = torch.randn(5, 3, 3, 3, device=dev)
         owner = torch.ones(w.shape, dtype=torch.uint8, device=dev)
         bits = masks.active_bits(owner, 3)
-        expect_value_error(f"[{stage}] {dev} conv channels",
-                           lambda: functional.masked_conv2d(torch.randn(1, 4, 7, 7, device=dev),
-                                                            w, bits))
+        expect_value_error(
+            f"[{stage}] {dev} conv channels",
+            lambda: functional.masked_conv2d(torch.randn(1, 4, 7, 7, device=dev), w, bits),
+        )
         expect_value_error(f"[{stage}] {dev} task 0", lambda: masks.active_bits(owner, 0))
         lw = torch.randn(6, 40, device=dev)
         lbits = masks.active_bits(torch.ones(lw.shape, dtype=torch.uint8, device=dev), 2)
-        expect_value_error(f"[{stage}] {dev} linear K",
-                           lambda: functional.masked_linear(torch.randn(3, 41, device=dev), lw,
-                                                            lbits))
+        expect_value_error(
+            f"[{stage}] {dev} linear K",
+            lambda: functional.masked_linear(torch.randn(3, 41, device=dev), lw, lbits),
+        )
 
 
 # What the test suite had done before the crash, one step at a time: the first stage after
@@ -61,8 +64,9 @@ def run_our_kernels():
         functional.masked_conv2d(x, w, bits, padding=1).sum().item()
     lw = torch.randn(64, 96, device="cuda", dtype=torch.bfloat16)
     lbits = masks.active_bits(torch.ones(lw.shape, dtype=torch.uint8, device="cuda"), 2)
-    functional.masked_linear(torch.randn(40, 96, device="cuda", dtype=torch.bfloat16), lw,
-                             lbits).sum().item()
+    functional.masked_linear(
+        torch.randn(40, 96, device="cuda", dtype=torch.bfloat16), lw, lbits
+    ).sum().item()
 
 
 def run_cublas_and_cudnn():

@@ -9,6 +9,7 @@ A step's status is sharpened here from its output: a sanitizer run is ``ok``
 only with a zero error summary and every driver call passing; a pytest run
 that collected nothing is ``empty``, one that skipped every test ``all skipped``.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,15 @@ def junit_counts(path: Path) -> dict | None:
         return None
     root = ET.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    counts = {k: sum(int(s.get(k, 0)) for s in suites)
-              for k in ("tests", "failures", "errors", "skipped")}
+    counts = {
+        k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")
+    }
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     counts["failed_tests"] = [
-        f"{case.get('classname')}::{case.get('name')}" for case in root.iter("testcase")
-        if case.find("failure") is not None or case.find("error") is not None][:20]
+        f"{case.get('classname')}::{case.get('name')}"
+        for case in root.iter("testcase")
+        if case.find("failure") is not None or case.find("error") is not None
+    ][:20]
     return counts
 
 
@@ -42,8 +46,12 @@ def progress_counts(text: str) -> dict:
     """Counts from ``pytest -q`` progress lines (``..F.s  [ 40%]``): all there is of a run
     killed before it wrote its junit XML."""
     marks = "".join(re.findall(r"^([.FEsxX]+)(?:\s*\[\s*\d+%\])?\s*$", text, re.M))
-    counts = {"passed": marks.count(".") + marks.count("X"), "failures": marks.count("F"),
-              "errors": marks.count("E"), "skipped": marks.count("s") + marks.count("x")}
+    counts = {
+        "passed": marks.count(".") + marks.count("X"),
+        "failures": marks.count("F"),
+        "errors": marks.count("E"),
+        "skipped": marks.count("s") + marks.count("x"),
+    }
     return {"tests": len(marks), **counts, "partial": True}
 
 
@@ -60,8 +68,11 @@ def sanitizer(text: str, tool: str) -> tuple[dict, list[str]]:
     driver = re.findall(r"^(\d+) calls failed", text, re.M)
     counts = {"driver_calls_failed": int(driver[-1]) if driver else None}
     if tool == "racecheck":
-        found = re.findall(r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, "
-                           r"(\d+) warnings?\)", text)
+        found = re.findall(
+            r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, "
+            r"(\d+) warnings?\)",
+            text,
+        )
         counts["hazards"] = sum(int(h) for h, _, _ in found) if found else None
         counts["errors"] = sum(int(e) for _, e, _ in found) if found else None
         lines = grep(text, r"RACECHECK SUMMARY|Race reported|calls failed")
@@ -87,8 +98,9 @@ def summarize(name: str, status: str, text: str, out: Path) -> tuple[str, list[s
     elif name == "driver":
         lines = grep(text, r"^FAIL|calls failed")
     elif name.startswith("pytest-"):
-        counts = (junit_counts(out / f"junit-{name.removeprefix('pytest-')}.xml")
-                  or progress_counts(text))
+        counts = junit_counts(out / f"junit-{name.removeprefix('pytest-')}.xml") or progress_counts(
+            text
+        )
         lines = grep(text, r"(passed|failed|error|skipped|no tests ran).* in [\d.]+s") or tail(text)
         if re.search(r"no tests ran|collected 0 items", text) and status == "failed":
             status = "empty"
@@ -96,7 +108,7 @@ def summarize(name: str, status: str, text: str, out: Path) -> tuple[str, list[s
             status = "all skipped"  # e.g. the CUDA kernels were not built
     elif is_sanitizer(name):
         counts, lines = sanitizer(text, name.split("-")[0])
-        clean = (counts["errors"] == 0 and counts["driver_calls_failed"] == 0)
+        clean = counts["errors"] == 0 and counts["driver_calls_failed"] == 0
         if status == "ok" and not clean:
             status = "failed"
         if counts["errors"] is None:
@@ -104,8 +116,11 @@ def summarize(name: str, status: str, text: str, out: Path) -> tuple[str, list[s
     elif name == "kernels":  # the per-kernel breakdown stays in the log
         lines = grep(text, r"^FAIL|cases failed") + ["per-kernel times: gpu_check.log"]
     elif name == "bench":
-        lines = grep(text, r"^device:|^copy |cases( \(.*\))? in .* s;|budget of|context lost|"
-                     r"Traceback|Error|wrote ")
+        lines = grep(
+            text,
+            r"^device:|^copy |cases( \(.*\))? in .* s;|budget of|context lost|"
+            r"Traceback|Error|wrote ",
+        )
     else:
         lines = []
     if status != "ok":  # the end of the output says why
@@ -121,41 +136,82 @@ def main(argv: list[str]) -> int:
         log = log_dir / f"{name}.log"
         text = log.read_text(errors="replace") if log.exists() else ""
         status, lines, counts = summarize(name, status, text, out)
-        steps.append({"step": name, "status": status, "rc": None if rc == "-" else int(rc),
-                      "seconds": int(seconds), "key_lines": lines, "counts": counts})
+        steps.append(
+            {
+                "step": name,
+                "status": status,
+                "rc": None if rc == "-" else int(rc),
+                "seconds": int(seconds),
+                "key_lines": lines,
+                "counts": counts,
+            }
+        )
 
     bench = out / "bench.json"
     records = json.loads(bench.read_text())["records"] if bench.exists() else []
-    doc = {"total_s": total_s, "steps": steps,
-           "files": sorted(p.name for p in out.iterdir() if p.is_file())}
+    doc = {
+        "total_s": total_s,
+        "steps": steps,
+        "files": sorted(p.name for p in out.iterdir() if p.is_file()),
+    }
     (out / "gpu_check.json").write_text(json.dumps(doc, indent=1))
 
-    md = ["# GPU check", "", f"Total {total_s} s. Full output: `gpu_check.log`.", "",
-          "| step | status | seconds | key lines |", "|---|---|---|---|"]
+    md = [
+        "# GPU check",
+        "",
+        f"Total {total_s} s. Full output: `gpu_check.log`.",
+        "",
+        "| step | status | seconds | key lines |",
+        "|---|---|---|---|",
+    ]
     for s in steps:
         key = "<br>".join(line.replace("|", "\\|") for line in s["key_lines"])
         md.append(f"| {s['step']} | **{s['status']}** | {s['seconds']} | {key} |")
     tests = [(s["step"], s["counts"]) for s in steps if s["step"].startswith("pytest-")]
     if tests:
-        md += ["", "## Tests", "", "| run | tests | passed | failed | errors | skipped |",
-               "|---|---|---|---|---|---|"]
-        md += [f"| {name}{' (partial: no junit XML)' if c.get('partial') else ''} | "
-               f"{c.get('tests', '-')} | {c.get('passed', '-')} | {c.get('failures', '-')} | "
-               f"{c.get('errors', '-')} | {c.get('skipped', '-')} |" for name, c in tests]
+        md += [
+            "",
+            "## Tests",
+            "",
+            "| run | tests | passed | failed | errors | skipped |",
+            "|---|---|---|---|---|---|",
+        ]
+        md += [
+            f"| {name}{' (partial: no junit XML)' if c.get('partial') else ''} | "
+            f"{c.get('tests', '-')} | {c.get('passed', '-')} | {c.get('failures', '-')} | "
+            f"{c.get('errors', '-')} | {c.get('skipped', '-')} |"
+            for name, c in tests
+        ]
         for name, c in tests:
             if c.get("failed_tests"):
                 md += ["", f"Failing in {name}:", ""] + [f"- `{t}`" for t in c["failed_tests"]]
     sans = [(s["step"], s["counts"]) for s in steps if is_sanitizer(s["step"])]
     if sans:
-        md += ["", "## compute-sanitizer", "", "| tool | errors | hazards | driver calls failed |",
-               "|---|---|---|---|"]
-        md += [f"| {name} | {c.get('errors', '-')} | {c.get('hazards', '-')} | "
-               f"{c.get('driver_calls_failed', '-')} |" for name, c in sans]
-        md += ["", "racecheck covers only the project's kernels (names containing `cpg`). "
-               "`None`: no summary line in the output (the run did not finish)."]
+        md += [
+            "",
+            "## compute-sanitizer",
+            "",
+            "| tool | errors | hazards | driver calls failed |",
+            "|---|---|---|---|",
+        ]
+        md += [
+            f"| {name} | {c.get('errors', '-')} | {c.get('hazards', '-')} | "
+            f"{c.get('driver_calls_failed', '-')} |"
+            for name, c in sans
+        ]
+        md += [
+            "",
+            "racecheck covers only the project's kernels (names containing `cpg`). "
+            "`None`: no summary line in the output (the run did not finish).",
+        ]
     if records:
-        md += ["", "## Benchmark verdicts", "",
-               "Tables and plot: the device report beside this file.", ""]
+        md += [
+            "",
+            "## Benchmark verdicts",
+            "",
+            "Tables and plot: the device report beside this file.",
+            "",
+        ]
         md += verdict_lines(records)
     (out / "gpu_check.md").write_text("\n".join(md) + "\n")
     print("\n".join(f"{s['step']:<14} {s['status']:<8} {s['seconds']:>4} s" for s in steps))

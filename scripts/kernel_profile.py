@@ -10,6 +10,7 @@ path a shape took (small-batch, unfolded, stride phases, split-K and its
 reduction, tiled) and where the time goes. The benchmarks time whole ops; this
 splits them. It checks no numbers.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,8 +33,10 @@ def linear(batch, n, k, dtype):
     bits = masks.pack(torch.rand(n, k, device=DEV) < 0.6)
     x = torch.randn(batch, k, device=DEV, dtype=dtype)
     dy = torch.randn(batch, n, device=DEV, dtype=dtype)
-    return {"forward": lambda: fn.masked_linear(x, w, bits),
-            "grad_input": lambda: torch.ops.cpg.masked_linear_grad_input(dy, w, bits)}
+    return {
+        "forward": lambda: fn.masked_linear(x, w, bits),
+        "grad_input": lambda: torch.ops.cpg.masked_linear_grad_input(dy, w, bits),
+    }
 
 
 def conv(batch, cin, cout, hw, kernel, stride, padding, dtype, channels_last=True):
@@ -44,9 +47,12 @@ def conv(batch, cin, cout, hw, kernel, stride, padding, dtype, channels_last=Tru
     ho = (hw + 2 * padding - kernel) // stride + 1
     dy = torch.randn(batch, cout, ho, ho, device=DEV, dtype=dtype).contiguous(memory_format=fmt)
     geometry = ([stride] * 2, [padding] * 2, [1, 1], 1)
-    return {"forward": lambda: fn.masked_conv2d(x, w, bits, stride=stride, padding=padding),
-            "grad_input": lambda: torch.ops.cpg.masked_conv2d_grad_input(
-                dy, w, bits, list(x.shape), *geometry)}
+    return {
+        "forward": lambda: fn.masked_conv2d(x, w, bits, stride=stride, padding=padding),
+        "grad_input": lambda: torch.ops.cpg.masked_conv2d_grad_input(
+            dy, w, bits, list(x.shape), *geometry
+        ),
+    }
 
 
 def cases():

@@ -13,6 +13,7 @@ the others. Each call is synchronized so an
 error is attributed to it. It checks no numbers (the test suite does); it
 prints one line per call and exits 1 if any call raised.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,24 +80,40 @@ def linear(m: int, n: int, k: int, dtype, label: str) -> None:
     w, b, x = leaf(n, k, dtype=dtype), leaf(n, dtype=dtype), leaf(m, k, dtype=dtype)
     owner, mask = state((n, k))
     bits = masks.active_bits(owner, TASK, mask=mask)
-    call(f"masked_linear fwd+bwd {tag}",
-         lambda: backward(fn.masked_linear(x, w, bits, b)))
+    call(f"masked_linear fwd+bwd {tag}", lambda: backward(fn.masked_linear(x, w, bits, b)))
     m_leaf = mask.clone().requires_grad_(True)
-    call(f"cpg_linear fwd+bwd {tag}",
-         lambda: backward(fn.cpg_linear(x, w, owner, TASK, m_leaf, b)))
-    call(f"cpg_linear pick-all fwd+bwd {tag}",
-         lambda: backward(fn.cpg_linear(x, w, owner, TASK, None, None)))
+    call(f"cpg_linear fwd+bwd {tag}", lambda: backward(fn.cpg_linear(x, w, owner, TASK, m_leaf, b)))
+    call(
+        f"cpg_linear pick-all fwd+bwd {tag}",
+        lambda: backward(fn.cpg_linear(x, w, owner, TASK, None, None)),
+    )
     tasks = 3
     xt = leaf(tasks, m, k, dtype=dtype)
     bits_t = torch.stack([masks.active_bits(owner, t + 1) for t in range(tasks)])
-    call(f"masked_linear_multitask fwd+bwd T{tasks} {tag}",
-         lambda: backward(fn.masked_linear_multitask(xt, w, bits_t, b)))
+    call(
+        f"masked_linear_multitask fwd+bwd T{tasks} {tag}",
+        lambda: backward(fn.masked_linear_multitask(xt, w, bits_t, b)),
+    )
 
 
-def conv(batch, cin, cout, hw, kernel, stride, padding, dilation, groups, dtype, label,
-         channels_last=False) -> None:
-    tag = (f"B{batch} C{cin}->{cout} {hw}x{hw} k{kernel} s{stride} p{padding} d{dilation} "
-           f"g{groups} {'nhwc' if channels_last else 'nchw'} {label}")
+def conv(
+    batch,
+    cin,
+    cout,
+    hw,
+    kernel,
+    stride,
+    padding,
+    dilation,
+    groups,
+    dtype,
+    label,
+    channels_last=False,
+) -> None:
+    tag = (
+        f"B{batch} C{cin}->{cout} {hw}x{hw} k{kernel} s{stride} p{padding} d{dilation} "
+        f"g{groups} {'nhwc' if channels_last else 'nchw'} {label}"
+    )
     shape = (cout, cin // groups, kernel, kernel)
     w, b = leaf(*shape, dtype=dtype), leaf(cout, dtype=dtype)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -105,11 +122,15 @@ def conv(batch, cin, cout, hw, kernel, stride, padding, dilation, groups, dtype,
     owner, mask = state(shape)
     bits = masks.active_bits(owner, TASK, mask=mask)
     geometry = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
-    call(f"masked_conv2d fwd+bwd {tag}",
-         lambda: backward(fn.masked_conv2d(x, w, bits, b, **geometry)))
+    call(
+        f"masked_conv2d fwd+bwd {tag}",
+        lambda: backward(fn.masked_conv2d(x, w, bits, b, **geometry)),
+    )
     m_leaf = mask.clone().requires_grad_(True)
-    call(f"cpg_conv2d fwd+bwd {tag}",
-         lambda: backward(fn.cpg_conv2d(x, w, owner, TASK, m_leaf, b, **geometry)))
+    call(
+        f"cpg_conv2d fwd+bwd {tag}",
+        lambda: backward(fn.cpg_conv2d(x, w, owner, TASK, m_leaf, b, **geometry)),
+    )
 
 
 GROUPS = ("helpers", "linear", "conv")
@@ -117,8 +138,9 @@ GROUPS = ("helpers", "linear", "conv")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(GROUPS),
-                        help="comma-separated groups of calls (default: all)")
+    parser.add_argument(
+        "--only", default=",".join(GROUPS), help="comma-separated groups of calls (default: all)"
+    )
     groups = set(parser.parse_args().only.split(","))
     if not groups <= set(GROUPS):
         parser.error(f"--only: choose from {', '.join(GROUPS)}")
@@ -129,8 +151,12 @@ def main() -> int:
     if "helpers" in groups:
         for shape in ((37, 70), (5, 3, 3, 3), (64, 1024)):
             helpers(shape)
-    precisions = [(torch.float32, False, "fp32"), (torch.float32, True, "tf32"),
-                  (torch.bfloat16, False, "bf16"), (torch.float16, False, "fp16")]
+    precisions = [
+        (torch.float32, False, "fp32"),
+        (torch.float32, True, "tf32"),
+        (torch.bfloat16, False, "bf16"),
+        (torch.float16, False, "fp16"),
+    ]
     for dtype, tf32, label in precisions:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         if "linear" in groups:

@@ -6,6 +6,7 @@ emulator, on CPU tensors) and ``cuda`` (the GPU). ``CPG_TEST_BACKENDS``
 (comma-separated) narrows the set; a requested backend that is not available
 here is skipped with the reason.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,5 +91,6 @@ def pytest_sessionfinish(session):
     path = os.environ.get("CPG_BOUND_REPORT")
     if path:
         from cpg_kernels.testing import OBSERVED_RATIOS
+
         with open(path, "w") as f:
             json.dump(OBSERVED_RATIOS, f, indent=1, sort_keys=True)

@@ -1,5 +1,6 @@
 """Mixed precision: every cpg op under torch.autocast, converted models against plain ones,
 and training with GradScaler that keeps old tasks bit-exact."""
+
 from __future__ import annotations
 
 import copy
@@ -17,10 +18,9 @@ from cpg_kernels.masks import active_bits, unpack
 from cpg_kernels.testing import random_mask, random_owner
 
 DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
-DEVICES = [pytest.param("cpu", id="cpu"),
-           pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
 # Relative to the output's largest magnitude: a few 16-bit roundings through a small net.
-TOLERANCE = {torch.bfloat16: 2 ** -4, torch.float16: 2 ** -7}
+TOLERANCE = {torch.bfloat16: 2**-4, torch.float16: 2**-7}
 
 
 def _device(name: str) -> str:
@@ -31,9 +31,19 @@ def _device(name: str) -> str:
 
 def _small_cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 5))
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64, 32),
+        nn.ReLU(),
+        nn.Linear(32, 5),
+    )
 
 
 def _assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> None:
@@ -43,6 +53,7 @@ def _assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what
 
 
 # ------------------------------------------------------------------ the issue's two failures
+
 
 def test_resnet18_forward_under_bf16_autocast():
     """Issue 16: a 16-bit activation from an unconverted layer met an fp32 CPG weight."""
@@ -56,8 +67,9 @@ def test_resnet18_forward_under_bf16_autocast():
 def test_small_cnn_backward_under_bf16_autocast():
     """Issue 16: the forward passed, the backward raised oneDNN's "could not create a
     primitive descriptor" (an fp32 conv input met a bf16 gradient from the head)."""
-    model = C.convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(),
-                                    nn.Linear(8 * 14 * 14, 5)))
+    model = C.convert(
+        nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14 * 14, 5))
+    )
     C.begin_task(model, 1, num_classes=5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = F.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3]))
@@ -78,6 +90,7 @@ def test_cnn_with_batch_norm_under_bf16_autocast():
 
 
 # ------------------------------------------------------------------ each op
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -111,10 +124,12 @@ def test_layer_ops_compute_in_the_autocast_dtype(device, dtype):
     with torch.autocast(device, dtype=dtype):
         z = CF.cpg_linear(torch.randn(3, 40, device=device), lw, lowner, 3)
         bits = active_bits(lowner, 3)
-        multi = CF.masked_linear_multitask(torch.randn(2, 3, 40, device=device), lw,
-                                           torch.stack([bits, bits]))
-        conv_multi = CF.masked_conv2d_multitask(torch.randn(2, 1, 5, 6, 6, device=device),
-                                                w, torch.stack([active_bits(owner, 3)] * 2))
+        multi = CF.masked_linear_multitask(
+            torch.randn(2, 3, 40, device=device), lw, torch.stack([bits, bits])
+        )
+        conv_multi = CF.masked_conv2d_multitask(
+            torch.randn(2, 1, 5, 6, 6, device=device), w, torch.stack([active_bits(owner, 3)] * 2)
+        )
     assert z.dtype == multi.dtype == conv_multi.dtype == dtype
     z.float().sum().backward()
     assert lw.grad.dtype == torch.float32
@@ -127,11 +142,14 @@ def test_ops_outside_autocast_keep_their_dtype_rules():
         CF.masked_linear(torch.randn(2, 8, dtype=torch.bfloat16), w, bits)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         # float64 is never cast by autocast: the op's own check still speaks.
-        assert CF.masked_linear(torch.randn(2, 8, dtype=torch.float64), w.double(),
-                                bits).dtype == torch.float64
+        assert (
+            CF.masked_linear(torch.randn(2, 8, dtype=torch.float64), w.double(), bits).dtype
+            == torch.float64
+        )
 
 
 # ------------------------------------------------------------------ whole models
+
 
 def _effective_plain(plain: nn.Module, converted: nn.Module, t: int) -> nn.Module:
     """``plain`` with the converted model's effective weights and task ``t``'s head."""
@@ -170,8 +188,12 @@ def test_converted_model_matches_the_plain_one_under_autocast(dtype):
     F.cross_entropy(expected.float(), y).backward()
     for name, layer in L.masked_layers(model):
         own = layer.owner == 2
-        _assert_close(layer.weight.grad * own, ref.get_submodule(name).weight.grad * own, dtype,
-                      f"{name} weight gradient")
+        _assert_close(
+            layer.weight.grad * own,
+            ref.get_submodule(name).weight.grad * own,
+            dtype,
+            f"{name} weight gradient",
+        )
 
 
 def _train_steps(model, x, y, dtype, steps: int = 3) -> list[float]:

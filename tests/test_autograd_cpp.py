@@ -6,6 +6,7 @@ mask (the formulas map each argument to its autograd edge by hand); no Python
 runs below ``torch.ops`` in a step; double backward fails clearly; the
 emulator runs the backward's kernels too.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -18,8 +19,13 @@ from cpg_kernels import backends, functional, masks, reference
 from cpg_kernels.testing import assert_within_bound, oracle, random_mask, random_owner
 
 TASK = 3
-DIFFERENTIABLE = ["masked_linear", "masked_linear_multitask", "masked_conv2d",
-                  "masked_conv2d_multitask", "apply_bits"]
+DIFFERENTIABLE = [
+    "masked_linear",
+    "masked_linear_multitask",
+    "masked_conv2d",
+    "masked_conv2d_multitask",
+    "apply_bits",
+]
 
 
 def _state(shape, with_mask, with_bias, device="cpu"):
@@ -54,10 +60,12 @@ FAMILIES = {
 
 def _grads(fn, x, w, owner, mask, bias, wanted):
     """Gradients of a fixed projection of fn's output with respect to `wanted` only."""
-    leaves = {"x": x.clone().requires_grad_("x" in wanted),
-              "weight": w.clone().requires_grad_("weight" in wanted),
-              "mask": None if mask is None else mask.clone().requires_grad_("mask" in wanted),
-              "bias": None if bias is None else bias.clone().requires_grad_("bias" in wanted)}
+    leaves = {
+        "x": x.clone().requires_grad_("x" in wanted),
+        "weight": w.clone().requires_grad_("weight" in wanted),
+        "mask": None if mask is None else mask.clone().requires_grad_("mask" in wanted),
+        "bias": None if bias is None else bias.clone().requires_grad_("bias" in wanted),
+    }
     y = fn(leaves["x"], leaves["weight"], owner, leaves["mask"], leaves["bias"])
     gy = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
     inputs = [leaves[name] for name in wanted]
@@ -65,8 +73,9 @@ def _grads(fn, x, w, owner, mask, bias, wanted):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("with_mask,with_bias", [(True, True), (True, False), (False, True),
-                                                 (False, False)])
+@pytest.mark.parametrize(
+    "with_mask,with_bias", [(True, True), (True, False), (False, True), (False, False)]
+)
 def test_every_subset_of_gradients_matches_the_oracle(family, with_mask, with_bias):
     fn, ref_fn, w_shape, x_shape = FAMILIES[family]
     w, owner, mask, bias = _state(w_shape, with_mask, with_bias)
@@ -127,8 +136,10 @@ def _python_files_run(fn):
 
 
 def test_a_training_step_runs_no_python_below_the_op_call():
-    w, owner, mask, bias = (t.float().requires_grad_() if t.is_floating_point() else t
-                            for t in _state((5, 37), True, True))
+    w, owner, mask, bias = (
+        t.float().requires_grad_() if t.is_floating_point() else t
+        for t in _state((5, 37), True, True)
+    )
     x = torch.randn(4, 37, requires_grad=True)
     op = torch.ops.cpg.masked_linear.default
     bits = masks.active_bits(owner, TASK, mask=mask)
@@ -144,14 +155,16 @@ def test_a_training_step_runs_no_python_below_the_op_call():
 
 
 def test_double_backward_is_a_clear_error():
-    w, owner, mask, bias = (t.requires_grad_() if t.is_floating_point() else t
-                            for t in _state((5, 37), True, True))
+    w, owner, mask, bias = (
+        t.requires_grad_() if t.is_floating_point() else t for t in _state((5, 37), True, True)
+    )
     x = torch.randn(4, 37, dtype=torch.float64, requires_grad=True)
     y = functional.cpg_linear(x, w, owner, TASK, mask=mask, bias=bias)
     # First-order gradients under create_graph=True are still right ...
     gx, gw = torch.autograd.grad(y.sum(), (x, w), create_graph=True)
-    ref = torch.autograd.grad(reference.linear(x, w, owner, TASK, mask=mask, bias=bias).sum(),
-                              (x, w))
+    ref = torch.autograd.grad(
+        reference.linear(x, w, owner, TASK, mask=mask, bias=bias).sum(), (x, w)
+    )
     torch.testing.assert_close(gx, ref[0])
     torch.testing.assert_close(gw, ref[1])
     # ... and differentiating them again names the op.
@@ -184,8 +197,9 @@ def test_the_emulator_runs_the_backward_kernels():
     gy = torch.randn(2, 4, 6, 6, dtype=torch.float64)
     ours = [t.to(torch.float32, copy=True).requires_grad_() for t in (x, w, mask, bias)]
     with backends.emulated(seed=1):
-        y = functional.cpg_conv2d(ours[0], ours[1], owner, TASK, mask=ours[2], bias=ours[3],
-                                  padding=1)
+        y = functional.cpg_conv2d(
+            ours[0], ours[1], owner, TASK, mask=ours[2], bias=ours[3], padding=1
+        )
         with backends.emulator_launches() as launches:
             y.backward(gy.float())
     files = {entry.split(":")[0] for entry in launches}
@@ -193,9 +207,11 @@ def test_the_emulator_runs_the_backward_kernels():
     # both emulated; G itself comes from aten.
     assert any(f.startswith("conv_") for f in files) and "elementwise.cu" in files, launches
     _, (gx, gw, gb, gm) = oracle(
-        lambda x_, w_, b_, m_: reference.conv2d(x_, w_, owner, TASK, mask=m_, bias=b_,
-                                                padding=1),
-        [x, w, bias], [mask], grad_output=gy)
+        lambda x_, w_, b_, m_: reference.conv2d(x_, w_, owner, TASK, mask=m_, bias=b_, padding=1),
+        [x, w, bias],
+        [mask],
+        grad_output=gy,
+    )
     assert_within_bound(ours[0].grad, gx, "dx")
     assert_within_bound(ours[1].grad, gw, "dW", partials=True)
     assert_within_bound(ours[2].grad, gm, "dmask", partials=True)
@@ -225,8 +241,9 @@ def test_conv_multitask_gradients_match_separate_tasks():
     y = functional.masked_conv2d_multitask(x, w, bits, b, padding=1)
     gy = torch.randn_like(y)
     ours = torch.autograd.grad(y, (x, w, b), gy)
-    y_ref = torch.stack([functional.masked_conv2d(x[t], w, bits[t], b, padding=1)
-                         for t in range(tasks)])
+    y_ref = torch.stack(
+        [functional.masked_conv2d(x[t], w, bits[t], b, padding=1) for t in range(tasks)]
+    )
     ref = torch.autograd.grad(y_ref, (x, w, b), gy)
     for a, r in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, r)

@@ -1,4 +1,5 @@
 """backends.emulated: the setting from before a block returns when it ends."""
+
 from __future__ import annotations
 
 from cpg_kernels import _C, backends

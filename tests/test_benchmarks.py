@@ -1,4 +1,5 @@
 """The benchmark code works: its cost model and verdicts, and a quick CPU run with its report."""
+
 from __future__ import annotations
 
 import json
@@ -65,15 +66,27 @@ def test_grid_covers_issue_8_most_important_first():
     # 3 linear layers and VGG's conv5_1 x 4 task counts x 2 batches x 3 dtypes.
     assert len({c.id for c in grid}) == len(grid) == (3 + 36) * 5 * 2 * 3 + (3 + 1) * 4 * 2 * 3
     first = [c for c in grid if c.layer.rep]
-    assert grid[:len(first)] == first  # representative layers of every family lead
+    assert grid[: len(first)] == first  # representative layers of every family lead
     assert grid[0].dtype == "bf16" and grid[0].batch == 1
 
 
 def _record(batch, speedup, ok=True, **kw):
-    rec = {"id": f"linear/fc.x/b{batch}", "family": "linear", "mode": "inference",
-           "dtype": "bf16", "batch": batch, "late": True, "tasks": 1, "speedup": speedup,
-           "check": {"ok": ok, "rel_err": 0.0}, "variants": {"fused": {"ms": 1.0}},
-           "errors": {}, "fused_of_floor": 0.5, "floor_bound": "memory", "floor_ms": 0.5}
+    rec = {
+        "id": f"linear/fc.x/b{batch}",
+        "family": "linear",
+        "mode": "inference",
+        "dtype": "bf16",
+        "batch": batch,
+        "late": True,
+        "tasks": 1,
+        "speedup": speedup,
+        "check": {"ok": ok, "rel_err": 0.0},
+        "variants": {"fused": {"ms": 1.0}},
+        "errors": {},
+        "fused_of_floor": 0.5,
+        "floor_bound": "memory",
+        "floor_ms": 0.5,
+    }
     rec.update(kw)
     return rec
 
@@ -103,13 +116,27 @@ RUN_TIMEOUT = pytest.mark.timeout(2 * QUICK_RUN_LIMIT + 120)
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    pytest.importorskip("cpg_kernels.functional", reason="the cpg_kernels extension is not built",
-                        exc_type=ImportError)
+    pytest.importorskip(
+        "cpg_kernels.functional",
+        reason="the cpg_kernels extension is not built",
+        exc_type=ImportError,
+    )
     out = tmp_path_factory.mktemp("bench")
     path = out / "bench.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_ops.py"), "--device", "cpu",
-                           "--quick", "--json", str(path)],
-                          capture_output=True, text=True, timeout=QUICK_RUN_LIMIT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_ops.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=QUICK_RUN_LIMIT,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out, json.loads(path.read_text())
 
@@ -129,8 +156,10 @@ def test_quick_cpu_run_writes_a_record_per_case(quick_run):
         assert r["errors"] == {}, r["id"]
         assert r["check"]["ok"], (r["id"], r["check"])
         assert r["floor_ms"] > 0 and r["fused_of_floor"] > 0 and r["fused_gbps"] > 0
-        expected = {"inference": {"fused", "dense_masking", "dense_masking_cached", "premasked"},
-                    "training": {"fused", "dense_masking", "premasked"}}[r["mode"]]
+        expected = {
+            "inference": {"fused", "dense_masking", "dense_masking_cached", "premasked"},
+            "training": {"fused", "dense_masking", "premasked"},
+        }[r["mode"]]
         if r["family"] == "multitask":
             expected = {"fused", "separate_fused", "dense_masking", "dense_masking_cached"}
         assert set(r["variants"]) == expected, r["id"]
@@ -145,10 +174,22 @@ def test_resume_keeps_earlier_records_and_runs_only_the_rest(quick_run, tmp_path
     earlier = dict(doc, records=doc["records"][:-2])  # as if the budget ran out before the last 2
     (tmp_path / "earlier.json").write_text(json.dumps(earlier))
     path = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_ops.py"), "--device", "cpu",
-                           "--quick", "--resume", str(tmp_path / "earlier.json"), "--json",
-                           str(path)], capture_output=True, text=True,
-                          timeout=QUICK_RUN_LIMIT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_ops.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--resume",
+            str(tmp_path / "earlier.json"),
+            "--json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=QUICK_RUN_LIMIT,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     resumed = json.loads(path.read_text())
     assert [r["id"] for r in resumed["records"]] == [r["id"] for r in doc["records"]]
@@ -156,17 +197,32 @@ def test_resume_keeps_earlier_records_and_runs_only_the_rest(quick_run, tmp_path
     assert resumed["resumed"]["records"] == len(earlier["records"])
     other = dict(doc, meta={**doc["meta"], "device": "some other device"})
     (tmp_path / "other.json").write_text(json.dumps(other))
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_ops.py"), "--device", "cpu",
-                           "--quick", "--resume", str(tmp_path / "other.json")],
-                          capture_output=True, text=True, timeout=QUICK_RUN_LIMIT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_ops.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--resume",
+            str(tmp_path / "other.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=QUICK_RUN_LIMIT,
+    )
     assert proc.returncode != 0 and "some other device" in proc.stderr
 
 
 @RUN_TIMEOUT
 def test_report_of_the_quick_run(quick_run, tmp_path):
     out, doc = quick_run
-    proc = subprocess.run([sys.executable, str(BENCH / "report.py"), str(out / "bench.json"),
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "report.py"), str(out / "bench.json"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     md = (tmp_path / f"{doc['meta']['device_slug']}.md").read_text()
     assert "## Verdict against the targets of issue 8" in md
@@ -177,8 +233,10 @@ def test_report_of_the_quick_run(quick_run, tmp_path):
     for target in report.TARGETS:
         for dtype in sorted({r["dtype"] for r in doc["records"]}):
             j = report.judge(target, doc["records"], dtype)
-            row = (f"| {target.text} | {dtype} | **{j['verdict']}** | "
-                   f"{j.get('passed', 0)}/{j['cases']} |")
+            row = (
+                f"| {target.text} | {dtype} | **{j['verdict']}** | "
+                f"{j.get('passed', 0)}/{j['cases']} |"
+            )
             assert row in md, row
             judged += j["cases"] > 0
     assert judged > 0

@@ -1,4 +1,5 @@
 """Checkpoints: exact round trips, atomic writes, clear errors, size reports."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,6 @@ from torch import nn
 from cpg_kernels import checkpoint, models
 from cpg_kernels import lifecycle as L
 from cpg_kernels.convert import convert
-
 
 
 def _network(width: float = 1 / 16) -> nn.Module:
@@ -81,6 +81,7 @@ def saved(tmp_path_factory):
 
 # ------------------------------------------------------------------- round trip
 
+
 def test_round_trip_into_a_fresh_model_is_exact(saved):
     path, logits, prints = saved
     model = _network()
@@ -107,6 +108,7 @@ def test_training_resumes_after_loading(saved):
 
 # -------------------------------------------------------------------- atomicity
 
+
 def test_save_replaces_atomically_and_leaves_no_temporaries(tmp_path, monkeypatch):
     model = _network()
     path = tmp_path / "model.pt"
@@ -128,6 +130,7 @@ def test_save_replaces_atomically_and_leaves_no_temporaries(tmp_path, monkeypatc
 
 # ----------------------------------------------------------------------- errors
 
+
 def _rewrite(saved_path, tmp_path, edit) -> str:
     """A copy of the saved checkpoint with ``edit`` applied to its payload."""
     payload = torch.load(saved_path, weights_only=True)
@@ -140,6 +143,7 @@ def _rewrite(saved_path, tmp_path, edit) -> str:
 def _set(key, value):
     def edit(payload):
         payload["state_dict"][key] = value
+
     return edit
 
 
@@ -159,18 +163,31 @@ def _tamper_state_version(payload):
     payload["state_dict"]["conv1._extra_state"]["version"] = 2
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda p: p.update(version=2), "format version 2"),
-    (lambda p: p.update(format="other"), "not a cpg-kernels checkpoint"),
-    (lambda p: p.pop("state_dict"), "lacks its state_dict"),
-    (_tamper_owner, "layer1.0.conv1: owner values go up to 9 but the highest stored task is 3"),
-    (_tamper_bits, "conv1: task 1: packed mask"),
-    (_tamper_tasks, "disagree about tasks"),
-    (_tamper_state_version, "CPG state version 2"),
-    (_set("fc.template.bias", torch.zeros(4)), "size mismatch"),
-    (lambda p: p["state_dict"].pop("layer2.0.conv1.owner"), "Missing key"),
-], ids=["version", "format", "no-state", "owner", "bits", "tasks", "module-version", "shape",
-        "missing-key"])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda p: p.update(version=2), "format version 2"),
+        (lambda p: p.update(format="other"), "not a cpg-kernels checkpoint"),
+        (lambda p: p.pop("state_dict"), "lacks its state_dict"),
+        (_tamper_owner, "layer1.0.conv1: owner values go up to 9 but the highest stored task is 3"),
+        (_tamper_bits, "conv1: task 1: packed mask"),
+        (_tamper_tasks, "disagree about tasks"),
+        (_tamper_state_version, "CPG state version 2"),
+        (_set("fc.template.bias", torch.zeros(4)), "size mismatch"),
+        (lambda p: p["state_dict"].pop("layer2.0.conv1.owner"), "Missing key"),
+    ],
+    ids=[
+        "version",
+        "format",
+        "no-state",
+        "owner",
+        "bits",
+        "tasks",
+        "module-version",
+        "shape",
+        "missing-key",
+    ],
+)
 def test_load_rejects_bad_checkpoints_and_leaves_the_model_alone(saved, tmp_path, edit, message):
     path = _rewrite(saved[0], tmp_path, edit)
     model = _network()
@@ -201,6 +218,7 @@ def test_load_rejects_a_different_architecture(saved):
 
 # ------------------------------------------------------------------ size report
 
+
 def test_size_report():
     model = _network()
     for t in (1, 2, 3):
@@ -211,13 +229,16 @@ def test_size_report():
     layers = [layer for _, layer in L.masked_layers(model)]
     assert report.weights == sum(4 * layer.weight.numel() for layer in layers)
     assert report.owners == sum(layer.owner.numel() for layer in layers)
-    assert report.masks == sum(4 * getattr(layer, f"bits_{t}").numel()
-                               for layer in layers for t in (1, 2, 3))
+    assert report.masks == sum(
+        4 * getattr(layer, f"bits_{t}").numel() for layer in layers for t in (1, 2, 3)
+    )
     assert set(report.per_task) == {1, 2, 3} and report.masks < sum(report.per_task.values())
-    assert report.total == sum(v.numel() * v.element_size()
-                               for v in model.state_dict().values() if torch.is_tensor(v))
-    exported = sum(v.numel() * v.element_size()
-                   for v in L.export_task(model, 1).state_dict().values())
+    assert report.total == sum(
+        v.numel() * v.element_size() for v in model.state_dict().values() if torch.is_tensor(v)
+    )
+    exported = sum(
+        v.numel() * v.element_size() for v in L.export_task(model, 1).state_dict().values()
+    )
     assert report.independent == 3 * exported
     assert report.independent > report.total  # three tasks in one model beat three models
     assert "independent models" in str(report)

@@ -1,4 +1,5 @@
 """The `cpg` command: train, eval, info and forget on the embedded digits; clear errors."""
+
 from __future__ import annotations
 
 import io
@@ -12,8 +13,22 @@ from cpg_kernels.cli import main
 from cpg_kernels.cli.progress import make_bar
 
 # A few seconds per run: two tasks, a narrow network, one epoch per phase.
-QUICK = ["--tasks", "2", "--width", "0.5", "--epochs", "1", "--reference-epochs", "1",
-         "--prune-steps", "2", "--retrain-epochs", "1", "--threads", "1"]
+QUICK = [
+    "--tasks",
+    "2",
+    "--width",
+    "0.5",
+    "--epochs",
+    "1",
+    "--reference-epochs",
+    "1",
+    "--prune-steps",
+    "2",
+    "--retrain-epochs",
+    "1",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,8 +62,7 @@ def test_train_prints_the_results_table_and_saves(trained):
     assert "task 1/2: digits 0 vs 1" in err and "accuracy goal" in err
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("task "))
-    assert header.split() == ["task", "goal", "learned", "now", "forgetting", "own", "used",
-                              "size"]
+    assert header.split() == ["task", "goal", "learned", "now", "forgetting", "own", "used", "size"]
     rows = [line for line in lines if line.startswith(("1 digits", "2 digits"))]
     assert len(rows) == 2 and all(row.split()[-4] == "0.00" for row in rows)
     assert "old tasks exactly preserved (forgetting 0)" in out
@@ -90,16 +104,18 @@ def test_forget_releases_a_task(trained, capsys, tmp_path):
 
 def test_train_saves_under_runs_by_default(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = _cpg(capsys, "train", *QUICK, "--tasks", "1", "--method", "packnet", "-q",
-                          "--no-plot")
+    code, out, err = _cpg(
+        capsys, "train", *QUICK, "--tasks", "1", "--method", "packnet", "-q", "--no-plot"
+    )
     assert code == 0, err
     assert (tmp_path / "runs" / "digits-packnet.pt").exists()
     assert not (tmp_path / "runs" / "digits-packnet.png").exists()
 
 
 def test_independent_baseline_reports_its_size(capsys, tmp_path):
-    code, out, err = _cpg(capsys, "train", *QUICK, "--method", "scratch", "-q",
-                          "-o", str(tmp_path / "x.pt"))
+    code, out, err = _cpg(
+        capsys, "train", *QUICK, "--method", "scratch", "-q", "-o", str(tmp_path / "x.pt")
+    )
     assert code == 0, err
     assert err == ""  # --quiet
     assert "2.00x" in out and "no checkpoint written" in out
@@ -140,22 +156,25 @@ def test_an_interrupted_run_resumes_to_the_same_result(capsys, tmp_path, monkeyp
     assert code == 2 and "independent keeps no checkpoint" in err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["train", "--epochs", "0"], "epochs must be an int >= 1"),
-    (["train", "--epochs", "x"], "invalid int value"),
-    (["train", "--method", "ewc"], "invalid choice"),
-    (["train", "--mask-optimizer", "lbfgs"], "invalid choice"),
-    (["train", "--goal", "2"], "goal is an accuracy"),
-    (["train", "--data", "cifar100"], "needs its folder"),
-    (["train", "--data", "cifar100", "--data-dir", "/nonexistent"], "cifar-100-python.tar.gz"),
-    (["train", "--model", "vgg16_bn"], "3-channel images"),
-    (["train", "--device", "cuda:99" if torch.cuda.is_available() else "cuda"], "cuda"),
-    (["train", "--threads", "0"], "--threads"),
-    (["train", "--data", "synthetic", "--val-fraction", "0.1"], "fixed splits"),
-    (["eval", "/nonexistent.pt"], "no such checkpoint"),
-    (["info"], "required: checkpoint"),
-    ([], "required: command"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--epochs", "0"], "epochs must be an int >= 1"),
+        (["train", "--epochs", "x"], "invalid int value"),
+        (["train", "--method", "ewc"], "invalid choice"),
+        (["train", "--mask-optimizer", "lbfgs"], "invalid choice"),
+        (["train", "--goal", "2"], "goal is an accuracy"),
+        (["train", "--data", "cifar100"], "needs its folder"),
+        (["train", "--data", "cifar100", "--data-dir", "/nonexistent"], "cifar-100-python.tar.gz"),
+        (["train", "--model", "vgg16_bn"], "3-channel images"),
+        (["train", "--device", "cuda:99" if torch.cuda.is_available() else "cuda"], "cuda"),
+        (["train", "--threads", "0"], "--threads"),
+        (["train", "--data", "synthetic", "--val-fraction", "0.1"], "fixed splits"),
+        (["eval", "/nonexistent.pt"], "no such checkpoint"),
+        (["info"], "required: checkpoint"),
+        ([], "required: command"),
+    ],
+)
 def test_bad_arguments_give_one_clear_line(capsys, argv, message):
     code, out, err = _cpg(capsys, *argv)
     assert code == 2
@@ -191,7 +210,11 @@ def test_progress_bar_is_tqdm_on_a_terminal_only():
 
 
 def test_the_module_runs_as_a_command():
-    done = subprocess.run([sys.executable, "-m", "cpg_kernels.cli", "train", "--help"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "cpg_kernels.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0
     assert "--method {cpg,pae,packnet,sequential,independent,finetune,scratch}" in done.stdout

@@ -5,6 +5,7 @@ is checked without a new test: each flag gets a value unlike every field's defau
 the TrainConfig that ``cpg train`` builds must hold it in the field of the flag's name with
 every other field at its default. (The run stops at that TrainConfig: nothing trains.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,9 @@ FIELDS = {f.name: f for f in dataclasses.fields(config_module.TrainConfig)}
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    commands = next(a for a in cli.build_parser()._actions
-                    if isinstance(a, argparse._SubParsersAction))
+    commands = next(
+        a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )
     return commands.choices["train"]
 
 
@@ -88,10 +90,29 @@ def built_config(monkeypatch):
 def test_the_table_covers_the_train_flags():
     names = {_field(a) for a in _flag_actions()}
     # The flags that exist today; more may come, none may silently drop out of the table.
-    assert {"method", "epochs", "batch_size", "optimizer", "mask_optimizer", "lr", "mask_lr",
-            "prune_lr", "momentum", "weight_decay", "goal", "goal_drop", "reference_epochs",
-            "initial_sparsity", "final_sparsity", "prune_steps", "retrain_epochs",
-            "growth_step", "max_size", "seed", "device"} <= names
+    assert {
+        "method",
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "mask_optimizer",
+        "lr",
+        "mask_lr",
+        "prune_lr",
+        "momentum",
+        "weight_decay",
+        "goal",
+        "goal_drop",
+        "reference_epochs",
+        "initial_sparsity",
+        "final_sparsity",
+        "prune_steps",
+        "retrain_epochs",
+        "growth_step",
+        "max_size",
+        "seed",
+        "device",
+    } <= names
 
 
 def test_each_flag_sets_the_field_it_names_and_no_other(built_config):

@@ -1,4 +1,5 @@
 """The learning benchmark: methods x seeds on a tiny synthetic sequence, end to end."""
+
 from __future__ import annotations
 
 import json
@@ -13,16 +14,18 @@ from cpg_kernels.trainer.compare import check_sequence, compare, summarize
 
 
 def _network() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU(),
-                         nn.Linear(16, 2))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2)
+    )
 
 
 def _load(seed: int):
     return synthetic_tasks(num_tasks=2, shape=(16,), train=32, val=16, test=16, seed=seed)
 
 
-CONFIG = TrainConfig(epochs=1, batch_size=16, goal=0.6, final_sparsity=0.5, prune_steps=1,
-                     retrain_epochs=1)
+CONFIG = TrainConfig(
+    epochs=1, batch_size=16, goal=0.6, final_sparsity=0.5, prune_steps=1, retrain_epochs=1
+)
 
 
 def test_compare_runs_every_method_with_every_seed_and_summarizes():
@@ -72,14 +75,31 @@ def test_compare_refuses_bad_input():
     check_sequence(tasks[:1] * 255)
 
 
-TINY = ["--data", "synthetic", "--epochs", "1", "--prune-steps", "1", "--retrain-epochs", "1",
-        "--reference-epochs", "1", "--model", "mlp", "--width", "0.1", "--threads", "1"]
+TINY = [
+    "--data",
+    "synthetic",
+    "--epochs",
+    "1",
+    "--prune-steps",
+    "1",
+    "--retrain-epochs",
+    "1",
+    "--reference-epochs",
+    "1",
+    "--model",
+    "mlp",
+    "--width",
+    "0.1",
+    "--threads",
+    "1",
+]
 
 
 def test_the_command_prints_tables_and_writes_json_and_a_plot(capsys, tmp_path):
     out_dir = tmp_path / "cmp"
-    code = main(["compare", *TINY, "--methods", "cpg,independent", "--seeds", "2",
-                 "-o", str(out_dir)])
+    code = main(
+        ["compare", *TINY, "--methods", "cpg,independent", "--seeds", "2", "-o", str(out_dir)]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "cpg seed 1: average accuracy" in err and "task 3/3" in err
@@ -114,8 +134,19 @@ def test_resume_keeps_the_finished_runs(capsys, tmp_path):
 def test_parallel_runs_give_the_serial_results(capsys, tmp_path):
     def runs(*extra):
         out_dir = tmp_path / f"cmp{len(extra)}"
-        argv = ["compare", *TINY, "--methods", "cpg,sequential", "--tasks", "2", "-q",
-                "--no-plot", "-o", str(out_dir), *extra]
+        argv = [
+            "compare",
+            *TINY,
+            "--methods",
+            "cpg,sequential",
+            "--tasks",
+            "2",
+            "-q",
+            "--no-plot",
+            "-o",
+            str(out_dir),
+            *extra,
+        ]
         assert main(argv) == 0
         stored = json.loads((out_dir / "compare.json").read_text())["runs"]
         return [{k: v for k, v in r.items() if k != "seconds"} for r in stored]
@@ -124,14 +155,17 @@ def test_parallel_runs_give_the_serial_results(capsys, tmp_path):
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--methods", "cpg,ewc"], "unknown method 'ewc'"),
-    (["--methods", ","], "no methods"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
-    (["--jobs", "0"], "--jobs must be >= 1"),
-    (["--tasks", "0"], "cannot take 0"),
-    (["--lr-schedule", "linear"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--methods", "cpg,ewc"], "unknown method 'ewc'"),
+        (["--methods", ","], "no methods"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--jobs", "0"], "--jobs must be >= 1"),
+        (["--tasks", "0"], "cannot take 0"),
+        (["--lr-schedule", "linear"], "invalid choice"),
+    ],
+)
 def test_bad_arguments_give_one_clear_line(capsys, argv, message):
     code = main(["compare", *TINY, *argv])
     _, err = capsys.readouterr()

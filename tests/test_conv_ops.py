@@ -3,6 +3,7 @@
 Every comparison with the oracle holds each element to the rounding bound of
 cpg_kernels.testing, with |x| and |W_eff| through the same conv for the magnitudes.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -21,9 +22,9 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 CASES = [
     (1, 3, 7, 7, 5, 3, 1, 1, 1, 1),
     (2, 4, 9, 8, 6, 3, 2, 0, 1, 2),
-    (2, 6, 11, 11, 6, 3, 1, 2, 2, 6),      # depthwise, dilation 2
-    (1, 8, 5, 5, 16, 1, 1, 0, 1, 1),       # 1x1
-    (2, 3, 15, 13, 4, 7, 2, 3, 1, 1),      # 7x7 stem-like
+    (2, 6, 11, 11, 6, 3, 1, 2, 2, 6),  # depthwise, dilation 2
+    (1, 8, 5, 5, 16, 1, 1, 0, 1, 1),  # 1x1
+    (2, 3, 15, 13, 4, 7, 2, 3, 1, 1),  # 7x7 stem-like
     (3, 16, 6, 6, 10, 3, 1, 1, 1, 2),
 ]
 SMALL_CASES = CASES[:4]
@@ -54,23 +55,26 @@ def check_dx(backend, dx, ref, what, tf32=False):
     if backend.name == "cpu" and dx.dtype in (torch.float16, torch.bfloat16):
         ratio = bound_ratio(dx, ref)
         if ratio > 1:
-            pytest.xfail(f"CPU path: 16-bit conv input gradient summed in 16 bits ({ratio:.0f}x "
-                         "the bound)")
+            pytest.xfail(
+                f"CPU path: 16-bit conv input gradient summed in 16 bits ({ratio:.0f}x the bound)"
+            )
         return
     assert_within_bound(dx, ref, what, tf32=tf32)
 
 
 def inference_oracle(x, w, bits, bias, conv):
     active = masks.unpack(bits.cpu(), tuple(w.shape))
-    ref, _ = oracle(lambda x_, w_, b_: reference.masked_conv2d(x_, w_, active, b_, **conv),
-                    [x, w, bias])
+    ref, _ = oracle(
+        lambda x_, w_, b_: reference.masked_conv2d(x_, w_, active, b_, **conv), [x, w, bias]
+    )
     return ref
 
 
 def grad_input_oracle(gy, w, bits, x_shape, conv):
     active = masks.unpack(bits.cpu(), tuple(w.shape))
-    ref, _ = oracle(lambda g_, w_: torch.nn.grad.conv2d_input(x_shape, w_ * active, g_, **conv),
-                    [gy, w])
+    ref, _ = oracle(
+        lambda g_, w_: torch.nn.grad.conv2d_input(x_shape, w_ * active, g_, **conv), [gy, w]
+    )
     return ref
 
 
@@ -80,17 +84,31 @@ def check_training(backend, x, w, owner, task, mask, bias, conv, what, threshold
     # The ops compare the float32 mask with the threshold as a float32; the oracle runs in
     # float64, so it gets the threshold rounded to float32, which decides alike.
     ref_kw = {} if threshold is None else {"threshold": float(torch.tensor(threshold).float())}
-    leaves = [None if t is None else t.detach().clone().requires_grad_()
-              for t in (x, w, mask, bias)]
-    y = backend.run(functional.cpg_conv2d, leaves[0], leaves[1], owner, task, mask=leaves[2],
-                    bias=leaves[3], **conv, **kw)
+    leaves = [
+        None if t is None else t.detach().clone().requires_grad_() for t in (x, w, mask, bias)
+    ]
+    y = backend.run(
+        functional.cpg_conv2d,
+        leaves[0],
+        leaves[1],
+        owner,
+        task,
+        mask=leaves[2],
+        bias=leaves[3],
+        **conv,
+        **kw,
+    )
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(x.dtype)
     gy = gy.to(x.device)
     backend.run(y.backward, gy)
     ref, (gx, gw, gb, gm) = oracle(
-        lambda x_, w_, b_, m_: reference.conv2d(x_, w_, owner.cpu(), task, mask=m_, bias=b_,
-                                                **conv, **ref_kw),
-        [x, w, bias], [mask], grad_output=gy)
+        lambda x_, w_, b_, m_: reference.conv2d(
+            x_, w_, owner.cpu(), task, mask=m_, bias=b_, **conv, **ref_kw
+        ),
+        [x, w, bias],
+        [mask],
+        grad_output=gy,
+    )
     assert y.dtype == x.dtype
     assert_within_bound(y, ref, ("y", what))
     # dL/dW_eff is ATen's convolution_backward (by design), whose CPU 16-bit result rounds
@@ -135,13 +153,20 @@ def test_pick_all_forward_and_backward(backend, dtype):
         check_training(backend, x, w, owner, 3, None, bias, conv, case)
 
 
-@pytest.mark.parametrize("threshold", [0.3, 2.0 ** -7])
+@pytest.mark.parametrize("threshold", [0.3, 2.0**-7])
 def test_threshold_other_than_the_default(backend, threshold):
     """``mask > threshold`` picks, for any threshold: entries equal to it are not picked."""
     x, w, owner, _, bias, conv = make_conv(CASES[0], torch.float32, backend.device)
     at = torch.tensor(threshold, dtype=torch.float32)
-    choices = torch.stack([at, torch.nextafter(at, torch.tensor(1.0)),
-                           torch.nextafter(at, torch.tensor(0.0)), at * 0.1, at * 10])
+    choices = torch.stack(
+        [
+            at,
+            torch.nextafter(at, torch.tensor(1.0)),
+            torch.nextafter(at, torch.tensor(0.0)),
+            at * 0.1,
+            at * 10,
+        ]
+    )
     g = torch.Generator().manual_seed(2)
     mask = choices[torch.randint(0, 5, w.shape, generator=g)].to(backend.device)
     y = check_training(backend, x, w, owner, 4, mask, bias, conv, threshold, threshold=threshold)
@@ -160,7 +185,8 @@ def gradcheck_case(backend, dtype):
     bits = masks.active_bits(owner, 4, mask=mask)
     functions = (
         lambda x_, w_, b_: functional.cpg_conv2d(x_, w_, owner, 4, mask=mask, bias=b_, **conv),
-        lambda x_, w_, b_: functional.masked_conv2d(x_, w_, bits, b_, **conv))
+        lambda x_, w_, b_: functional.masked_conv2d(x_, w_, bits, b_, **conv),
+    )
     return functions, (x, w, bias)
 
 
@@ -178,8 +204,9 @@ def test_gradcheck_float32_fused_kernels(backend):
     with backend.context(), backends.emulator_launches() as launches, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not a double precision")
         for fn in functions:
-            assert torch.autograd.gradcheck(fn, inputs, eps=1e-2, atol=1e-3, rtol=1e-3,
-                                            fast_mode=True)
+            assert torch.autograd.gradcheck(
+                fn, inputs, eps=1e-2, atol=1e-3, rtol=1e-3, fast_mode=True
+            )
     if backend.name == "emu":
         assert any(e.startswith("conv_direct.cuh") for e in launches), launches
 
@@ -194,10 +221,10 @@ def test_double_backward_is_a_clear_error(backend):
     active = masks.unpack(bits.cpu(), tuple(w.shape))
     x_ref, w_ref = x.detach().cpu().requires_grad_(), w.detach().cpu().requires_grad_()
     y_ref = reference.masked_conv2d(x_ref, w_ref, active, **conv)
-    ref = torch.autograd.grad((y_ref ** 2).sum(), x_ref)
+    ref = torch.autograd.grad((y_ref**2).sum(), x_ref)
     with backend.context():
         y = functional.masked_conv2d(x, w, bits, **conv)
-        (dx,) = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)
+        (dx,) = torch.autograd.grad((y**2).sum(), x, create_graph=True)
         torch.testing.assert_close(dx.cpu(), ref[0])
         with pytest.raises(RuntimeError, match="cpg::masked_conv2d: double backward is not"):
             torch.autograd.grad(dx.pow(2).sum(), (x, w))
@@ -244,8 +271,7 @@ def test_tf32_switch_is_respected(backend, channels_last):
     tensor cores: 16 input channels take the tiled path, where TF32 gives other bits than
     exact fp32, within the TF32 bound; the input gradient likewise."""
     case = (2, 16, 7, 6, 16, 3, 1, 1, 1, 1)
-    x, w, bits, bias, gy, conv = conv_operands(case, torch.float32, backend.device,
-                                               channels_last)
+    x, w, bits, bias, gy, conv = conv_operands(case, torch.float32, backend.device, channels_last)
     ref = inference_oracle(x, w, bits, bias, conv)
     ref_dx = grad_input_oracle(gy, w, bits, x.shape, conv)
     conv_args = (conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
@@ -253,8 +279,9 @@ def test_tf32_switch_is_respected(backend, channels_last):
     def run():
         with backends.emulator_launches() as launches:
             y = backend.run(functional.masked_conv2d, x, w, bits, bias, **conv)
-            dx = backend.run(torch.ops.cpg.masked_conv2d_grad_input, gy, w, bits,
-                             list(x.shape), *conv_args)
+            dx = backend.run(
+                torch.ops.cpg.masked_conv2d_grad_input, gy, w, bits, list(x.shape), *conv_args
+            )
         return y, dx, {e.split(":")[0] for e in launches}
 
     torch.backends.cuda.matmul.allow_tf32 = True  # the linear switch: no effect on convs
@@ -269,8 +296,7 @@ def test_tf32_switch_is_respected(backend, channels_last):
     if backend.name != "cpu":  # the CPU path has no TF32
         assert not torch.equal(y, y_exact) and not torch.equal(dx, dx_exact)
     if backend.name == "emu":
-        assert "gemm_mma.cuh" in files and "gemm_mma.cuh" not in exact_files, (files,
-                                                                              exact_files)
+        assert "gemm_mma.cuh" in files and "gemm_mma.cuh" not in exact_files, (files, exact_files)
 
 
 # One case per variant and kernel path of the fused conv dispatcher (csrc/cuda/masked_conv.cu),
@@ -291,40 +317,77 @@ VARIANTS = {
     "3x3 C_in=3, K % 32 != 0 (simt)": ((2, 3, 7, 7, 12, 3, 1, 1, 1, 1), "tiled", "direct"),
     "3x3 stride 2, padding 0, odd sizes": ((2, 16, 15, 11, 16, 3, 2, 0, 1, 1), "tiled", "phases"),
     "3x3 stride 3: one tap per phase": ((3, 16, 14, 14, 16, 3, 3, 1, 1, 1), "tiled", "phases"),
-    "3x3 stride 2, dilation 2: phases no tap reaches":
-        ((2, 16, 13, 13, 16, 3, 2, 2, 2, 1), "tiled", "phases"),
+    "3x3 stride 2, dilation 2: phases no tap reaches": (
+        (2, 16, 13, 13, 16, 3, 2, 2, 2, 1),
+        "tiled",
+        "phases",
+    ),
     "3x3 dilation 2, padding 2": ((2, 16, 7, 6, 16, 3, 1, 2, 2, 1), "tiled", "tiled"),
-    "groups 2 (dx: simt for 16-bit, mma for tf32)":
-        ((2, 32, 5, 5, 24, 3, 1, 1, 1, 2), "tiled", "tiled"),
+    "groups 2 (dx: simt for 16-bit, mma for tf32)": (
+        (2, 32, 5, 5, 24, 3, 1, 1, 1, 2),
+        "tiled",
+        "tiled",
+    ),
     "narrow groups": ((2, 8, 5, 5, 8, 3, 1, 1, 1, 2), "direct", "direct"),
     "depthwise, groups = C": ((2, 6, 7, 7, 6, 3, 1, 1, 1, 6), "direct", "direct"),
     "1x1": ((3, 16, 5, 5, 16, 1, 1, 0, 1, 1), ("tiled", "linear"), ("tiled", "linear")),
     "1x1 stride 2": ((4, 16, 9, 7, 16, 1, 2, 0, 1, 1), "tiled", "phases"),
-    "7x7 stride 2, padding 3 (simt, tf32 mma)":
-        ((3, 4, 9, 9, 16, 7, 2, 3, 1, 1), "tiled", "direct"),
+    "7x7 stride 2, padding 3 (simt, tf32 mma)": (
+        (3, 4, 9, 9, 16, 7, 2, 3, 1, 1),
+        "tiled",
+        "direct",
+    ),
     "two row tiles: 154 pixels": ((2, 16, 11, 7, 16, 3, 1, 1, 1, 1), "tiled", "tiled"),
-    "one tile, 18 reduction stages (16-bit: split-K)":
-        ((2, 128, 7, 7, 16, 3, 1, 1, 1, 1), "tiled", "tiled"),
+    "one tile, 18 reduction stages (16-bit: split-K)": (
+        (2, 128, 7, 7, 16, 3, 1, 1, 1, 1),
+        "tiled",
+        "tiled",
+    ),
     "two column tiles: 136 output channels": ((3, 8, 5, 5, 136, 3, 1, 1, 1, 1), "tiled", "direct"),
-    "2x3 kernel, (h, w) stride (2, 1), padding (0, 2), dilation (1, 2)":
-        ((3, 16, 7, 8, 16, (2, 3), (2, 1), (0, 2), (1, 2), 1), "tiled", "phases"),
+    "2x3 kernel, (h, w) stride (2, 1), padding (0, 2), dilation (1, 2)": (
+        (3, 16, 7, 8, 16, (2, 3), (2, 1), (0, 2), (1, 2), 1),
+        "tiled",
+        "phases",
+    ),
     "late layer: 4x4 image, batch 1": ((1, 16, 4, 4, 24, 3, 1, 1, 1, 1), "unfolded", "unfolded"),
-    "late layer, stride 2: 49 pixels, 4 row groups":
-        ((1, 12, 13, 13, 20, 3, 2, 1, 1, 1), "unfolded", "unfolded"),
-    "late layer, 64 pixels (the unfolded limit)":
-        ((4, 16, 4, 4, 12, 3, 1, 1, 1, 1), "unfolded", "unfolded"),
-    "late layer, C_in=3, K unaligned, dilation 2":
-        ((1, 3, 6, 6, 12, 3, 1, 2, 2, 1), "unfolded", "direct"),
-    "late layer, 1x1 (NHWC: linear)":
-        ((1, 16, 5, 5, 16, 1, 1, 0, 1, 1), ("unfolded", "linear"), ("unfolded", "linear")),
-    "late layer, one pixel, 128 output channels: split reduction":
-        ((1, 16, 3, 3, 128, 3, 1, 0, 1, 1), "unfolded", "unfolded"),
-    "late layer, 2x3 kernel, (h, w) stride (2, 1), padding (0, 2), dilation (1, 2)":
-        ((1, 16, 7, 8, 16, (2, 3), (2, 1), (0, 2), (1, 2), 1), "unfolded", "unfolded"),
+    "late layer, stride 2: 49 pixels, 4 row groups": (
+        (1, 12, 13, 13, 20, 3, 2, 1, 1, 1),
+        "unfolded",
+        "unfolded",
+    ),
+    "late layer, 64 pixels (the unfolded limit)": (
+        (4, 16, 4, 4, 12, 3, 1, 1, 1, 1),
+        "unfolded",
+        "unfolded",
+    ),
+    "late layer, C_in=3, K unaligned, dilation 2": (
+        (1, 3, 6, 6, 12, 3, 1, 2, 2, 1),
+        "unfolded",
+        "direct",
+    ),
+    "late layer, 1x1 (NHWC: linear)": (
+        (1, 16, 5, 5, 16, 1, 1, 0, 1, 1),
+        ("unfolded", "linear"),
+        ("unfolded", "linear"),
+    ),
+    "late layer, one pixel, 128 output channels: split reduction": (
+        (1, 16, 3, 3, 128, 3, 1, 0, 1, 1),
+        "unfolded",
+        "unfolded",
+    ),
+    "late layer, 2x3 kernel, (h, w) stride (2, 1), padding (0, 2), dilation (1, 2)": (
+        (1, 16, 7, 8, 16, (2, 3), (2, 1), (0, 2), (1, 2), 1),
+        "unfolded",
+        "unfolded",
+    ),
 }
 # (dtype, tf32): fp32 exact and on TF32 tensor cores, and the 16-bit dtypes.
-PRECISIONS = [(torch.float32, False), (torch.float32, True), (torch.float16, False),
-              (torch.bfloat16, False)]
+PRECISIONS = [
+    (torch.float32, False),
+    (torch.float32, True),
+    (torch.float16, False),
+    (torch.bfloat16, False),
+]
 
 
 def conv_operands(case, dtype, device, channels_last, seed=0):
@@ -336,32 +399,44 @@ def conv_operands(case, dtype, device, channels_last, seed=0):
     bits = masks.pack(torch.rand(w.shape, generator=g) < 0.6).to(device)
     bias = torch.randn(n, generator=g).to(dtype).to(device)
     x = torch.randn(b, c, h, w_, generator=g).to(dtype)
-    ho, wo = ((size + 2 * pad[d] - dil[d] * (k[d] - 1) - 1) // stride[d] + 1
-              for d, size in enumerate((h, w_)))
+    ho, wo = (
+        (size + 2 * pad[d] - dil[d] * (k[d] - 1) - 1) // stride[d] + 1
+        for d, size in enumerate((h, w_))
+    )
     gy = torch.randn(b, n, ho, wo, generator=g).to(dtype)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x, gy = (t.to(device).contiguous(memory_format=fmt) for t in (x, gy))
-    conv = {"stride": list(stride), "padding": list(pad), "dilation": list(dil),
-            "groups": groups}
+    conv = {"stride": list(stride), "padding": list(pad), "dilation": list(dil), "groups": groups}
     return x, w, bits, bias, gy, conv
 
 
 def promised_layout(activation):
-    channels_last = (activation.is_contiguous(memory_format=torch.channels_last)
-                     and not activation.is_contiguous())
+    channels_last = (
+        activation.is_contiguous(memory_format=torch.channels_last)
+        and not activation.is_contiguous()
+    )
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
 # The CUDA source files whose kernels each path launches.
 PATH_FILES = {
     "direct": {"conv_direct.cuh"},
-    "unfolded": {"conv_unfolded.cuh", "gemm_stream.cuh", "gemm_small_batch.cuh",
-                 "gemm_small_batch_grad.cuh"},
+    "unfolded": {
+        "conv_unfolded.cuh",
+        "gemm_stream.cuh",
+        "gemm_small_batch.cuh",
+        "gemm_small_batch_grad.cuh",
+    },
     "tiled": {"gemm_mma.cuh", "gemm_simt.cuh", "gemm_split_k.cuh"},
     "phases": {"gemm_mma.cuh", "gemm_simt.cuh", "gemm_split_k.cuh", "conv_direct.cuh"},
-    "linear": {"gemm_stream.cuh", "gemm_small_batch.cuh", "gemm_small_batch_grad.cuh",
-               "gemm_mma.cuh",
-               "gemm_simt.cuh", "gemm_split_k.cuh"},
+    "linear": {
+        "gemm_stream.cuh",
+        "gemm_small_batch.cuh",
+        "gemm_small_batch_grad.cuh",
+        "gemm_mma.cuh",
+        "gemm_simt.cuh",
+        "gemm_split_k.cuh",
+    },
 }
 
 
@@ -380,8 +455,9 @@ def check_path(launches, path, channels_last, tensor_cores):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype,tf32", PRECISIONS,
-                         ids=[f"{str(d)[6:]}{'-tf32' if t else ''}" for d, t in PRECISIONS])
+@pytest.mark.parametrize(
+    "dtype,tf32", PRECISIONS, ids=[f"{str(d)[6:]}{'-tf32' if t else ''}" for d, t in PRECISIONS]
+)
 @pytest.mark.parametrize("variant", list(VARIANTS.values()), ids=list(VARIANTS))
 def test_every_conv_variant_forward_and_grad_input(backend, variant, dtype, tf32, channels_last):
     case, forward_path, grad_input_path = variant
@@ -390,8 +466,17 @@ def test_every_conv_variant_forward_and_grad_input(backend, variant, dtype, tf32
     with backends.emulator_launches() as forward_launches:
         y = backend.run(functional.masked_conv2d, x, w, bits, bias, **conv)
     with backends.emulator_launches() as grad_input_launches:
-        dx = backend.run(torch.ops.cpg.masked_conv2d_grad_input, gy, w, bits, list(x.shape),
-                         conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
+        dx = backend.run(
+            torch.ops.cpg.masked_conv2d_grad_input,
+            gy,
+            w,
+            bits,
+            list(x.shape),
+            conv["stride"],
+            conv["padding"],
+            conv["dilation"],
+            conv["groups"],
+        )
     ref_y = inference_oracle(x, w, bits, bias, conv)
     ref_dx = grad_input_oracle(gy, w, bits, x.shape, conv)
     assert y.dtype == dx.dtype == dtype
@@ -427,13 +512,13 @@ def test_conv_kernels_take_offset_views(backend):
 # task); pointwise NHWC is the linear multi-task GEMM; larger ones, and grouped ones, run a
 # conv per task.
 MULTITASK_CASES = [
-    (3, 1, 16, 4, 4, 24, 3, 1, 1, 1, 1, "unfolded"),     # 16 pixels a task
-    (4, 2, 8, 5, 5, 12, 3, 2, 1, 1, 1, "per task"),      # 2 images x 9 pixels = 18 > 16
-    (2, 1, 16, 3, 3, 20, 1, 1, 0, 1, 1, "unfolded"),     # 1x1 (NHWC: the linear GEMM)
+    (3, 1, 16, 4, 4, 24, 3, 1, 1, 1, 1, "unfolded"),  # 16 pixels a task
+    (4, 2, 8, 5, 5, 12, 3, 2, 1, 1, 1, "per task"),  # 2 images x 9 pixels = 18 > 16
+    (2, 1, 16, 3, 3, 20, 1, 1, 0, 1, 1, "unfolded"),  # 1x1 (NHWC: the linear GEMM)
     (2, 2, 16, 9, 7, 16, 3, 1, 1, 1, 1, "per task"),
-    (2, 1, 16, 6, 6, 16, 3, 1, 1, 2, 1, "unfolded"),     # dilation 2: 16 pixels a task
-    (2, 1, 16, 5, 5, 16, 3, 1, 1, 1, 2, "per task"),     # groups 2
-    (2, 1, 8, 7, 7, 8, 3, 2, 2, 2, 4, "per task"),       # groups 4, dilation 2, stride 2
+    (2, 1, 16, 6, 6, 16, 3, 1, 1, 2, 1, "unfolded"),  # dilation 2: 16 pixels a task
+    (2, 1, 16, 5, 5, 16, 3, 1, 1, 1, 2, "per task"),  # groups 2
+    (2, 1, 8, 7, 7, 8, 3, 2, 2, 2, 4, "per task"),  # groups 4, dilation 2, stride 2
 ]
 
 
@@ -441,8 +526,9 @@ def multitask_operands(case, dtype, device, channels_last):
     tasks, b, c, h, w_, n, k, stride, pad, dil, groups, _ = case
     g = torch.Generator().manual_seed(3)
     w = torch.randn(n, c // groups, k, k, generator=g).to(dtype).to(device)
-    bits = torch.stack([masks.pack(torch.rand(w.shape, generator=g) < 0.6)
-                        for _ in range(tasks)]).to(device)
+    bits = torch.stack(
+        [masks.pack(torch.rand(w.shape, generator=g) < 0.6) for _ in range(tasks)]
+    ).to(device)
     bias = torch.randn(n, generator=g).to(dtype).to(device)
     x = torch.randn(tasks * b, c, h, w_, generator=g).to(dtype)
     if channels_last:
@@ -454,8 +540,13 @@ def multitask_operands(case, dtype, device, channels_last):
 
 def multitask_oracle(bits, conv, grad_output=None):
     def all_tasks(x_, w_, b_):
-        return torch.stack([F.conv2d(x_[t], w_ * masks.unpack(bits[t].cpu(), tuple(w_.shape)),
-                                     b_, **conv) for t in range(bits.shape[0])])
+        return torch.stack(
+            [
+                F.conv2d(x_[t], w_ * masks.unpack(bits[t].cpu(), tuple(w_.shape)), b_, **conv)
+                for t in range(bits.shape[0])
+            ]
+        )
+
     return lambda x, w, b: oracle(all_tasks, [x, w, b], grad_output=grad_output)
 
 
@@ -520,7 +611,8 @@ def test_conv_multitask_gradients_match_per_task_ops():
     bits = torch.stack([masks.pack(torch.rand(w.shape) < 0.5) for _ in range(tasks)])
     assert torch.autograd.gradcheck(
         lambda x_, w_, b_: functional.masked_conv2d_multitask(x_, w_, bits, b_, padding=1),
-        (x, w, bias))
+        (x, w, bias),
+    )
 
 
 def test_conv_multitask_bad_arguments():

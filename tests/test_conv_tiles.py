@@ -5,6 +5,7 @@ bound, and the dispatch around them: which convs take them, which tile, which ke
 one-tap-per-stage tiles (conv_views.cuh ConvMmaView). Under the emulator the launch log names the
 tap-window launches ("gemm_mma.cuh:tap_window", 128 x 128; "gemm_mma.cuh:tap_window_n64",
 128 x 64) apart from the other tensor-core launches."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,8 +31,10 @@ CASES = {
     "a 64-channel layer": ((1, 64, 9, 9, 64, 1, 1, 1, 1), NARROW),
     "groups 2": ((2, 32, 5, 5, 32, 1, 1, 1, 2), NARROW),
     "stride 2": ((2, 16, 13, 13, 16, 2, 1, 1, 1), None),
-    "stride 2, dilation 2: one input-gradient phase takes all 9 taps":
-        ((2, 16, 13, 13, 16, 2, 2, 2, 1), NARROW),
+    "stride 2, dilation 2: one input-gradient phase takes all 9 taps": (
+        (2, 16, 13, 13, 16, 2, 2, 2, 1),
+        NARROW,
+    ),
     "unpadded, 8 input channels (dx: direct)": ((3, 8, 8, 7, 16, 1, 0, 1, 1), None),
 }
 # (dtype, tf32)
@@ -55,30 +58,47 @@ def operands(case, dtype, channels_last, seed=0, density=0.6):
 
 def grad_input(gy, w, bits, x_shape, conv):
     s, p, d = ([conv[k]] * 2 for k in ("stride", "padding", "dilation"))
-    return torch.ops.cpg.masked_conv2d_grad_input(gy, w, bits, list(x_shape), s, p, d,
-                                                  conv["groups"])
+    return torch.ops.cpg.masked_conv2d_grad_input(
+        gy, w, bits, list(x_shape), s, p, d, conv["groups"]
+    )
 
 
 def oracles(x, w, bits, bias, gy, conv):
     """The forward's and the input gradient's float64 oracles (value, magnitude, terms)."""
     active = masks.unpack(bits, tuple(w.shape)).double()
-    y, _ = oracle(lambda x_, w_, b_: torch.nn.functional.conv2d(x_, w_ * active, b_, **conv),
-                  [x, w, bias])
-    dx, _ = oracle(lambda g_, w_: torch.nn.grad.conv2d_input(x.shape, w_ * active, g_, **conv),
-                   [gy, w])
+    y, _ = oracle(
+        lambda x_, w_, b_: torch.nn.functional.conv2d(x_, w_ * active, b_, **conv), [x, w, bias]
+    )
+    dx, _ = oracle(
+        lambda g_, w_: torch.nn.grad.conv2d_input(x.shape, w_ * active, g_, **conv), [gy, w]
+    )
     return y, dx
 
 
 def planned(case, dtype, channels_last, grad, tf32):
     b, c, h, w_, n, stride, pad, dil, groups = case
     name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype, "float32")
-    return _C.plan_masked_conv2d(name, 1, [b, c, h, w_], n, [3, 3], [stride] * 2, [pad] * 2,
-                                 [dil] * 2, groups, channels_last, grad, tf32, EMULATOR_SMS)
+    return _C.plan_masked_conv2d(
+        name,
+        1,
+        [b, c, h, w_],
+        n,
+        [3, 3],
+        [stride] * 2,
+        [pad] * 2,
+        [dil] * 2,
+        groups,
+        channels_last,
+        grad,
+        tf32,
+        EMULATOR_SMS,
+    )
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype,tf32", PRECISIONS,
-                         ids=[f"{str(d)[6:]}{'-tf32' if t else ''}" for d, t in PRECISIONS])
+@pytest.mark.parametrize(
+    "dtype,tf32", PRECISIONS, ids=[f"{str(d)[6:]}{'-tf32' if t else ''}" for d, t in PRECISIONS]
+)
 @pytest.mark.parametrize("name", list(CASES))
 def test_tap_window_tiles_match_the_oracle(name, dtype, tf32, channels_last):
     case, grad_launch = CASES[name]
@@ -98,8 +118,9 @@ def test_tap_window_tiles_match_the_oracle(name, dtype, tf32, channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
     forward_launch = NARROW if case[4] // case[8] <= 64 else WIDE
-    assert set(forward_log) <= {forward_launch, SPLIT_REDUCE} and forward_launch in forward_log, \
+    assert set(forward_log) <= {forward_launch, SPLIT_REDUCE} and forward_launch in forward_log, (
         forward_log
+    )
     if grad_launch is None:
         assert not {WIDE, NARROW} & set(grad_log), grad_log
     else:
@@ -110,8 +131,12 @@ def test_tap_window_tiles_match_the_oracle(name, dtype, tf32, channels_last):
     # The plan query (what the performance model reads) names the same tiles.
     for grad, log in ((False, forward_log), (True, grad_log)):
         plan = planned(case, dtype, channels_last, grad, tf32)
-        window = [p for p in plan if p["kernel"].startswith("mma::masked_gemm_mma_kernel<")
-                  and "ConvWindowView" in p["kernel"]]
+        window = [
+            p
+            for p in plan
+            if p["kernel"].startswith("mma::masked_gemm_mma_kernel<")
+            and "ConvWindowView" in p["kernel"]
+        ]
         assert len(window) == log.count(WIDE) + log.count(NARROW), (plan, log)
         for p in window:
             assert p["params"]["tile_n"] == (64 if NARROW in log else 128), p
@@ -150,8 +175,9 @@ def test_split_reduction_of_a_deep_layer(name, dtype, tf32):
     assert_within_bound(out, ref_y if direction == "y" else ref_dx, (direction, name), tf32=tf32)
     plan = planned(case, dtype, True, direction == "dx", tf32)
     kernel = plan[0]["kernel"].replace("cpg::emu_kernels::", "")
-    assert kernel.startswith("mma::masked_gemm_mma_kernel<split_k::StageSplit<"
-                             "conv::ConvWindowView<"), kernel
+    assert kernel.startswith(
+        "mma::masked_gemm_mma_kernel<split_k::StageSplit<conv::ConvWindowView<"
+    ), kernel
     assert plan[0]["params"]["splits"] > 1, plan
 
 
@@ -161,8 +187,11 @@ def test_a_clear_bit_hides_nan_and_inf_weights():
     x, w, bits, bias, gy, conv = operands(case, torch.bfloat16, False, seed=2, density=0.5)
     hidden = ~masks.unpack(bits, w.shape)
     w = w.clone()
-    w[hidden] = torch.tensor([float("nan"), float("inf")]).to(w.dtype).repeat(
-        int(hidden.sum()) // 2 + 1)[: int(hidden.sum())]
+    w[hidden] = (
+        torch.tensor([float("nan"), float("inf")])
+        .to(w.dtype)
+        .repeat(int(hidden.sum()) // 2 + 1)[: int(hidden.sum())]
+    )
     with backends.emulated():
         y = functional.masked_conv2d(x, w, bits, bias, **conv)
         dx = grad_input(gy, w, bits, x.shape, conv)
@@ -194,12 +223,16 @@ def test_an_old_task_is_bit_exact_after_later_tasks_change_their_weights(channel
 # Convs that keep the one-tap-per-stage tiles: not 3x3, or the input gradient's input channels
 # not in whole 16-byte vectors (its W runs would cross rows; the forward of 12 or 17 has no
 # 16-byte vectors at all: simt).
-OTHER = [((2, 16, 7, 7, 16), 5, 2, "kernel"), ((2, 12, 6, 6, 16), 3, 1, None),
-         ((2, 17, 6, 6, 16), 3, 1, None)]
+OTHER = [
+    ((2, 16, 7, 7, 16), 5, 2, "kernel"),
+    ((2, 12, 6, 6, 16), 3, 1, None),
+    ((2, 17, 6, 6, 16), 3, 1, None),
+]
 
 
-@pytest.mark.parametrize("shape,k,pad,forward", OTHER,
-                         ids=["5x5", "12 input channels", "17 input channels"])
+@pytest.mark.parametrize(
+    "shape,k,pad,forward", OTHER, ids=["5x5", "12 input channels", "17 input channels"]
+)
 def test_other_convs_keep_the_one_tap_tiles(shape, k, pad, forward):
     b, c, h, w_, n = shape
     g = torch.Generator().manual_seed(3)
@@ -210,8 +243,9 @@ def test_other_convs_keep_the_one_tap_tiles(shape, k, pad, forward):
         y = functional.masked_conv2d(x, w, bits, padding=pad)
     gy = torch.randn(y.shape, generator=g).bfloat16()
     with backends.emulated(), backends.emulator_launches() as grad_log:
-        torch.ops.cpg.masked_conv2d_grad_input(gy, w, bits, list(x.shape), [1, 1], [pad, pad],
-                                               [1, 1], 1)
+        torch.ops.cpg.masked_conv2d_grad_input(
+            gy, w, bits, list(x.shape), [1, 1], [pad, pad], [1, 1], 1
+        )
     one_tap = {"gemm_mma.cuh:kernel", SPLIT_REDUCE}
     if forward is not None:
         assert forward_log[0] == "gemm_mma.cuh:" + forward, forward_log

@@ -1,4 +1,5 @@
 """convert(): swaps layers in place and leaves the network's outputs unchanged."""
+
 from __future__ import annotations
 
 import copy
@@ -12,16 +13,24 @@ from cpg_kernels.convert import convert
 from cpg_kernels.nn import CPGBatchNorm1d, CPGBatchNorm2d, CPGConv2d, CPGLinear, TaskHeads
 
 
-
 def _user_sequential() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 16),
-                         nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 5))
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Linear(16, 5),
+    )
 
 
 NETWORKS = [
-    pytest.param(lambda: models.vgg16_bn(10, width=1 / 16, hidden=32, pool=2), "classifier.6",
-                 id="vgg16_bn"),
+    pytest.param(
+        lambda: models.vgg16_bn(10, width=1 / 16, hidden=32, pool=2), "classifier.6", id="vgg16_bn"
+    ),
     pytest.param(lambda: models.resnet18(10, width=1 / 16), "fc", id="resnet18"),
     pytest.param(lambda: models.resnet50(10, width=1 / 16), "fc", id="resnet50"),
     pytest.param(_user_sequential, "8", id="sequential"),
@@ -47,8 +56,11 @@ def test_convert_leaves_outputs_unchanged(build, head):
     modules = dict(model.named_modules())
     assert isinstance(modules[head], TaskHeads)
     assert modules[head].template is modules[f"{head}.template"]
-    plain = [name for name, m in modules.items()
-             if type(m) in (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)]
+    plain = [
+        name
+        for name, m in modules.items()
+        if type(m) in (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
+    ]
     assert plain == [f"{head}.template"]
     # The CPG modules took over the parameters themselves; only the head moved.
     for name, p in model.named_parameters():
@@ -69,8 +81,9 @@ def test_convert_keeps_state_dict_keys_of_converted_layers():
 
 def test_convert_an_explicit_head_and_a_shared_layer():
     shared = nn.Conv2d(4, 4, 3, padding=1)
-    model = nn.Sequential(shared, nn.ReLU(), shared, nn.Flatten(), nn.Linear(64, 8),
-                          nn.Linear(8, 3))
+    model = nn.Sequential(
+        shared, nn.ReLU(), shared, nn.Flatten(), nn.Linear(64, 8), nn.Linear(8, 3)
+    )
     x = torch.randn(2, 4, 4, 4)
     expected = model(x)
     convert(model, head="4")

@@ -2,6 +2,7 @@
 AVX-512): against the float64 oracle and naive definitions at word edges and odd sizes,
 bit-for-bit across builds where the result is exact, and independent of threads and batch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,10 +57,11 @@ def _naive_pack(mask2d: torch.Tensor) -> torch.Tensor:
     padded[:, :k] = mask2d.long()
     weights = 2 ** torch.arange(32, dtype=torch.int64)
     packed = (padded.view(n, words, 32) * weights).sum(-1)
-    return torch.where(packed >= 2 ** 31, packed - 2 ** 32, packed).to(torch.int32)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
 
 
 # ------------------------------------------------------------------ element-wise
+
 
 @pytest.mark.parametrize("k", EDGE_K)
 def test_pack_unpack_match_the_format(isa, k):
@@ -83,8 +85,9 @@ def test_active_bits_follow_the_rule(isa, task, k, picks):
     elif picks == "pick_bits":
         picked = torch.rand(6, k, generator=gen) < 0.5
         kwargs = {"pick_bits": masks.pack(picked)}
-    expect = (owner == task) | ((owner > 0) & (owner < task) &
-                                (picked if picked is not None else True))
+    expect = (owner == task) | (
+        (owner > 0) & (owner < task) & (picked if picked is not None else True)
+    )
     bits = masks.active_bits(owner, task, **kwargs)
     assert torch.equal(masks.unpack(bits, k), expect)
     assert torch.equal(bits, _naive_pack(expect))  # padding bits stay zero
@@ -135,8 +138,12 @@ def test_element_wise_results_are_the_same_bits_on_every_build():
 
     def run():
         bits = masks.active_bits(owner, 4, mask=mask)
-        return (bits, masks.unpack(bits, 333), masks.apply_bits(w, bits),
-                *torch.ops.cpg.grad_epilogue(g, w.bfloat16(), owner, 4, True))
+        return (
+            bits,
+            masks.unpack(bits, 333),
+            masks.apply_bits(w, bits),
+            *torch.ops.cpg.grad_epilogue(g, w.bfloat16(), owner, 4, True),
+        )
 
     results = []
     for name in ISAS:
@@ -168,9 +175,15 @@ def test_element_wise_ops_split_across_threads_alike(isa):
 
     def run():
         bits = masks.active_bits(owner, task, mask=mask, threshold=THRESHOLD)
-        return (bits, masks.pack(active), masks.unpack(bits, shape[1]), masks.apply_bits(w, bits),
-                *torch.ops.cpg.grad_epilogue(g, w, owner, task, True),
-                masks.owner_counts(owner.flatten()), torch.ops.cpg.count_bits(bits))
+        return (
+            bits,
+            masks.pack(active),
+            masks.unpack(bits, shape[1]),
+            masks.apply_bits(w, bits),
+            *torch.ops.cpg.grad_epilogue(g, w, owner, task, True),
+            masks.owner_counts(owner.flatten()),
+            torch.ops.cpg.count_bits(bits),
+        )
 
     with threads(1):
         one = run()
@@ -178,10 +191,16 @@ def test_element_wise_ops_split_across_threads_alike(isa):
         two = run()
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
     pickable = (owner > 0) & (owner < task)
-    expect = (_naive_pack(active), _naive_pack(active), active,
-              torch.where(active, w, torch.zeros(())), torch.where(owner == task, g, 0.0),
-              torch.where(pickable, g * w, 0.0),
-              torch.bincount(owner.flatten().long(), minlength=256), active.sum(1))
+    expect = (
+        _naive_pack(active),
+        _naive_pack(active),
+        active,
+        torch.where(active, w, torch.zeros(())),
+        torch.where(owner == task, g, 0.0),
+        torch.where(pickable, g * w, 0.0),
+        torch.bincount(owner.flatten().long(), minlength=256),
+        active.sum(1),
+    )
     for got, want in zip(one, expect, strict=True):
         assert torch.equal(got, want)
 
@@ -196,7 +215,7 @@ LINEAR_K = (1, 31, 32, 33, 63, 64, 65, 100)
 def _linear_case(rows, n, k, dtype, seed, bias=True):
     gen = _gen(seed)
     x = torch.randn(rows, k, generator=gen).to(dtype)
-    w = (torch.randn(n, k, generator=gen) * k ** -0.5).to(dtype)
+    w = (torch.randn(n, k, generator=gen) * k**-0.5).to(dtype)
     b = torch.randn(n, generator=gen).to(dtype) if bias else None
     active = torch.rand(n, k, generator=gen) < 0.6
     return x, w, b, active
@@ -244,8 +263,11 @@ def test_chunked_linear_matches_the_oracle(isa, dtype, k, tile_rows):
         x, w, b, active = _linear_case(rows, 13, k, dtype, rows + k)
         dy = torch.randn(rows, 13, generator=_gen(k + 1)).to(dtype)
         bits = masks.pack(active)
-        tile = contextlib.nullcontext() if tile_rows is None else backends.decode_tile_elements(
-            tile_rows * k)
+        tile = (
+            contextlib.nullcontext()
+            if tile_rows is None
+            else backends.decode_tile_elements(tile_rows * k)
+        )
         with tile:
             y = functional.masked_linear(x, w, bits, b)
             dx = torch.ops.cpg.masked_linear_grad_input(dy, w, bits)
@@ -287,9 +309,10 @@ def test_small_batch_results_do_not_depend_on_threads_or_batch(isa):
     assert torch.equal(y1, y2) and torch.equal(dx1, dx2)
     # A row's output is the same alone as inside a batch (up to the small-batch limit).
     for m in (0, 3, 6):
-        assert torch.equal(functional.masked_linear(x[m:m + 1], w, bits, b), y1[m:m + 1])
-        assert torch.equal(torch.ops.cpg.masked_linear_grad_input(dy[m:m + 1], w, bits),
-                           dx1[m:m + 1])
+        assert torch.equal(functional.masked_linear(x[m : m + 1], w, bits, b), y1[m : m + 1])
+        assert torch.equal(
+            torch.ops.cpg.masked_linear_grad_input(dy[m : m + 1], w, bits), dx1[m : m + 1]
+        )
 
 
 def test_training_step_matches_the_oracle(isa):
@@ -324,16 +347,22 @@ def test_chunked_conv_matches_the_oracle(isa, dtype, tile_rows):
     b = torch.randn(10, generator=gen).to(dtype)
     img = torch.randn(2, 3, 9, 9, generator=gen).to(dtype)
     gy = torch.randn(2, 10, 5, 5, generator=gen).to(dtype)
-    tile = contextlib.nullcontext() if tile_rows is None else backends.decode_tile_elements(
-        tile_rows * 27)
+    tile = (
+        contextlib.nullcontext()
+        if tile_rows is None
+        else backends.decode_tile_elements(tile_rows * 27)
+    )
     with tile:
         y = functional.masked_conv2d(img, w, bits, b, stride=2, padding=1)
-        dx = torch.ops.cpg.masked_conv2d_grad_input(gy, w, bits, list(img.shape),
-                                                    [2, 2], [1, 1], [1, 1], 1)
-    ref, _ = oracle(lambda x_, w_, b_: reference.masked_conv2d(x_, w_, active, b_, 2, 1),
-                    [img, w, b])
-    ref_dx, _ = oracle(lambda g_, w_: torch.nn.grad.conv2d_input(img.shape, w_ * active, g_, 2,
-                                                                 1), [gy, w])
+        dx = torch.ops.cpg.masked_conv2d_grad_input(
+            gy, w, bits, list(img.shape), [2, 2], [1, 1], [1, 1], 1
+        )
+    ref, _ = oracle(
+        lambda x_, w_, b_: reference.masked_conv2d(x_, w_, active, b_, 2, 1), [img, w, b]
+    )
+    ref_dx, _ = oracle(
+        lambda g_, w_: torch.nn.grad.conv2d_input(img.shape, w_ * active, g_, 2, 1), [gy, w]
+    )
     assert y.dtype == dtype and dx.dtype == dtype
     assert_within_bound(y, ref, ("y", isa, dtype))
     if _C.cpu_library_dtype(dtype) != dtype:  # widened: one rounding of fp32 sums
@@ -350,12 +379,15 @@ def test_avx2_and_avx512_dot_products_give_the_same_bits():
     out = {}
     for name in ("avx2", "avx512"):
         with cpu_isa(name):
-            out[name] = (functional.masked_linear(x, w, bits, b),
-                         torch.ops.cpg.masked_linear_grad_input(dy, w, bits))
+            out[name] = (
+                functional.masked_linear(x, w, bits, b),
+                torch.ops.cpg.masked_linear_grad_input(dy, w, bits),
+            )
     assert all(torch.equal(a, b) for a, b in zip(out["avx2"], out["avx512"], strict=True))
 
 
 # ---------------------------------------------------------------------- selection
+
 
 def test_isa_selection():
     assert ISAS[0] == "scalar" and _C.cpu_isa() in ISAS
@@ -367,7 +399,12 @@ def test_isa_selection():
 
 def test_aten_cpu_capability_caps_the_choice():
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
-    out = subprocess.run([sys.executable, "-c", "from cpg_kernels import _C; print(_C.cpu_isa())"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", "from cpg_kernels import _C; print(_C.cpu_isa())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "scalar"

@@ -1,4 +1,5 @@
 """Task sequences: the embedded digits, CIFAR-100 from its files, image folders, synthetic."""
+
 from __future__ import annotations
 
 import pickle
@@ -8,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from cpg_kernels.data import (cifar100_tasks, digits_tasks, folder_tasks, load_tasks,
-                              permuted_digits_tasks, synthetic_tasks, transformed_digits_tasks)
+from cpg_kernels.data import (
+    cifar100_tasks,
+    digits_tasks,
+    folder_tasks,
+    load_tasks,
+    permuted_digits_tasks,
+    synthetic_tasks,
+    transformed_digits_tasks,
+)
 from cpg_kernels.data.tasks import stratified_split
 
 
@@ -23,10 +31,16 @@ def _inputs(dataset) -> torch.Tensor:
 
 # --------------------------------------------------------------------- digits
 
+
 def test_digits_are_five_balanced_two_class_tasks():
     tasks = digits_tasks()
-    assert [t.classes for t in tasks] == [("0", "1"), ("2", "3"), ("4", "5"), ("6", "7"),
-                                          ("8", "9")]
+    assert [t.classes for t in tasks] == [
+        ("0", "1"),
+        ("2", "3"),
+        ("4", "5"),
+        ("6", "7"),
+        ("8", "9"),
+    ]
     total = 0
     for task in tasks:
         assert task.num_classes == 2 and task.input_shape == (1, 8, 8)
@@ -72,9 +86,14 @@ def test_permuted_digits_are_ten_ten_class_tasks_each_in_its_own_pixel_order():
 
 def test_transformed_digits_are_six_ten_class_tasks_under_their_transforms():
     tasks = transformed_digits_tasks(seed=0)
-    assert [t.name for t in tasks] == ["digits upright", "digits rotated 90",
-                                       "digits upside down", "digits inverted",
-                                       "digits blurred", "digits noisy"]
+    assert [t.name for t in tasks] == [
+        "digits upright",
+        "digits rotated 90",
+        "digits upside down",
+        "digits inverted",
+        "digits blurred",
+        "digits noisy",
+    ]
     upright = tasks[0].test.images
     assert torch.equal(tasks[1].test.images, torch.rot90(upright, 1, (2, 3)))
     assert torch.equal(tasks[2].test.images, upright.flip(2))
@@ -96,6 +115,7 @@ def test_stratified_split_keeps_every_class_in_proportion():
 
 # ------------------------------------------------------------------- CIFAR-100
 
+
 def _fake_cifar(root, per_class_train: int = 2, per_class_test: int = 1) -> None:
     """The cifar-100-python files with a few random images per class.
 
@@ -109,13 +129,21 @@ def _fake_cifar(root, per_class_train: int = 2, per_class_test: int = 1) -> None
     rng = np.random.default_rng(0)
     for part, count in (("train", per_class_train), ("test", per_class_test)):
         fine = np.repeat(np.arange(100), count)
-        data = {b"data": rng.integers(0, 256, (len(fine), 3072), dtype=np.uint8),
-                b"fine_labels": fine.tolist(), b"coarse_labels": (fine // 5).tolist()}
+        data = {
+            b"data": rng.integers(0, 256, (len(fine), 3072), dtype=np.uint8),
+            b"fine_labels": fine.tolist(),
+            b"coarse_labels": (fine // 5).tolist(),
+        }
         with open(folder / part, "wb") as f:
             pickle.dump(data, f)
     with open(folder / "meta", "wb") as f:
-        pickle.dump({b"fine_label_names": [n.encode() for n in fine_names],
-                     b"coarse_label_names": [n.encode() for n in coarse_names]}, f)
+        pickle.dump(
+            {
+                b"fine_label_names": [n.encode() for n in fine_names],
+                b"coarse_label_names": [n.encode() for n in coarse_names],
+            },
+            f,
+        )
 
 
 def test_cifar100_gives_the_papers_twenty_superclass_tasks(tmp_path):
@@ -141,6 +169,7 @@ def test_cifar100_missing_says_what_to_fetch(tmp_path):
 
 # ---------------------------------------------------------------- image folder
 
+
 def test_folder_tasks_need_pillow(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now fails
     with pytest.raises(RuntimeError, match="pip install pillow"):
@@ -160,8 +189,10 @@ def test_folder_tasks_read_the_papers_layout(tmp_path):
                     pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
                     image.fromarray(pixels).save(folder / f"{i}.png")
     tasks = folder_tasks(tmp_path, val_fraction=0.2, image_size=8)
-    assert [(t.name, t.classes) for t in tasks] == [("a_first", ("cat", "dog")),
-                                                   ("b_second", ("x", "y", "z"))]
+    assert [(t.name, t.classes) for t in tasks] == [
+        ("a_first", ("cat", "dog")),
+        ("b_second", ("x", "y", "z")),
+    ]
     first = tasks[0]
     assert (len(first.train), len(first.val), len(first.test)) == (8, 2, 4)
     assert first.input_shape == (3, 8, 8) and first.test[0][0].shape == (3, 8, 8)
@@ -181,6 +212,7 @@ def test_folder_tasks_explain_a_wrong_layout(tmp_path):
 
 # ------------------------------------------------------------------ synthetic
 
+
 def test_synthetic_tasks_are_seeded_and_sized():
     tasks = synthetic_tasks(num_tasks=2, classes=3, shape=(4,), train=30, val=9, test=6, seed=1)
     assert [len(t.train) for t in tasks] == [30, 30] and tasks[0].num_classes == 3
@@ -193,6 +225,7 @@ def test_synthetic_tasks_are_seeded_and_sized():
 
 
 # ------------------------------------------------------------------ load_tasks
+
 
 def test_load_tasks_by_name(tmp_path):
     assert len(load_tasks("digits", num_tasks=2)) == 2

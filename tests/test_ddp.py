@@ -1,4 +1,5 @@
 """DistributedDataParallel on CPU: two gloo processes learn tasks in lock step."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,10 @@ import torch.multiprocessing as mp
 sys.path.insert(0, os.path.dirname(__file__))
 import ddp_worker  # noqa: E402  (importable by name in the spawned processes)
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 
 
 def _free_port() -> int:

@@ -22,8 +22,7 @@ SOURCE = "tests/emu/test_emulator.cpp"
 
 
 def _run(cmd, timeout, env=None):
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                            env=env)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     if result.returncode != 0:
         pytest.fail(
             f"{' '.join(map(str, cmd))} exited with {result.returncode}\n"
@@ -41,23 +40,45 @@ COMPILE_AND_RUN = pytest.mark.timeout(900)
 # One build serves both tests: the emulator's checks run under ASan and UBSan (which also
 # proves its fiber switches raise no false report), and the out-of-bounds read is caught.
 # (The plain build of runtime.cpp runs in every emulator op test, inside the extension.)
-SANITIZERS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-              "-fno-omit-frame-pointer", "-g"]
+SANITIZERS = [
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=undefined",
+    "-fno-omit-frame-pointer",
+    "-g",
+]
 
 
 @pytest.fixture(scope="module")
 def sanitized_build(tmp_path_factory):
     exe = tmp_path_factory.mktemp("asan") / "test_emulator_asan"
-    _run(["c++", "-std=c++17", "-O1", "-pthread", *SANITIZERS, "-DCPG_EMU", "-I", "csrc",
-          "csrc/emu/runtime.cpp", SOURCE, "-o", exe], timeout=300)
+    _run(
+        [
+            "c++",
+            "-std=c++17",
+            "-O1",
+            "-pthread",
+            *SANITIZERS,
+            "-DCPG_EMU",
+            "-I",
+            "csrc",
+            "csrc/emu/runtime.cpp",
+            SOURCE,
+            "-o",
+            exe,
+        ],
+        timeout=300,
+    )
     return exe
 
 
 def _sanitizer_env():
     # The emulator's fibers leak nothing, but leak checking needs ptrace (absent in some
     # sandboxes); halt at the first report, whichever sanitizer makes it.
-    return {**os.environ, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
-            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    return {
+        **os.environ,
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
+        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+    }
 
 
 @COMPILE_AND_RUN
@@ -68,8 +89,14 @@ def test_emulator(sanitized_build):
 
 @COMPILE_AND_RUN
 def test_sanitizer_catches_out_of_bounds_global_read(sanitized_build):
-    result = subprocess.run([sanitized_build, "--out-of-bounds-global-read"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120, env=_sanitizer_env())
+    result = subprocess.run(
+        [sanitized_build, "--out-of-bounds-global-read"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_sanitizer_env(),
+    )
     assert "NOT CAUGHT" not in result.stdout, result.stdout
     assert result.returncode != 0
     report = result.stderr
@@ -92,8 +119,10 @@ def cuda_build(tmp_path_factory):
     if nvcc is None:
         pytest.skip("nvcc not found")
     exe = tmp_path_factory.mktemp("cuda") / "test_emulator_cuda"
-    _run([nvcc, "-std=c++17", "-arch=sm_90", "-O1", "-I", "csrc", "-x", "cu", SOURCE, "-o", exe],
-         timeout=300)
+    _run(
+        [nvcc, "-std=c++17", "-arch=sm_90", "-O1", "-I", "csrc", "-x", "cu", SOURCE, "-o", exe],
+        timeout=300,
+    )
     return exe
 
 
@@ -112,8 +141,10 @@ def test_same_tests_pass_on_gpu(cuda_build):
     _run([cuda_build], timeout=120)
 
 
-@pytest.mark.skipif(not os.environ.get("CPG_SANITIZED_EMULATOR"),
-                    reason="only in the run of scripts/sanitized_emulator.sh")
+@pytest.mark.skipif(
+    not os.environ.get("CPG_SANITIZED_EMULATOR"),
+    reason="only in the run of scripts/sanitized_emulator.sh",
+)
 def test_sanitized_run_checks_the_library_kernels():
     """In the sanitizer step, the extension's emulated launches run in the preloaded sanitized
     library (its launch counter moves), whose runtime refuses kernels compiled elsewhere: so

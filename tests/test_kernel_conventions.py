@@ -2,6 +2,7 @@
 not plain C++ goes through csrc/cuda/portability.h, so that the same source builds for the GPU
 and for the CPU emulator. A kernel that wrote a bare CUDA construct would compile with nvcc and
 silently drop out of the emulator's coverage, or fail to build there."""
+
 from __future__ import annotations
 
 import pathlib
@@ -27,8 +28,9 @@ FORBIDDEN = {
 
 
 def _sources():
-    return sorted(p for p in CUDA_DIR.iterdir()
-                  if p.suffix in (".cu", ".cuh", ".h") and p != CONTRACT)
+    return sorted(
+        p for p in CUDA_DIR.iterdir() if p.suffix in (".cu", ".cuh", ".h") and p != CONTRACT
+    )
 
 
 def _code(path: pathlib.Path) -> str:
@@ -47,5 +49,11 @@ def test_kernel_source_uses_only_the_portability_layer(path):
 
 def test_the_scan_sees_every_kernel_file():
     names = {p.name for p in _sources()}
-    assert {"masked_gemm.cu", "masked_conv.cu", "elementwise.cu", "gemm_mma.cuh",
-            "conv_views.cuh", "gemm_split_k.cuh"} <= names
+    assert {
+        "masked_gemm.cu",
+        "masked_conv.cu",
+        "elementwise.cu",
+        "gemm_mma.cuh",
+        "conv_views.cuh",
+        "gemm_split_k.cuh",
+    } <= names

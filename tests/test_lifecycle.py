@@ -1,4 +1,5 @@
 """The task lifecycle on whole networks: exact unforgetting through tasks, growth, forgetting."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,6 @@ from cpg_kernels import models
 from cpg_kernels.convert import convert
 from cpg_kernels.masks import unpack
 from cpg_kernels.nn import CPGConv2d, CPGModule
-
 
 BUILDERS = {
     "vgg16_bn": lambda: models.vgg16_bn(10, width=1 / 16, hidden=16, pool=1),
@@ -38,8 +38,9 @@ def _train(model: nn.Module, x, y, steps: int = 2, optimizer=None) -> None:
         optimizer.step()
 
 
-def _learn(model: nn.Module, t: int, classes: int = 4, sparsity: float = 0.5,
-           picking: bool = True) -> None:
+def _learn(
+    model: nn.Module, t: int, classes: int = 4, sparsity: float = 0.5, picking: bool = True
+) -> None:
     """Learn task ``t`` by hand: train, prune, retrain, finalize.
 
     A few steps barely move picking masks, so a third of each mask is pushed
@@ -74,6 +75,7 @@ def _assert_unchanged(model: nn.Module, records: dict, x) -> None:
 
 # ----------------------------------------------------------------- unforgetting
 
+
 @pytest.mark.parametrize("name", ["vgg16_bn", "resnet18"])
 def test_old_tasks_stay_bit_exact_after_later_tasks(name):
     model = _network(name)
@@ -101,6 +103,7 @@ def test_packnet_picks_every_older_weight():
 
 # ----------------------------------------------------------------- optimizer rule
 
+
 def _second_task():
     """A network that finished task 1 and began task 2, with a snapshot of each layer's
     weight and of the entries task 2 must not move."""
@@ -113,10 +116,14 @@ def _second_task():
     return model, x, y, layers, frozen
 
 
-@pytest.mark.parametrize("optimizer_class,options", [
-    (torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
-    (torch.optim.Adam, dict(lr=1e-3)),
-], ids=["sgd", "adam"])
+@pytest.mark.parametrize(
+    "optimizer_class,options",
+    [
+        (torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
+        (torch.optim.Adam, dict(lr=1e-3)),
+    ],
+    ids=["sgd", "adam"],
+)
 def test_optimizer_moves_only_the_training_tasks_weights(optimizer_class, options):
     model, x, y, layers, frozen = _second_task()
     optimizer = L.make_optimizer(model, optimizer_class, weight_decay=5e-4, **options)
@@ -134,8 +141,9 @@ def test_separate_optimizers_for_weights_and_masks():
     """The paper's pairing: SGD with momentum and decay for weights, Adam for masks."""
     model, x, y, layers, frozen = _second_task()
     masks_before = {name: layer.mask.detach().clone() for name, layer in layers}
-    sgd = torch.optim.SGD(L.param_groups(model, 5e-4, parts=("weights", "own")), lr=0.05,
-                          momentum=0.9)
+    sgd = torch.optim.SGD(
+        L.param_groups(model, 5e-4, parts=("weights", "own")), lr=0.05, momentum=0.9
+    )
     L.guard_optimizer(sgd, model)
     adam = torch.optim.Adam(L.param_groups(model, parts=("masks",)), lr=1e-3)
     L.guard_optimizer(adam, model)
@@ -186,19 +194,22 @@ def test_guard_refuses_stale_or_decaying_optimizers():
 
 
 def test_param_groups_refuse_unconverted_parameters():
-    model = convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(),
-                                  nn.Linear(4 * 30 * 30, 5)))
+    model = convert(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 30 * 30, 5)
+        )
+    )
     L.begin_task(model, 1, num_classes=2)
     with pytest.raises(ValueError, match=r"1\.weight, 1\.bias"):
         L.param_groups(model)
     model[1].requires_grad_(False)
     groups = L.param_groups(model, weight_decay=1e-4)
-    assert [(g["cpg_part"], g["weight_decay"]) for g in groups] == [("weights", 0.0),
-                                                                     ("own", 1e-4)]
+    assert [(g["cpg_part"], g["weight_decay"]) for g in groups] == [("weights", 0.0), ("own", 1e-4)]
     assert groups[0]["cpg_weight_decay"] == 1e-4
 
 
 # ------------------------------------------------------------------ lifecycle steps
+
 
 def test_prune_and_finalize():
     model = _network()
@@ -259,6 +270,7 @@ def test_begin_task_checks_ids_and_model():
 
 # ---------------------------------------------------------------------- growth
 
+
 @pytest.mark.parametrize("name", ["vgg16_bn", "resnet18", "resnet50"])
 def test_growth_keeps_old_tasks_exact(name):
     model = _network(name)
@@ -274,7 +286,7 @@ def test_growth_keeps_old_tasks_exact(name):
 
     _learn(model, 3)  # the new channels are free: task 3 takes them
     first_name, first = L.masked_layers(model)[0]
-    new = first.owner[widths[first_name]:]
+    new = first.owner[widths[first_name] :]
     assert bool(((new == 0) | (new == 3)).all()) and bool((new == 3).any())
     records[3] = _record(model, 3, x)
     L.begin_task(model, 4, num_classes=2)  # and growth in the middle of a task
@@ -317,12 +329,23 @@ class _Branchy(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-@pytest.mark.parametrize("build,message", [
-    (_Concat, "cat"),
-    (lambda: nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(),
-                           nn.Linear(4 * 30 * 30, 2)), "grouped convolution 1"),
-    (_Branchy, "torch.fx"),
-], ids=["cat", "groups", "untraceable"])
+@pytest.mark.parametrize(
+    "build,message",
+    [
+        (_Concat, "cat"),
+        (
+            lambda: nn.Sequential(
+                nn.Conv2d(3, 4, 1),
+                nn.Conv2d(4, 4, 3, groups=2),
+                nn.Flatten(),
+                nn.Linear(4 * 30 * 30, 2),
+            ),
+            "grouped convolution 1",
+        ),
+        (_Branchy, "torch.fx"),
+    ],
+    ids=["cat", "groups", "untraceable"],
+)
 def test_growth_names_what_cannot_grow(build, message):
     model = convert(build())
     shapes = [p.shape for p in model.parameters()]
@@ -335,6 +358,7 @@ def test_growth_names_what_cannot_grow(build, message):
 
 # -------------------------------------------------------------------- forgetting
 
+
 def test_forget_releases_only_what_no_other_task_uses():
     model = _network()
     x, _ = _batch(seed=99)
@@ -344,8 +368,10 @@ def test_forget_releases_only_what_no_other_task_uses():
             L.grow(model, 1.5)  # tasks of different widths
     records = {t: _record(model, t, x) for t in (1, 3)}
     layers = L.masked_layers(model)
-    kept = {name: (layer.owner == 2) & unpack(layer.bits_3, layer.weight.shape)
-            for name, layer in layers}
+    kept = {
+        name: (layer.owner == 2) & unpack(layer.bits_3, layer.weight.shape)
+        for name, layer in layers
+    }
     released = {name: (layer.owner == 2) & ~kept[name] for name, layer in layers}
     L.forget_task(model, 2)
 
@@ -370,6 +396,7 @@ def test_forget_releases_only_what_no_other_task_uses():
 
 
 # ------------------------------------------------------------------------ export
+
 
 def test_export_task_is_a_plain_network_computing_the_task():
     model = _network("vgg16_bn")

@@ -3,6 +3,7 @@
 Every comparison with the oracle holds each element to the rounding bound of
 cpg_kernels.testing (its error against u_out |ref| + the fp32 accumulation of its terms).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -15,8 +16,15 @@ from cpg_kernels.testing import assert_within_bound, oracle, random_mask, random
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (batch shape, out_features N, in_features K): odd sizes, K % 32 != 0, N = 1, batch 1.
-CASES = [((1,), 1, 1), ((1,), 7, 33), ((5,), 16, 64), ((3,), 9, 100), ((2, 3), 5, 31),
-         ((17,), 33, 70), ((40,), 70, 96)]
+CASES = [
+    ((1,), 1, 1),
+    ((1,), 7, 33),
+    ((5,), 16, 64),
+    ((3,), 9, 100),
+    ((2, 3), 5, 31),
+    ((17,), 33, 70),
+    ((40,), 70, 96),
+]
 SMALL_CASES = CASES[:5]
 
 
@@ -46,15 +54,28 @@ def check_training(backend, x, w, owner, task, mask, bias, gy, what, threshold=N
     # The ops compare the float32 mask with the threshold as a float32; the oracle runs in
     # float64, so it gets the threshold rounded to float32, which decides alike.
     ref_kw = {} if threshold is None else {"threshold": float(torch.tensor(threshold).float())}
-    leaves = [None if t is None else t.detach().clone().requires_grad_()
-              for t in (x, w, mask, bias)]
-    y = backend.run(functional.cpg_linear, leaves[0], leaves[1], owner, task, mask=leaves[2],
-                    bias=leaves[3], **kw)
+    leaves = [
+        None if t is None else t.detach().clone().requires_grad_() for t in (x, w, mask, bias)
+    ]
+    y = backend.run(
+        functional.cpg_linear,
+        leaves[0],
+        leaves[1],
+        owner,
+        task,
+        mask=leaves[2],
+        bias=leaves[3],
+        **kw,
+    )
     backend.run(y.backward, gy)
     ref, (gx, gw, gb, gm) = oracle(
-        lambda x_, w_, b_, m_: reference.linear(x_, w_, owner.cpu(), task, mask=m_, bias=b_,
-                                                **ref_kw),
-        [x, w, bias], [mask], grad_output=gy)
+        lambda x_, w_, b_, m_: reference.linear(
+            x_, w_, owner.cpu(), task, mask=m_, bias=b_, **ref_kw
+        ),
+        [x, w, bias],
+        [mask],
+        grad_output=gy,
+    )
     assert y.shape == ref.value.shape and y.dtype == dtype
     assert_within_bound(y, ref, ("y", what))
     assert_within_bound(leaves[0].grad, gx, ("dx", what))
@@ -98,8 +119,9 @@ def test_training_forward_and_backward(backend, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pick_all_forward_and_backward(backend, dtype):
     """mask=None picks every older weight (PackNet, PAE): forward and gradients."""
-    cases = [(3, 9, 40), (20, 24, 64)] if backend.small else [(3, 9, 40), (20, 24, 64),
-                                                               (40, 33, 100)]
+    cases = (
+        [(3, 9, 40), (20, 24, 64)] if backend.small else [(3, 9, 40), (20, 24, 64), (40, 33, 100)]
+    )
     for m, n, k in cases:
         w, owner, _, bias = make_layer(n, k, dtype, backend.device)
         x = torch.randn(m, k).to(dtype).to(backend.device)
@@ -127,12 +149,19 @@ def test_owner_and_task_ids_past_127(backend, task):
 def threshold_mask(shape, threshold, generator):
     """Picking-mask entries exactly at the threshold, one float step either side, and far."""
     at = torch.tensor(threshold, dtype=torch.float32)
-    choices = torch.stack([at, torch.nextafter(at, torch.tensor(1.0)),
-                           torch.nextafter(at, torch.tensor(0.0)), at * 0.1, at * 10])
+    choices = torch.stack(
+        [
+            at,
+            torch.nextafter(at, torch.tensor(1.0)),
+            torch.nextafter(at, torch.tensor(0.0)),
+            at * 0.1,
+            at * 10,
+        ]
+    )
     return choices[torch.randint(0, 5, shape, generator=generator)]
 
 
-@pytest.mark.parametrize("threshold", [0.3, 2.0 ** -7])
+@pytest.mark.parametrize("threshold", [0.3, 2.0**-7])
 def test_threshold_other_than_the_default(backend, threshold):
     """``mask > threshold`` picks, for any threshold: entries equal to it are not picked."""
     n, k, m = 9, 40, 5
@@ -192,8 +221,9 @@ def multitask_backward(backend, dtype):
     actives = [masks.unpack(bits[t].cpu(), (n, k)) for t in range(tasks)]
 
     def all_tasks(x_, w_, b_):
-        return torch.stack([reference.masked_linear(x_[t], w_, actives[t], b_)
-                            for t in range(tasks)])
+        return torch.stack(
+            [reference.masked_linear(x_[t], w_, actives[t], b_) for t in range(tasks)]
+        )
 
     ref, (gx, gw, gb) = oracle(all_tasks, [x, w, bias], grad_output=gy)
     assert_within_bound(y, ref, "y")
@@ -224,7 +254,8 @@ def test_multitask_gradients_match_per_task_ops():
     x = torch.randn(tasks, 4, k, dtype=torch.float64, requires_grad=True)
     bits = torch.stack([masks.pack(torch.rand(n, k) < 0.5) for _ in range(tasks)])
     assert torch.autograd.gradcheck(
-        lambda x_, w_: functional.masked_linear_multitask(x_, w_, bits), (x, w))
+        lambda x_, w_: functional.masked_linear_multitask(x_, w_, bits), (x, w)
+    )
 
 
 def without_frozen_weights(owner, task):
@@ -270,8 +301,9 @@ def test_gradcheck_float32_fused_kernels(backend):
     with backend.context(), backends.emulator_launches() as launches, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not a double precision")
         for fn in functions:
-            assert torch.autograd.gradcheck(fn, inputs, eps=1e-2, atol=1e-3, rtol=1e-3,
-                                            fast_mode=True)
+            assert torch.autograd.gradcheck(
+                fn, inputs, eps=1e-2, atol=1e-3, rtol=1e-3, fast_mode=True
+            )
     if backend.name == "emu":
         assert any(e.startswith("gemm_small_batch.cuh") for e in launches), launches
         assert any(e.startswith("gemm_small_batch_grad.cuh") for e in launches), launches
@@ -292,7 +324,7 @@ def test_double_backward_is_a_clear_error(backend):
     ref = torch.autograd.grad((reference.masked_linear(x_ref, w_ref, active) ** 2).sum(), x_ref)
     with backend.context():
         y = functional.masked_linear(x, w, bits)
-        (dx,) = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)
+        (dx,) = torch.autograd.grad((y**2).sum(), x, create_graph=True)
         torch.testing.assert_close(dx.cpu(), ref[0])
         with pytest.raises(RuntimeError, match="cpg::masked_linear: double backward is not"):
             torch.autograd.grad(dx.pow(2).sum(), (x, w))
@@ -316,8 +348,10 @@ def test_multi_tile_decode_path():
 def test_zero_sizes(backend, dtype):
     """Empty reductions and empty outputs: K = 0 gives y = bias (or 0), N = 0 gives dx = 0."""
     dev = backend.device
-    w0, bits0 = torch.empty(6, 0, dtype=dtype, device=dev), torch.empty(6, 0, dtype=torch.int32,
-                                                                       device=dev)
+    w0, bits0 = (
+        torch.empty(6, 0, dtype=dtype, device=dev),
+        torch.empty(6, 0, dtype=torch.int32, device=dev),
+    )
     bias = torch.randn(6).to(dtype).to(dev)
     x0 = torch.empty(2, 3, 0, dtype=dtype, device=dev)
     y = backend.run(functional.masked_linear, x0, w0, bits0, bias)
@@ -326,16 +360,26 @@ def test_zero_sizes(backend, dtype):
     assert y.shape == (2, 3, 6) and not y.cpu().any()
     y = backend.run(functional.masked_linear_multitask, x0, w0, torch.stack([bits0] * 2), bias)
     assert torch.equal(y.cpu(), bias.cpu().expand(2, 3, 6))
-    dx = backend.run(torch.ops.cpg.masked_linear_grad_input,
-                     torch.empty(4, 6, dtype=dtype, device=dev), w0, bits0)
+    dx = backend.run(
+        torch.ops.cpg.masked_linear_grad_input,
+        torch.empty(4, 6, dtype=dtype, device=dev),
+        w0,
+        bits0,
+    )
     assert dx.shape == (4, 0)
     # N = 0: an empty output, and an input gradient of zeros.
-    wn, bitsn = torch.empty(0, 40, dtype=dtype, device=dev), torch.empty(0, 2, dtype=torch.int32,
-                                                                        device=dev)
+    wn, bitsn = (
+        torch.empty(0, 40, dtype=dtype, device=dev),
+        torch.empty(0, 2, dtype=torch.int32, device=dev),
+    )
     x = torch.randn(3, 40).to(dtype).to(dev)
     assert backend.run(functional.masked_linear, x, wn, bitsn).shape == (3, 0)
-    dx = backend.run(torch.ops.cpg.masked_linear_grad_input,
-                     torch.empty(2, 3, 0, dtype=dtype, device=dev), wn, bitsn)
+    dx = backend.run(
+        torch.ops.cpg.masked_linear_grad_input,
+        torch.empty(2, 3, 0, dtype=dtype, device=dev),
+        wn,
+        bitsn,
+    )
     assert dx.shape == (2, 3, 40) and not dx.cpu().any()
     # M = 0: empty batches.
     w, owner, mask, _ = make_layer(6, 40, dtype, dev)
@@ -426,8 +470,9 @@ DISPATCH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("m,n,k,dtype,tf32,path", DISPATCH_CASES,
-                         ids=[c[-1] for c in DISPATCH_CASES])
+@pytest.mark.parametrize(
+    "m,n,k,dtype,tf32,path", DISPATCH_CASES, ids=[c[-1] for c in DISPATCH_CASES]
+)
 def test_every_gemm_kernel_forward_and_grad_input(backend, m, n, k, dtype, tf32, path):
     w, owner, mask, bias = make_layer(n, k, dtype, backend.device)
     bits = masks.active_bits(owner, 4, mask=mask)
@@ -449,8 +494,10 @@ def test_every_gemm_kernel_forward_and_grad_input(backend, m, n, k, dtype, tf32,
         kernel = path.split(" ")[0].rstrip(":")
         forward_file, grad_input_file = {
             "small_batch": ("gemm_small_batch.cuh", "gemm_small_batch_grad.cuh"),
-            "stream": ("gemm_stream.cuh",
-                       "gemm_small_batch_grad.cuh" if m <= 16 else "gemm_mma.cuh"),
+            "stream": (
+                "gemm_stream.cuh",
+                "gemm_small_batch_grad.cuh" if m <= 16 else "gemm_mma.cuh",
+            ),
             "mma": ("gemm_mma.cuh", "gemm_mma.cuh"),
             "simt": ("gemm_simt.cuh", "gemm_simt.cuh"),
         }[kernel]
@@ -458,8 +505,10 @@ def test_every_gemm_kernel_forward_and_grad_input(backend, m, n, k, dtype, tf32,
         if m <= 64 and (dtype != torch.float32 or tf32) and k * x.element_size() % 16 == 0:
             forward_file = "gemm_stream.cuh"
         # Split-K adds the launch of the kernel that adds up the splits, and only then.
-        for direction, launches, file in (("forward", forward_launches, forward_file),
-                                          ("grad_input", grad_input_launches, grad_input_file)):
+        for direction, launches, file in (
+            ("forward", forward_launches, forward_file),
+            ("grad_input", grad_input_launches, grad_input_file),
+        ):
             split = "split-K" in path and direction in path
             reduce = ["gemm_split_k.cuh:reduce"] if split else []
             assert [e for e in launches if not e.startswith(file + ":")] == reduce, launches
@@ -494,8 +543,9 @@ GRAD_LAYOUT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("m,n,k,dtype,offset,layout", GRAD_LAYOUT_CASES,
-                         ids=[c[-1] for c in GRAD_LAYOUT_CASES])
+@pytest.mark.parametrize(
+    "m,n,k,dtype,offset,layout", GRAD_LAYOUT_CASES, ids=[c[-1] for c in GRAD_LAYOUT_CASES]
+)
 def test_small_batch_grad_input_layouts(backend, m, n, k, dtype, offset, layout):
     w = torch.randn(n * k + offset).to(dtype)[offset:].view(n, k).to(backend.device)
     bits = masks.pack(torch.rand(n, k) < 0.5).to(backend.device)

@@ -1,4 +1,5 @@
 """The element-wise mask ops against plain-PyTorch definitions, on every backend."""
+
 from __future__ import annotations
 
 import pytest
@@ -46,8 +47,12 @@ def test_pack_unpack_round_trip_property(n, k, p):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 6), k=st.integers(1, 80), task=st.integers(1, 7),
-       how=st.sampled_from(["mask", "bits", "all"]))
+@given(
+    n=st.integers(1, 6),
+    k=st.integers(1, 80),
+    task=st.integers(1, 7),
+    how=st.sampled_from(["mask", "bits", "all"]),
+)
 def test_active_bits_property(n, k, task, how):
     owner = random_owner((n, k), tasks=7)
     mask = random_mask((n, k))
@@ -100,8 +105,9 @@ def test_grad_epilogue(backend, dtype, mask_grad):
     g, w = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
     owner, task = random_owner(shape), 3
     dev = backend.device
-    grad_w, grad_m = backend.run(torch.ops.cpg.grad_epilogue, g.to(dev), w.to(dev),
-                                 owner.to(dev), task, mask_grad)
+    grad_w, grad_m = backend.run(
+        torch.ops.cpg.grad_epilogue, g.to(dev), w.to(dev), owner.to(dev), task, mask_grad
+    )
     assert torch.equal(grad_w.cpu(), g * (owner == task))
     if mask_grad:
         old = (owner > 0) & (owner < task)
@@ -123,8 +129,9 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="mask: expected dtype float32"):
         masks.active_bits(owner, 2, mask=torch.zeros(4, 40, dtype=torch.float64))
     with pytest.raises(ValueError, match="not both"):
-        masks.active_bits(owner, 2, mask=torch.zeros(4, 40),
-                          pick_bits=torch.zeros(4, 2, dtype=torch.int32))
+        masks.active_bits(
+            owner, 2, mask=torch.zeros(4, 40), pick_bits=torch.zeros(4, 2, dtype=torch.int32)
+        )
     with pytest.raises(ValueError, match=r"bits: expected shape \[4, 2\]"):
         masks.active_bits(owner, 2, pick_bits=torch.zeros(4, 1, dtype=torch.int32))
     with pytest.raises(ValueError, match="bits: expected dtype int32"):
@@ -151,33 +158,47 @@ def test_owner_and_task_ids_past_127(backend, task):
     owner, mask = high_owner(shape, task), random_mask(shape)
     dev = backend.device
     for kwargs in ({"mask": mask}, {}):
-        bits = backend.run(masks.active_bits, owner.to(dev), task,
-                           **{k: v.to(dev) for k, v in kwargs.items()})
+        bits = backend.run(
+            masks.active_bits, owner.to(dev), task, **{k: v.to(dev) for k, v in kwargs.items()}
+        )
         expect = reference.active_mask(owner, task, kwargs.get("mask"))
         assert torch.equal(masks.unpack(bits.cpu(), shape), expect), kwargs.keys()
     counts = backend.run(masks.owner_counts, owner.to(dev)).cpu()
     assert torch.equal(counts, torch.bincount(owner.flatten().long(), minlength=256))
     g, w = torch.randn(shape), torch.randn(shape)
-    grad_w, grad_m = backend.run(torch.ops.cpg.grad_epilogue, g.to(dev), w.to(dev),
-                                 owner.to(dev), task, True)
+    grad_w, grad_m = backend.run(
+        torch.ops.cpg.grad_epilogue, g.to(dev), w.to(dev), owner.to(dev), task, True
+    )
     assert torch.equal(grad_w.cpu(), g * (owner == task))
     old = (owner > 0) & (owner < task)
     torch.testing.assert_close(grad_m.cpu(), g * w * old, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("threshold", [0.0, 0.3, 2.0 ** -7, 0.9])
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 2.0**-7, 0.9])
 def test_active_bits_threshold(backend, threshold):
     """``mask > threshold``, strictly, for thresholds other than the default: entries at the
     threshold are not picked, the next float up is."""
     shape = (6, 70)
     at = torch.tensor(threshold, dtype=torch.float32)
-    values = torch.stack([at, torch.nextafter(at, torch.tensor(1.0)),
-                          torch.nextafter(at, torch.tensor(-1.0)), at + 0.05, at - 0.05])
+    values = torch.stack(
+        [
+            at,
+            torch.nextafter(at, torch.tensor(1.0)),
+            torch.nextafter(at, torch.tensor(-1.0)),
+            at + 0.05,
+            at - 0.05,
+        ]
+    )
     g = torch.Generator().manual_seed(7)
     mask = values[torch.randint(0, len(values), shape, generator=g)]
     owner = random_owner(shape, tasks=7, generator=g)
-    bits = backend.run(masks.active_bits, owner.to(backend.device), 4,
-                       mask=mask.to(backend.device), threshold=threshold)
+    bits = backend.run(
+        masks.active_bits,
+        owner.to(backend.device),
+        4,
+        mask=mask.to(backend.device),
+        threshold=threshold,
+    )
     expect = reference.active_mask(owner, 4, mask, threshold=threshold)
     assert torch.equal(masks.unpack(bits.cpu(), shape), expect)
     default = reference.active_mask(owner, 4, mask)

@@ -1,6 +1,7 @@
 """The performance model (benchmarks/model.py): its plan query is what the launchers do, its
 resource table covers the planned kernels, its costs only grow with work, its calibrated cases
 stay within the stated error, and its predicted report says it is predicted."""
+
 from __future__ import annotations
 
 import copy
@@ -26,18 +27,29 @@ EMULATOR_SMS = 4  # cpgdev::sm_count() of the emulator (csrc/emu/runtime.h)
 
 # Planned kernel families -> the source file the emulator's launch log names.
 FILE_OF = {
-    "small_batch::": "gemm_small_batch.cuh", "small_batch_grad::": "gemm_small_batch_grad.cuh",
+    "small_batch::": "gemm_small_batch.cuh",
+    "small_batch_grad::": "gemm_small_batch_grad.cuh",
     "weight_stream::": "gemm_stream.cuh",
-    "mma::": "gemm_mma.cuh", "simt::": "gemm_simt.cuh", "split_k::": "gemm_split_k.cuh",
-    "conv::unfolded::": "conv_unfolded.cuh", "conv::direct::": "conv_direct.cuh",
+    "mma::": "gemm_mma.cuh",
+    "simt::": "gemm_simt.cuh",
+    "split_k::": "gemm_split_k.cuh",
+    "conv::unfolded::": "conv_unfolded.cuh",
+    "conv::direct::": "conv_direct.cuh",
 }
 
 
 def planned_files(launches):
     out = []
     for launch in launches:
-        prefix = max((p for p in FILE_OF if launch["kernel"].startswith(p) or
-                      resources.normalize_kernel(launch["kernel"]).startswith(p)), key=len)
+        prefix = max(
+            (
+                p
+                for p in FILE_OF
+                if launch["kernel"].startswith(p)
+                or resources.normalize_kernel(launch["kernel"]).startswith(p)
+            ),
+            key=len,
+        )
         out.append(FILE_OF[prefix])
     return out
 
@@ -47,9 +59,14 @@ def launched_files(log):
 
 
 # (M, N, K, dtype, tf32): small_batch, small_batch_grad with splits, mma split-K, simt.
-LINEAR = [(1, 40, 300, torch.float32, False), (16, 24, 64, torch.bfloat16, False),
-          (33, 24, 1032, torch.bfloat16, False), (33, 1024, 24, torch.bfloat16, False),
-          (33, 20, 1000, torch.float32, False), (40, 20, 1024, torch.float32, True)]
+LINEAR = [
+    (1, 40, 300, torch.float32, False),
+    (16, 24, 64, torch.bfloat16, False),
+    (33, 24, 1032, torch.bfloat16, False),
+    (33, 1024, 24, torch.bfloat16, False),
+    (33, 20, 1000, torch.float32, False),
+    (40, 20, 1024, torch.float32, True),
+]
 
 
 @pytest.mark.parametrize("m,n,k,dtype,tf32", LINEAR)
@@ -74,8 +91,13 @@ def test_linear_plan_is_what_the_emulator_launches(m, n, k, dtype, tf32):
 
 
 # (batch, C, H, W, N, kernel, stride, padding): unfolded, direct, tiled, strided phases
-CONV = [(1, 16, 4, 4, 24, 3, 1, 1), (2, 3, 6, 6, 8, 3, 1, 1), (2, 16, 9, 9, 24, 3, 1, 1),
-        (2, 16, 9, 9, 24, 3, 2, 1), (2, 16, 9, 9, 20, 1, 1, 0)]
+CONV = [
+    (1, 16, 4, 4, 24, 3, 1, 1),
+    (2, 3, 6, 6, 8, 3, 1, 1),
+    (2, 16, 9, 9, 24, 3, 1, 1),
+    (2, 16, 9, 9, 24, 3, 2, 1),
+    (2, 16, 9, 9, 20, 1, 1, 0),
+]
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -94,12 +116,25 @@ def test_conv_plan_is_what_the_emulator_launches(case, channels_last):
     if channels_last:
         gy = gy.contiguous(memory_format=torch.channels_last)
     with backends.emulated(), backends.emulator_launches() as grad:
-        torch.ops.cpg.masked_conv2d_grad_input(gy, w, bits, list(x.shape), [s, s], [p, p],
-                                               [1, 1], 1)
+        torch.ops.cpg.masked_conv2d_grad_input(
+            gy, w, bits, list(x.shape), [s, s], [p, p], [1, 1], 1
+        )
     for grad_input, log in ((False, fwd), (True, grad)):
-        planned = _C.plan_masked_conv2d("bfloat16", 1, [b, c, h, w_], n, [k, k], [s, s], [p, p],
-                                        [1, 1], 1, channels_last, grad_input, False,
-                                        EMULATOR_SMS)
+        planned = _C.plan_masked_conv2d(
+            "bfloat16",
+            1,
+            [b, c, h, w_],
+            n,
+            [k, k],
+            [s, s],
+            [p, p],
+            [1, 1],
+            1,
+            channels_last,
+            grad_input,
+            False,
+            EMULATOR_SMS,
+        )
         assert planned_files(planned) == launched_files(log), (grad_input, planned, log)
 
 
@@ -111,12 +146,14 @@ def test_plan_of_a_large_layer_on_an_h100_without_a_gpu():
     mma_plan = _C.plan_masked_linear("bfloat16", 1, 128, 4096, 4096, False, False, 132)
     assert [resources.normalize_kernel(d["kernel"]) for d in mma_plan] == [
         "mma::masked_gemm_mma_kernel<split_k::StageSplit<mma::LinearView<bf16,false>>>",
-        "split_k::reduce_splits_kernel<mma::LinearView<bf16,false>>"]
+        "split_k::reduce_splits_kernel<mma::LinearView<bf16,false>>",
+    ]
     assert mma_plan[0]["grid"] == (1, 32, 4) and mma_plan[0]["params"]["stages_per_split"] == 16
     assert mma_plan[0]["workspace_bytes"] == 4 * 4 * 128 * 4096
     [stream] = _C.plan_masked_linear("bfloat16", 1, 1, 4096, 4096, False, False, 132)
     assert resources.normalize_kernel(stream["kernel"]) == (
-        "weight_stream::masked_linear_stream_kernel<bf16,1,false>")
+        "weight_stream::masked_linear_stream_kernel<bf16,1,false>"
+    )
     assert stream["grid"] == (256, 1, 1) and stream["params"]["blocks_per_sm"] == 2
     assert stream["params"]["splits"] == 1 and stream["workspace_bytes"] == 0
     small = _C.plan_masked_linear("float32", 1, 1, 4096, 4096, False, False, 132)
@@ -132,19 +169,34 @@ def test_plan_query_rejects_bad_arguments():
     with pytest.raises(ValueError, match="one task"):
         _C.plan_masked_linear("bfloat16", 2, 1, 8, 8, True, False, 132)
     with pytest.raises(ValueError, match="groups"):
-        _C.plan_masked_conv2d("bfloat16", 1, [1, 6, 4, 4], 8, [3, 3], [1, 1], [1, 1], [1, 1], 4,
-                              False, False, False, 132)
+        _C.plan_masked_conv2d(
+            "bfloat16",
+            1,
+            [1, 6, 4, 4],
+            8,
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            4,
+            False,
+            False,
+            False,
+            132,
+        )
 
 
 @pytest.mark.skipif(not _C.cuda_built(), reason="the CUDA kernels are not built")
 def test_cuda_and_emulator_builds_plan_alike():
-    for case in cases.quick_grid() + [c for c in cases.full_grid(("bf16",))
-                                      if c.batch in (1, 128)][:80]:
+    for case in (
+        cases.quick_grid() + [c for c in cases.full_grid(("bf16",)) if c.batch in (1, 128)][:80]
+    ):
         for grad in (False, True) if case.tasks == 1 else (False,):
             args = (case, H100.sms)
             emu = (plan.grad_input_launches if grad else plan.forward_launches)(*args)
             cuda = (plan.grad_input_launches if grad else plan.forward_launches)(
-                *args, build="cuda")
+                *args, build="cuda"
+            )
             assert emu == cuda, case.id
 
 
@@ -163,9 +215,11 @@ def test_normalized_names_agree_between_builds():
     assert resources.normalize_kernel(
         "void cpg::cuda::mma::masked_gemm_mma_kernel<cpg::cuda::split_k::StageSplit<"
         "cpg::cuda::mma::LinearView<__nv_bfloat16, false> > >(cpg::cuda::split_k::StageSplit<"
-        "cpg::cuda::mma::LinearView<__nv_bfloat16, false> >)") == resources.normalize_kernel(
+        "cpg::cuda::mma::LinearView<__nv_bfloat16, false> >)"
+    ) == resources.normalize_kernel(
         "cpg::emu_kernels::mma::masked_gemm_mma_kernel<cpg::emu_kernels::split_k::StageSplit<"
-        "cpg::emu_kernels::mma::LinearView<cpgdev::emulated::bf16, false> > >")
+        "cpg::emu_kernels::mma::LinearView<cpgdev::emulated::bf16, false> > >"
+    )
 
 
 def test_sass_parser_finds_loops_and_resource_lines():
@@ -183,11 +237,13 @@ def test_sass_parser_finds_loops_and_resource_lines():
     mix = {"HMMA": 1, "FFMA": 1, "BRA": 1, "total": 3}
     assert parsed["loops"] == [{"start": 0x10, "end": 0x30, "mix": mix, "path": mix}]
     usage = resources.parse_resource_usage(
-        "  Function _Z1kv:\n  REG:164 STACK:0 SHARED:16896 LOCAL:8 CONSTANT[0]:900\n")
+        "  Function _Z1kv:\n  REG:164 STACK:0 SHARED:16896 LOCAL:8 CONSTANT[0]:900\n"
+    )
     assert usage == {"_Z1kv": {"regs": 164, "stack": 0, "shared": 16896, "local": 8}}
 
 
 # ------------------------------------------------------------------------ the costs
+
 
 def test_occupancy_from_registers_and_shared_memory():
     assert kernels.occupancy(164, 256, 0, 110592, H100) == 1  # the mma tiles: registers
@@ -221,13 +277,14 @@ def test_more_latency_or_instructions_is_never_faster():
 def test_more_bytes_is_never_faster():
     """Within one kernel's cost, each extra byte, instruction or latency adds time."""
     c = predict.load_constants()
-    u = kernels.Unit(count=10, dram_bytes=32768, l2_bytes=4096, instructions=1500,
-                     chain_s=2e-6)
+    u = kernels.Unit(count=10, dram_bytes=32768, l2_bytes=4096, instructions=1500, chain_s=2e-6)
     for field in ("dram_bytes", "l2_bytes", "instructions", "chain_s", "count"):
         more = kernels.Unit(**{**u.__dict__, field: getattr(u, field) * 2})
         for b, active in ((1, 132), (3, 132), (2, 40)):
-            assert kernels.unit_seconds(more, b, active, H100, c)[0] >= \
-                kernels.unit_seconds(u, b, active, H100, c)[0]
+            assert (
+                kernels.unit_seconds(more, b, active, H100, c)[0]
+                >= kernels.unit_seconds(u, b, active, H100, c)[0]
+            )
     for m, n, k in ((1, 4096, 4096), (128, 4096, 25088)):
         t = kernels.vendor_gemm(m, n, k, 2, "bf16", H100, c).seconds
         assert kernels.vendor_gemm(2 * m, n, k, 2, "bf16", H100, c).seconds >= t
@@ -254,12 +311,12 @@ def test_h200_is_never_slower_than_h100_on_the_fused_kernels():
 
 # -------------------------------------------------------------------- calibration
 
+
 def test_calibrated_cases_reproduce_their_measurements():
     """The committed constants predict the held-out unchanged cases of the 2026-11-27 run
     within the stated 25% median error, and its 4096x25088 batch-1 layer within 25%, each
     with the small-batch launch that run made (today 16-bit takes the weight stream)."""
-    run, gpu, points = calibrate.points_of_run(calibrate.RESULTS / "2026-11-27-h100" /
-                                               "bench.json")
+    run, gpu, points = calibrate.points_of_run(calibrate.RESULTS / "2026-11-27-h100" / "bench.json")
     held = [p for p in points if p.group == "unchanged" and p.held_out]
     assert len(held) >= 20
     ctx = predict.context(gpu)
@@ -268,33 +325,47 @@ def test_calibrated_cases_reproduce_their_measurements():
     s = calibrate.summary(held, preds)
     assert s["median_abs_error"] <= 0.25, s
     assert s["rank_correlation"] > 0.8, s
-    big = next(p for p in points if p.case.id == "linear/fc.4096x25088/b1/bf16/inference"
-               and p.variant == "fused")
+    big = next(
+        p
+        for p in points
+        if p.case.id == "linear/fc.4096x25088/b1/bf16/inference" and p.variant == "fused"
+    )
     assert abs(calibrate.predicted_seconds(ctx, big) / big.measured_s - 1) <= 0.25
 
 
 # (dtype, tasks, M, N, K): fp32 without TF32 keeps the small-batch kernel today.
-SMALL_BATCH = [("float32", 1, 1, 4096, 4096), ("float32", 1, 8, 4096, 25088),
-               ("float32", 1, 16, 1000, 300), ("float32", 8, 1, 4096, 4096),
-               ("float32", 3, 5, 200, 96)]
+SMALL_BATCH = [
+    ("float32", 1, 1, 4096, 4096),
+    ("float32", 1, 8, 4096, 25088),
+    ("float32", 1, 16, 1000, 300),
+    ("float32", 8, 1, 4096, 4096),
+    ("float32", 3, 5, 200, 96),
+]
 
 
 @pytest.mark.parametrize("dtype,tasks,m,n,k", SMALL_BATCH)
 def test_the_old_small_batch_plan_is_the_small_batch_launchers(dtype, tasks, m, n, k):
     """calibrate.small_batch_plan (what the 2026-11-27 run launched for 16-bit forwards too)
     computes the launch of gemm_small_batch.cuh's plan() where the dispatcher still picks it."""
-    [planned] = [plan.Launch.from_query(d) for d in
-                 _C.plan_masked_linear(dtype, tasks, m, n, k, False, False, H100.sms)]
+    [planned] = [
+        plan.Launch.from_query(d)
+        for d in _C.plan_masked_linear(dtype, tasks, m, n, k, False, False, H100.sms)
+    ]
     assert planned.family == "small_batch::masked_linear_small_batch_kernel"
     ours = calibrate.small_batch_plan("f32", tasks, m, n, k, H100.sms)
     assert (ours.kernel, ours.grid, ours.threads, ours.dynamic_smem) == (
-        planned.kernel, planned.grid, planned.threads, planned.dynamic_smem)
+        planned.kernel,
+        planned.grid,
+        planned.threads,
+        planned.dynamic_smem,
+    )
     assert ours.params == {key: planned.params[key] for key in ours.params}
 
 
 def test_old_small_batch_rewrites_the_stream_launches():
-    case = next(c for c in cases.full_grid(("bf16",)) if c.id ==
-                "linear/fc.4096x4096/b1/bf16/inference")
+    case = next(
+        c for c in cases.full_grid(("bf16",)) if c.id == "linear/fc.4096x4096/b1/bf16/inference"
+    )
     today = plan.forward_launches(case, H100.sms)
     assert [launch.family for launch in today] == ["weight_stream::masked_linear_stream_kernel"]
     [old] = calibrate.old_small_batch(case, "forward", today, sms=H100.sms)
@@ -303,8 +374,9 @@ def test_old_small_batch_rewrites_the_stream_launches():
 
 
 def test_historical_plan_drops_split_k():
-    case = next(c for c in cases.full_grid(("bf16",)) if c.id ==
-                "linear/fc.4096x4096/b128/bf16/inference")
+    case = next(
+        c for c in cases.full_grid(("bf16",)) if c.id == "linear/fc.4096x4096/b128/bf16/inference"
+    )
     today = plan.forward_launches(case, H100.sms)
     old = calibrate.no_split_k(case, "forward", today)
     assert len(today) == 2 and len(old) == 1
@@ -314,19 +386,40 @@ def test_historical_plan_drops_split_k():
 
 # ------------------------------------------------------------------ command line
 
+
 def test_quick_prediction_and_its_report_are_labelled_predicted(tmp_path):
     out = tmp_path / "pred.json"
-    subprocess.run([sys.executable, str(BENCH / "model.py"), "predict", "--quick", "--gpu",
-                    "h100-sxm", "--json", str(out)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "model.py"),
+            "predict",
+            "--quick",
+            "--gpu",
+            "h100-sxm",
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     doc = json.loads(out.read_text())
     assert doc["meta"]["predicted"] and len(doc["records"]) == len(cases.quick_grid())
     assert all(r["variants"]["fused"]["ms"] > 0 for r in doc["records"])
-    subprocess.run([sys.executable, str(BENCH / "report.py"), str(out), "--out", str(tmp_path)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, str(BENCH / "report.py"), str(out), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     md = (tmp_path / "predicted-h100-sxm.md").read_text()
     assert "PREDICTED" in md.splitlines()[0]
-    tables = [i for i, line in enumerate(md.splitlines()) if line.startswith("| target") or
-              line.startswith("| layer")]
+    tables = [
+        i
+        for i, line in enumerate(md.splitlines())
+        if line.startswith("| target") or line.startswith("| layer")
+    ]
     lines = md.splitlines()
     for i in tables:  # each table follows the predicted label
         assert any("Predicted by the performance model" in lines[j] for j in range(i - 6, i))
@@ -341,8 +434,23 @@ def test_compare_shows_the_kernel_whose_code_grew(tmp_path):
         loop["path"]["total"] *= 3
     path = tmp_path / "after.json"
     path.write_text(json.dumps(after))
-    r = subprocess.run([sys.executable, str(BENCH / "model.py"), "compare", str(resources.TABLE),
-                        str(path), "--family", "linear", "--dtype", "fp32", "--mode", "inference"],
-                       check=True, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "model.py"),
+            "compare",
+            str(resources.TABLE),
+            str(path),
+            "--family",
+            "linear",
+            "--dtype",
+            "fp32",
+            "--mode",
+            "inference",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     changed = [line.split()[0] for line in r.stdout.splitlines() if line.startswith("linear/")]
     assert changed and all("/b1/" in c for c in changed), r.stdout

@@ -1,4 +1,5 @@
 """CPG modules one at a time: drop-in parity, task forward/backward, state round trips."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,11 +17,13 @@ from cpg_kernels.nn import (
     TaskHeads,
 )
 
-
 CONV_CONFIGS = [
     pytest.param((3, 8, 3), dict(padding=1), id="3x3-pad1"),
-    pytest.param((4, 6, (3, 2)), dict(stride=2, padding=(1, 0), dilation=(1, 2), bias=False),
-                 id="strided-dilated-nobias"),
+    pytest.param(
+        (4, 6, (3, 2)),
+        dict(stride=2, padding=(1, 0), dilation=(1, 2), bias=False),
+        id="strided-dilated-nobias",
+    ),
     pytest.param((4, 8, 3), dict(groups=2, padding="same"), id="groups-same"),
     pytest.param((3, 5, 3), dict(padding=1, padding_mode="reflect"), id="reflect"),
 ]
@@ -48,6 +51,7 @@ def _layer_with_history(layer: nn.Module) -> nn.Module:
 
 # ------------------------------------------------------------------ drop-in parity
 
+
 @pytest.mark.parametrize("args,kwargs", CONV_CONFIGS)
 def test_conv_is_a_drop_in_for_nn_conv2d(args, kwargs):
     dense, cpg = _twins(nn.Conv2d, CPGConv2d, *args, **kwargs)
@@ -71,6 +75,7 @@ def test_linear_is_a_drop_in_for_nn_linear():
 
 
 # ------------------------------------------------------------ training and frozen tasks
+
 
 def test_training_task_matches_the_dense_masking_oracle():
     conv = _layer_with_history(CPGConv2d(3, 8, 3, stride=2, padding=1))
@@ -148,6 +153,7 @@ def test_prune_releases_the_smallest_owned_weights(layout):
 
 # ------------------------------------------------------------------ selection and ids
 
+
 def test_forward_needs_a_known_selected_task():
     conv = CPGConv2d(2, 4, 3)
     conv.begin_task(1)
@@ -178,6 +184,7 @@ def test_task_ids_increase_and_one_task_trains_at_a_time():
 
 
 # ---------------------------------------------------------------------- growth
+
 
 def test_grow_adds_free_rows_and_zero_columns():
     conv = CPGConv2d(3, 4, 3, padding=1)
@@ -213,8 +220,12 @@ def test_grouped_conv_cannot_grow():
 
 # ------------------------------------------------------------------ state dicts
 
-@pytest.mark.parametrize("make", [lambda: CPGConv2d(3, 8, 3, padding=1),
-                                  lambda: CPGLinear(12, 5)], ids=["conv", "linear"])
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: CPGConv2d(3, 8, 3, padding=1), lambda: CPGLinear(12, 5)],
+    ids=["conv", "linear"],
+)
 def test_state_dict_round_trips_finished_and_training_tasks(make):
     layer = _layer_with_history(make())
     layer.grow(2, 1)
@@ -251,6 +262,7 @@ def test_extra_repr_shows_tasks_and_usage():
 
 
 # ----------------------------------------------------------------- batch norm
+
 
 def test_batch_norm_keeps_each_tasks_statistics():
     dense, bn = _twins(nn.BatchNorm2d, CPGBatchNorm2d, 3)
@@ -290,6 +302,7 @@ def test_batch_norm_round_trip_and_growth():
 
 
 # ---------------------------------------------------------------------- heads
+
 
 def test_task_heads():
     template = nn.Linear(6, 10)

@@ -1,4 +1,5 @@
 """torch.library.opcheck on every op, and torch.compile through the ops."""
+
 from __future__ import annotations
 
 import pytest
@@ -54,26 +55,59 @@ def op_samples():
         ("masked_linear", (gx, gw, gbits, None, None, None, 0)),
         ("masked_linear_grad_input", (torch.randn(5, 6), w, bits)),
         ("masked_linear_multitask", (torch.randn(2, 3, 37), w, torch.stack([bits, bits]), None)),
-        ("masked_linear_multitask",
-         (torch.randn(2, 3, 37, requires_grad=True), gw, torch.stack([gbits, gbits]), bias)),
+        (
+            "masked_linear_multitask",
+            (torch.randn(2, 3, 37, requires_grad=True), gw, torch.stack([gbits, gbits]), bias),
+        ),
         ("masked_conv2d", (cx, cw, cbits, None, *conv_args, None, None, 0)),
         ("masked_conv2d", (cgx, cgw, cgbits, None, *conv_args, cgowner, cgmask, 3)),
-        ("masked_conv2d_grad_input", (torch.randn(2, 4, 8, 8), cw, cbits, [2, 3, 8, 8],
-                                      *conv_args)),
-        ("masked_conv2d_multitask", (torch.randn(2, 2, 3, 8, 8), cw, torch.stack([cbits, cbits]),
-                                     None, *conv_args)),
-        ("masked_conv2d_multitask",
-         (torch.randn(3, 1, 3, 8, 8, requires_grad=True).contiguous(), cgw,
-          torch.stack([cgbits] * 3), torch.randn(4, requires_grad=True), *conv_args)),
+        (
+            "masked_conv2d_grad_input",
+            (torch.randn(2, 4, 8, 8), cw, cbits, [2, 3, 8, 8], *conv_args),
+        ),
+        (
+            "masked_conv2d_multitask",
+            (torch.randn(2, 2, 3, 8, 8), cw, torch.stack([cbits, cbits]), None, *conv_args),
+        ),
+        (
+            "masked_conv2d_multitask",
+            (
+                torch.randn(3, 1, 3, 8, 8, requires_grad=True).contiguous(),
+                cgw,
+                torch.stack([cgbits] * 3),
+                torch.randn(4, requires_grad=True),
+                *conv_args,
+            ),
+        ),
         # channels_last activations: the fake kernels must promise the layout the ops return.
         ("masked_conv2d", (nhwc(cx), cw, cbits, None, *conv_args, None, None, 0)),
-        ("masked_conv2d", (nhwc(cgx.detach()).requires_grad_(), cgw, cgbits, None, *conv_args,
-                           cgowner, cgmask, 3)),
-        ("masked_conv2d_grad_input", (nhwc(torch.randn(2, 4, 8, 8)), cw, cbits, [2, 3, 8, 8],
-                                      *conv_args)),
-        ("masked_conv2d_multitask",
-         (nhwc(torch.randn(4, 3, 8, 8)).view(2, 2, 3, 8, 8), cw, torch.stack([cbits, cbits]),
-          None, *conv_args)),
+        (
+            "masked_conv2d",
+            (
+                nhwc(cgx.detach()).requires_grad_(),
+                cgw,
+                cgbits,
+                None,
+                *conv_args,
+                cgowner,
+                cgmask,
+                3,
+            ),
+        ),
+        (
+            "masked_conv2d_grad_input",
+            (nhwc(torch.randn(2, 4, 8, 8)), cw, cbits, [2, 3, 8, 8], *conv_args),
+        ),
+        (
+            "masked_conv2d_multitask",
+            (
+                nhwc(torch.randn(4, 3, 8, 8)).view(2, 2, 3, 8, 8),
+                cw,
+                torch.stack([cbits, cbits]),
+                None,
+                *conv_args,
+            ),
+        ),
     ]
 
 
@@ -90,16 +124,21 @@ def test_opcheck(index):
 def test_channels_last_samples_are_channels_last():
     """The layout samples above really are NHWC (not also plain contiguous)."""
     layouts = [args[0] for name, args in op_samples() if name.startswith("masked_conv2d")]
-    nhwc_only = [t for t in layouts if t.flatten(0, t.dim() - 4).is_contiguous(
-        memory_format=torch.channels_last) and not t.is_contiguous()]
+    nhwc_only = [
+        t
+        for t in layouts
+        if t.flatten(0, t.dim() - 4).is_contiguous(memory_format=torch.channels_last)
+        and not t.is_contiguous()
+    ]
     assert len(nhwc_only) == 4
 
 
 def test_every_op_has_an_opcheck_sample():
     covered = {name for name, _ in op_samples()}
     registered = {name for name in dir(torch.ops.cpg) if not name.startswith("_")}
-    registered = {n for n in registered if isinstance(getattr(torch.ops.cpg, n),
-                                                      torch._ops.OpOverloadPacket)}
+    registered = {
+        n for n in registered if isinstance(getattr(torch.ops.cpg, n), torch._ops.OpOverloadPacket)
+    }
     assert registered <= covered, registered - covered
 
 

@@ -6,6 +6,7 @@ differ by backend again on each backend (extension-cpp's practice), with the tra
 and inference forms and their gradients (opcheck's test_autograd_registration and
 test_aot_dispatch_dynamic go through the C++ autograd kernels).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -52,16 +53,33 @@ def samples(device):
         ("masked_linear", (randn(5, 37, grad=True), gw, gbits, None, gowner, None, TASK)),
         ("masked_linear", (randn(2, 3, 37, grad=True), gw, gbits)),
         ("masked_linear_grad_input", (randn(5, 6), w, bits)),
-        ("masked_linear_multitask",
-         (randn(2, 3, 37, grad=True), gw, torch.stack([gbits, gbits]), gbias)),
+        (
+            "masked_linear_multitask",
+            (randn(2, 3, 37, grad=True), gw, torch.stack([gbits, gbits]), gbias),
+        ),
         ("masked_conv2d", (randn(2, 3, 8, 8), cw, cbits, cbias, *CONV)),
-        ("masked_conv2d", (randn(2, 3, 8, 8, grad=True), cgw, cgbits, cgbias, *CONV, cgowner,
-                           cgmask, TASK)),
-        ("masked_conv2d", (randn(2, 3, 8, 8, grad=True).to(memory_format=torch.channels_last),
-                           cgw, cgbits, None, *CONV, cgowner, None, TASK)),
+        (
+            "masked_conv2d",
+            (randn(2, 3, 8, 8, grad=True), cgw, cgbits, cgbias, *CONV, cgowner, cgmask, TASK),
+        ),
+        (
+            "masked_conv2d",
+            (
+                randn(2, 3, 8, 8, grad=True).to(memory_format=torch.channels_last),
+                cgw,
+                cgbits,
+                None,
+                *CONV,
+                cgowner,
+                None,
+                TASK,
+            ),
+        ),
         ("masked_conv2d_grad_input", (randn(2, 4, 4, 8), cw, cbits, [2, 3, 8, 8], *CONV)),
-        ("masked_conv2d_multitask",
-         (randn(2, 1, 3, 8, 8, grad=True), cgw, torch.stack([cgbits] * 2), cgbias, *CONV)),
+        (
+            "masked_conv2d_multitask",
+            (randn(2, 1, 3, 8, 8, grad=True), cgw, torch.stack([cgbits] * 2), cgbias, *CONV),
+        ),
     ]
 
 
@@ -73,6 +91,7 @@ def test_opcheck_on_every_backend(backend, index):
 
 
 # ------------------------------------------------------------- fake kernels
+
 
 def _bad_calls():
     """(argument named in the error, call) pairs that the ops must reject."""
@@ -105,10 +124,14 @@ def _bad_calls():
         ("groups", lambda: ops.masked_conv2d(cx, cw, cbits, None, 1, 0, 1, 0)),
         ("weight", lambda: ops.masked_conv2d(cx, cw, cbits, None, 1, 0, 1, 3)),
         ("bits", lambda: ops.masked_conv2d(cx, cw, bits)),
-        ("input_size", lambda: ops.masked_conv2d_grad_input(torch.randn(2, 4, 6, 6), cw, cbits,
-                                                             [2, 4, 8, 8])),
-        ("grad_out", lambda: ops.masked_conv2d_grad_input(torch.randn(2, 5, 6, 6), cw, cbits,
-                                                           [2, 3, 8, 8])),
+        (
+            "input_size",
+            lambda: ops.masked_conv2d_grad_input(torch.randn(2, 4, 6, 6), cw, cbits, [2, 4, 8, 8]),
+        ),
+        (
+            "grad_out",
+            lambda: ops.masked_conv2d_grad_input(torch.randn(2, 5, 6, 6), cw, cbits, [2, 3, 8, 8]),
+        ),
         ("x", lambda: ops.masked_conv2d_multitask(cx, cw, cbits.expand(2, 4, 1))),
         ("task", lambda: ops.active_bits(owner, 0, None, None, 5e-3)),
         ("active_bits", lambda: ops.active_bits(owner, TASK, torch.rand(6, 37), bits, 5e-3)),
@@ -140,12 +163,16 @@ def test_fake_kernels_agree_with_the_kernels_on_shapes_and_layouts():
         real = op(*args)
         with FakeTensorMode(allow_non_fake_inputs=True):
             fake = op(*args)
-        for r, f in zip(real if isinstance(real, tuple) else (real,),
-                        fake if isinstance(fake, tuple) else (fake,), strict=True):
+        for r, f in zip(
+            real if isinstance(real, tuple) else (real,),
+            fake if isinstance(fake, tuple) else (fake,),
+            strict=True,
+        ):
             assert (f.shape, f.dtype, f.stride()) == (r.shape, r.dtype, r.stride()), name
 
 
 # ---------------------------------------------------------------- schemas
+
 
 def test_schemas_default_the_optional_arguments():
     w, owner, mask, bits, bias = _layer((6, 37), "cpu", grad=False)
@@ -154,8 +181,9 @@ def test_schemas_default_the_optional_arguments():
     torch.testing.assert_close(torch.ops.cpg.masked_linear(x, w, bits), full)
     cw, _, _, cbits, _ = _layer((4, 3, 3, 3), "cpu", grad=False)
     cx = torch.randn(2, 3, 8, 8)
-    full = torch.ops.cpg.masked_conv2d(cx, cw, cbits, None, [1, 1], [1, 1], [1, 1], 1, None,
-                                       None, 0)
+    full = torch.ops.cpg.masked_conv2d(
+        cx, cw, cbits, None, [1, 1], [1, 1], [1, 1], 1, None, None, 0
+    )
     # An int stands for a pair, as in aten's conv2d.
     torch.testing.assert_close(torch.ops.cpg.masked_conv2d(cx, cw, cbits, padding=1), full)
     torch.testing.assert_close(functional.masked_conv2d(cx, cw, cbits, None, 1, (1, 1)), full)

@@ -1,5 +1,6 @@
 """Every kernel-backed op under the emulator with two schedules: any bit that
 differs reveals a race (threads of a barrier phase run in a seed-drawn order)."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -66,13 +67,80 @@ def _workloads(device: str = "cpu"):
     # One row tile of 32 chunks: the weight stream splits K on the emulator's 4 SMs.
     w_wide, x_wide = torch.randn(6, 4096, generator=g), torch.randn(2, 4096, generator=g)
     bits_wide = masks.pack(torch.rand(w_wide.shape, generator=g) < 0.5)
-    (w, owner, mask, bits, x, w64, x64, bits64, w_long, bits_long, x_long, sw, sbits, sx, cw,
-     cbits, cx, grad, tall_w, tall_bits, tall_dy, tw, tbits, tx, tdy, lw, lbits, lx, ldy, x72,
-     x72_long, w_wide, x_wide, bits_wide) = (
-        t.to(device) for t in (w, owner, mask, bits, x, w64, x64, bits64, w_long, bits_long,
-                               x_long, sw, sbits, sx, cw, cbits, cx, grad, tall_w, tall_bits,
-                               tall_dy, tw, tbits, tx, tdy, lw, lbits, lx, ldy, x72, x72_long,
-                               w_wide, x_wide, bits_wide))
+    (
+        w,
+        owner,
+        mask,
+        bits,
+        x,
+        w64,
+        x64,
+        bits64,
+        w_long,
+        bits_long,
+        x_long,
+        sw,
+        sbits,
+        sx,
+        cw,
+        cbits,
+        cx,
+        grad,
+        tall_w,
+        tall_bits,
+        tall_dy,
+        tw,
+        tbits,
+        tx,
+        tdy,
+        lw,
+        lbits,
+        lx,
+        ldy,
+        x72,
+        x72_long,
+        w_wide,
+        x_wide,
+        bits_wide,
+    ) = (
+        t.to(device)
+        for t in (
+            w,
+            owner,
+            mask,
+            bits,
+            x,
+            w64,
+            x64,
+            bits64,
+            w_long,
+            bits_long,
+            x_long,
+            sw,
+            sbits,
+            sx,
+            cw,
+            cbits,
+            cx,
+            grad,
+            tall_w,
+            tall_bits,
+            tall_dy,
+            tw,
+            tbits,
+            tx,
+            tdy,
+            lw,
+            lbits,
+            lx,
+            ldy,
+            x72,
+            x72_long,
+            w_wide,
+            x_wide,
+            bits_wide,
+        )
+    )
 
     # Stride 2, padding 1 convs of image x (forward) or dy (input gradient) through weight cw_.
     def conv(x, cw_, cbits_, fmt, dtype):
@@ -81,8 +149,9 @@ def _workloads(device: str = "cpu"):
 
     def conv_grad_input(dy, cw_, cbits_, x_shape, fmt, dtype):
         dy = dy.to(dtype).contiguous(memory_format=fmt)
-        return torch.ops.cpg.masked_conv2d_grad_input(dy, cw_.to(dtype), cbits_, list(x_shape),
-                                                      [2, 2], [1, 1], [1, 1], 1)
+        return torch.ops.cpg.masked_conv2d_grad_input(
+            dy, cw_.to(dtype), cbits_, list(x_shape), [2, 2], [1, 1], [1, 1], 1
+        )
 
     tiled = partial(conv, tx, tw, tbits)
     tiled_dx = partial(conv_grad_input, tdy, tw, tbits, tx.shape)
@@ -102,23 +171,30 @@ def _workloads(device: str = "cpu"):
         "linear": lambda: functional.masked_linear(x, w, bits),
         "linear_bf16": lambda: functional.masked_linear(x72.bfloat16(), w64.bfloat16(), bits64),
         "linear_bf16_split_k": lambda: functional.masked_linear(
-            x72_long.bfloat16(), w_long.bfloat16(), bits_long),
+            x72_long.bfloat16(), w_long.bfloat16(), bits_long
+        ),
         # The weight stream: 19 rows (3 n8 tiles of mma), K split across blocks, several
         # tasks' rows in one group, and fp32 as TF32.
         "linear_stream_bf16": lambda: functional.masked_linear(
-            x64.bfloat16(), w64.bfloat16(), bits64),
+            x64.bfloat16(), w64.bfloat16(), bits64
+        ),
         "linear_stream_split_k": lambda: functional.masked_linear(
-            x_wide.bfloat16(), w_wide.bfloat16(), bits_wide),
+            x_wide.bfloat16(), w_wide.bfloat16(), bits_wide
+        ),
         "multitask_stream": lambda: functional.masked_linear_multitask(
-            x64[:6].view(3, 2, 64).half(), w64.half(), torch.stack([bits64, bits64 ^ 1, bits64])),
+            x64[:6].view(3, 2, 64).half(), w64.half(), torch.stack([bits64, bits64 ^ 1, bits64])
+        ),
         "linear_stream_tf32": lambda: with_tf32(functional.masked_linear, x64[:7], w64, bits64),
         "linear_split_k": lambda: functional.masked_linear(x_long, w_long, bits_long),
         "linear_grad_input": lambda: torch.ops.cpg.masked_linear_grad_input(
-            torch.randn(19, 21, generator=torch.Generator().manual_seed(2)).to(device), w, bits),
+            torch.randn(19, 21, generator=torch.Generator().manual_seed(2)).to(device), w, bits
+        ),
         "linear_grad_input_small_batch": lambda: torch.ops.cpg.masked_linear_grad_input(
-            tall_dy, tall_w, tall_bits),
+            tall_dy, tall_w, tall_bits
+        ),
         "multitask": lambda: functional.masked_linear_multitask(
-            x[:6].view(2, 3, 70), w, torch.stack([bits, bits ^ 1])),
+            x[:6].view(2, 3, 70), w, torch.stack([bits, bits ^ 1])
+        ),
         "conv": lambda: functional.masked_conv2d(cx, cw, cbits, padding=1),
         "conv_nhwc": lambda: tiled(nhwc, torch.float32),
         "conv_nchw_bf16": lambda: tiled(nchw, torch.bfloat16),
@@ -128,10 +204,15 @@ def _workloads(device: str = "cpu"):
         "conv_grad_input_nchw_bf16": lambda: tiled_dx(nchw, torch.bfloat16),
         "conv_grad_input_nhwc_bf16": lambda: tiled_dx(nhwc, torch.bfloat16),
         "conv_split_k_nhwc_bf16": lambda: functional.masked_conv2d(
-            sx.bfloat16().contiguous(memory_format=nhwc), sw.bfloat16(), sbits, padding=1),
+            sx.bfloat16().contiguous(memory_format=nhwc), sw.bfloat16(), sbits, padding=1
+        ),
         "conv_multitask_unfolded": lambda: functional.masked_conv2d_multitask(
-            lx.expand(3, -1, -1, -1).unsqueeze(1), lw, torch.stack([lbits, lbits ^ 1, lbits]),
-            stride=2, padding=1),
+            lx.expand(3, -1, -1, -1).unsqueeze(1),
+            lw,
+            torch.stack([lbits, lbits ^ 1, lbits]),
+            stride=2,
+            padding=1,
+        ),
         "conv_unfolded": lambda: late(nchw, torch.float32),
         "conv_unfolded_nhwc_bf16": lambda: late(nhwc, torch.bfloat16),
         "conv_grad_input_unfolded": lambda: late_dx(nchw, torch.float32),
@@ -143,24 +224,37 @@ def _workloads(device: str = "cpu"):
 # (its other launches, such as the decode of active bits, are free), so that every kernel is
 # covered.
 KERNEL_FILE = {
-    "pack_bits": "elementwise.cu", "unpack_bits": "elementwise.cu",
-    "active_bits": "elementwise.cu", "owner_histogram": "elementwise.cu",
-    "count_bits": "elementwise.cu", "apply_bits": "elementwise.cu",
+    "pack_bits": "elementwise.cu",
+    "unpack_bits": "elementwise.cu",
+    "active_bits": "elementwise.cu",
+    "owner_histogram": "elementwise.cu",
+    "count_bits": "elementwise.cu",
+    "apply_bits": "elementwise.cu",
     "grad_epilogue": "elementwise.cu",
-    "linear_small_batch": "gemm_small_batch.cuh", "linear": "gemm_simt.cuh",
-    "linear_bf16": "gemm_mma.cuh", "linear_grad_input": "gemm_simt.cuh",
-    "linear_bf16_split_k": "gemm_split_k.cuh:reduce", "linear_split_k": "gemm_split_k.cuh:reduce",
-    "linear_stream_bf16": "gemm_stream.cuh", "linear_stream_split_k": "gemm_stream.cuh:sum_kernel",
-    "multitask_stream": "gemm_stream.cuh", "linear_stream_tf32": "gemm_stream.cuh",
+    "linear_small_batch": "gemm_small_batch.cuh",
+    "linear": "gemm_simt.cuh",
+    "linear_bf16": "gemm_mma.cuh",
+    "linear_grad_input": "gemm_simt.cuh",
+    "linear_bf16_split_k": "gemm_split_k.cuh:reduce",
+    "linear_split_k": "gemm_split_k.cuh:reduce",
+    "linear_stream_bf16": "gemm_stream.cuh",
+    "linear_stream_split_k": "gemm_stream.cuh:sum_kernel",
+    "multitask_stream": "gemm_stream.cuh",
+    "linear_stream_tf32": "gemm_stream.cuh",
     "linear_grad_input_small_batch": "gemm_small_batch_grad.cuh",
     "multitask": "gemm_small_batch.cuh",
-    "conv": "conv_direct.cuh", "conv_nhwc": "gemm_simt.cuh",
-    "conv_nchw_bf16": "gemm_mma.cuh", "conv_nhwc_bf16": "gemm_mma.cuh",
-    "conv_grad_input": "gemm_simt.cuh", "conv_grad_input_nhwc": "gemm_simt.cuh",
-    "conv_grad_input_nchw_bf16": "gemm_mma.cuh", "conv_grad_input_nhwc_bf16": "gemm_mma.cuh",
+    "conv": "conv_direct.cuh",
+    "conv_nhwc": "gemm_simt.cuh",
+    "conv_nchw_bf16": "gemm_mma.cuh",
+    "conv_nhwc_bf16": "gemm_mma.cuh",
+    "conv_grad_input": "gemm_simt.cuh",
+    "conv_grad_input_nhwc": "gemm_simt.cuh",
+    "conv_grad_input_nchw_bf16": "gemm_mma.cuh",
+    "conv_grad_input_nhwc_bf16": "gemm_mma.cuh",
     "conv_split_k_nhwc_bf16": "gemm_split_k.cuh:reduce",
     "conv_multitask_unfolded": "conv_unfolded.cuh",
-    "conv_unfolded": "conv_unfolded.cuh", "conv_unfolded_nhwc_bf16": "conv_unfolded.cuh",
+    "conv_unfolded": "conv_unfolded.cuh",
+    "conv_unfolded_nhwc_bf16": "conv_unfolded.cuh",
     "conv_grad_input_unfolded": "conv_unfolded.cuh",
     "conv_grad_input_unfolded_nhwc_bf16": "conv_unfolded.cuh",
 }
@@ -172,8 +266,9 @@ def test_two_seeds_agree_bitwise(name):
     with backends.emulated(seed=1), backends.emulator_launches() as launches:
         first = run()
     expected = KERNEL_FILE[name]
-    assert any(entry == expected or entry.startswith(expected + ":") for entry in launches), \
+    assert any(entry == expected or entry.startswith(expected + ":") for entry in launches), (
         launches
+    )
     with backends.emulated(seed=2):
         second = run()
     first = first if isinstance(first, tuple) else (first,)
@@ -183,11 +278,22 @@ def test_two_seeds_agree_bitwise(name):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", ["linear_bf16_split_k", "linear_split_k", "linear_stream_bf16",
-                                  "linear_stream_split_k", "multitask_stream",
-                                  "linear_grad_input_small_batch", "conv_split_k_nhwc_bf16",
-                                  "conv_grad_input_nhwc_bf16", "conv_unfolded",
-                                  "conv_grad_input_unfolded", "conv_multitask_unfolded"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "linear_bf16_split_k",
+        "linear_split_k",
+        "linear_stream_bf16",
+        "linear_stream_split_k",
+        "multitask_stream",
+        "linear_grad_input_small_batch",
+        "conv_split_k_nhwc_bf16",
+        "conv_grad_input_nhwc_bf16",
+        "conv_unfolded",
+        "conv_grad_input_unfolded",
+        "conv_multitask_unfolded",
+    ],
+)
 def test_cuda_runs_are_bitwise_reproducible(name):
     """The same workloads on the GPU, twice: split-K, split reductions and the unfolded fold
     add their partial sums in a fixed order, so the bits never change."""
@@ -216,13 +322,21 @@ def _tap_window_workloads():
     deep_x = torch.randn(2, 128, 7, 7, generator=g)
 
     def forward(x_, w_, bits_, fmt):
-        return functional.masked_conv2d(x_.bfloat16().contiguous(memory_format=fmt),
-                                        w_.bfloat16(), bits_, padding=1)
+        return functional.masked_conv2d(
+            x_.bfloat16().contiguous(memory_format=fmt), w_.bfloat16(), bits_, padding=1
+        )
 
     def grad_input(fmt):
         return torch.ops.cpg.masked_conv2d_grad_input(
-            dy.bfloat16().contiguous(memory_format=fmt), w.bfloat16(), bits, list(x.shape),
-            [1, 1], [1, 1], [1, 1], 1)
+            dy.bfloat16().contiguous(memory_format=fmt),
+            w.bfloat16(),
+            bits,
+            list(x.shape),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+        )
 
     nchw, nhwc = torch.contiguous_format, torch.channels_last
     return {

@@ -1,4 +1,5 @@
 """The repository stands on its own: no file points a reader at a path outside it."""
+
 import pathlib
 import re
 
@@ -39,4 +40,5 @@ def test_the_design_page_exists_with_the_sections_code_cites():
     assert cited, "nothing cites docs/design.md by section; the check below would be empty"
     for number in cited:
         assert re.search(rf"^## {number}\. ", design, re.M), (
-            f"no section {number} in docs/design.md")
+            f"no section {number} in docs/design.md"
+        )

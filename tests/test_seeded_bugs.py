@@ -4,6 +4,7 @@ scripts/bug_probe.py refuses a bug whose ``search`` no longer occurs ``count`` t
 cheap check keeps a refactor from silently retiring probes (running the probe itself takes
 minutes, so CI only checks that it could run).
 """
+
 import importlib.util
 import pathlib
 import sys
@@ -34,7 +35,8 @@ def test_patch_applies(bug):
     text = (ROOT / bug.file).read_text()
     assert text.count(bug.search) == bug.count, (
         f"{bug.file}: the patch of {bug.id} expects its search text {bug.count} time(s), "
-        f"found {text.count(bug.search)}; update scripts/seeded_bugs.py with the code")
+        f"found {text.count(bug.search)}; update scripts/seeded_bugs.py with the code"
+    )
     assert bug.replace != bug.search
 
 

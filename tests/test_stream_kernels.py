@@ -5,6 +5,7 @@ every run and every thread schedule).
 
 The emulator has 4 multiprocessors (cpgdev::sm_count), so small shapes reach the planner's
 splits and multi-tile blocks."""
+
 from __future__ import annotations
 
 import math
@@ -77,8 +78,18 @@ def run_linear(x, w, bits, bias, seed=0):
 
 # (M, N, K): M over 1 to 64 (n8 tiles 1, 2, 4, 8 and their partial fills), N past a 16-row
 # tile, K one 16-byte vector, tails inside a chunk and inside a bit word.
-SHAPES = [(1, 1, 8), (1, 17, 136), (2, 16, 264), (3, 33, 72), (8, 9, 520), (9, 20, 128),
-          (16, 31, 200), (17, 5, 96), (33, 18, 64), (64, 7, 40)]
+SHAPES = [
+    (1, 1, 8),
+    (1, 17, 136),
+    (2, 16, 264),
+    (3, 33, 72),
+    (8, 9, 520),
+    (9, 20, 128),
+    (16, 31, 200),
+    (17, 5, 96),
+    (33, 18, 64),
+    (64, 7, 40),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -105,8 +116,16 @@ def test_without_bias_and_a_nan_behind_a_clear_bit():
 
 # Shapes whose planned blocks give the warps every pipeline fill: no chunk at all, fewer
 # chunks than stages, exactly kStages - 1 and kStages, and more, across several tiles.
-DEPTH_SHAPES = [(1, 16, 128), (1, 16, 512), (2, 16, 896), (1, 40, 1536), (3, 48, 2048),
-                (1, 200, 384), (1, 300, 256), (1, 400, 128)]
+DEPTH_SHAPES = [
+    (1, 16, 128),
+    (1, 16, 512),
+    (2, 16, 896),
+    (1, 40, 1536),
+    (3, 48, 2048),
+    (1, 200, 384),
+    (1, 300, 256),
+    (1, 400, 128),
+]
 
 
 def test_the_depth_shapes_cover_every_pipeline_fill():
@@ -130,8 +149,12 @@ def test_every_pipeline_fill(dtype, m, n, k, tf32):
 
 
 # Split K (one or two row tiles on 4 SMs, a long K): the partial sums' kernel runs after.
-SPLIT_SHAPES = [(1, 16, 4096, torch.bfloat16), (7, 5, 4000, torch.float32),
-                (64, 16, 8192, torch.bfloat16), (16, 30, 4104, torch.float16)]
+SPLIT_SHAPES = [
+    (1, 16, 4096, torch.bfloat16),
+    (7, 5, 4000, torch.float32),
+    (64, 16, 8192, torch.bfloat16),
+    (16, 30, 4104, torch.float16),
+]
 
 
 @pytest.mark.parametrize("m,n,k,dtype", SPLIT_SHAPES, ids=[str(s[:3]) for s in SPLIT_SHAPES])
@@ -159,14 +182,16 @@ def test_multitask_groups(dtype, tasks, m, tf32):
     with backends.emulated(), backends.emulator_launches() as log:
         y = functional.masked_linear_multitask(x, w, bits, bias)
     assert f"{STREAM}:kernel" in log, log
-    params = stream_launch(_C.plan_masked_linear(DTYPE_NAME[dtype], tasks, m, n, k, False, True,
-                                                 EMULATOR_SMS))
+    params = stream_launch(
+        _C.plan_masked_linear(DTYPE_NAME[dtype], tasks, m, n, k, False, True, EMULATOR_SMS)
+    )
     assert params["tasks_per_group"] == min(tasks, 8 // math.ceil(m / 8))
     for t in range(tasks):
         check(y[t], x[t], w, bits[t], bias, (tasks, m, t))
 
 
 # ---------------------------------------------------------------------- determinism
+
 
 def test_repeated_calls_and_schedules_give_the_same_bits():
     """Fixed order of every sum: the warps' chains, the warps in a tile, the splits."""
@@ -180,6 +205,7 @@ def test_repeated_calls_and_schedules_give_the_same_bits():
 
 
 # ------------------------------------------------------------------------- dispatch
+
 
 def test_dispatch_keeps_the_other_kernels_where_the_stream_does_not_apply():
     w, bits, bias = layer(20, 64, torch.float32)
@@ -201,10 +227,15 @@ def test_dispatch_keeps_the_other_kernels_where_the_stream_does_not_apply():
     assert [e.split(":")[0] for e in log] == ["gemm_mma.cuh"], log
 
 
-@pytest.mark.parametrize("m,n,k,dtype,tf32_on",
-                         [(1, 40, 300 - 300 % 8, torch.bfloat16, False),
-                          (16, 16, 4096, torch.bfloat16, False),
-                          (7, 5, 4000, torch.float32, True), (64, 9, 64, torch.float16, False)])
+@pytest.mark.parametrize(
+    "m,n,k,dtype,tf32_on",
+    [
+        (1, 40, 300 - 300 % 8, torch.bfloat16, False),
+        (16, 16, 4096, torch.bfloat16, False),
+        (7, 5, 4000, torch.float32, True),
+        (64, 9, 64, torch.float16, False),
+    ],
+)
 def test_plan_is_what_the_emulator_launches(m, n, k, dtype, tf32_on):
     torch.backends.cuda.matmul.allow_tf32 = tf32_on
     w, bits, bias = layer(n, k, dtype)
@@ -240,11 +271,13 @@ def test_plan_of_the_issue_shapes_on_an_h100_is_one_wave():
 
 # ------------------------------------------------------------- the unfolded conv path
 
+
 def conv_oracle(x, w, bits, bias):
     """float64 dense masking of a stride-1, padding-1 conv."""
     active = masks.unpack(bits, tuple(w.shape))
-    ref, _ = oracle(lambda x_, w_, b_: reference.masked_conv2d(x_, w_, active, b_, padding=1),
-                    [x, w, bias])
+    ref, _ = oracle(
+        lambda x_, w_, b_: reference.masked_conv2d(x_, w_, active, b_, padding=1), [x, w, bias]
+    )
     return ref
 
 

@@ -2,6 +2,7 @@
 finalize, task 2 with growth, and task 1 bit-exact; under autocast, channels_last and
 torch.compile too. Inputs are tiny (32x32 images, batch 4: the smallest at which layer4's
 1x1 batch statistics keep an eval pass finite), so each test takes seconds."""
+
 from __future__ import annotations
 
 import contextlib
@@ -118,15 +119,23 @@ def _compile_check(model, x) -> None:
 
 
 def test_small_converted_cnn_compiles_fullgraph_under_inductor():
-    model = C.convert(torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-        torch.nn.Linear(8 * 8 * 8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)))
+    model = C.convert(
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8 * 8 * 8, 16),
+            torch.nn.ReLU(),
+            torch.nn.Linear(16, 4),
+        )
+    )
     _compile_check(model, torch.randn(2, 3, 8, 8))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not COMPILE_MODELS, reason="minutes of inductor compile: set "
-                    "CPG_TEST_COMPILE_MODELS=1")
+@pytest.mark.skipif(
+    not COMPILE_MODELS, reason="minutes of inductor compile: set CPG_TEST_COMPILE_MODELS=1"
+)
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", ["resnet18", "vgg16_bn", "mobilenet_v2"])
 def test_torchvision_model_compiles_fullgraph_under_inductor(name):

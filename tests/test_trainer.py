@@ -1,4 +1,5 @@
 """The trainer end to end on synthetic tasks: pruning, growth, exact unforgetting, baselines."""
+
 from __future__ import annotations
 
 import logging
@@ -10,16 +11,33 @@ from torch import nn
 from cpg_kernels import lifecycle as L
 from cpg_kernels.convert import convert
 from cpg_kernels.data import synthetic_tasks
-from cpg_kernels.trainer import (Callback, CPGTrainer, IndependentTrainer, LoggingCallback,
-                                 SequentialTrainer, TaskResult, TrainConfig, cubic_sparsity,
-                                 make_trainer, pruning_targets)
+from cpg_kernels.trainer import (
+    Callback,
+    CPGTrainer,
+    IndependentTrainer,
+    LoggingCallback,
+    SequentialTrainer,
+    TaskResult,
+    TrainConfig,
+    cubic_sparsity,
+    make_trainer,
+    pruning_targets,
+)
 from cpg_kernels.trainer import base as trainer_base
 from cpg_kernels.trainer.loops import run_epochs
 
 
 def _network() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.BatchNorm1d(24), nn.ReLU(),
-                         nn.Linear(24, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 2))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(16, 24),
+        nn.BatchNorm1d(24),
+        nn.ReLU(),
+        nn.Linear(24, 24),
+        nn.BatchNorm1d(24),
+        nn.ReLU(),
+        nn.Linear(24, 2),
+    )
 
 
 def _tasks(n: int = 3, **options):
@@ -27,8 +45,17 @@ def _tasks(n: int = 3, **options):
 
 
 def _config(**options) -> TrainConfig:
-    values = dict(epochs=2, batch_size=16, optimizer="adam", lr=3e-3, prune_lr=1e-3, goal=0.6,
-                  final_sparsity=0.75, prune_steps=3, retrain_epochs=1)
+    values = dict(
+        epochs=2,
+        batch_size=16,
+        optimizer="adam",
+        lr=3e-3,
+        prune_lr=1e-3,
+        goal=0.6,
+        final_sparsity=0.75,
+        prune_steps=3,
+        retrain_epochs=1,
+    )
     return TrainConfig(**{**values, **options})
 
 
@@ -71,6 +98,7 @@ def _own(model, t: int) -> int | None:
 
 # ------------------------------------------------------------------- schedule
 
+
 def test_cubic_schedule_rises_fast_then_gently():
     assert cubic_sparsity(0, 4, 0.0, 0.8) == 0.0
     assert cubic_sparsity(4, 4, 0.0, 0.8) == pytest.approx(0.8)
@@ -84,6 +112,7 @@ def test_cubic_schedule_rises_fast_then_gently():
 
 
 # ------------------------------------------------------------------------ CPG
+
 
 def test_cpg_prunes_to_its_sparsity_and_forgets_nothing():
     tasks = _tasks()
@@ -109,8 +138,9 @@ def test_paper_optimizers_sgd_for_weights_adam_for_masks(monkeypatch):
     steps = []  # per training phase: [(optimizer class, {id of each parameter})]
 
     def spy(model, optimizers, *args, **kwargs):
-        steps.append([(type(o), {id(p) for g in o.param_groups for p in g["params"]})
-                      for o in optimizers])
+        steps.append(
+            [(type(o), {id(p) for g in o.param_groups for p in g["params"]}) for o in optimizers]
+        )
         return run_epochs(model, optimizers, *args, **kwargs)
 
     monkeypatch.setattr(trainer_base, "run_epochs", spy)
@@ -176,8 +206,11 @@ def test_a_missed_goal_still_leaves_room_and_growth_stops_at_the_cap():
 
 def test_the_reserve_without_a_known_sequence_length():
     tasks = _tasks(1, label_noise=0.5)
-    for options, expected in ((dict(), 0.5), (dict(total_tasks=5), 0.8),
-                              (dict(reserve=0.3, total_tasks=5), 0.3)):
+    for options, expected in (
+        (dict(), 0.5),
+        (dict(total_tasks=5), 0.8),
+        (dict(reserve=0.3, total_tasks=5), 0.3),
+    ):
         model = convert(_network())
         result = CPGTrainer(model, _config(goal=1.0, method="pae", **options)).learn(tasks[0])
         assert not result.goal_met and result.sparsity == pytest.approx(expected, abs=0.01)
@@ -194,8 +227,11 @@ class _Growth(Callback):
 
     def on_grow(self, task_id, old_size, new_size):
         state = L.task_state(self.model)[1]
-        same = all(torch.equal(layer.weight[:w.shape[0], :w.shape[1]], w)
-                   for n, layer in L.masked_layers(self.model) for w in [self.begun[n]])
+        same = all(
+            torch.equal(layer.weight[: w.shape[0], : w.shape[1]], w)
+            for n, layer in L.masked_layers(self.model)
+            for w in [self.begun[n]]
+        )
         self.seen.append((state, same))
 
 
@@ -204,8 +240,9 @@ def test_growth_restarts_the_task_from_its_state_before_it_began(restart):
     tasks = _tasks(2, label_noise=0.5)
     model = convert(_network())
     spy = _Growth(model)
-    config = _config(goal=1.0, method="pae", growth_restart=restart, final_sparsity=0.5,
-                     prune_steps=1)
+    config = _config(
+        goal=1.0, method="pae", growth_restart=restart, final_sparsity=0.5, prune_steps=1
+    )
     results = CPGTrainer(model, config, [spy]).fit(tasks)
     assert results[1].growths == 1 and len(spy.seen) == 1
     # Restart: the network grows as it was before the task (no task training, its
@@ -232,8 +269,11 @@ def test_resume_continues_to_the_same_result_as_an_uninterrupted_run(tmp_path):
     path = tmp_path / "run.pt"
 
     def save_then_crash(trainer):
-        save_checkpoint(trainer.model, path, {"results": [r.to_dict() for r in trainer.results],
-                                              "base": trainer.base_weights})
+        save_checkpoint(
+            trainer.model,
+            path,
+            {"results": [r.to_dict() for r in trainer.results], "base": trainer.base_weights},
+        )
         if len(trainer.results) == 2:
             raise Crash
 
@@ -257,8 +297,11 @@ def test_relative_goal_comes_from_a_fine_tuned_reference(caplog):
     model = convert(_network())
     recorder = _Recorder()
     with caplog.at_level(logging.INFO, logger="cpg_kernels.trainer"):
-        CPGTrainer(model, _config(goal=None, goal_drop=0.1, reference_epochs=1),
-                   [recorder, LoggingCallback()]).fit(tasks)
+        CPGTrainer(
+            model,
+            _config(goal=None, goal_drop=0.1, reference_epochs=1),
+            [recorder, LoggingCallback()],
+        ).fit(tasks)
     assert "task 2: reference: validation accuracy" in caplog.text
     assert "task 2 done: test accuracy" in caplog.text
     goals = recorder.of("goal")
@@ -278,10 +321,14 @@ def test_packnet_prunes_each_task_once_to_a_fixed_ratio_without_a_goal():
     # One prune per task, to 1 - 1/(tasks after it + 1); the last task keeps all it has.
     prunes = [(e[1], e[2]) for e in recorder.of("prune")]
     assert prunes == [(1, pytest.approx(2 / 3)), (2, pytest.approx(1 / 2))]
-    assert [r.sparsity for r in results] == [pytest.approx(2 / 3, abs=0.01),
-                                             pytest.approx(1 / 2, abs=0.01), 0.0]
-    older = sum(int(((layer.owner > 0) & (layer.owner < 3)).sum())
-                for _, layer in L.masked_layers(model))
+    assert [r.sparsity for r in results] == [
+        pytest.approx(2 / 3, abs=0.01),
+        pytest.approx(1 / 2, abs=0.01),
+        0.0,
+    ]
+    older = sum(
+        int(((layer.owner > 0) & (layer.owner < 3)).sum()) for _, layer in L.masked_layers(model)
+    )
     assert results[2].used_weights == results[2].own_weights + older  # picks every older one
 
     fixed = CPGTrainer(convert(_network()), _config(method="packnet", prune_ratio=0.25))
@@ -314,6 +361,7 @@ def test_same_seed_same_run_other_seed_other_run():
 
 
 # ------------------------------------------------------------------ baselines
+
 
 @pytest.mark.parametrize("method", ["finetune", "scratch"])
 def test_independent_baselines_keep_one_network_per_task(method):
@@ -357,6 +405,7 @@ def test_sequential_fine_tuning_shares_one_network_and_forgets():
 
 # ------------------------------------------------------------ training phases
 
+
 def test_schedules_and_the_papers_mask_schedule():
     from cpg_kernels.trainer.loops import lr_scheduler, schedule_factor
 
@@ -364,8 +413,10 @@ def test_schedules_and_the_papers_mask_schedule():
     assert schedule_factor("cosine", 0.0) == 1 and schedule_factor("cosine", 1.0) == 0
     assert schedule_factor("cosine", 0.5) == pytest.approx(0.5)
     weight, mask = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
-    optimizer = torch.optim.SGD([{"params": [weight], "cpg_part": "weights"},
-                                 {"params": [mask], "cpg_part": "masks"}], lr=1.0)
+    optimizer = torch.optim.SGD(
+        [{"params": [weight], "cpg_part": "weights"}, {"params": [mask], "cpg_part": "masks"}],
+        lr=1.0,
+    )
     scheduler = lr_scheduler(optimizer, 10, "constant", "paper")
     rates = []
     for _ in range(10):
@@ -425,30 +476,36 @@ def test_fit_records_the_accuracy_matrix():
     assert matrix[2][:2] == [None, None] and matrix[0][0] == results[0].learned_accuracy
     assert [r.accuracy for r in results] == [row[-1] for row in matrix]
     assert backward_transfer(results) == pytest.approx(
-        (matrix[0][2] - matrix[0][0] + matrix[1][2] - matrix[1][1]) / 2)
+        (matrix[0][2] - matrix[0][0] + matrix[1][2] - matrix[1][1]) / 2
+    )
     assert forgetting(results) == pytest.approx(
-        (max(matrix[0][:2]) - matrix[0][2] + matrix[1][1] - matrix[1][2]) / 2)
+        (max(matrix[0][:2]) - matrix[0][2] + matrix[1][1] - matrix[1][2]) / 2
+    )
 
 
 # ---------------------------------------------------------------- bad inputs
 
-@pytest.mark.parametrize("options,message", [
-    (dict(method="ewc"), "unknown method"),
-    (dict(epochs=0), "epochs"),
-    (dict(goal=1.5), "goal"),
-    (dict(initial_sparsity=0.5, final_sparsity=0.2), "sparsities"),
-    (dict(final_sparsity=1.0), "sparsities"),
-    (dict(max_size=0.5), "max_size"),
-    (dict(lr=0.0), "lr"),
-    (dict(optimizer="lbfgs"), "optimizer"),
-    (dict(mask_optimizer="lbfgs"), "mask_optimizer"),
-    (dict(lr_schedule="linear"), "lr_schedule"),
-    (dict(mask_schedule="x"), "mask_schedule"),
-    (dict(reserve=1.0), "reserve"),
-    (dict(prune_ratio=-0.1), "prune_ratio"),
-    (dict(total_tasks=256), "at most 255"),
-    (dict(patience=0), "patience"),
-])
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(method="ewc"), "unknown method"),
+        (dict(epochs=0), "epochs"),
+        (dict(goal=1.5), "goal"),
+        (dict(initial_sparsity=0.5, final_sparsity=0.2), "sparsities"),
+        (dict(final_sparsity=1.0), "sparsities"),
+        (dict(max_size=0.5), "max_size"),
+        (dict(lr=0.0), "lr"),
+        (dict(optimizer="lbfgs"), "optimizer"),
+        (dict(mask_optimizer="lbfgs"), "mask_optimizer"),
+        (dict(lr_schedule="linear"), "lr_schedule"),
+        (dict(mask_schedule="x"), "mask_schedule"),
+        (dict(reserve=1.0), "reserve"),
+        (dict(prune_ratio=-0.1), "prune_ratio"),
+        (dict(total_tasks=256), "at most 255"),
+        (dict(patience=0), "patience"),
+    ],
+)
 def test_config_rejects_bad_values(options, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**options)

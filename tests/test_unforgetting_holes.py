@@ -1,5 +1,6 @@
 """Holes in exact unforgetting that review found: stateful layers convert() left shared,
 optimizers the guard cannot protect, checkpoints in another dtype, channels_last growth."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,9 @@ def _x(shape=(4, 3, 8, 8), seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _learn(model: nn.Module, t: int, x: torch.Tensor, steps: int = 2, optimizer=None,
-           finalize: bool = True) -> None:
+def _learn(
+    model: nn.Module, t: int, x: torch.Tensor, steps: int = 2, optimizer=None, finalize: bool = True
+) -> None:
     C.begin_task(model, t, num_classes=3)
     model.train()
     optimizer = optimizer or C.make_optimizer(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -44,9 +46,17 @@ def _assert_same(a, b) -> None:
 
 # ------------------------------------------------------------------ stateful layers
 
+
 def test_sync_batch_norm_becomes_per_task():
-    model = C.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4), nn.ReLU(),
-                                    nn.Flatten(), nn.Linear(4 * 6 * 6, 3)))
+    model = C.convert(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3),
+            nn.SyncBatchNorm(4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 6 * 6, 3),
+        )
+    )
     assert type(model[1]) is CPGSyncBatchNorm
     x = _x()
     _learn(model, 1, x)
@@ -58,8 +68,11 @@ def test_sync_batch_norm_becomes_per_task():
 
 
 def test_batch_norm_3d_becomes_per_task():
-    model = C.convert(nn.Sequential(nn.Unflatten(1, (1, 3)), nn.BatchNorm3d(1), nn.Flatten(),
-                                    nn.Linear(3 * 8 * 8, 3)))
+    model = C.convert(
+        nn.Sequential(
+            nn.Unflatten(1, (1, 3)), nn.BatchNorm3d(1), nn.Flatten(), nn.Linear(3 * 8 * 8, 3)
+        )
+    )
     assert type(model[1]) is CPGBatchNorm3d
     x = _x()
     _learn(model, 1, x)
@@ -72,11 +85,15 @@ class _MyBatchNorm(nn.BatchNorm2d):
     pass
 
 
-@pytest.mark.parametrize("layer,what", [
-    (_MyBatchNorm(4), "a _MyBatchNorm tracks running statistics"),
-    (nn.InstanceNorm2d(4, track_running_stats=True), "track_running_stats=False"),
-    (nn.LazyBatchNorm2d(), "a LazyBatchNorm2d"),
-], ids=["subclass", "instance-norm", "lazy"])
+@pytest.mark.parametrize(
+    "layer,what",
+    [
+        (_MyBatchNorm(4), "a _MyBatchNorm tracks running statistics"),
+        (nn.InstanceNorm2d(4, track_running_stats=True), "track_running_stats=False"),
+        (nn.LazyBatchNorm2d(), "a LazyBatchNorm2d"),
+    ],
+    ids=["subclass", "instance-norm", "lazy"],
+)
 def test_convert_refuses_statistics_it_would_share(layer, what):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), layer, nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     with pytest.raises(ValueError, match="^1: ") as err:
@@ -86,8 +103,11 @@ def test_convert_refuses_statistics_it_would_share(layer, what):
 
 
 def test_instance_norm_without_statistics_is_accepted():
-    model = C.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4), nn.Flatten(),
-                                    nn.Linear(4 * 6 * 6, 3)))
+    model = C.convert(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+        )
+    )
     x = _x()
     _learn(model, 1, x)
     before = _record(model, 1, x)
@@ -110,8 +130,9 @@ class _RunningMean(nn.Module):
 
 
 def test_finalize_refuses_a_task_that_changed_a_shared_buffer():
-    model = C.convert(nn.Sequential(nn.Flatten(), nn.Linear(48, 8), _RunningMean(8),
-                                    nn.Linear(8, 3)))
+    model = C.convert(
+        nn.Sequential(nn.Flatten(), nn.Linear(48, 8), _RunningMean(8), nn.Linear(8, 3))
+    )
     x = _x((6, 3, 4, 4))
     with pytest.raises(RuntimeError, match=r"buffer 2\.mean changed while task 1 trained"):
         _learn(model, 1, x)
@@ -134,6 +155,7 @@ def test_finalize_refuses_a_task_that_changed_a_shared_buffer():
 
 
 # ------------------------------------------------------------------ optimizers
+
 
 def _mlp() -> nn.Module:
     return C.convert(nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.ReLU(), nn.Linear(16, 3)))
@@ -170,8 +192,9 @@ def _groups(model, **kwargs):
 
 # Every torch.optim optimizer that takes dense gradients; options exercise momentum and state.
 SAFE = {
-    "SGD": lambda m: torch.optim.SGD(_groups(m, weight_decay=1e-3), lr=0.1, momentum=0.9,
-                                     nesterov=True),
+    "SGD": lambda m: torch.optim.SGD(
+        _groups(m, weight_decay=1e-3), lr=0.1, momentum=0.9, nesterov=True
+    ),
     "Adam": lambda m: torch.optim.Adam(_groups(m), lr=0.01, amsgrad=True),
     "AdamW": lambda m: torch.optim.AdamW(_groups(m, weight_decay=1e-2), lr=0.01),
     "Adamax": lambda m: torch.optim.Adamax(_groups(m), lr=0.01),
@@ -195,8 +218,7 @@ def test_guarded_optimizers_keep_old_tasks_exact(name):
 
 UNSAFE = {
     "ASGD": (lambda m: torch.optim.ASGD(_groups(m), lr=0.1), "lambd"),
-    "Muon": (lambda m: torch.optim.Muon(_groups(m, parts=("weights",)), lr=0.1),
-             "orthogonalises"),
+    "Muon": (lambda m: torch.optim.Muon(_groups(m, parts=("weights",)), lr=0.1), "orthogonalises"),
 }
 
 
@@ -210,12 +232,18 @@ def test_guard_refuses_optimizers_that_move_frozen_weights(name):
 
 def test_every_torch_optimizer_is_classified():
     known = {n.split("-")[0] for n in (*SAFE, *UNSAFE)} | {"SparseAdam"}  # sparse grads only
-    everything = {n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type) and
-                  issubclass(getattr(torch.optim, n), torch.optim.Optimizer) and n != "Optimizer"}
+    everything = {
+        n
+        for n in dir(torch.optim)
+        if isinstance(getattr(torch.optim, n), type)
+        and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+        and n != "Optimizer"
+    }
     assert everything <= known, f"classify {sorted(everything - known)} in this file"
 
 
 # ------------------------------------------------------------------ checkpoints
+
 
 def test_checkpoint_in_another_dtype_is_refused(tmp_path):
     model = C.convert(models.resnet18(10, width=1 / 16))
@@ -223,10 +251,12 @@ def test_checkpoint_in_another_dtype_is_refused(tmp_path):
     _learn(model, 1, x, steps=1)
     C.save_checkpoint(model, tmp_path / "fp32.pt")
     other = C.convert(models.resnet18(10, width=1 / 16)).to(torch.bfloat16)
-    before = {k: v.clone() for k, v in other.state_dict().items()
-              if isinstance(v, torch.Tensor)}
-    with pytest.raises(ValueError, match=r"conv1\.weight is torch\.float32 in the checkpoint "
-                                         r"but torch\.bfloat16 in the model"):
+    before = {k: v.clone() for k, v in other.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(
+        ValueError,
+        match=r"conv1\.weight is torch\.float32 in the checkpoint "
+        r"but torch\.bfloat16 in the model",
+    ):
         C.load_checkpoint(other, tmp_path / "fp32.pt")
     assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())
     C.load_checkpoint(other.float(), tmp_path / "fp32.pt")
@@ -234,6 +264,7 @@ def test_checkpoint_in_another_dtype_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------ channels_last
+
 
 def test_channels_last_through_growth_stays_bit_exact():
     """A finished task computes on its slice of a grown layer in the layout it finished in

@@ -35,6 +35,7 @@ The split: a (case, variant) pair is held out when the first byte of sha256 of
 share the latency and issue constants, the baselines apart); the errors printed for the odd half
 say how well the model *predicts*.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,22 +60,44 @@ KNOWN_RUNS = {"2026-11-27-h100": "d6fc611"}  # runs whose bench.json lacks its c
 
 # Physical ranges the fit keeps each constant in.
 BOUNDS = {
-    "mem_latency_ns": (300, 2000), "cpi": (1, 8), "issue_efficiency": (0.2, 1.0),
+    "mem_latency_ns": (300, 2000),
+    "cpi": (1, 8),
+    "issue_efficiency": (0.2, 1.0),
     "fma_issue_efficiency": (0.05, 1.0),
-    "host_fused_us": (5, 60), "host_index_us": (0.5, 30), "tile_sync_clk": (0, 5000),
-    "simt_sync_clk": (0, 5000), "tile_issue_efficiency": (0.2, 1.0),
-    "host_torch_op_us": (2, 60), "vendor_gemm_eff": (0.1, 1.0), "vendor_bw_eff": (0.1, 1.0),
-    "vendor_conv_eff": (0.05, 1.0), "vendor_conv_us": (0.1, 60), "host_train_us": (20, 1000),
+    "host_fused_us": (5, 60),
+    "host_index_us": (0.5, 30),
+    "tile_sync_clk": (0, 5000),
+    "simt_sync_clk": (0, 5000),
+    "tile_issue_efficiency": (0.2, 1.0),
+    "host_torch_op_us": (2, 60),
+    "vendor_gemm_eff": (0.1, 1.0),
+    "vendor_bw_eff": (0.1, 1.0),
+    "vendor_conv_eff": (0.05, 1.0),
+    "vendor_conv_us": (0.1, 60),
+    "host_train_us": (20, 1000),
     "dense_train_passes": (4, 80),
 }
 
 # The constants each group fits (kernels.Constants), in fitting order.
 FITTED = {
-    "unchanged": ("mem_latency_ns", "cpi", "issue_efficiency", "fma_issue_efficiency",
-                  "host_fused_us", "host_index_us"),
+    "unchanged": (
+        "mem_latency_ns",
+        "cpi",
+        "issue_efficiency",
+        "fma_issue_efficiency",
+        "host_fused_us",
+        "host_index_us",
+    ),
     "mainloop": ("tile_sync_clk", "simt_sync_clk", "tile_issue_efficiency"),
-    "baselines": ("host_torch_op_us", "vendor_gemm_eff", "vendor_bw_eff", "vendor_conv_eff",
-                  "vendor_conv_us", "host_train_us", "dense_train_passes"),
+    "baselines": (
+        "host_torch_op_us",
+        "vendor_gemm_eff",
+        "vendor_bw_eff",
+        "vendor_conv_eff",
+        "vendor_conv_us",
+        "host_train_us",
+        "dense_train_passes",
+    ),
 }
 
 
@@ -97,8 +120,9 @@ def held_out(case_id: str, variant: str) -> bool:
 
 
 def case_from_record(r: dict) -> bench_cases.Case | None:
-    layers = {(lay.net, lay.name): lay for lay in
-              bench_cases.LINEAR_LAYERS + bench_cases.CONV_LAYERS}
+    layers = {
+        (lay.net, lay.name): lay for lay in bench_cases.LINEAR_LAYERS + bench_cases.CONV_LAYERS
+    }
     lay = layers.get((r["net"], r["layer"]))
     if lay is None:
         return None
@@ -113,10 +137,13 @@ def no_split_k(case, what, launches: list[Launch]) -> list[Launch]:
             continue
         p = dict(launch.params)
         splits = p.get("splits", 1)
-        if launch.family in ("mma::masked_gemm_mma_kernel", "simt::masked_gemm_simt_kernel") \
-                and splits > 1:
-            kernel = launch.kernel.replace("split_k::StageSplit<", "", 1) \
-                .replace("split_k::ReductionSplit<", "", 1)
+        if (
+            launch.family in ("mma::masked_gemm_mma_kernel", "simt::masked_gemm_simt_kernel")
+            and splits > 1
+        ):
+            kernel = launch.kernel.replace("split_k::StageSplit<", "", 1).replace(
+                "split_k::ReductionSplit<", "", 1
+            )
             kernel = kernel[:-1] if kernel.endswith(">>") else kernel
             p["splits"] = 1
             if "stages_per_split" in p:
@@ -145,20 +172,40 @@ def small_batch_plan(elem: str, tasks: int, m: int, n: int, k: int, sms: int) ->
     k_chunks = math.ceil(k / warp_chunk)
     static = 4 * warps * rows_per_warp * x_rows
     slices = 1
-    while (slices < warps and 2 * slices <= k_chunks
-           and x_rows * 2 * slices * warp_chunk * e + static <= budget
-           and math.ceil(n / (warps // slices * rows_per_warp)) * groups < 2 * sms):
+    while (
+        slices < warps
+        and 2 * slices <= k_chunks
+        and x_rows * 2 * slices * warp_chunk * e + static <= budget
+        and math.ceil(n / (warps // slices * rows_per_warp)) * groups < 2 * sms
+    ):
         slices *= 2
     rows_per_block = warps // slices * rows_per_warp
     stage_width = slices * warp_chunk
-    params = {"M": m, "N": n, "K": k, "tasks": tasks, "x_rows": x_rows,
-              "group_rows": group_rows, "slices": slices, "rows_per_block": rows_per_block,
-              "stage_width": stage_width, "chunks": math.ceil(k / stage_width),
-              "static_smem": static}
-    kernel = (f"small_batch::masked_linear_small_batch_kernel<{elem},{x_rows},"
-              f"{'true' if multitask else 'false'}>")
-    return Launch(kernel, (math.ceil(n / rows_per_block), groups, 1), 256,
-                  x_rows * slices * warp_chunk * e, 0, params)
+    params = {
+        "M": m,
+        "N": n,
+        "K": k,
+        "tasks": tasks,
+        "x_rows": x_rows,
+        "group_rows": group_rows,
+        "slices": slices,
+        "rows_per_block": rows_per_block,
+        "stage_width": stage_width,
+        "chunks": math.ceil(k / stage_width),
+        "static_smem": static,
+    }
+    kernel = (
+        f"small_batch::masked_linear_small_batch_kernel<{elem},{x_rows},"
+        f"{'true' if multitask else 'false'}>"
+    )
+    return Launch(
+        kernel,
+        (math.ceil(n / rows_per_block), groups, 1),
+        256,
+        x_rows * slices * warp_chunk * e,
+        0,
+        params,
+    )
 
 
 def old_small_batch(case, what, launches: list[Launch], sms: int) -> list[Launch]:
@@ -180,8 +227,9 @@ def _same_kernels(commit: str | None) -> bool:
     """Whether a run's commit had this checkout's csrc/cuda (a dirty run tree: unknown, no)."""
     if not commit or commit.endswith("-dirty"):
         return False
-    r = subprocess.run(["git", "diff", "--quiet", commit, "--", "csrc/cuda"], cwd=ROOT,
-                       capture_output=True)
+    r = subprocess.run(
+        ["git", "diff", "--quiet", commit, "--", "csrc/cuda"], cwd=ROOT, capture_output=True
+    )
     return r.returncode == 0
 
 
@@ -200,9 +248,9 @@ def points_of_run(path: Path) -> tuple[str, object, list[Point]]:
         for name, v in r["variants"].items():
             if name == "fused" or name == "separate_fused":
                 if known:
-                    if case.family == "multitask" or (case.family == "linear" and
-                                                      case.mode == "inference" and
-                                                      case.batch <= 16):
+                    if case.family == "multitask" or (
+                        case.family == "linear" and case.mode == "inference" and case.batch <= 16
+                    ):
                         group = "unchanged"
                     elif case.family == "linear" and case.mode == "inference":
                         if case.batch <= 64 and case.dtype != "fp32":
@@ -261,17 +309,29 @@ def fit(points: list[Point], ctxs, constants, names, iterations: int = 1500):
     start = [math.log(max(getattr(constants, n), 1e-3)) for n in names]
 
     def values(x):
-        return {n: min(max(math.exp(v), BOUNDS[n][0]), BOUNDS[n][1])
-                for n, v in zip(names, x, strict=True)}
+        return {
+            n: min(max(math.exp(v), BOUNDS[n][0]), BOUNDS[n][1])
+            for n, v in zip(names, x, strict=True)
+        }
 
     def loss(x):
         return _loss(points, _predict_all(points, ctxs, constants.replace(**values(x))))
 
-    best = minimize(loss, start, method="Nelder-Mead",
-                    options={"maxiter": iterations, "xatol": 1e-3, "fatol": 1e-5,
-                             "initial_simplex": [start] + [
-                                 [v + (0.7 if i == j else 0.0) for j, v in enumerate(start)]
-                                 for i in range(len(start))]})
+    best = minimize(
+        loss,
+        start,
+        method="Nelder-Mead",
+        options={
+            "maxiter": iterations,
+            "xatol": 1e-3,
+            "fatol": 1e-5,
+            "initial_simplex": [start]
+            + [
+                [v + (0.7 if i == j else 0.0) for j, v in enumerate(start)]
+                for i in range(len(start))
+            ],
+        },
+    )
     return constants.replace(**values(best.x)), best.fun
 
 
@@ -288,6 +348,7 @@ def spearman(a: list[float], b: list[float]) -> float | None:
                 r[order[k]] = (i + j) / 2
             i = j + 1
         return r
+
     if len(a) < 3:
         return None
     ra, rb = ranks(a), ranks(b)
@@ -299,17 +360,23 @@ def spearman(a: list[float], b: list[float]) -> float | None:
 
 def summary(points, preds) -> dict:
     errs = [abs(pr - p.measured_s) / p.measured_s for p, pr in zip(points, preds, strict=True)]
-    return {"count": len(points),
-            "median_abs_error": statistics.median(errs) if errs else None,
-            "rank_correlation": spearman([p.measured_s for p in points], preds)}
+    return {
+        "count": len(points),
+        "median_abs_error": statistics.median(errs) if errs else None,
+        "rank_correlation": spearman([p.measured_s for p in points], preds),
+    }
 
 
 def default_runs() -> list[Path]:
     return sorted(p for p in RESULTS.glob("*/bench.json"))
 
 
-def calibrate(paths: list[Path] | None = None, table: dict | None = None, verbose: bool = True,
-              write: Path | None = predict.CONSTANTS) -> dict:
+def calibrate(
+    paths: list[Path] | None = None,
+    table: dict | None = None,
+    verbose: bool = True,
+    write: Path | None = predict.CONSTANTS,
+) -> dict:
     """Fit the constants and report the held-out error; returns the report."""
     table = table if table is not None else resources.load_table()
     runs = []
@@ -323,40 +390,56 @@ def calibrate(paths: list[Path] | None = None, table: dict | None = None, verbos
     constants = predict.kernels.Constants()
     ctxs = _contexts(runs, constants, table)
     # The fused groups share the kernels' constants (latency, issue): fitted together.
-    for groups, names in ((("unchanged", "mainloop"), FITTED["unchanged"] + FITTED["mainloop"]),
-                          (("baselines",), FITTED["baselines"])):
+    for groups, names in (
+        (("unchanged", "mainloop"), FITTED["unchanged"] + FITTED["mainloop"]),
+        (("baselines",), FITTED["baselines"]),
+    ):
         train = [p for p in points if p.group in groups and not p.held_out]
         if train:
             constants, _ = fit(train, ctxs, constants, names)
     preds = _predict_all(points, ctxs, constants)
-    report = {"constants": {k: getattr(constants, k) for names in FITTED.values() for k in names},
-              "runs": [run for run, _, _ in runs], "groups": {}}
+    report = {
+        "constants": {k: getattr(constants, k) for names in FITTED.values() for k in names},
+        "runs": [run for run, _, _ in runs],
+        "groups": {},
+    }
     for group in (*FITTED, "all"):
         sel = [i for i, p in enumerate(points) if group in ("all", p.group)]
         for split in ("fit", "held_out"):
             idx = [i for i in sel if points[i].held_out == (split == "held_out")]
             report["groups"].setdefault(group, {})[split] = summary(
-                [points[i] for i in idx], [preds[i] for i in idx])
-    report["points"] = [{"run": p.run, "group": p.group, "case": p.case.id,
-                         "variant": p.variant, "held_out": p.held_out,
-                         "measured_us": p.measured_s * 1e6, "predicted_us": pr * 1e6}
-                        for p, pr in zip(points, preds, strict=True)]
+                [points[i] for i in idx], [preds[i] for i in idx]
+            )
+    report["points"] = [
+        {
+            "run": p.run,
+            "group": p.group,
+            "case": p.case.id,
+            "variant": p.variant,
+            "held_out": p.held_out,
+            "measured_us": p.measured_s * 1e6,
+            "predicted_us": pr * 1e6,
+        }
+        for p, pr in zip(points, preds, strict=True)
+    ]
     if verbose:
         print_report(report)
     if write is not None:
-        Path(write).write_text(json.dumps({k: report[k] for k in ("constants", "runs", "groups")},
-                                          indent=1) + "\n")
+        Path(write).write_text(
+            json.dumps({k: report[k] for k in ("constants", "runs", "groups")}, indent=1) + "\n"
+        )
     return report
 
 
 def print_report(report: dict, cases_shown: int = 400) -> None:
-    print(f"{'case':<56} {'variant':<20} {'group':<10} {'meas us':>9} {'pred us':>9} "
-          f"{'err':>6}")
+    print(f"{'case':<56} {'variant':<20} {'group':<10} {'meas us':>9} {'pred us':>9} {'err':>6}")
     shown = [p for p in report["points"] if p["held_out"]][:cases_shown]
     for p in shown:
         err = (p["predicted_us"] - p["measured_us"]) / p["measured_us"]
-        print(f"{p['case'][:56]:<56} {p['variant']:<20} {p['group']:<10} "
-              f"{p['measured_us']:9.1f} {p['predicted_us']:9.1f} {err:+6.0%}")
+        print(
+            f"{p['case'][:56]:<56} {p['variant']:<20} {p['group']:<10} "
+            f"{p['measured_us']:9.1f} {p['predicted_us']:9.1f} {err:+6.0%}"
+        )
     print()
     print("held-out cases (sha256 of 'case:variant' odd); constants fitted on the others")
     print(f"{'group':<10} {'split':<9} {'count':>5} {'median |err|':>12} {'rank corr':>9}")
@@ -365,5 +448,4 @@ def print_report(report: dict, cases_shown: int = 400) -> None:
             med = "-" if s["median_abs_error"] is None else f"{s['median_abs_error']:.1%}"
             rho = "-" if s["rank_correlation"] is None else f"{s['rank_correlation']:.3f}"
             print(f"{group:<10} {split:<9} {s['count']:>5} {med:>12} {rho:>9}")
-    print("fitted constants: " + ", ".join(f"{k}={v:.4g}" for k, v in
-                                           report["constants"].items()))
+    print("fitted constants: " + ", ".join(f"{k}={v:.4g}" for k, v in report["constants"].items()))

@@ -19,6 +19,7 @@ FFMA or HMMA count that the source says one unit issues, so that a loop the comp
 still counts per unit. Grid-stride helper kernels are bandwidth or latency bound: bytes in
 flight per SM over the memory latency.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,6 +36,7 @@ ELEM_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 class Constants:
     """The model's free constants. The fitted ones are set by ``model.py calibrate`` (saved in
     constants.json); the defaults are physical first guesses."""
+
     mem_latency_ns: float = 650.0  # fitted: a dependent global load that misses to DRAM, loaded
     cpi: float = 2.0  # fitted: clocks per instruction of one warp's own dependent stream
     issue_efficiency: float = 0.7  # fitted: achieved share of the SM's instruction issue
@@ -71,6 +73,7 @@ class Cost:
 @dataclass(frozen=True)
 class Unit:
     """One unit of a block's work, and how many the block does."""
+
     count: float
     dram_bytes: float = 0.0
     l2_bytes: float = 0.0
@@ -86,6 +89,7 @@ class Unit:
 
 
 # --------------------------------------------------------------------------- resources
+
 
 def elem_bytes(kernel: str) -> int:
     """The element size of a kernel from its first element-type argument."""
@@ -127,8 +131,9 @@ def per_unit_count(res: dict | None, opcode: str, expected: float, count: str) -
     return mix.get(count, 0) * expected / mix[opcode]
 
 
-def per_unit_instructions(res: dict | None, opcode: str, expected: float, fallback: float) -> \
-        tuple[float, str]:
+def per_unit_instructions(
+    res: dict | None, opcode: str, expected: float, fallback: float
+) -> tuple[float, str]:
     """Warp instructions of one unit: the hot loop's count scaled to ``expected`` ``opcode``
     instructions per unit (from the source), or ``fallback`` without SASS."""
     loop = hot_loop(res, opcode)
@@ -141,6 +146,7 @@ def per_unit_instructions(res: dict | None, opcode: str, expected: float, fallba
 
 
 # --------------------------------------------------------------------------- the waves
+
 
 def run_grid(blocks: int, occ: int, gpu: Gpu, block_time) -> tuple[float, float]:
     """Time of ``blocks`` blocks at ``occ`` per SM; ``block_time(b, active)`` is one block's
@@ -155,16 +161,18 @@ def run_grid(blocks: int, occ: int, gpu: Gpu, block_time) -> tuple[float, float]
     return t, blocks / slots
 
 
-def unit_seconds(u: Unit, b: int, active: int, gpu: Gpu, c: Constants,
-                 issue_efficiency: float | None = None) -> tuple[float, str]:
+def unit_seconds(
+    u: Unit, b: int, active: int, gpu: Gpu, c: Constants, issue_efficiency: float | None = None
+) -> tuple[float, str]:
     f = gpu.clock_ghz * 1e9
     eff = c.issue_efficiency if issue_efficiency is None else issue_efficiency
     terms = {
         "dram": b * u.dram_bytes / (gpu.dram_gbps * 1e9 / active),
         "l2": b * u.l2_bytes / (gpu.l2_gbps * 1e9 / active),
-        "issue": b * u.warps * ((u.instructions - u.fma) / eff
-                                + u.fma / (c.fma_issue_efficiency if u.fma else 1.0))
-                 / (gpu.schedulers * f),
+        "issue": b
+        * u.warps
+        * ((u.instructions - u.fma) / eff + u.fma / (c.fma_issue_efficiency if u.fma else 1.0))
+        / (gpu.schedulers * f),
         "tensor": b * u.hmma * gpu.hmma_clk / f,
         "smem": b * u.smem_wavefronts / f,
     }
@@ -174,8 +182,16 @@ def unit_seconds(u: Unit, b: int, active: int, gpu: Gpu, c: Constants,
     return terms[bound] + u.fixed_s, bound
 
 
-def blocks_cost(launch: Launch, unit: Unit, occ: int, gpu: Gpu, c: Constants,
-                total_dram_bytes: float, detail: dict, tiled: bool = False) -> Cost:
+def blocks_cost(
+    launch: Launch,
+    unit: Unit,
+    occ: int,
+    gpu: Gpu,
+    c: Constants,
+    total_dram_bytes: float,
+    detail: dict,
+    tiled: bool = False,
+) -> Cost:
     bounds = []
     eff = c.tile_issue_efficiency if tiled else c.issue_efficiency
 
@@ -189,8 +205,13 @@ def blocks_cost(launch: Launch, unit: Unit, occ: int, gpu: Gpu, c: Constants,
     bound = bounds[0] if bounds else "launch"
     if t_dram > t:
         t, bound = t_dram, "dram"
-    detail.update(occupancy=occ, waves=waves, units_per_block=unit.count,
-                  dram_bytes=total_dram_bytes, instructions_per_unit=unit.instructions)
+    detail.update(
+        occupancy=occ,
+        waves=waves,
+        units_per_block=unit.count,
+        dram_bytes=total_dram_bytes,
+        instructions_per_unit=unit.instructions,
+    )
     return Cost(t + c.launch_gap_us * 1e-6, bound, detail)
 
 
@@ -222,12 +243,16 @@ def load_rounds(bytes_per_round: int, rounds: int) -> dict:
 
 
 def rounds_seconds(rounds: dict, gpu: Gpu, c: Constants) -> float:
-    return (rounds["dram"] * c.mem_latency_ns + rounds["l2"] * gpu.l2_latency_ns
-            + rounds["l1"] * gpu.l1_latency_ns) * 1e-9
+    return (
+        rounds["dram"] * c.mem_latency_ns
+        + rounds["l2"] * gpu.l2_latency_ns
+        + rounds["l1"] * gpu.l1_latency_ns
+    ) * 1e-9
 
 
-def small_batch(launch: Launch, res: dict | None, gpu: Gpu, c: Constants,
-                single: dict | None = None) -> Cost:
+def small_batch(
+    launch: Launch, res: dict | None, gpu: Gpu, c: Constants, single: dict | None = None
+) -> Cost:
     """gemm_small_batch.cuh: a block streams rows_per_block W rows, one chunk of stage_width
     columns at a time: W loads, barrier, x staged from L2, barrier, then 4 rounds of bit-word
     loads at their point of use (per task of the group), each followed by its FMAs."""
@@ -257,16 +282,24 @@ def small_batch(launch: Launch, res: dict | None, gpu: Gpu, c: Constants,
     # Each lane reads its own 16 bytes of the staged x (LDS.128: 4 wavefronts per warp).
     lds = per_unit_count(res, "FFMA", ffma, "LDS")
     lds = 4 * p["x_rows"] if lds is None else lds
-    unit = Unit(count=chunks, dram_bytes=w_chunk * w_dram + bits_chunk,
-                l2_bytes=w_chunk * (1 - w_dram) + p["group_rows"] * cols * e,
-                instructions=instr, fma=ffma, warps=8, smem_wavefronts=8 * 4 * lds,
-                chain_s=gpu.l2_latency_ns * 1e-9 + tasks_in_group * rounds_seconds(rounds, gpu, c),
-                prologue_s=latency)
+    unit = Unit(
+        count=chunks,
+        dram_bytes=w_chunk * w_dram + bits_chunk,
+        l2_bytes=w_chunk * (1 - w_dram) + p["group_rows"] * cols * e,
+        instructions=instr,
+        fma=ffma,
+        warps=8,
+        smem_wavefronts=8 * 4 * lds,
+        chain_s=gpu.l2_latency_ns * 1e-9 + tasks_in_group * rounds_seconds(rounds, gpu, c),
+        prologue_s=latency,
+    )
     w_reads = groups if w_dram == 1.0 else 1
-    total = (w_bytes * w_reads + p["N"] * p["K"] / 8 * p["tasks"]
-             + p["M"] * p["tasks"] * (p["K"] + p["N"]) * e)
-    detail = {"instructions_from": source, "tasks_in_group": tasks_in_group,
-              "bit_rounds": rounds}
+    total = (
+        w_bytes * w_reads
+        + p["N"] * p["K"] / 8 * p["tasks"]
+        + p["M"] * p["tasks"] * (p["K"] + p["N"]) * e
+    )
+    detail = {"instructions_from": source, "tasks_in_group": tasks_in_group, "bit_rounds": rounds}
     return blocks_cost(launch, unit, _occ(launch, res, gpu), gpu, c, total, detail)
 
 
@@ -282,14 +315,21 @@ def small_batch_grad(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -
     latency = c.mem_latency_ns * 1e-9
     stage_rows = 4096 // p["dy_rows"]
     chain = latency + gpu.l2_latency_ns * 1e-9 * p["slices"] * p["rows_per_step"] / stage_rows
-    unit = Unit(count=steps, dram_bytes=step_bytes, instructions=instr, fma=ffma, warps=8,
-                chain_s=chain,
-                prologue_s=latency)
+    unit = Unit(
+        count=steps,
+        dram_bytes=step_bytes,
+        instructions=instr,
+        fma=ffma,
+        warps=8,
+        chain_s=chain,
+        prologue_s=latency,
+    )
     m, n, k = p["M"], p["N"], p["K"]
     out = (4 * p["splits"] if launch.workspace_bytes else e) * m * k
     total = n * k * (e + 1 / 8) + m * n * e + out
-    return blocks_cost(launch, unit, _occ(launch, res, gpu), gpu, c, total,
-                       {"instructions_from": source})
+    return blocks_cost(
+        launch, unit, _occ(launch, res, gpu), gpu, c, total, {"instructions_from": source}
+    )
 
 
 def weight_stream(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> Cost:
@@ -323,24 +363,37 @@ def weight_stream(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> C
     # Shared-memory wavefronts per warp chunk: W copied in and read back (32 + 32), the bit
     # words (a 4-byte copy and a 16-byte read per task per row half), x read per quad and tile
     # (4 per LDS.128), x copied in during the first tile.
-    wavefronts = (64 + tasks * 2 * (1 + 4) + 4 * 4 * used
-                  + group_rows * chunk / 128 / tiles_per_block)
+    wavefronts = (
+        64 + tasks * 2 * (1 + 4) + 4 * 4 * used + group_rows * chunk / 128 / tiles_per_block
+    )
     # A tile's end: two barriers and the warps' sums (kTiles x 4 shared loads per thread).
     flush_clk = 2 * 40 + tiles_n8 * warps * 30
-    unit = Unit(count=units, dram_bytes=w_unit * w_dram + bits_unit,
-                l2_bytes=w_unit * (1 - w_dram) + x_block / units,
-                instructions=instr, warps=warps,
-                chain_s=c.mem_latency_ns * 1e-9 / (stages - 1), overlapped=True,
-                hmma=hmma, smem_wavefronts=wavefronts * warps,
-                fixed_s=flush_clk / f / rounds, prologue_s=c.mem_latency_ns * 1e-9)
+    unit = Unit(
+        count=units,
+        dram_bytes=w_unit * w_dram + bits_unit,
+        l2_bytes=w_unit * (1 - w_dram) + x_block / units,
+        instructions=instr,
+        warps=warps,
+        chain_s=c.mem_latency_ns * 1e-9 / (stages - 1),
+        overlapped=True,
+        hmma=hmma,
+        smem_wavefronts=wavefronts * warps,
+        fixed_s=flush_clk / f / rounds,
+        prologue_s=c.mem_latency_ns * 1e-9,
+    )
     rows_total = p["M"] * p["tasks"]
     w_reads = groups if w_dram == 1.0 else 1
     out = (4 * p["splits"] if launch.workspace_bytes else e) * rows_total * p["N"]
-    total = (w_bytes * w_reads + p["N"] * p["K"] / 8 * p["tasks"] + rows_total * p["K"] * e
-             + out)
-    return blocks_cost(launch, unit, _occ(launch, res, gpu), gpu, c, total,
-                       {"instructions_from": source, "units_per_tile": rounds,
-                        "tiles_per_block": tiles_per_block})
+    total = w_bytes * w_reads + p["N"] * p["K"] / 8 * p["tasks"] + rows_total * p["K"] * e + out
+    return blocks_cost(
+        launch,
+        unit,
+        _occ(launch, res, gpu),
+        gpu,
+        c,
+        total,
+        {"instructions_from": source, "units_per_tile": rounds, "tiles_per_block": tiles_per_block},
+    )
 
 
 def _view_kind(kernel: str) -> str:
@@ -355,8 +408,9 @@ def _view_kind(kernel: str) -> str:
     return "conv_nhwc" if m and m.group(1) == "true" else "conv"
 
 
-def mma_smem_wavefronts(kind: str, tile_m: int, tile_n: int, stage_bytes: int,
-                        k_steps: int) -> float:
+def mma_smem_wavefronts(
+    kind: str, tile_m: int, tile_n: int, stage_bytes: int, k_steps: int
+) -> float:
     """Shared-memory wavefronts (128 bytes) of one block's stage in gemm_mma.cuh.
 
     ldmatrix.x4 (4 wavefronts): per k-step, each of the warps_n warp columns reads the a tile's
@@ -420,17 +474,36 @@ def mma(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: int = 1)
         w_bytes *= 160 / 144
     else:
         bits = 1024  # the one-tap views and linear: 1 KB, as first modeled
-    unit = Unit(count=stages, l2_bytes=a_bytes + w_bytes + bits,
-                instructions=instr, warps=warps, chain_s=chain, overlapped=True, hmma=hmma_block,
-                smem_wavefronts=wavefronts, fixed_s=c.tile_sync_clk / f,
-                prologue_s=2 * latency + out_bytes / (gpu.dram_gbps * 1e9 / gpu.sms))
+    unit = Unit(
+        count=stages,
+        l2_bytes=a_bytes + w_bytes + bits,
+        instructions=instr,
+        warps=warps,
+        chain_s=chain,
+        overlapped=True,
+        hmma=hmma_block,
+        smem_wavefronts=wavefronts,
+        fixed_s=c.tile_sync_clk / f,
+        prologue_s=2 * latency + out_bytes / (gpu.dram_gbps * 1e9 / gpu.sms),
+    )
     rows, cols = p["rows"], p["cols"]
     red = p["stages"] * stage_bytes // e
     z = launch.grid[2] // splits
-    total = z * (cols * red * (e + 1 / 8) + rows * red * e / max(taps, 1)
-                 + rows * cols * (4 * splits if splits > 1 else e))
-    return blocks_cost(launch, unit, _occ(launch, res, gpu), gpu, c, total,
-                       {"instructions_from": source, "view": kind}, tiled=True)
+    total = z * (
+        cols * red * (e + 1 / 8)
+        + rows * red * e / max(taps, 1)
+        + rows * cols * (4 * splits if splits > 1 else e)
+    )
+    return blocks_cost(
+        launch,
+        unit,
+        _occ(launch, res, gpu),
+        gpu,
+        c,
+        total,
+        {"instructions_from": source, "view": kind},
+        tiled=True,
+    )
 
 
 def simt(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> Cost:
@@ -442,16 +515,32 @@ def simt(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> Cost:
     instr, source = per_unit_instructions(res, "FFMA", 512, 800)
     latency = c.mem_latency_ns * 1e-9
     slices = p["per_split"] // p["tile_k"]
-    unit = Unit(count=slices, l2_bytes=2 * 128 * 8 * e + 128 * 8 / 8, instructions=instr,
-                warps=8, chain_s=gpu.l1_latency_ns * 1e-9 + latency, overlapped=True,
-                smem_wavefronts=8 * 16 * 4 + 64, fixed_s=c.simt_sync_clk / f,
-                prologue_s=2 * latency)
+    unit = Unit(
+        count=slices,
+        l2_bytes=2 * 128 * 8 * e + 128 * 8 / 8,
+        instructions=instr,
+        warps=8,
+        chain_s=gpu.l1_latency_ns * 1e-9 + latency,
+        overlapped=True,
+        smem_wavefronts=8 * 16 * 4 + 64,
+        fixed_s=c.simt_sync_clk / f,
+        prologue_s=2 * latency,
+    )
     rows, cols, red, splits = p["rows"], p["cols"], p["reduction"], p["splits"]
     z = launch.grid[2] // splits
-    total = z * (cols * red * (e + 1 / 8) + rows * red * e
-                 + rows * cols * (4 * splits if splits > 1 else e))
-    return blocks_cost(launch, unit, _occ(launch, res, gpu), gpu, c, total,
-                       {"instructions_from": source}, tiled=True)
+    total = z * (
+        cols * red * (e + 1 / 8) + rows * red * e + rows * cols * (4 * splits if splits > 1 else e)
+    )
+    return blocks_cost(
+        launch,
+        unit,
+        _occ(launch, res, gpu),
+        gpu,
+        c,
+        total,
+        {"instructions_from": source},
+        tiled=True,
+    )
 
 
 def direct(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> Cost:
@@ -466,13 +555,22 @@ def direct(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> Cost:
     t_issue = macs * per_mac / 32 / (gpu.sms * gpu.schedulers * f * c.issue_efficiency)
     t_lat = macs / resident * 2 * gpu.l1_latency_ns * 1e-9
     t = max(t_issue, t_lat)
-    return Cost(t + c.launch_gap_us * 1e-6, "issue" if t_issue >= t_lat else "latency",
-                {"macs": macs, "instructions_from": source, "instructions_per_mac": per_mac})
+    return Cost(
+        t + c.launch_gap_us * 1e-6,
+        "issue" if t_issue >= t_lat else "latency",
+        {"macs": macs, "instructions_from": source, "instructions_per_mac": per_mac},
+    )
 
 
 # Grid-stride helpers: bytes read + written, and the bytes a thread has in flight.
-def _streaming(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, nbytes: float,
-               inflight_per_thread: float) -> Cost:
+def _streaming(
+    launch: Launch,
+    res: dict | None,
+    gpu: Gpu,
+    c: Constants,
+    nbytes: float,
+    inflight_per_thread: float,
+) -> Cost:
     occ = _occ(launch, res, gpu)
     resident = min(launch.blocks, max(occ, 1) * gpu.sms) * launch.threads
     t_bw = nbytes / (gpu.dram_gbps * 1e9)
@@ -498,8 +596,14 @@ def fold(launch: Launch, res, gpu, c) -> Cost:
     return _streaming(launch, res, gpu, c, nbytes, 4)
 
 
-def launch_cost(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: int = 1,
-                single: dict | None = None) -> Cost:
+def launch_cost(
+    launch: Launch,
+    res: dict | None,
+    gpu: Gpu,
+    c: Constants,
+    taps: int = 1,
+    single: dict | None = None,
+) -> Cost:
     """Device time of one planned launch (``single``: for the multi-task small-batch kernel,
     the resources of its single-task form)."""
     fam = launch.family
@@ -515,8 +619,11 @@ def launch_cost(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: 
         return simt(launch, res, gpu, c)
     if fam == "conv::direct::masked_conv_direct_kernel":
         return direct(launch, res, gpu, c)
-    if fam in ("split_k::reduce_splits_kernel", "small_batch_grad::sum_splits_kernel",
-               "weight_stream::sum_splits_kernel"):
+    if fam in (
+        "split_k::reduce_splits_kernel",
+        "small_batch_grad::sum_splits_kernel",
+        "weight_stream::sum_splits_kernel",
+    ):
         return reduce_splits(launch, res, gpu, c, elem_bytes(launch.kernel))
     if fam == "conv::unfolded::unfold_kernel":
         return unfold(launch, res, gpu, c)
@@ -533,17 +640,22 @@ def _occ(launch: Launch, res: dict | None, gpu: Gpu) -> int:
 
 # ------------------------------------------------------------ steps outside the plan
 
+
 def elementwise(nbytes: float, gpu: Gpu, c: Constants, inflight_per_thread: float = 64) -> Cost:
     """A grid-stride elementwise kernel at 8 blocks of 256 threads per SM."""
     resident = 8 * 256 * gpu.sms
     t_bw = nbytes / (gpu.dram_gbps * 1e9)
     t_lat = nbytes / (resident * inflight_per_thread / (c.mem_latency_ns * 1e-9))
-    return Cost(max(t_bw, t_lat) + c.launch_gap_us * 1e-6, "dram" if t_bw >= t_lat else "latency",
-                {"bytes": nbytes})
+    return Cost(
+        max(t_bw, t_lat) + c.launch_gap_us * 1e-6,
+        "dram" if t_bw >= t_lat else "latency",
+        {"bytes": nbytes},
+    )
 
 
-def vendor_gemm(m: int, n: int, k: int, e: int, dtype: str, gpu: Gpu, c: Constants,
-                conv: bool = False) -> Cost:
+def vendor_gemm(
+    m: int, n: int, k: int, e: int, dtype: str, gpu: Gpu, c: Constants, conv: bool = False
+) -> Cost:
     """cuBLAS (or cuDNN for conv) on dense operands: the larger of its compute at a share of
     the measured 8192^3 peak and its bytes at a share of copy bandwidth, plus a launch."""
     flops = 2.0 * m * n * k
@@ -551,5 +663,8 @@ def vendor_gemm(m: int, n: int, k: int, e: int, dtype: str, gpu: Gpu, c: Constan
     peak = gpu.peak_tflops[dtype] * 1e12 * (c.vendor_conv_eff if conv else c.vendor_gemm_eff)
     t_c, t_m = flops / peak, nbytes / (gpu.dram_gbps * 1e9 * c.vendor_bw_eff)
     fixed = (c.vendor_conv_us if conv else 0.0) * 1e-6 + c.launch_gap_us * 1e-6
-    return Cost(max(t_c, t_m) + fixed, "compute" if t_c >= t_m else "dram",
-                {"flops": flops, "bytes": nbytes})
+    return Cost(
+        max(t_c, t_m) + fixed,
+        "compute" if t_c >= t_m else "dram",
+        {"flops": flops, "bytes": nbytes},
+    )

@@ -7,6 +7,7 @@ names every step of the case's fused op: the planned kernel launches, plus the s
 not masked GEMMs (the training step's active-bits pass, cuBLAS/cuDNN weight gradient and
 gradient epilogue), which the model costs from their bytes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ TORCH_DTYPE_NAME = {"bf16": "bfloat16", "tf32": "float32", "fp32": "float32"}
 @dataclass(frozen=True)
 class Launch:
     """One planned kernel launch (the plan query's dict, its kernel name normalized)."""
+
     kernel: str
     grid: tuple[int, int, int]
     threads: int
@@ -38,13 +40,20 @@ class Launch:
 
     @classmethod
     def from_query(cls, d: dict) -> Launch:
-        return cls(normalize_kernel(d["kernel"]), tuple(d["grid"]), d["threads"],
-                   d["dynamic_smem"], d["workspace_bytes"], dict(d["params"]))
+        return cls(
+            normalize_kernel(d["kernel"]),
+            tuple(d["grid"]),
+            d["threads"],
+            d["dynamic_smem"],
+            d["workspace_bytes"],
+            dict(d["params"]),
+        )
 
 
 @dataclass(frozen=True)
 class Step:
     """A piece of a fused op that is not a planned launch: costed from its bytes and flops."""
+
     kind: str  # "active_bits", "grad_epilogue", "wgrad_gemm", "bias_grad"
     elems: int = 0  # weight elements (elementwise passes), or output elements (bias grad)
     m: int = 0  # GEMM shape for wgrad: [N, K] = dy[M, N]^T x[M, K]
@@ -63,26 +72,48 @@ def _ext():
     return _C
 
 
-def query_linear(dtype: str, tasks: int, m: int, n: int, k: int, grad_input: bool, sms: int,
-                 build: str = "emulator") -> list[Launch]:
-    plan = _ext().plan_masked_linear(TORCH_DTYPE_NAME[dtype], tasks, m, n, k, grad_input,
-                                     dtype == "tf32", sms, build)
+def query_linear(
+    dtype: str,
+    tasks: int,
+    m: int,
+    n: int,
+    k: int,
+    grad_input: bool,
+    sms: int,
+    build: str = "emulator",
+) -> list[Launch]:
+    plan = _ext().plan_masked_linear(
+        TORCH_DTYPE_NAME[dtype], tasks, m, n, k, grad_input, dtype == "tf32", sms, build
+    )
     return [Launch.from_query(d) for d in plan]
 
 
-def query_conv(case: Case, tasks: int, grad_input: bool, sms: int,
-               build: str = "emulator") -> list[Launch]:
+def query_conv(
+    case: Case, tasks: int, grad_input: bool, sms: int, build: str = "emulator"
+) -> list[Launch]:
     lay = case.layer
     plan = _ext().plan_masked_conv2d(
-        TORCH_DTYPE_NAME[case.dtype], tasks, [case.batch, lay.in_ch, lay.hw, lay.hw], lay.out_ch,
-        [lay.kernel] * 2, [lay.stride] * 2, [lay.padding] * 2, [1, 1], 1,
+        TORCH_DTYPE_NAME[case.dtype],
+        tasks,
+        [case.batch, lay.in_ch, lay.hw, lay.hw],
+        lay.out_ch,
+        [lay.kernel] * 2,
+        [lay.stride] * 2,
+        [lay.padding] * 2,
+        [1, 1],
+        1,
         False,  # the benchmarks' activations are NCHW (torch's default layout)
-        grad_input, case.dtype == "tf32", sms, build)
+        grad_input,
+        case.dtype == "tf32",
+        sms,
+        build,
+    )
     return [Launch.from_query(d) for d in plan]
 
 
-def forward_launches(case: Case, sms: int, tasks: int | None = None,
-                     build: str = "emulator") -> list[Launch]:
+def forward_launches(
+    case: Case, sms: int, tasks: int | None = None, build: str = "emulator"
+) -> list[Launch]:
     """The fused forward of ``case`` (``tasks`` tasks at once; default the case's)."""
     t = case.tasks if tasks is None else tasks
     lay = case.layer
@@ -104,9 +135,11 @@ def training_steps(case: Case) -> list[Step]:
     lay = case.layer
     elems = lay.out_ch * lay.k
     rows = case.batch if lay.is_linear else case.batch * lay.out_hw * lay.out_hw
-    steps = [Step("active_bits", elems=elems),
-             Step("wgrad_gemm", m=rows, n=lay.out_ch, k=lay.k, conv=not lay.is_linear),
-             Step("grad_epilogue", elems=elems)]
+    steps = [
+        Step("active_bits", elems=elems),
+        Step("wgrad_gemm", m=rows, n=lay.out_ch, k=lay.k, conv=not lay.is_linear),
+        Step("grad_epilogue", elems=elems),
+    ]
     if lay.bias:
         steps.append(Step("bias_grad", elems=rows * lay.out_ch))
     return steps

@@ -8,6 +8,7 @@ cases and for the H200, the same library roofline (cuBLAS/cuDNN GEMM, elementwis
 constants are fitted on those figures; on the H200 a measured H100 baseline is scaled by the
 model's H200/H100 ratio for that case.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,13 +29,15 @@ def load_constants(path: Path = CONSTANTS) -> Constants:
     if not Path(path).exists():
         return Constants()
     fitted = json.loads(Path(path).read_text())["constants"]
-    return Constants().replace(**{k: v for k, v in fitted.items()
-                                  if k in Constants.__dataclass_fields__})
+    return Constants().replace(
+        **{k: v for k, v in fitted.items() if k in Constants.__dataclass_fields__}
+    )
 
 
 @dataclass
 class Context:
     """What a prediction reads: GPU, constants, resource table, measured baselines."""
+
     gpu: Gpu
     constants: Constants
     table: dict  # resources.load_table()
@@ -131,6 +134,7 @@ def fused(ctx: Context, case: Case, tasks: int | None = None) -> FusedPrediction
 
 # ------------------------------------------------------------------------------ baselines
 
+
 def _gemm_shape(case: Case) -> tuple[int, int, int]:
     lay = case.layer
     rows = case.batch if lay.is_linear else case.batch * lay.out_hw * lay.out_hw
@@ -140,8 +144,16 @@ def _gemm_shape(case: Case) -> tuple[int, int, int]:
 def library_forward(ctx: Context, case: Case) -> float:
     """F.linear / F.conv2d on a dense weight (device seconds)."""
     m, n, k = _gemm_shape(case)
-    return kernels.vendor_gemm(m, n, k, case.element_bytes, case.dtype, ctx.gpu, ctx.constants,
-                               conv=not case.layer.is_linear).seconds
+    return kernels.vendor_gemm(
+        m,
+        n,
+        k,
+        case.element_bytes,
+        case.dtype,
+        ctx.gpu,
+        ctx.constants,
+        conv=not case.layer.is_linear,
+    ).seconds
 
 
 def modeled_baselines(ctx: Context, case: Case) -> dict[str, float]:
@@ -155,26 +167,34 @@ def modeled_baselines(ctx: Context, case: Case) -> dict[str, float]:
     multiply = kernels.elementwise(elems * (2 * e + 1), gpu, c).seconds
     if case.family == "multitask":
         t = case.tasks
-        single = Case("linear" if case.layer.is_linear else "conv", case.layer, case.batch,
-                      case.dtype, "inference")
+        single = Case(
+            "linear" if case.layer.is_linear else "conv",
+            case.layer,
+            case.batch,
+            case.dtype,
+            "inference",
+        )
         # the benchmark's loop indexes x[t] and bits[t] before each call
         index = 2 * c.host_index_us * 1e-6
         one = fused(ctx, single)
-        return {"separate_fused": t * max(one.host_s + index, one.device_s),
-                "dense_masking": t * max(3 * op, unpack + multiply + fwd),
-                "dense_masking_cached": t * max(2 * op, multiply + fwd)}
+        return {
+            "separate_fused": t * max(one.host_s + index, one.device_s),
+            "dense_masking": t * max(3 * op, unpack + multiply + fwd),
+            "dense_masking_cached": t * max(2 * op, multiply + fwd),
+        }
     if case.mode == "inference":
-        return {"dense_masking": max(3 * op, unpack + multiply + fwd),
-                "dense_masking_cached": max(2 * op, multiply + fwd),
-                "premasked": max(op, fwd)}
+        return {
+            "dense_masking": max(3 * op, unpack + multiply + fwd),
+            "dense_masking_cached": max(2 * op, multiply + fwd),
+            "premasked": max(op, fwd),
+        }
     conv = not case.layer.is_linear
     dgrad = kernels.vendor_gemm(m, k, n, e, case.dtype, gpu, c, conv=conv).seconds
     wgrad = kernels.vendor_gemm(n, k, m, e, case.dtype, gpu, c, conv=conv).seconds
     gemms = fwd + dgrad + wgrad
     host = c.host_train_us * 1e-6
     masking = kernels.elementwise(c.dense_train_passes * elems * e, gpu, c).seconds
-    return {"dense_masking": max(host + 16 * op, gemms + masking),
-            "premasked": max(host, gemms)}
+    return {"dense_masking": max(host + 16 * op, gemms + masking), "premasked": max(host, gemms)}
 
 
 def baselines(ctx: Context, case: Case, reference: Context | None = None) -> dict[str, float]:
@@ -200,6 +220,7 @@ def baselines(ctx: Context, case: Case, reference: Context | None = None) -> dic
 
 # ------------------------------------------------------------------------------- records
 
+
 def record(ctx: Context, case: Case, reference: Context | None = None) -> dict:
     """A bench_ops.py-style record of predicted times (report.py renders it)."""
     gpu = ctx.gpu
@@ -213,18 +234,33 @@ def record(ctx: Context, case: Case, reference: Context | None = None) -> dict:
     floor_s, bound = floor_seconds(case.flops(), case.min_bytes(), gpu.dram_gbps * 1e9, peak)
     lay = case.layer
     r = {
-        "id": case.id, "family": case.family, "net": lay.net, "layer": lay.name,
-        "late": lay.late, "mode": case.mode, "dtype": case.dtype, "batch": case.batch,
-        "tasks": case.tasks, "weight_shape": list(lay.weight_shape),
-        "conv": None if lay.is_linear else {"hw": lay.hw, "stride": lay.stride,
-                                            "padding": lay.padding},
-        "flops": case.flops(), "bytes": case.min_bytes(), "weight_bytes": case.weight_bytes,
-        "floor_ms": floor_s * 1e3, "floor_bound": bound,
-        "variants": {n: {"ms": s * 1e3} for n, s in times.items()}, "errors": {},
-        "predicted": {"baselines_from_measurement": sorted(measured_names),
-                      "host_ms": f.host_s * 1e3, "device_ms": f.device_s * 1e3,
-                      "bound": f.bound,
-                      "launches": [_piece_json(p) for p in f.pieces]},
+        "id": case.id,
+        "family": case.family,
+        "net": lay.net,
+        "layer": lay.name,
+        "late": lay.late,
+        "mode": case.mode,
+        "dtype": case.dtype,
+        "batch": case.batch,
+        "tasks": case.tasks,
+        "weight_shape": list(lay.weight_shape),
+        "conv": None
+        if lay.is_linear
+        else {"hw": lay.hw, "stride": lay.stride, "padding": lay.padding},
+        "flops": case.flops(),
+        "bytes": case.min_bytes(),
+        "weight_bytes": case.weight_bytes,
+        "floor_ms": floor_s * 1e3,
+        "floor_bound": bound,
+        "variants": {n: {"ms": s * 1e3} for n, s in times.items()},
+        "errors": {},
+        "predicted": {
+            "baselines_from_measurement": sorted(measured_names),
+            "host_ms": f.host_s * 1e3,
+            "device_ms": f.device_s * 1e3,
+            "bound": f.bound,
+            "launches": [_piece_json(p) for p in f.pieces],
+        },
     }
     r["speedup"] = {n: speed_ratio(v, times["fused"]) for n, v in times.items() if n != "fused"}
     r["fused_tflops"] = case.flops() / f.seconds / 1e12
@@ -237,13 +273,25 @@ _DETAIL = ("occupancy", "waves", "units_per_block", "instructions_per_unit", "dr
 
 
 def _piece_json(p: Piece) -> dict:
-    out = {"kernel": p.label, "us": p.cost.seconds * 1e6, "bound": p.cost.bound,
-           "resources": p.resources}
+    out = {
+        "kernel": p.label,
+        "us": p.cost.seconds * 1e6,
+        "bound": p.cost.bound,
+        "resources": p.resources,
+    }
     out.update({k: p.cost.detail[k] for k in _DETAIL if k in p.cost.detail})
     return out
 
 
-def context(gpu: Gpu = H100, constants: Constants | None = None, table: dict | None = None,
-            measured: dict | None = None) -> Context:
-    return Context(gpu, constants or load_constants(),
-                   table if table is not None else resources.load_table(), measured or {})
+def context(
+    gpu: Gpu = H100,
+    constants: Constants | None = None,
+    table: dict | None = None,
+    measured: dict | None = None,
+) -> Context:
+    return Context(
+        gpu,
+        constants or load_constants(),
+        table if table is not None else resources.load_table(),
+        measured or {},
+    )

@@ -10,6 +10,7 @@ a kernel change with ``python3 benchmarks/model.py resources`` on a FORCE_CUDA=1
 Kernel names are demangled (``c++filt``) and normalized by :func:`normalize_kernel`, the same
 spelling the plan query's names get, so the two meet in one key.
 """
+
 from __future__ import annotations
 
 import glob
@@ -23,11 +24,32 @@ from pathlib import Path
 
 TABLE = Path(__file__).resolve().parent / "resources_sm90.json"
 # Opcode families the model reads; everything else counts in the total only.
-OPCODES = ("HMMA", "FFMA", "FMUL", "FADD", "IMAD", "LOP3", "PRMT", "LDG", "LDGSTS", "LDS", "LDSM",
-           "STS", "STG", "LDC", "BAR", "BRA", "SHFL", "BSSY", "F2F", "I2F")
+OPCODES = (
+    "HMMA",
+    "FFMA",
+    "FMUL",
+    "FADD",
+    "IMAD",
+    "LOP3",
+    "PRMT",
+    "LDG",
+    "LDGSTS",
+    "LDS",
+    "LDSM",
+    "STS",
+    "STG",
+    "LDC",
+    "BAR",
+    "BRA",
+    "SHFL",
+    "BSSY",
+    "F2F",
+    "I2F",
+)
 
 
 # ------------------------------------------------------------------------------ names
+
 
 def normalize_kernel(name: str) -> str:
     """One spelling of a kernel for the plan query (host build) and the cubin (device build):
@@ -35,7 +57,7 @@ def normalize_kernel(name: str) -> str:
     element types as ``f32``/``f16``/``bf16``, no blanks."""
     s = name.strip().replace("(anonymous namespace)::", "")
     if s.startswith("void "):
-        s = s[len("void "):]
+        s = s[len("void ") :]
     depth = 0
     for i, ch in enumerate(s):  # drop the parameter list: the first '(' outside <>
         if ch == "<":
@@ -57,14 +79,16 @@ def demangle(names: list[str]) -> list[str]:
     tool = shutil.which("c++filt") or shutil.which("cu++filt")
     if tool is None:
         raise RuntimeError("resources: c++filt not found (binutils), needed to demangle kernels")
-    out = subprocess.run([tool], input="\n".join(names) + "\n", capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    out = subprocess.run(
+        [tool], input="\n".join(names) + "\n", capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     if len(out) != len(names):
         raise RuntimeError("resources: c++filt returned a different number of names")
     return out
 
 
 # ---------------------------------------------------------------------------- cuobjdump
+
 
 def find_cuobjdump() -> str:
     """cuobjdump of $CUDA_HOME, of PATH, of /usr/local/cuda*, or the one Triton bundles."""
@@ -77,8 +101,10 @@ def find_cuobjdump() -> str:
     candidates += sorted(glob.glob("/usr/local/cuda*/bin/cuobjdump"), reverse=True)
     try:
         import triton  # noqa: PLC0415 (optional: only where the toolkit lacks cuobjdump)
-        candidates.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
-                                       "bin", "cuobjdump"))
+
+        candidates.append(
+            os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        )
     except ImportError:
         pass
     for c in candidates:
@@ -105,10 +131,12 @@ def parse_resource_usage(text: str) -> dict[str, dict]:
             continue
         if current and "REG:" in line:
             fields = dict(_RES_FIELD.findall(line))
-            out[current] = {"regs": int(fields.get("REG", 0)),
-                            "stack": int(fields.get("STACK", 0)),
-                            "shared": int(fields.get("SHARED", 0)),
-                            "local": int(fields.get("LOCAL", 0))}
+            out[current] = {
+                "regs": int(fields.get("REG", 0)),
+                "stack": int(fields.get("STACK", 0)),
+                "shared": int(fields.get("SHARED", 0)),
+                "local": int(fields.get("LOCAL", 0)),
+            }
             current = None
     return out
 
@@ -170,9 +198,14 @@ def parse_sass(text: str) -> dict[str, dict]:
             t = _TARGET.search(text_)
             if op == "BRA" and t and t.group(1) in labels and labels[t.group(1)] <= i:
                 start = labels[t.group(1)]
-                loops.append({"start": code[start][0], "end": code[i][0],
-                              "mix": _mix([c[2] for c in code[start:i + 1]]),
-                              "path": _mix(_fall_through(code, labels, start, i))})
+                loops.append(
+                    {
+                        "start": code[start][0],
+                        "end": code[i][0],
+                        "mix": _mix([c[2] for c in code[start : i + 1]]),
+                        "path": _mix(_fall_through(code, labels, start, i)),
+                    }
+                )
         out[name] = {"mix": _mix([c[2] for c in code]), "loops": loops}
     return out
 
@@ -208,27 +241,37 @@ def extract(so_path: str, arch: str = "sm_90") -> dict:
         entry = {"demangled": pretty, **usage.get(raw, {})}
         code = sass.get(raw, {"mix": {}, "loops": []})
         # The model reads the loops that do the math; keep the largest few of them.
-        math_loops = [lp for lp in code["loops"]
-                      if lp["mix"].get("FFMA", 0) or lp["mix"].get("HMMA", 0)]
+        math_loops = [
+            lp for lp in code["loops"] if lp["mix"].get("FFMA", 0) or lp["mix"].get("HMMA", 0)
+        ]
         math_loops = sorted(math_loops, key=lambda lp: -lp["mix"]["total"])[:6]
         entry.update(mix=code["mix"], loops=sorted(math_loops, key=lambda lp: lp["start"]))
         key = normalize_kernel(pretty)
         if key in kernels:  # the same instantiation in two translation units: identical code
             continue
         kernels[key] = entry
-    return {"arch": arch, "cuobjdump": _run(tool, ["--version"]).strip().splitlines()[-1],
-            "built_from": _commit(), "kernels": dict(sorted(kernels.items()))}
+    return {
+        "arch": arch,
+        "cuobjdump": _run(tool, ["--version"]).strip().splitlines()[-1],
+        "built_from": _commit(),
+        "kernels": dict(sorted(kernels.items())),
+    }
 
 
 def _commit() -> str | None:
     """The checkout's commit (``-dirty`` with uncommitted csrc changes), for the record."""
     root = Path(__file__).resolve().parents[2]
-    r = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True
+    )
     if r.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "csrc"],
-                           cwd=root, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", "csrc"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return r.stdout.strip() + ("-dirty" if dirty else "")
 
 
@@ -247,8 +290,8 @@ def built_extension() -> str:
     if not found:
         try:
             import cpg_kernels  # noqa: PLC0415
-            found = sorted(glob.glob(os.path.join(os.path.dirname(cpg_kernels.__file__),
-                                                  "_C*.so")))
+
+            found = sorted(glob.glob(os.path.join(os.path.dirname(cpg_kernels.__file__), "_C*.so")))
         except ImportError:
             pass
     if not found:

@@ -13,6 +13,7 @@ time) on each side, and the after side's ratios against the pre-masked weight (>
 in brackets against the fused call's device time alone, as if the host cost nothing) and dense
 masking (>= 3, or >= 7 against eight passes at T = 8). "target met" reads the call's ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,7 @@ def chosen(sms: int) -> list:
         if case.family == "multitask":
             if case.tasks == 8 and case.batch == 1:
                 out.append(case)
-        elif any(launch.kernel.startswith(STREAM)
-                 for launch in plan.forward_launches(case, sms)):
+        elif any(launch.kernel.startswith(STREAM) for launch in plan.forward_launches(case, sms)):
             out.append(case)
     return out
 
@@ -52,8 +52,9 @@ def records(gpu, picked, old: bool) -> dict:
     ctx = ref if gpu is H100 else predict.context(gpu)
     if old:
         for c in {id(ref): ref, id(ctx): ctx}.values():
-            c.rewrite_plan = lambda case, what, launches, sms=c.gpu.sms: \
-                calibrate.old_small_batch(case, what, launches, sms=sms)
+            c.rewrite_plan = lambda case, what, launches, sms=c.gpu.sms: calibrate.old_small_batch(
+                case, what, launches, sms=sms
+            )
     return {c.id: predict.record(ctx, c, None if gpu is H100 else ref) for c in picked}
 
 
@@ -62,9 +63,11 @@ def _us(r: dict) -> str:
 
 
 def table(before: dict, after: dict) -> list[str]:
-    lines = ["| case | before us (device) | after us (device) | after x pre-masked "
-             "(device) | after x dense | target met | after bound |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| case | before us (device) | after us (device) | after x pre-masked "
+        "(device) | after x dense | target met | after bound |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for rid, a in after.items():
         b, s = before[rid], a["speedup"]
         multi = a["family"] == "multitask"
@@ -75,8 +78,10 @@ def table(before: dict, after: dict) -> list[str]:
             device = a["variants"]["premasked"]["ms"] / a["predicted"]["device_ms"]
             ratio = f"{s['premasked']:.2f} ({device:.2f})"
             met = s["premasked"] >= 0.9 and dense >= 3
-        lines.append(f"| {rid} | {_us(b)} | {_us(a)} | {ratio} | {dense:.2f} | "
-                     f"{'yes' if met else 'no'} | {a['predicted']['bound']} |")
+        lines.append(
+            f"| {rid} | {_us(b)} | {_us(a)} | {ratio} | {dense:.2f} | "
+            f"{'yes' if met else 'no'} | {a['predicted']['bound']} |"
+        )
     return lines
 
 

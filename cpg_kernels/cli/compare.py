@@ -4,6 +4,7 @@ Every run's results are written to ``DIR/compare.json`` as soon as it ends,
 so ``--resume`` after a crash keeps the finished runs and trains only the
 rest (with the same options: the stored ones must match).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,17 @@ def run_compare(args: argparse.Namespace) -> int:
     config = config_from_args(args, args.device, methods[0])
     output = args.output or os.path.join("runs", f"compare-{args.data}")
     path = os.path.join(output, "compare.json")
-    setup = {"data": args.data, "data_dir": args.data_dir, "tasks": args.tasks,
-             "val_fraction": args.val_fraction, "model": args.model, "width": args.width,
-             "config": {k: v for k, v in config.to_dict().items()
-                        if k not in ("method", "seed", "device")}}
+    setup = {
+        "data": args.data,
+        "data_dir": args.data_dir,
+        "tasks": args.tasks,
+        "val_fraction": args.val_fraction,
+        "model": args.model,
+        "width": args.width,
+        "config": {
+            k: v for k, v in config.to_dict().items() if k not in ("method", "seed", "device")
+        },
+    }
     done = _resumed(path, setup) if args.resume else []
 
     def load(seed: int):
@@ -70,16 +78,26 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.jobs > 1:
         runs = _in_parallel(args, methods, seeds, records, save)
     else:
-        runs = compare(lambda seed: cache.pop(seed, None) or load(seed), build, methods, seeds,
-                       config, done=records, callbacks=callbacks, on_run_end=save)
+        runs = compare(
+            lambda seed: cache.pop(seed, None) or load(seed),
+            build,
+            methods,
+            seeds,
+            config,
+            done=records,
+            callbacks=callbacks,
+            on_run_end=save,
+        )
     _write(path, command, setup, methods, seeds, runs)
     summary = summarize(runs)
     names = [t.name for t in first]
     print(f"\n{command}\n")
     print(comparison_table(summary, len(seeds)))
     for method in methods:
-        print(f"\n{method}: accuracy on task i (rows) after learning task j (columns), %, "
-              f"mean of {len(seeds)} seeds")
+        print(
+            f"\n{method}: accuracy on task i (rows) after learning task j (columns), %, "
+            f"mean of {len(seeds)} seeds"
+        )
         print(matrix_table(summary[method]["matrix"], names))
     print(f"\nresults: {path}")
     if not args.no_plot:
@@ -90,8 +108,9 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _in_parallel(args: argparse.Namespace, methods: list[str], seeds: list[int],
-                 done: list[RunRecord], save) -> list[RunRecord]:
+def _in_parallel(
+    args: argparse.Namespace, methods: list[str], seeds: list[int], done: list[RunRecord], save
+) -> list[RunRecord]:
     """The runs not in ``done``, ``args.jobs`` at a time in processes of their own.
 
     Each run depends only on its method, its seed and the options, so the
@@ -122,25 +141,45 @@ def _one_run(options: dict, method: str, seed: int) -> dict:
     tasks = load(seed)
     build = network_builder(args.model, tasks[0].input_shape, tasks[0].num_classes, args.width)
     callbacks = None if args.quiet else (lambda m, s: [_TaskLine(m, s, len(tasks))])
-    return compare(lambda s: tasks, build, [method], [seed], config,
-                   callbacks=callbacks)[0].to_dict()
+    return compare(lambda s: tasks, build, [method], [seed], config, callbacks=callbacks)[
+        0
+    ].to_dict()
 
 
 def comparison_table(summary: dict[str, dict], seeds: int) -> str:
     """One row per method: the metrics as mean ± std over seeds."""
-    headers = ["method", "avg acc", "learned", "forgetting", "BWT", "FWT", "size", "missed",
-               "time s"]
+    headers = [
+        "method",
+        "avg acc",
+        "learned",
+        "forgetting",
+        "BWT",
+        "FWT",
+        "size",
+        "missed",
+        "time s",
+    ]
     rows = []
     for method, s in summary.items():
-        rows.append([method, _pm(s["average_accuracy"]), _pm(s["learned_accuracy"]),
-                     _pm(s["forgetting"], 2), _pm(s["backward_transfer"]),
-                     "-" if s["forward_transfer"] is None else _pm(s["forward_transfer"]),
-                     _pm(s["final_size"], 2, scale=1, unit="x"),
-                     _pm(s["goals_missed"], 1, scale=1), _pm(s["seconds"], 0, scale=1)])
-    note = (f"(mean ± std over {seeds} seeds; accuracies, forgetting and transfer in % of "
-            "test accuracy; learned: right after each task; FWT: learned minus independent "
-            f"models' ({REFERENCE}); size: times one network; missed: tasks per run whose "
-            "kept accuracy missed the goal)")
+        rows.append(
+            [
+                method,
+                _pm(s["average_accuracy"]),
+                _pm(s["learned_accuracy"]),
+                _pm(s["forgetting"], 2),
+                _pm(s["backward_transfer"]),
+                "-" if s["forward_transfer"] is None else _pm(s["forward_transfer"]),
+                _pm(s["final_size"], 2, scale=1, unit="x"),
+                _pm(s["goals_missed"], 1, scale=1),
+                _pm(s["seconds"], 0, scale=1),
+            ]
+        )
+    note = (
+        f"(mean ± std over {seeds} seeds; accuracies, forgetting and transfer in % of "
+        "test accuracy; learned: right after each task; FWT: learned minus independent "
+        f"models' ({REFERENCE}); size: times one network; missed: tasks per run whose "
+        "kept accuracy missed the goal)"
+    )
     return format_table(headers, rows) + "\n" + note
 
 
@@ -157,10 +196,13 @@ def _pm(pair: list[float], digits: int = 1, scale: float = 100, unit: str = "") 
 
 def _run_line(record: RunRecord) -> str:
     from ..trainer import average_accuracy
+
     results = record.results
-    return (f"{record.method} seed {record.seed}: average accuracy "
-            f"{100 * average_accuracy(results):.1f}%, size {results[-1].model_size:.2f}x, "
-            f"{record.seconds:.0f} s")
+    return (
+        f"{record.method} seed {record.seed}: average accuracy "
+        f"{100 * average_accuracy(results):.1f}%, size {results[-1].model_size:.2f}x, "
+        f"{record.seconds:.0f} s"
+    )
 
 
 class _TaskLine(Callback):
@@ -171,15 +213,24 @@ class _TaskLine(Callback):
 
     def on_task_end(self, result: TaskResult) -> None:
         goal = "" if result.goal_met is not False else ", goal missed"
-        print(f"  {self.prefix}: task {result.task_id}/{self.tasks} test "
-              f"{100 * result.learned_accuracy:.1f}%, size {result.model_size:.2f}x{goal}",
-              file=sys.stderr, flush=True)
+        print(
+            f"  {self.prefix}: task {result.task_id}/{self.tasks} test "
+            f"{100 * result.learned_accuracy:.1f}%, size {result.model_size:.2f}x{goal}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _write(path: str, command: str, setup: dict, methods, seeds, records) -> None:
-    payload = {"format": FORMAT, "version": VERSION, "command": command, **setup,
-               "methods": list(methods), "seeds": list(seeds),
-               "runs": [r.to_dict() for r in records]}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "command": command,
+        **setup,
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "runs": [r.to_dict() for r in records],
+    }
     if records:
         try:
             payload["summary"] = summarize(records)
@@ -204,6 +255,8 @@ def _resumed(path: str, setup: dict) -> list[RunRecord]:
         raise ValueError(f"{path}: not a cpg compare file")
     different = [k for k, v in setup.items() if stored.get(k) != v]
     if different:
-        raise ValueError(f"{path}: made with other options ({', '.join(different)}); "
-                         "use another --output or the same options")
+        raise ValueError(
+            f"{path}: made with other options ({', '.join(different)}); "
+            "use another --output or the same options"
+        )
     return [RunRecord.from_dict(r) for r in stored.get("runs", [])]

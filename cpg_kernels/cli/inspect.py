@@ -1,4 +1,5 @@
 """``cpg eval``, ``cpg info`` and ``cpg forget``: look at or change a trained checkpoint."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,20 +22,30 @@ def run_eval(args: argparse.Namespace) -> int:
     """Test accuracy of every task now, against the accuracy right after it was learned."""
     check_device(args.device)
     model, run = load_run(args.checkpoint, args.device)
-    tasks = load_tasks(run.data, args.data_dir or run.data_dir, run.num_tasks, run.val_fraction,
-                       seed=int(run.config.get("seed", 0)))  # the split it was trained on
+    tasks = load_tasks(
+        run.data,
+        args.data_dir or run.data_dir,
+        run.num_tasks,
+        run.val_fraction,
+        seed=int(run.config.get("seed", 0)),
+    )  # the split it was trained on
     finished, _ = L.task_state(model)
     learned = {r.task_id: r.learned_accuracy for r in run.results}
     rows = []
     for t in finished:
         if t > len(tasks):
-            raise ValueError(f"the checkpoint has task {t} but {run.data} gives "
-                             f"{len(tasks)} tasks")
+            raise ValueError(f"the checkpoint has task {t} but {run.data} gives {len(tasks)} tasks")
         with L.task(model, t):
             now = accuracy(model, tasks[t - 1].test, EVAL_BATCH, torch.device(args.device))
         before = learned.get(t)
-        rows.append([f"{t} {tasks[t - 1].name}", percent(before), percent(now),
-                     "-" if before is None else f"{100 * (before - now):.2f}"])
+        rows.append(
+            [
+                f"{t} {tasks[t - 1].name}",
+                percent(before),
+                percent(now),
+                "-" if before is None else f"{100 * (before - now):.2f}",
+            ]
+        )
     print(format_table(["task", "learned", "now", "forgetting"], rows))
     return 0
 
@@ -44,8 +55,10 @@ def run_info(args: argparse.Namespace) -> int:
     model, run = load_run(args.checkpoint)
     finished, _ = L.task_state(model)
     config = run.config
-    print(f"{args.checkpoint}: {config.get('method')} on {run.data} with {run.model} "
-          f"(width {run.width}), {len(finished)} tasks")
+    print(
+        f"{args.checkpoint}: {config.get('method')} on {run.data} with {run.model} "
+        f"(width {run.width}), {len(finished)} tasks"
+    )
     print("\nshare of each layer's weights owned by each task (%):")
     print(ownership_table(model))
     print("\nweights per task:")
@@ -68,8 +81,10 @@ def run_forget(args: argparse.Namespace) -> int:
     save_run(model, run, output)
     released = _free_weights(model) - free_before
     total = shared_weights(model)
-    print(f"forgot task {args.task}: released {released:,} weights "
-          f"({100 * released / total:.1f}% of the network); wrote {output}")
+    print(
+        f"forgot task {args.task}: released {released:,} weights "
+        f"({100 * released / total:.1f}% of the network); wrote {output}"
+    )
     return 0
 
 

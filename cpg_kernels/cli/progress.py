@@ -3,6 +3,7 @@
 Bars are tqdm's, drawn on terminals only (nothing per step elsewhere, so
 logs stay short).
 """
+
 from __future__ import annotations
 
 import sys
@@ -48,13 +49,14 @@ class Progress(Callback):
 
     def on_prune(self, task_id: int, sparsity: float, accuracy: float, kept: bool) -> None:
         if not kept:
-            self._print(f"  goal missed at {100 * sparsity:.0f}% sparsity: "
-                        "kept the previous step")
+            self._print(f"  goal missed at {100 * sparsity:.0f}% sparsity: kept the previous step")
 
     def on_task_end(self, result: TaskResult) -> None:
-        self._print(f"  done: test {100 * result.learned_accuracy:.1f}%, released "
-                    f"{100 * result.sparsity:.0f}% of its weights, model "
-                    f"{result.model_size:.2f}x")
+        self._print(
+            f"  done: test {100 * result.learned_accuracy:.1f}%, released "
+            f"{100 * result.sparsity:.0f}% of its weights, model "
+            f"{result.model_size:.2f}x"
+        )
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
@@ -62,8 +64,9 @@ class Progress(Callback):
 
 def make_bar(total: int, label: str, stream: TextIO):
     """A tqdm bar, drawn only where ``stream`` is a terminal (logs get no per-step lines)."""
-    return _TqdmBar(tqdm(total=total, desc=label, file=stream, leave=False, dynamic_ncols=True,
-                         disable=None))
+    return _TqdmBar(
+        tqdm(total=total, desc=label, file=stream, leave=False, dynamic_ncols=True, disable=None)
+    )
 
 
 class _TqdmBar:

@@ -6,6 +6,7 @@ width, input shape, classes), the training config, the task names and the
 results. ``cpg eval``/``info``/``forget`` rebuild the network from it and
 then load the weights with ``checkpoint.load_checkpoint``.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,10 @@ class Run:
     def from_metadata(cls, metadata: dict, path: str) -> Run:
         values = metadata.get("run")
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: this checkpoint was not written by `cpg train` (no run "
-                             "description); load it with cpg_kernels.checkpoint instead")
+            raise ValueError(
+                f"{path}: this checkpoint was not written by `cpg train` (no run "
+                "description); load it with cpg_kernels.checkpoint instead"
+            )
         known = {f.name for f in fields(cls)} - {"results"}
         results = [TaskResult.from_dict(r) for r in values.get("results", [])]
         return cls(**{k: v for k, v in values.items() if k in known}, results=results)
@@ -55,8 +58,9 @@ class Run:
 
     def build(self) -> nn.Module:
         """The converted network, as it was before the first task."""
-        return convert(network_builder(self.model, tuple(self.input_shape), self.num_classes,
-                                       self.width)())
+        return convert(
+            network_builder(self.model, tuple(self.input_shape), self.num_classes, self.width)()
+        )
 
 
 def save_run(model: nn.Module, run: Run, path: str | os.PathLike) -> None:

@@ -1,4 +1,5 @@
 """Plain-text tables: results per task, capacity per layer and task."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,8 +16,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
 
     def line(cells) -> str:
-        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        return "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     rule = "-" * len(line(headers))
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
@@ -34,23 +37,45 @@ def results_table(results: Sequence[TaskResult], base_weights: int) -> str:
     after the task in units of the original network.
     """
     headers = ["task", "goal", "learned", "now", "forgetting", "own", "used", "size"]
-    rows = [[f"{r.task_id} {r.name}", percent(r.goal), percent(r.learned_accuracy),
-             percent(r.accuracy), "-" if r.forgetting is None else f"{100 * r.forgetting:.2f}",
-             percent(r.own_weights / base_weights), percent(r.used_weights / base_weights),
-             f"{r.model_size:.2f}x"] for r in results]
+    rows = [
+        [
+            f"{r.task_id} {r.name}",
+            percent(r.goal),
+            percent(r.learned_accuracy),
+            percent(r.accuracy),
+            "-" if r.forgetting is None else f"{100 * r.forgetting:.2f}",
+            percent(r.own_weights / base_weights),
+            percent(r.used_weights / base_weights),
+            f"{r.model_size:.2f}x",
+        ]
+        for r in results
+    ]
     learned = sum(r.learned_accuracy for r in results) / len(results)
     forgetting = [r.forgetting for r in results if r.forgetting is not None]
-    rows.append(["average", "", percent(learned), percent(average_accuracy(results)),
-                 f"{100 * sum(forgetting) / len(forgetting):.2f}" if forgetting else "-",
-                 "", "", f"{results[-1].model_size:.2f}x"])
-    return (format_table(headers, rows) + "\n(test accuracy in %; own/used: the task's own and "
-            "used weights, % of the original network; size: times the original network)")
+    rows.append(
+        [
+            "average",
+            "",
+            percent(learned),
+            percent(average_accuracy(results)),
+            f"{100 * sum(forgetting) / len(forgetting):.2f}" if forgetting else "-",
+            "",
+            "",
+            f"{results[-1].model_size:.2f}x",
+        ]
+    )
+    return (
+        format_table(headers, rows) + "\n(test accuracy in %; own/used: the task's own and "
+        "used weights, % of the original network; size: times the original network)"
+    )
 
 
 def summary(method: str, results: Sequence[TaskResult]) -> str:
     """One line: average accuracy, and whether old tasks were preserved exactly."""
-    line = (f"{method}: average accuracy {100 * average_accuracy(results):.2f}% over "
-            f"{len(results)} tasks, final size {results[-1].model_size:.2f}x the original")
+    line = (
+        f"{method}: average accuracy {100 * average_accuracy(results):.2f}% over "
+        f"{len(results)} tasks, final size {results[-1].model_size:.2f}x the original"
+    )
     if results and all(r.forgetting == 0.0 for r in results):
         line += "; old tasks exactly preserved (forgetting 0)"
     return line
@@ -65,13 +90,26 @@ def ownership_table(model: nn.Module) -> str:
     finished, _ = L.task_state(model)
     shares = capacity_shares(model)
     forgotten = any(share["forgotten"] for share in shares.values())
-    headers = ["layer", "shape", *(f"task {t}" for t in finished),
-               *(["forgotten, in use"] if forgotten else []), "free"]
-    shapes = {name: "x".join(map(str, layer.weight.shape))
-              for name, layer in L.masked_layers(model)}
-    rows = [[name, shapes[name], *(percent(share[t]) for t in finished),
-             *([percent(share["forgotten"])] if forgotten else []), percent(share["free"])]
-            for name, share in shares.items()]
+    headers = [
+        "layer",
+        "shape",
+        *(f"task {t}" for t in finished),
+        *(["forgotten, in use"] if forgotten else []),
+        "free",
+    ]
+    shapes = {
+        name: "x".join(map(str, layer.weight.shape)) for name, layer in L.masked_layers(model)
+    }
+    rows = [
+        [
+            name,
+            shapes[name],
+            *(percent(share[t]) for t in finished),
+            *([percent(share["forgotten"])] if forgotten else []),
+            percent(share["free"]),
+        ]
+        for name, share in shares.items()
+    ]
     return format_table(headers, rows)
 
 
@@ -99,6 +137,7 @@ def task_table(model: nn.Module, names: dict[int, str]) -> str:
     for t in finished:
         own = sum(int((layer.owner == t).sum()) for layer in layers)
         used = sum(count_bits(layer.get_buffer(f"bits_{t}")) for layer in layers)
-        rows.append([f"{t} {names.get(t, '')}".rstrip(), f"{own:,}", f"{used:,}",
-                     f"{used - own:,}"])
+        rows.append(
+            [f"{t} {names.get(t, '')}".rstrip(), f"{own:,}", f"{used:,}", f"{used - own:,}"]
+        )
     return format_table(headers, rows)

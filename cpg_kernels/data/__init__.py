@@ -13,6 +13,7 @@
 
 ``load_tasks(name, ...)`` gives any of them by name.
 """
+
 from __future__ import annotations
 
 from .cifar100 import cifar100_tasks
@@ -26,8 +27,13 @@ EMBEDDED = ("digits", "permuted", "transformed")
 _NEEDS_ROOT = ("cifar100", "folder")
 
 
-def load_tasks(name: str, root: str | None = None, num_tasks: int | None = None,
-               val_fraction: float | None = None, seed: int = 0) -> list[Task]:
+def load_tasks(
+    name: str,
+    root: str | None = None,
+    num_tasks: int | None = None,
+    val_fraction: float | None = None,
+    seed: int = 0,
+) -> list[Task]:
     """The task sequence ``name`` (one of ``DATASETS``), its first ``num_tasks`` tasks.
 
     ``root`` is the data folder of ``cifar100`` and ``folder``;
@@ -41,8 +47,7 @@ def load_tasks(name: str, root: str | None = None, num_tasks: int | None = None,
         raise ValueError(f"the {name} data set needs its folder (--data-dir)")
     options = {} if val_fraction is None else {"val_fraction": val_fraction}
     if name == "synthetic" and options:
-        raise ValueError("the synthetic tasks have fixed splits: a validation share does not "
-                         "apply")
+        raise ValueError("the synthetic tasks have fixed splits: a validation share does not apply")
     if name == "digits":
         tasks = digits_tasks(seed=seed, **options)
     elif name == "permuted":
@@ -62,6 +67,16 @@ def load_tasks(name: str, root: str | None = None, num_tasks: int | None = None,
     return tasks
 
 
-__all__ = ["DATASETS", "EMBEDDED", "ImageTensors", "Task", "cifar100_tasks", "digits_tasks",
-           "folder_tasks", "load_tasks", "permuted_digits_tasks", "synthetic_tasks",
-           "transformed_digits_tasks"]
+__all__ = [
+    "DATASETS",
+    "EMBEDDED",
+    "ImageTensors",
+    "Task",
+    "cifar100_tasks",
+    "digits_tasks",
+    "folder_tasks",
+    "load_tasks",
+    "permuted_digits_tasks",
+    "synthetic_tasks",
+    "transformed_digits_tasks",
+]

@@ -7,6 +7,7 @@ each task's classes are its 5 fine classes in alphabetical order, inputs are
 normalized with the task's own training mean and std, and training images
 are augmented with a random 4-pixel-padded crop and a horizontal flip.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,7 @@ from .tasks import ImageTensors, Task, channel_stats, check_fraction, stratified
 ARCHIVE = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 
 
-def cifar100_tasks(root: str | os.PathLike, val_fraction: float = 0.1,
-                   seed: int = 0) -> list[Task]:
+def cifar100_tasks(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0) -> list[Task]:
     """The 20 superclass tasks from ``root`` (the ``cifar-100-python`` folder or its parent).
 
     ``val_fraction`` of each class's training images is held out for
@@ -32,13 +32,15 @@ def cifar100_tasks(root: str | os.PathLike, val_fraction: float = 0.1,
     meta = _unpickle(os.path.join(folder, "meta"))
     train, test = (_unpickle(os.path.join(folder, part)) for part in ("train", "test"))
     fine_names = [n.decode() if isinstance(n, bytes) else n for n in meta["fine_label_names"]]
-    coarse_names = [n.decode() if isinstance(n, bytes) else n
-                    for n in meta["coarse_label_names"]]
+    coarse_names = [n.decode() if isinstance(n, bytes) else n for n in meta["coarse_label_names"]]
     images = {part: _images(data) for part, data in (("train", train), ("test", test))}
-    fine = {part: torch.tensor(data["fine_labels"]) for part, data in
-            (("train", train), ("test", test))}
-    coarse = {part: torch.tensor(data["coarse_labels"]) for part, data in
-              (("train", train), ("test", test))}
+    fine = {
+        part: torch.tensor(data["fine_labels"]) for part, data in (("train", train), ("test", test))
+    }
+    coarse = {
+        part: torch.tensor(data["coarse_labels"])
+        for part, data in (("train", train), ("test", test))
+    }
 
     tasks = []
     for c, name in enumerate(coarse_names):
@@ -57,8 +59,16 @@ def cifar100_tasks(root: str | os.PathLike, val_fraction: float = 0.1,
         else:
             train_set = ImageTensors(x_train, y_train, mean, std, augment=True)
             val_set = test_set
-        tasks.append(Task(name, tuple(fine_names[m] for m in members), train_set, val_set,
-                          test_set, (3, 32, 32)))
+        tasks.append(
+            Task(
+                name,
+                tuple(fine_names[m] for m in members),
+                train_set,
+                val_set,
+                test_set,
+                (3, 32, 32),
+            )
+        )
     return tasks
 
 
@@ -68,7 +78,8 @@ def _find_folder(root: str) -> str:
             return folder
     raise FileNotFoundError(
         f"CIFAR-100 not found in {root!r}: download {ARCHIVE} and extract it there "
-        "(it holds a cifar-100-python folder with train, test and meta)")
+        "(it holds a cifar-100-python folder with train, test and meta)"
+    )
 
 
 def _unpickle(path: str) -> dict:

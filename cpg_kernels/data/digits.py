@@ -18,6 +18,7 @@ Every task of a sequence uses the same class-stratified split of the
 images, drawn with ``seed``; the permutations, transforms and noise are part
 of the sequence and do not depend on ``seed``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -31,8 +32,9 @@ PERMUTED_TASKS = 10
 _SEQUENCE_SEED = 12345  # fixes the permutations and the noise: they define the sequence
 
 
-def digits_tasks(val_fraction: float = 0.2, test_fraction: float = 0.3,
-                 seed: int = 0) -> list[Task]:
+def digits_tasks(
+    val_fraction: float = 0.2, test_fraction: float = 0.3, seed: int = 0
+) -> list[Task]:
     """Five 2-class tasks from the digits data set, split class-stratified with ``seed``.
 
     ``val_fraction`` of each class goes to validation and ``test_fraction`` to
@@ -46,13 +48,23 @@ def digits_tasks(val_fraction: float = 0.2, test_fraction: float = 0.3,
         for part, index in splits.items():
             keep = index[(labels[index] >= first) & (labels[index] < first + CLASSES_PER_TASK)]
             split[part] = (images[keep], labels[keep] - first)
-        tasks.append(_task("digits " + " vs ".join(map(str, digits_here)),
-                           tuple(map(str, digits_here)), split, val_fraction))
+        tasks.append(
+            _task(
+                "digits " + " vs ".join(map(str, digits_here)),
+                tuple(map(str, digits_here)),
+                split,
+                val_fraction,
+            )
+        )
     return tasks
 
 
-def permuted_digits_tasks(num_tasks: int = PERMUTED_TASKS, val_fraction: float = 0.2,
-                          test_fraction: float = 0.3, seed: int = 0) -> list[Task]:
+def permuted_digits_tasks(
+    num_tasks: int = PERMUTED_TASKS,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+) -> list[Task]:
     """``num_tasks`` 10-class tasks, each with its own fixed pixel order (task 1: none)."""
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
         raise ValueError(f"num_tasks must be an int >= 1, got {num_tasks!r}")
@@ -89,16 +101,24 @@ TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def transformed_digits_tasks(val_fraction: float = 0.2, test_fraction: float = 0.3,
-                             seed: int = 0) -> list[Task]:
+def transformed_digits_tasks(
+    val_fraction: float = 0.2, test_fraction: float = 0.3, seed: int = 0
+) -> list[Task]:
     """Six 10-class tasks: the digits under each transform of ``TRANSFORMS`` in turn."""
     images, labels, splits = _split_digits(val_fraction, test_fraction, seed)
-    return [_all_digits(f"digits {name}", transform(images), labels, splits, val_fraction)
-            for name, transform in TRANSFORMS.items()]
+    return [
+        _all_digits(f"digits {name}", transform(images), labels, splits, val_fraction)
+        for name, transform in TRANSFORMS.items()
+    ]
 
 
-def _all_digits(name: str, images: torch.Tensor, labels: torch.Tensor,
-                splits: dict[str, torch.Tensor], val_fraction: float) -> Task:
+def _all_digits(
+    name: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    splits: dict[str, torch.Tensor],
+    val_fraction: float,
+) -> Task:
     split = {part: (images[index], labels[index]) for part, index in splits.items()}
     return _task(name, tuple(map(str, range(10))), split, val_fraction)
 
@@ -107,8 +127,14 @@ def _task(name: str, classes: tuple[str, ...], split: dict, val_fraction: float)
     """A task from its ``(images, labels)`` per split, normalized with its training statistics."""
     mean, std = channel_stats(split["train"][0])
     sets = {part: ImageTensors(x, y, mean, std) for part, (x, y) in split.items()}
-    return Task(name, classes, sets["train"], sets["val"] if val_fraction else sets["test"],
-                sets["test"], tuple(split["train"][0].shape[1:]))
+    return Task(
+        name,
+        classes,
+        sets["train"],
+        sets["val"] if val_fraction else sets["test"],
+        sets["test"],
+        tuple(split["train"][0].shape[1:]),
+    )
 
 
 def _split_digits(val_fraction: float, test_fraction: float, seed: int):
@@ -118,8 +144,9 @@ def _split_digits(val_fraction: float, test_fraction: float, seed: int):
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise RuntimeError("the digits data set comes with scikit-learn: "
-                           "pip install scikit-learn") from None
+        raise RuntimeError(
+            "the digits data set comes with scikit-learn: pip install scikit-learn"
+        ) from None
     digits = load_digits()
     images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0
     labels = torch.from_numpy(digits.target).long()

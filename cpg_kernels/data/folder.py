@@ -10,6 +10,7 @@ task's first training image is greyscale and RGB otherwise, resized to
 ``image_size`` (default: the size of the task's first training image), and
 normalized with the mean and std of the task's training images.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,13 @@ from .tasks import Task, check_fraction, random_crop_flip, stratified_split
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def folder_tasks(root: str | os.PathLike, val_fraction: float = 0.1,
-                 image_size: int | None = None, augment: bool = False,
-                 seed: int = 0) -> list[Task]:
+def folder_tasks(
+    root: str | os.PathLike,
+    val_fraction: float = 0.1,
+    image_size: int | None = None,
+    augment: bool = False,
+    seed: int = 0,
+) -> list[Task]:
     """The tasks under ``root`` (see the module docstring for the layout).
 
     ``val_fraction`` of each class's training images is held out for
@@ -35,12 +40,20 @@ def folder_tasks(root: str | os.PathLike, val_fraction: float = 0.1,
     image_module = _pillow()
     root = os.fspath(root)
     names = _subfolders(os.path.join(root, "train"), "tasks")
-    return [_task(image_module, root, name, val_fraction, image_size, augment, seed)
-            for name in names]
+    return [
+        _task(image_module, root, name, val_fraction, image_size, augment, seed) for name in names
+    ]
 
 
-def _task(image_module, root: str, name: str, val_fraction: float, image_size: int | None,
-          augment: bool, seed: int) -> Task:
+def _task(
+    image_module,
+    root: str,
+    name: str,
+    val_fraction: float,
+    image_size: int | None,
+    augment: bool,
+    seed: int,
+) -> Task:
     classes = _subfolders(os.path.join(root, "train", name), f"classes of task {name!r}")
     train_files, train_labels = _files(os.path.join(root, "train", name), classes)
     test_files, test_labels = _files(os.path.join(root, "test", name), classes)
@@ -50,10 +63,12 @@ def _task(image_module, root: str, name: str, val_fraction: float, image_size: i
     if val_fraction:
         labels = torch.tensor(train_labels)
         fit, held = stratified_split(labels, (1 - val_fraction, val_fraction), seed)
-        train_set = ImageFiles([train_files[i] for i in fit], labels[fit].tolist(), reader,
-                               mean, std, augment)
-        val_set = ImageFiles([train_files[i] for i in held], labels[held].tolist(), reader,
-                             mean, std)
+        train_set = ImageFiles(
+            [train_files[i] for i in fit], labels[fit].tolist(), reader, mean, std, augment
+        )
+        val_set = ImageFiles(
+            [train_files[i] for i in held], labels[held].tolist(), reader, mean, std
+        )
     else:
         train_set = ImageFiles(train_files, train_labels, reader, mean, std, augment)
         val_set = test_set
@@ -64,8 +79,15 @@ def _task(image_module, root: str, name: str, val_fraction: float, image_size: i
 class ImageFiles(Dataset):
     """Image files read on access, normalized, optionally augmented."""
 
-    def __init__(self, files: list[str], labels: list[int], reader: _Reader, mean: torch.Tensor,
-                 std: torch.Tensor, augment: bool = False):
+    def __init__(
+        self,
+        files: list[str],
+        labels: list[int],
+        reader: _Reader,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        augment: bool = False,
+    ):
         self.files, self.labels, self.reader = files, labels, reader
         self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
         self.augment = augment
@@ -103,15 +125,18 @@ def _pillow():
     try:
         from PIL import Image
     except ImportError:
-        raise RuntimeError("the image-folder loader reads images with Pillow: "
-                           "pip install pillow") from None
+        raise RuntimeError(
+            "the image-folder loader reads images with Pillow: pip install pillow"
+        ) from None
     return Image
 
 
 def _subfolders(path: str, what: str) -> list[str]:
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path!r} is not a folder; expected ROOT/train/<task>/<class>/"
-                                "<image> and ROOT/test/<task>/<class>/<image>")
+        raise FileNotFoundError(
+            f"{path!r} is not a folder; expected ROOT/train/<task>/<class>/"
+            "<image> and ROOT/test/<task>/<class>/<image>"
+        )
     names = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
     if not names:
         raise ValueError(f"no {what} under {path!r}")
@@ -122,8 +147,15 @@ def _files(path: str, classes: list[str]) -> tuple[list[str], list[int]]:
     files, labels = [], []
     for label, name in enumerate(classes):
         folder = os.path.join(path, name)
-        found = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                       if f.lower().endswith(EXTENSIONS)) if os.path.isdir(folder) else []
+        found = (
+            sorted(
+                os.path.join(folder, f)
+                for f in os.listdir(folder)
+                if f.lower().endswith(EXTENSIONS)
+            )
+            if os.path.isdir(folder)
+            else []
+        )
         if not found:
             raise ValueError(f"no images in {folder!r} (extensions: {', '.join(EXTENSIONS)})")
         files += found

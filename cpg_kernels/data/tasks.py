@@ -5,6 +5,7 @@ with its own classes (labels ``0..num_classes-1``) and its own train,
 validation and test sets. The trainer checks its accuracy goal on ``val``
 and reports accuracy on ``test``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,11 +40,19 @@ class ImageTensors(Dataset):
     draws the same crops.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
-                 std: torch.Tensor, augment: bool = False):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        augment: bool = False,
+    ):
         if images.dim() != 4 or labels.shape != images.shape[:1]:
-            raise ValueError(f"images [N, C, H, W] and labels [N] expected, got "
-                             f"{tuple(images.shape)} and {tuple(labels.shape)}")
+            raise ValueError(
+                f"images [N, C, H, W] and labels [N] expected, got "
+                f"{tuple(images.shape)} and {tuple(labels.shape)}"
+            )
         self.images = images
         self.labels = labels.long()
         self.mean = mean.float().view(-1, 1, 1)
@@ -65,7 +74,7 @@ def random_crop_flip(x: torch.Tensor, padding: int = 4) -> torch.Tensor:
     h, w = x.shape[-2:]
     padded = torch.nn.functional.pad(x, (padding,) * 4)
     top, left = torch.randint(0, 2 * padding + 1, (2,)).tolist()
-    x = padded[..., top:top + h, left:left + w]
+    x = padded[..., top : top + h, left : left + w]
     return x.flip(-1) if torch.rand(()) < 0.5 else x
 
 
@@ -75,8 +84,9 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.mean(1), flat.std(1).clamp_min(1e-6)
 
 
-def stratified_split(labels: torch.Tensor, fractions: tuple[float, ...],
-                     seed: int) -> list[torch.Tensor]:
+def stratified_split(
+    labels: torch.Tensor, fractions: tuple[float, ...], seed: int
+) -> list[torch.Tensor]:
     """Indices of ``labels`` split into parts of the given ``fractions``, class by class.
 
     Each class is shuffled (seeded) and cut in the same proportions, so every

@@ -1,4 +1,5 @@
 """One finished task as a plain dense network, and a fingerprint of it."""
+
 from __future__ import annotations
 
 import copy

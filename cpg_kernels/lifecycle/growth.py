@@ -16,6 +16,7 @@ Finished tasks keep computing at their own width (see ``CPGConv2d.grow``),
 so their outputs stay bit-identical; the new channels are free weights for
 the training task or the next one. Any optimizer must be rebuilt afterwards.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,16 +29,54 @@ from torch import fx, nn
 
 from ..nn import PER_TASK_NORMS, CPGConv2d, CPGModule, MaskedLayer, TaskHeads
 
-_PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
-                 nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Identity, nn.Dropout,
-                 nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                 nn.AdaptiveMaxPool2d)
-_PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.hardswish,
-                   torch.sigmoid, torch.tanh, F.dropout, F.max_pool2d, F.avg_pool2d,
-                   F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
+_PASS_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Mish,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
+_PASS_FUNCTIONS = {
+    F.relu,
+    torch.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    torch.sigmoid,
+    torch.tanh,
+    F.dropout,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+}
 _PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone"}
-_ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul,
-                torch.add, torch.sub, torch.mul}
+_ELEMENTWISE = {
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.mul,
+    operator.imul,
+    torch.add,
+    torch.sub,
+    torch.mul,
+}
 _ELEMENTWISE_METHODS = {"add", "add_", "sub", "mul", "mul_"}
 _SCALAR_METHODS = {"size", "dim"}
 
@@ -55,7 +94,7 @@ class _Spaces:
     """Union-find over channel spaces, with what may and may not grow."""
 
     parent: list[int] = field(default_factory=list)
-    fixed: set[int] = field(default_factory=set)          # model input/output: keeps its width
+    fixed: set[int] = field(default_factory=set)  # model input/output: keeps its width
     blocked: dict[int, str] = field(default_factory=dict)  # reaches an op we cannot widen
 
     def new(self) -> int:
@@ -77,8 +116,7 @@ class _Spaces:
         return any(self.root(f) == self.root(s) for f in self.fixed)
 
     def blocker(self, s: int) -> str | None:
-        return next((why for b, why in self.blocked.items() if self.root(b) == self.root(s)),
-                    None)
+        return next((why for b, why in self.blocked.items() if self.root(b) == self.root(s)), None)
 
 
 class _Tracer(fx.Tracer):
@@ -92,8 +130,8 @@ class _Plan:
 
     spaces: _Spaces
     layers: dict[str, tuple[MaskedLayer, _Value | None, int]]  # name -> (layer, input, output)
-    norms: dict[str, tuple[nn.Module, int]]                     # name -> (batch norm, space)
-    heads: dict[str, tuple[TaskHeads, _Value | None]]           # name -> (heads, input)
+    norms: dict[str, tuple[nn.Module, int]]  # name -> (batch norm, space)
+    heads: dict[str, tuple[TaskHeads, _Value | None]]  # name -> (heads, input)
 
 
 def grow(model: nn.Module, factor: float) -> dict[str, tuple[int, int]]:
@@ -107,12 +145,20 @@ def grow(model: nn.Module, factor: float) -> dict[str, tuple[int, int]]:
     plan = _trace(model)
     extra = _extra_widths(plan, factor)
     # Work out every change before making any: widths are read from the layers.
-    layers = [(name, layer, extra.get(plan.spaces.root(out), 0),
-               _input_extra(plan, extra, name, layer.weight.shape[1], inp))
-              for name, (layer, inp, out) in plan.layers.items()]
+    layers = [
+        (
+            name,
+            layer,
+            extra.get(plan.spaces.root(out), 0),
+            _input_extra(plan, extra, name, layer.weight.shape[1], inp),
+        )
+        for name, (layer, inp, out) in plan.layers.items()
+    ]
     norms = [(norm, extra.get(plan.spaces.root(space), 0)) for norm, space in plan.norms.values()]
-    heads = [(head, _input_extra(plan, extra, name, head.in_features, inp))
-             for name, (head, inp) in plan.heads.items()]
+    heads = [
+        (head, _input_extra(plan, extra, name, head.in_features, inp))
+        for name, (head, inp) in plan.heads.items()
+    ]
     grown = {}
     for name, layer, out_extra, in_extra in layers:
         if out_extra or in_extra:
@@ -144,8 +190,9 @@ def _extra_widths(plan: _Plan, factor: float) -> dict[int, int]:
     return extra
 
 
-def _input_extra(plan: _Plan, extra: dict[int, int], name: str, width: int,
-                 inp: _Value | None) -> int:
+def _input_extra(
+    plan: _Plan, extra: dict[int, int], name: str, width: int, inp: _Value | None
+) -> int:
     """Input channels to add to a layer of input ``width`` reading ``inp``."""
     if inp is None:
         return 0
@@ -154,15 +201,20 @@ def _input_extra(plan: _Plan, extra: dict[int, int], name: str, width: int,
         return added
     channels = _space_width(plan, inp.space)
     if width % channels:
-        raise ValueError(f"cannot grow: {name} reads {width} flattened features, not a multiple "
-                         f"of the {channels} channels before the flatten")
+        raise ValueError(
+            f"cannot grow: {name} reads {width} flattened features, not a multiple "
+            f"of the {channels} channels before the flatten"
+        )
     return added * (width // channels)
 
 
 def _space_width(plan: _Plan, space: int) -> int:
     root = plan.spaces.root(space)
-    return next(layer.weight.shape[0] for layer, _, out in plan.layers.values()
-                if plan.spaces.root(out) == root)
+    return next(
+        layer.weight.shape[0]
+        for layer, _, out in plan.layers.values()
+        if plan.spaces.root(out) == root
+    )
 
 
 def _trace(model: nn.Module) -> _Plan:
@@ -199,13 +251,15 @@ def _visit(node: fx.Node, values: dict, plan: _Plan, model: nn.Module) -> _Value
         return _visit_module(node, model.get_submodule(node.target), first, plan)
     if node.op == "call_method" and node.target in _SCALAR_METHODS:
         return None
-    if (node.op == "call_method" and node.target in _PASS_METHODS) or \
-            (node.op == "call_function" and node.target in _PASS_FUNCTIONS):
+    if (node.op == "call_method" and node.target in _PASS_METHODS) or (
+        node.op == "call_function" and node.target in _PASS_FUNCTIONS
+    ):
         return first
     if _is_flatten(node):
         return _flatten(first, spaces, f"{node.op} {node.target}")
-    if (node.op == "call_method" and node.target in _ELEMENTWISE_METHODS) or \
-            (node.op == "call_function" and node.target in _ELEMENTWISE):
+    if (node.op == "call_method" and node.target in _ELEMENTWISE_METHODS) or (
+        node.op == "call_function" and node.target in _ELEMENTWISE
+    ):
         return _merge(inputs, spaces, f"{node.op} {node.target}")
     if node.op == "call_function" and node.target is getattr:
         return None

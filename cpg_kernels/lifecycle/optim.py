@@ -22,6 +22,7 @@ the guard refuses them (the tests check every ``torch.optim`` optimizer):
 ``ASGD`` with ``lambd > 0`` shrinks every weight on every step, and ``Muon``
 orthogonalises the whole update matrix, so entries with zero gradient move.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,12 +30,15 @@ from torch import nn
 
 from .tasks import cpg_modules, masked_layers, task_state
 
-
 PARTS = ("weights", "masks", "own")
 
 
-def param_groups(model: nn.Module, weight_decay: float = 0.0, mask_lr: float | None = None,
-                 parts: tuple[str, ...] = PARTS) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    weight_decay: float = 0.0,
+    mask_lr: float | None = None,
+    parts: tuple[str, ...] = PARTS,
+) -> list[dict]:
     """Parameter groups for training the current task.
 
     Groups (each tagged ``cpg_part``): shared ``weights`` (decay applied by
@@ -63,13 +67,25 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0, mask_lr: float | N
         (own if id(p) in covered else foreign).append((name, p))
     if foreign:
         names = ", ".join(name for name, _ in foreign)
-        raise ValueError(f"trainable parameters outside CPG modules would change every task: "
-                         f"{names}; convert those layers or freeze them (requires_grad_(False))")
-    groups = [{"cpg_part": "weights", "params": weights, "weight_decay": 0.0,
-               "cpg_weight_decay": weight_decay},
-              {"cpg_part": "masks", "params": masks, "weight_decay": 0.0,
-               **({"lr": mask_lr} if mask_lr is not None else {})},
-              {"cpg_part": "own", "params": [p for _, p in own], "weight_decay": weight_decay}]
+        raise ValueError(
+            f"trainable parameters outside CPG modules would change every task: "
+            f"{names}; convert those layers or freeze them (requires_grad_(False))"
+        )
+    groups = [
+        {
+            "cpg_part": "weights",
+            "params": weights,
+            "weight_decay": 0.0,
+            "cpg_weight_decay": weight_decay,
+        },
+        {
+            "cpg_part": "masks",
+            "params": masks,
+            "weight_decay": 0.0,
+            **({"lr": mask_lr} if mask_lr is not None else {}),
+        },
+        {"cpg_part": "own", "params": [p for _, p in own], "weight_decay": weight_decay},
+    ]
     return [g for g in groups if g["params"] and g["cpg_part"] in parts]
 
 
@@ -95,16 +111,23 @@ def guard_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):
                     continue
                 name, layer = layers[id(p)]
                 if group.get("weight_decay", 0.0):
-                    raise RuntimeError(f"{name}.weight: optimizer weight decay would move frozen "
-                                       "weights; build the groups with cpg_kernels.param_groups")
+                    raise RuntimeError(
+                        f"{name}.weight: optimizer weight decay would move frozen "
+                        "weights; build the groups with cpg_kernels.param_groups"
+                    )
                 _protect(p, layer, opt.state.get(p, {}), decay)
 
     return optimizer.register_step_pre_hook(before_step)
 
 
-def make_optimizer(model: nn.Module, optimizer_class=torch.optim.SGD, *,
-                   weight_decay: float = 0.0, mask_lr: float | None = None,
-                   **kwargs) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module,
+    optimizer_class=torch.optim.SGD,
+    *,
+    weight_decay: float = 0.0,
+    mask_lr: float | None = None,
+    **kwargs,
+) -> torch.optim.Optimizer:
     """``optimizer_class(param_groups(model, ...), **kwargs)``, guarded."""
     optimizer = optimizer_class(param_groups(model, weight_decay, mask_lr), **kwargs)
     guard_optimizer(optimizer, model)
@@ -119,14 +142,18 @@ def _check_protectable(opt: torch.optim.Optimizer, model: nn.Module) -> None:
             continue
         kind = type(opt).__name__
         if isinstance(opt, torch.optim.ASGD) and group.get("lambd", 0.0):
-            raise ValueError(f"{kind} with lambd={group['lambd']} shrinks every weight on every "
-                             "step, frozen ones too; use lambd=0 or another optimizer for the "
-                             "shared weights")
+            raise ValueError(
+                f"{kind} with lambd={group['lambd']} shrinks every weight on every "
+                "step, frozen ones too; use lambd=0 or another optimizer for the "
+                "shared weights"
+            )
         muon = getattr(torch.optim, "Muon", None)
         if muon is not None and isinstance(opt, muon):
-            raise ValueError(f"{kind} orthogonalises each weight's whole update, so frozen "
-                             "entries move even with zero gradient; use another optimizer "
-                             "for the shared weights")
+            raise ValueError(
+                f"{kind} orthogonalises each weight's whole update, so frozen "
+                "entries move even with zero gradient; use another optimizer "
+                "for the shared weights"
+            )
 
 
 def _check_current(opt: torch.optim.Optimizer, layers) -> None:
@@ -135,19 +162,26 @@ def _check_current(opt: torch.optim.Optimizer, layers) -> None:
     held = {id(p) for group in opt.param_groups for p in group["params"]}
     tags = {group.get("cpg_part") for group in opt.param_groups}
     parts = set(PARTS) if None in tags else tags
-    stale = [name for name, layer in layers
-             if ("weights" in parts and layer.weight.requires_grad
-                 and id(layer.weight) not in held)
-             or ("masks" in parts and layer.mask is not None and id(layer.mask) not in held)]
+    stale = [
+        name
+        for name, layer in layers
+        if ("weights" in parts and layer.weight.requires_grad and id(layer.weight) not in held)
+        or ("masks" in parts and layer.mask is not None and id(layer.mask) not in held)
+    ]
     if stale:
-        raise RuntimeError(f"the optimizer does not hold the current parameters of {stale}: "
-                           "a task began or the model grew after it was built; build a new one")
+        raise RuntimeError(
+            f"the optimizer does not hold the current parameters of {stale}: "
+            "a task began or the model grew after it was built; build a new one"
+        )
 
 
 def _protect(weight: nn.Parameter, layer, state: dict, decay: float) -> None:
     """Zero gradient and optimizer state outside the training task's weights; add its decay."""
-    frozen = (layer.owner != layer.training_task if layer.training_task is not None
-              else torch.ones_like(layer.owner, dtype=torch.bool))
+    frozen = (
+        layer.owner != layer.training_task
+        if layer.training_task is not None
+        else torch.ones_like(layer.owner, dtype=torch.bool)
+    )
     with torch.no_grad():
         if weight.grad is not None:
             weight.grad.masked_fill_(frozen, 0)

@@ -6,6 +6,7 @@ would still be shared by every task, and training one would change the others'
 outputs. ``begin_task`` remembers those buffers and ``finalize_task`` refuses
 to finish a task that changed one, naming it, before anything is frozen.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,12 +34,14 @@ def check_unchanged(model: nn.Module, t: int) -> None:
     now = shared_buffers(model)
     for name, old in before.items():
         new = now.get(name)
-        if new is None or (new.shape == old.shape and new.dtype == old.dtype
-                           and torch.equal(new, old)):
+        if new is None or (
+            new.shape == old.shape and new.dtype == old.dtype and torch.equal(new, old)
+        ):
             continue
         module = name.rpartition(".")[0] or "<root>"
         raise RuntimeError(
             f"buffer {name} changed while task {t} trained: {module} is no CPG module, so "
             f"every task shares it and training one changes the others' outputs; keep "
             f"{module} in eval mode (or frozen) while training, or replace it with a layer "
-            f"convert() makes per task")
+            f"convert() makes per task"
+        )

@@ -3,6 +3,7 @@
 Every function checks the whole model before it changes anything, so an
 error leaves every CPG module as it was.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,7 +43,8 @@ def task_state(model: nn.Module) -> tuple[list[int], int | None]:
             raise ValueError(
                 f"CPG modules disagree about tasks: {first_name or '<root>'} has "
                 f"{first.tasks} (training {first.training_task}), {name or '<root>'} has "
-                f"{m.tasks} (training {m.training_task})")
+                f"{m.tasks} (training {m.training_task})"
+            )
     return list(first.tasks), first.training_task
 
 
@@ -62,8 +64,9 @@ def set_task(model: nn.Module, t: int | None) -> None:
     if t is not None:
         finished, training = task_state(model)
         if t not in finished and t != training:
-            raise ValueError(f"task {t} is unknown; finished tasks: {finished}, "
-                             f"training: {training}")
+            raise ValueError(
+                f"task {t} is unknown; finished tasks: {finished}, training: {training}"
+            )
     for _, m in modules:
         m.set_task(t)
 
@@ -80,8 +83,9 @@ def task(model: nn.Module, t: int) -> Iterator[nn.Module]:
             m.task = selected
 
 
-def begin_task(model: nn.Module, t: int, *, num_classes: int | None = None,
-               picking: bool = True) -> None:
+def begin_task(
+    model: nn.Module, t: int, *, num_classes: int | None = None, picking: bool = True
+) -> None:
     """Start training task ``t`` on every CPG module and select it.
 
     Free weights become tentatively ``t``'s; with ``picking`` each layer

@@ -11,6 +11,7 @@ Task bookkeeping travels in ``state_dict`` as ``_extra_state`` (a small dict of
 plain Python values); loading a state dict first rebuilds the per-task buffers
 it names, so ``load_state_dict`` round-trips any number of tasks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -65,7 +66,8 @@ class CPGModule(nn.Module):
         if self.task is None and self.known_tasks():
             raise RuntimeError(
                 f"no task selected (known tasks: {self.known_tasks()}): call set_task(t) or use "
-                "`with cpg_kernels.task(model, t):`")
+                "`with cpg_kernels.task(model, t):`"
+            )
         return self.task
 
     # ------------------------------------------------------------ lifecycle
@@ -92,8 +94,9 @@ class CPGModule(nn.Module):
 
     def _drop_task(self, t: int) -> None:
         if self.training_task is not None:
-            raise RuntimeError(f"task {self.training_task} is training: finalize it before "
-                               "forgetting another task")
+            raise RuntimeError(
+                f"task {self.training_task} is training: finalize it before forgetting another task"
+            )
         if t not in self.tasks:
             raise ValueError(f"task {t} is not a finished task here; finished: {self.tasks}")
         self.tasks.remove(t)
@@ -126,8 +129,11 @@ class CPGModule(nn.Module):
     # ---------------------------------------------------------- persistence
 
     def get_extra_state(self) -> dict:
-        return {"version": STATE_VERSION, "tasks": list(self.tasks),
-                "training_task": self.training_task}
+        return {
+            "version": STATE_VERSION,
+            "tasks": list(self.tasks),
+            "training_task": self.training_task,
+        }
 
     def set_extra_state(self, state: dict) -> None:
         self.tasks = list(state["tasks"])
@@ -145,11 +151,16 @@ class CPGModule(nn.Module):
         where = _where(prefix)
         if not isinstance(extra, dict) or extra.get("version") != STATE_VERSION:
             version = extra.get("version") if isinstance(extra, dict) else extra
-            raise ValueError(f"{where}: CPG state version {version!r}, this cpg_kernels reads "
-                             f"version {STATE_VERSION}")
+            raise ValueError(
+                f"{where}: CPG state version {version!r}, this cpg_kernels reads "
+                f"version {STATE_VERSION}"
+            )
         tasks, training = extra.get("tasks"), extra.get("training_task")
-        if not isinstance(tasks, list) or not all(isinstance(t, int) for t in tasks) or \
-                not (training is None or isinstance(training, int)):
+        if (
+            not isinstance(tasks, list)
+            or not all(isinstance(t, int) for t in tasks)
+            or not (training is None or isinstance(training, int))
+        ):
             raise ValueError(f"{where}: malformed CPG task state {extra!r}")
 
     def _adopt_state(self, state_dict, prefix: str, extra: dict) -> None:
@@ -170,9 +181,11 @@ class CPGModule(nn.Module):
         for t in self.tasks:
             for name in self._per_task_names():
                 stored = state_dict.get(f"{prefix}{name}_{t}")
-                placeholder = (torch.empty(stored.shape, dtype=stored.dtype, device=device)
-                               if isinstance(stored, torch.Tensor)
-                               else torch.empty(0, device=device))
+                placeholder = (
+                    torch.empty(stored.shape, dtype=stored.dtype, device=device)
+                    if isinstance(stored, torch.Tensor)
+                    else torch.empty(0, device=device)
+                )
                 self.register_buffer(f"{name}_{t}", placeholder)
 
     def _device(self) -> torch.device:
@@ -191,8 +204,11 @@ class CPGModule(nn.Module):
 def memory_format(t: torch.Tensor) -> torch.memory_format:
     """channels_last where the 4-D ``t`` is laid out so (its channels innermost, not also
     plain contiguous), else contiguous_format."""
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and \
-            not t.is_contiguous():
+    if (
+        t.dim() == 4
+        and t.is_contiguous(memory_format=torch.channels_last)
+        and not t.is_contiguous()
+    ):
         return torch.channels_last
     return torch.contiguous_format
 

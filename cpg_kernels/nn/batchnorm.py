@@ -7,6 +7,7 @@ Finishing task ``t`` snapshots them into ``weight_<t>``, ``bias_<t>``,
 ``running_mean_<t>`` and ``running_var_<t>``, which a finished task always
 uses in inference form: its statistics never move, even in train mode.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,15 @@ class _PerTaskBatchNorm(CPGModule):
     @classmethod
     def from_dense(cls, bn: nn.modules.batchnorm._BatchNorm):
         """A per-task batch norm that takes over ``bn``'s parameters and statistics (no copy)."""
-        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                  device="meta", **cls._init_options(bn))
+        new = cls(
+            bn.num_features,
+            bn.eps,
+            bn.momentum,
+            bn.affine,
+            bn.track_running_stats,
+            device="meta",
+            **cls._init_options(bn),
+        )
         new.weight, new.bias = bn.weight, bn.bias
         new.running_mean, new.running_var = bn.running_mean, bn.running_var
         new.num_batches_tracked = bn.num_batches_tracked
@@ -49,9 +57,16 @@ class _PerTaskBatchNorm(CPGModule):
             return super().forward(x)
         width = self.widths[t]
         snapshot = {name: self._buffers.get(f"{name}_{t}") for name in _FRESH}
-        y = F.batch_norm(narrow_channels(x, 1, width), snapshot["running_mean"],
-                         snapshot["running_var"], snapshot["weight"], snapshot["bias"],
-                         training=snapshot["running_mean"] is None, momentum=0.0, eps=self.eps)
+        y = F.batch_norm(
+            narrow_channels(x, 1, width),
+            snapshot["running_mean"],
+            snapshot["running_var"],
+            snapshot["weight"],
+            snapshot["bias"],
+            training=snapshot["running_mean"] is None,
+            momentum=0.0,
+            eps=self.eps,
+        )
         return pad_channels(y, 1, x.shape[1] - width)
 
     # ------------------------------------------------------------ lifecycle
@@ -74,9 +89,15 @@ class _PerTaskBatchNorm(CPGModule):
 
     def export_task(self, t: int) -> nn.Module:
         """Task ``t`` as a plain torch batch norm (in eval mode it uses t's statistics)."""
-        plain = self._plain_type(self.widths[t], self.eps, self.momentum, self.affine,
-                                 self.track_running_stats, device="meta",
-                                 **self._init_options(self))
+        plain = self._plain_type(
+            self.widths[t],
+            self.eps,
+            self.momentum,
+            self.affine,
+            self.track_running_stats,
+            device="meta",
+            **self._init_options(self),
+        )
         for name in self._per_task_names():
             value = self.get_buffer(f"{name}_{t}").clone()
             setattr(plain, name, nn.Parameter(value) if name in ("weight", "bias") else value)
@@ -117,8 +138,11 @@ class _PerTaskBatchNorm(CPGModule):
     def _adopt_state(self, state_dict, prefix: str, extra: dict) -> None:
         name = next(iter(self._per_task_names()), None)
         stored = state_dict.get(prefix + name) if name else None
-        if isinstance(stored, torch.Tensor) and stored.dim() == 1 and \
-                stored.shape[0] > self.num_features:
+        if (
+            isinstance(stored, torch.Tensor)
+            and stored.dim() == 1
+            and stored.shape[0] > self.num_features
+        ):
             self.grow(stored.shape[0] - self.num_features)
         super()._adopt_state(state_dict, prefix, extra)
 

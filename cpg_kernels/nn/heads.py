@@ -6,6 +6,7 @@ and, when a task asks for no class count of its own, the head it starts from.
 Each task gets a plain ``nn.Linear`` in ``heads[str(t)]``; a finished task's
 head is frozen and, after growth, reads only the features it was trained on.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,9 @@ from .base import CPGModule, enlarged, narrow_channels
 
 def check_num_classes(num_classes) -> None:
     """ValueError unless ``num_classes`` is None or a positive int."""
-    if num_classes is not None and (isinstance(num_classes, bool) or
-                                    not isinstance(num_classes, int) or num_classes < 1):
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
 
 
@@ -62,8 +64,13 @@ class TaskHeads(CPGModule):
             head = copy.deepcopy(self.template)
         else:
             weight = self.template.weight
-            head = nn.Linear(self.in_features, num_classes, self.template.bias is not None,
-                             device=weight.device, dtype=weight.dtype)
+            head = nn.Linear(
+                self.in_features,
+                num_classes,
+                self.template.bias is not None,
+                device=weight.device,
+                dtype=weight.dtype,
+            )
         self.heads[str(t)] = head.requires_grad_(True)
         self.template.requires_grad_(False)  # only the pre-CPG forward uses it
 
@@ -91,8 +98,9 @@ class TaskHeads(CPGModule):
         for linear in linears:
             weight = linear.weight
             shape = (weight.shape[0], weight.shape[1] + in_extra)
-            linear.weight = nn.Parameter(enlarged(weight.detach(), shape, 0),
-                                         requires_grad=weight.requires_grad)
+            linear.weight = nn.Parameter(
+                enlarged(weight.detach(), shape, 0), requires_grad=weight.requires_grad
+            )
             linear.in_features = shape[1]
 
     # ------------------------------------------------------------ checking
@@ -101,20 +109,24 @@ class TaskHeads(CPGModule):
         """Raise ValueError unless the CPG state is consistent."""
         self._validate_tasks()
         if sorted(self.heads, key=int) != [str(t) for t in self.known_tasks()]:
-            raise ValueError(f"heads {sorted(self.heads, key=int)} do not match tasks "
-                             f"{self.known_tasks()}")
+            raise ValueError(
+                f"heads {sorted(self.heads, key=int)} do not match tasks {self.known_tasks()}"
+            )
         for t in self.known_tasks():
             width = self.head(t).in_features
-            if width > self.in_features or (t == self.training_task and
-                                            width != self.in_features):
-                raise ValueError(f"task {t}: head reads {width} features, the layer has "
-                                 f"{self.in_features}")
+            if width > self.in_features or (t == self.training_task and width != self.in_features):
+                raise ValueError(
+                    f"task {t}: head reads {width} features, the layer has {self.in_features}"
+                )
 
     def _adopt_state(self, state_dict, prefix: str, extra: dict) -> None:
         stored = state_dict.get(prefix + "template.weight")
-        if isinstance(stored, torch.Tensor) and stored.dim() == 2 and \
-                stored.shape[0] == self.template.out_features and \
-                stored.shape[1] > self.in_features:
+        if (
+            isinstance(stored, torch.Tensor)
+            and stored.dim() == 2
+            and stored.shape[0] == self.template.out_features
+            and stored.shape[1] > self.in_features
+        ):
             self.grow(stored.shape[1] - self.in_features)
         super()._adopt_state(state_dict, prefix, extra)
         self.heads = nn.ModuleDict()
@@ -122,9 +134,13 @@ class TaskHeads(CPGModule):
         for t in self.known_tasks():
             weight = state_dict.get(f"{prefix}heads.{t}.weight")
             if isinstance(weight, torch.Tensor) and weight.dim() == 2:
-                head = nn.Linear(weight.shape[1], weight.shape[0],
-                                 f"{prefix}heads.{t}.bias" in state_dict,
-                                 device=device, dtype=weight.dtype)
+                head = nn.Linear(
+                    weight.shape[1],
+                    weight.shape[0],
+                    f"{prefix}heads.{t}.bias" in state_dict,
+                    device=device,
+                    dtype=weight.dtype,
+                )
                 self.heads[str(t)] = head.requires_grad_(t == self.training_task)
         if self.known_tasks():
             self.template.requires_grad_(False)

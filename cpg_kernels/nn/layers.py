@@ -16,6 +16,7 @@ training ops (``cpg_conv2d``/``cpg_linear``: gradients reach only its own
 weights and the mask); a finished task -> the packed-bits ops on a detached
 weight, so nothing a finished task computes can move a shared parameter.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,7 @@ from torch import nn
 
 from ..functional import cpg_conv2d, cpg_linear, masked_conv2d, masked_linear
 from ..masks import DEFAULT_THRESHOLD, active_bits, owner_counts, unpack, words_per_row
-from .base import (CPGModule, check_task_id, enlarged, memory_format, narrow_channels,
-                   pad_channels)
+from .base import CPGModule, check_task_id, enlarged, memory_format, narrow_channels, pad_channels
 
 MASK_INIT = 1e-2  # Piggyback/CPG: every picking-mask entry starts here (threshold 5e-3)
 
@@ -97,9 +97,15 @@ class MaskedLayer(CPGModule):
         with torch.no_grad():
             self.owner.masked_fill_(self.owner == 0, t)
         pickable = bool(((self.owner > 0) & (self.owner < t)).any())
-        self.mask = (nn.Parameter(torch.full(self.weight.shape, MASK_INIT, dtype=torch.float32,
-                                             device=self.weight.device))
-                     if picking and pickable else None)
+        self.mask = (
+            nn.Parameter(
+                torch.full(
+                    self.weight.shape, MASK_INIT, dtype=torch.float32, device=self.weight.device
+                )
+            )
+            if picking and pickable
+            else None
+        )
 
     def prune(self, sparsity: float) -> float:
         """Release the smallest-magnitude weights of the training task.
@@ -132,8 +138,9 @@ class MaskedLayer(CPGModule):
     def finalize_task(self) -> int:
         """Freeze the training task: store its packed active set, drop the mask."""
         t = self._require_training()
-        self.register_buffer(f"bits_{t}", active_bits(self.owner, t, mask=self.mask,
-                                                      threshold=self.threshold))
+        self.register_buffer(
+            f"bits_{t}", active_bits(self.owner, t, mask=self.mask, threshold=self.threshold)
+        )
         if self.bias is not None:
             self.register_buffer(f"bias_{t}", self.bias.detach().clone())
         self.in_widths[t] = self.weight.shape[1]
@@ -188,8 +195,9 @@ class MaskedLayer(CPGModule):
         if self.mask is not None:
             self.mask = nn.Parameter(enlarged(self.mask.detach(), shape, MASK_INIT))
         if self.bias is not None:
-            self.bias = nn.Parameter(enlarged(self.bias.detach(), shape[:1], 0),
-                                     requires_grad=self.bias.requires_grad)
+            self.bias = nn.Parameter(
+                enlarged(self.bias.detach(), shape[:1], 0), requires_grad=self.bias.requires_grad
+            )
         self._set_sizes(shape[0], shape[1])
 
     def _per_task_names(self) -> tuple[str, ...]:
@@ -202,33 +210,45 @@ class MaskedLayer(CPGModule):
         self._validate_tasks()
         shape = tuple(self.weight.shape)
         if self.owner.dtype != torch.uint8 or tuple(self.owner.shape) != shape:
-            raise ValueError(f"owner must be uint8 shaped like the weight {shape}, "
-                             f"got {self.owner.dtype} {tuple(self.owner.shape)}")
+            raise ValueError(
+                f"owner must be uint8 shaped like the weight {shape}, "
+                f"got {self.owner.dtype} {tuple(self.owner.shape)}"
+            )
         top = max(self.known_tasks(), default=0)
         highest = int(self.owner.max()) if self.owner.numel() else 0
         if highest > top:
-            raise ValueError(f"owner values go up to {highest} but the highest stored task "
-                             f"is {top}")
+            raise ValueError(
+                f"owner values go up to {highest} but the highest stored task is {top}"
+            )
         if set(self.in_widths) != set(self.tasks):
-            raise ValueError(f"input widths {sorted(self.in_widths)} do not match tasks "
-                             f"{self.tasks}")
+            raise ValueError(
+                f"input widths {sorted(self.in_widths)} do not match tasks {self.tasks}"
+            )
         rows, width = self.weight.shape[:2]
         per_column = self.weight[0, 0].numel()
         for t in self.tasks:
             bits, w = self.get_buffer(f"bits_{t}"), self.in_widths[t]
             n = bits.shape[0] if bits.dim() == 2 else -1
-            if not (0 < n <= rows and 0 < w <= width) or bits.dtype != torch.int32 or \
-                    bits.shape[1] != words_per_row(w * per_column):
-                raise ValueError(f"task {t}: packed mask {bits.dtype} {tuple(bits.shape)} does not "
-                                 f"fit a weight of shape {shape}")
+            if (
+                not (0 < n <= rows and 0 < w <= width)
+                or bits.dtype != torch.int32
+                or bits.shape[1] != words_per_row(w * per_column)
+            ):
+                raise ValueError(
+                    f"task {t}: packed mask {bits.dtype} {tuple(bits.shape)} does not "
+                    f"fit a weight of shape {shape}"
+                )
             bias = self._task_bias(t)
             if bias is not None and tuple(bias.shape) != (n,):
                 raise ValueError(f"task {t}: bias of shape {tuple(bias.shape)}, expected ({n},)")
-        if self.mask is not None and (self.training_task is None or
-                                      self.mask.shape != self.weight.shape or
-                                      self.mask.dtype != torch.float32):
-            raise ValueError("a picking mask exists only while a task trains, fp32 shaped like "
-                             "the weight")
+        if self.mask is not None and (
+            self.training_task is None
+            or self.mask.shape != self.weight.shape
+            or self.mask.dtype != torch.float32
+        ):
+            raise ValueError(
+                "a picking mask exists only while a task trains, fp32 shaped like the weight"
+            )
 
     def _adopt_state(self, state_dict, prefix: str, extra: dict) -> None:
         stored = state_dict.get(prefix + "weight")
@@ -237,19 +257,30 @@ class MaskedLayer(CPGModule):
             self.grow(stored.shape[0] - rows, stored.shape[1] - width)
         super()._adopt_state(state_dict, prefix, extra)
         mask = state_dict.get(prefix + "mask")
-        self.mask = (nn.Parameter(torch.empty(mask.shape, dtype=mask.dtype, device=self._device()))
-                     if isinstance(mask, torch.Tensor) else None)
+        self.mask = (
+            nn.Parameter(torch.empty(mask.shape, dtype=mask.dtype, device=self._device()))
+            if isinstance(mask, torch.Tensor)
+            else None
+        )
 
     def _grows_to(self, shape) -> bool:
         """Whether a stored weight of ``shape`` is this layer after growth."""
         own = self.weight.shape
-        return (len(shape) == len(own) and tuple(shape) != tuple(own)
-                and tuple(shape[2:]) == tuple(own[2:])
-                and shape[0] >= own[0] and shape[1] >= own[1] and getattr(self, "groups", 1) == 1)
+        return (
+            len(shape) == len(own)
+            and tuple(shape) != tuple(own)
+            and tuple(shape[2:]) == tuple(own[2:])
+            and shape[0] >= own[0]
+            and shape[1] >= own[1]
+            and getattr(self, "groups", 1) == 1
+        )
 
     def get_extra_state(self) -> dict:
-        return {**super().get_extra_state(), "threshold": self.threshold,
-                "in_widths": dict(self.in_widths)}
+        return {
+            **super().get_extra_state(),
+            "threshold": self.threshold,
+            "in_widths": dict(self.in_widths),
+        }
 
     def set_extra_state(self, state: dict) -> None:
         super().set_extra_state(state)
@@ -265,8 +296,9 @@ class MaskedLayer(CPGModule):
             return "{}"
         counts = owner_counts(self.owner).tolist()
         total = self.owner.numel()
-        parts = [f"{'free' if v == 0 else v}: {100 * c / total:.0f}%"
-                 for v, c in enumerate(counts) if c]
+        parts = [
+            f"{'free' if v == 0 else v}: {100 * c / total:.0f}%" for v, c in enumerate(counts) if c
+        ]
         return "{" + ", ".join(parts) + "}"
 
 
@@ -285,9 +317,19 @@ class CPGConv2d(MaskedLayer, nn.Conv2d):
     @classmethod
     def from_dense(cls, conv: nn.Conv2d) -> CPGConv2d:
         """A CPGConv2d that takes over ``conv``'s parameters (no copy)."""
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                    conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-                    conv.padding_mode, device="meta", dtype=conv.weight.dtype)
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device="meta",
+            dtype=conv.weight.dtype,
+        )
         return cls._adopt_dense(layer, conv)
 
     def _explicit_padding(self, x: torch.Tensor):
@@ -299,21 +341,42 @@ class CPGConv2d(MaskedLayer, nn.Conv2d):
 
     def _forward_bits(self, x, weight, bits, bias):
         x, padding = self._explicit_padding(x)
-        return masked_conv2d(x, weight, bits, bias, self.stride, padding, self.dilation,
-                             self.groups)
+        return masked_conv2d(
+            x, weight, bits, bias, self.stride, padding, self.dilation, self.groups
+        )
 
     def _forward_training(self, x, t):
         x, padding = self._explicit_padding(x)
-        return cpg_conv2d(x, self.weight, self.owner, t, mask=self.mask, bias=self.bias,
-                          stride=self.stride, padding=padding, dilation=self.dilation,
-                          groups=self.groups, threshold=self.threshold)
+        return cpg_conv2d(
+            x,
+            self.weight,
+            self.owner,
+            t,
+            mask=self.mask,
+            bias=self.bias,
+            stride=self.stride,
+            padding=padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            threshold=self.threshold,
+        )
 
     def _set_sizes(self, rows: int, width: int) -> None:
         self.out_channels, self.in_channels = rows, width * self.groups
 
     def _plain(self, rows: int, width: int, bias: bool) -> nn.Conv2d:
-        return nn.Conv2d(width * self.groups, rows, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, bias, self.padding_mode, device="meta")
+        return nn.Conv2d(
+            width * self.groups,
+            rows,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            bias,
+            self.padding_mode,
+            device="meta",
+        )
 
 
 class CPGLinear(MaskedLayer, nn.Linear):
@@ -331,16 +394,22 @@ class CPGLinear(MaskedLayer, nn.Linear):
     @classmethod
     def from_dense(cls, linear: nn.Linear) -> CPGLinear:
         """A CPGLinear that takes over ``linear``'s parameters (no copy)."""
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                    device="meta", dtype=linear.weight.dtype)
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            device="meta",
+            dtype=linear.weight.dtype,
+        )
         return cls._adopt_dense(layer, linear)
 
     def _forward_bits(self, x, weight, bits, bias):
         return masked_linear(x, weight, bits, bias)
 
     def _forward_training(self, x, t):
-        return cpg_linear(x, self.weight, self.owner, t, mask=self.mask, bias=self.bias,
-                          threshold=self.threshold)
+        return cpg_linear(
+            x, self.weight, self.owner, t, mask=self.mask, bias=self.bias, threshold=self.threshold
+        )
 
     def _set_sizes(self, rows: int, width: int) -> None:
         self.out_features, self.in_features = rows, width

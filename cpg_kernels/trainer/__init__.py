@@ -9,6 +9,7 @@ fine-tunes one plain network task after task (the forgetting lower bound);
 models, fine-tuned copies). ``make_trainer`` picks the right one for a
 config.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -21,14 +22,21 @@ from .callbacks import Callback, LoggingCallback
 from .config import METHODS, TrainConfig
 from .cpg import CPGTrainer
 from .independent import IndependentTrainer
-from .results import (TaskResult, accuracy_matrix, average_accuracy, backward_transfer,
-                      forgetting, forward_transfer)
+from .results import (
+    TaskResult,
+    accuracy_matrix,
+    average_accuracy,
+    backward_transfer,
+    forgetting,
+    forward_transfer,
+)
 from .schedule import cubic_sparsity, pruning_targets
 from .sequential import SequentialTrainer
 
 
-def make_trainer(build: Callable[[], nn.Module], config: TrainConfig,
-                 callbacks: Iterable[Callback] = ()) -> Trainer:
+def make_trainer(
+    build: Callable[[], nn.Module], config: TrainConfig, callbacks: Iterable[Callback] = ()
+) -> Trainer:
     """The trainer for ``config.method`` over networks from ``build()`` (plain torch)."""
     if config.shared is not None:
         return CPGTrainer(convert(build()), config, callbacks)
@@ -37,7 +45,22 @@ def make_trainer(build: Callable[[], nn.Module], config: TrainConfig,
     return IndependentTrainer(build, config, callbacks)
 
 
-__all__ = ["METHODS", "CPGTrainer", "Callback", "IndependentTrainer", "LoggingCallback",
-           "SequentialTrainer", "TaskResult", "TrainConfig", "Trainer", "accuracy_matrix",
-           "average_accuracy", "backward_transfer", "cubic_sparsity", "forgetting",
-           "forward_transfer", "make_trainer", "pruning_targets"]
+__all__ = [
+    "METHODS",
+    "CPGTrainer",
+    "Callback",
+    "IndependentTrainer",
+    "LoggingCallback",
+    "SequentialTrainer",
+    "TaskResult",
+    "TrainConfig",
+    "Trainer",
+    "accuracy_matrix",
+    "average_accuracy",
+    "backward_transfer",
+    "cubic_sparsity",
+    "forgetting",
+    "forward_transfer",
+    "make_trainer",
+    "pruning_targets",
+]

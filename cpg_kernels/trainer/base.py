@@ -1,4 +1,5 @@
 """What every trainer shares: config, device, seeding, callbacks, training phases."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -28,8 +29,9 @@ class Trainer(ABC):
         # Tasks after the one being learned, when fit knows the sequence (None otherwise).
         self.remaining: int | None = None
 
-    def fit(self, tasks: Sequence[Task],
-            after_task: Callable[[Trainer], None] | None = None) -> list[TaskResult]:
+    def fit(
+        self, tasks: Sequence[Task], after_task: Callable[[Trainer], None] | None = None
+    ) -> list[TaskResult]:
         """Learn the sequence ``tasks`` in order; after each task, measure every learned task.
 
         ``tasks`` is the whole sequence: tasks that ``results`` already holds
@@ -44,8 +46,10 @@ class Trainer(ABC):
         if not tasks:
             raise ValueError("no tasks to learn: the task sequence is empty")
         if len(self.results) > len(tasks):
-            raise ValueError(f"{len(self.results)} tasks are already learned but the sequence "
-                             f"has only {len(tasks)}")
+            raise ValueError(
+                f"{len(self.results)} tasks are already learned but the sequence "
+                f"has only {len(tasks)}"
+            )
         for result in self.results:  # learned outside fit: the history starts now
             result.history = result.history or [result.learned_accuracy]
         for position in range(len(self.results), len(tasks)):
@@ -82,9 +86,15 @@ class Trainer(ABC):
             for callback in self.callbacks:
                 getattr(callback, hook)(*args)
 
-    def _train(self, model: nn.Module,
-               optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer], task: Task,
-               epochs: int, task_id: int, phase: str) -> float:
+    def _train(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer],
+        task: Task,
+        epochs: int,
+        task_id: int,
+        phase: str,
+    ) -> float:
         """Up to ``epochs`` of training on ``task.train``; returns the validation accuracy.
 
         The learning rates follow ``config.lr_schedule`` (the picking masks
@@ -97,16 +107,24 @@ class Trainer(ABC):
         optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else optimizer
         loader = train_loader(task.train, config.batch_size, seed=int(torch.randint(2**31, ())))
         total = epochs * len(loader)
-        schedulers = [lr_scheduler(o, total, config.lr_schedule, config.mask_schedule)
-                      for o in optimizers]
+        schedulers = [
+            lr_scheduler(o, total, config.lr_schedule, config.mask_schedule) for o in optimizers
+        ]
         self._emit("on_phase_begin", task_id, phase, total)
         wrapped = distributed.wrap(model, self.device)
         watch = config.select_best or config.patience is not None
         best, best_state, stale = -1.0, None, 0
         for epoch in range(epochs):
-            run_epochs(wrapped, optimizers, loader, 1, self.device, first_epoch=epoch,
-                       on_step=lambda loss: self._emit("on_step", task_id, phase, loss),
-                       after_step=lambda: [s.step() for s in schedulers])
+            run_epochs(
+                wrapped,
+                optimizers,
+                loader,
+                1,
+                self.device,
+                first_epoch=epoch,
+                on_step=lambda loss: self._emit("on_step", task_id, phase, loss),
+                after_step=lambda: [s.step() for s in schedulers],
+            )
             distributed.average_batch_norm(model)
             if not watch:
                 continue
@@ -132,8 +150,9 @@ class Trainer(ABC):
     def _accuracy(self, model: nn.Module, dataset) -> float:
         return accuracy(model, dataset, EVAL_BATCH, self.device)
 
-    def _optimizer(self, lr: float, name: str | None = None
-                   ) -> tuple[type[torch.optim.Optimizer], dict]:
+    def _optimizer(
+        self, lr: float, name: str | None = None
+    ) -> tuple[type[torch.optim.Optimizer], dict]:
         """Optimizer ``name`` (default: the configured one): its class and its
         options at learning rate ``lr``."""
         if (name or self.config.optimizer) == "adam":
@@ -151,9 +170,9 @@ def classifier_name(model: nn.Module) -> str:
     return names[-1]
 
 
-def replace_classifier(model: nn.Module, name: str, in_features: int,
-                       num_classes: int) -> None:
+def replace_classifier(model: nn.Module, name: str, in_features: int, num_classes: int) -> None:
     """Put a fresh ``nn.Linear(in_features, num_classes)`` at ``name`` in ``model``."""
     weight = next(model.parameters())
-    model.set_submodule(name, nn.Linear(in_features, num_classes, device=weight.device,
-                                        dtype=weight.dtype))
+    model.set_submodule(
+        name, nn.Linear(in_features, num_classes, device=weight.device, dtype=weight.dtype)
+    )

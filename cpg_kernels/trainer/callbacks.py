@@ -3,6 +3,7 @@
 Subclass :class:`Callback` and override what you need. Under
 DistributedDataParallel only the main process (rank 0) calls them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,8 +50,12 @@ class LoggingCallback(Callback):
         self.logger.info("task %d (%s) begins", task_id, name)
 
     def on_goal(self, task_id: int, goal: float, reference: float | None) -> None:
-        self.logger.info("task %d: accuracy goal %.4f (reference %s)", task_id, goal,
-                         "none" if reference is None else f"{reference:.4f}")
+        self.logger.info(
+            "task %d: accuracy goal %.4f (reference %s)",
+            task_id,
+            goal,
+            "none" if reference is None else f"{reference:.4f}",
+        )
 
     def on_phase_end(self, task_id: int, phase: str, accuracy: float) -> None:
         self.logger.info("task %d: %s: validation accuracy %.4f", task_id, phase, accuracy)
@@ -59,10 +64,19 @@ class LoggingCallback(Callback):
         self.logger.info("task %d: grew from %.2fx to %.2fx", task_id, old_size, new_size)
 
     def on_prune(self, task_id: int, sparsity: float, accuracy: float, kept: bool) -> None:
-        self.logger.info("task %d: sparsity %.3f, accuracy %.4f, %s", task_id, sparsity,
-                         accuracy, "kept" if kept else "undone")
+        self.logger.info(
+            "task %d: sparsity %.3f, accuracy %.4f, %s",
+            task_id,
+            sparsity,
+            accuracy,
+            "kept" if kept else "undone",
+        )
 
     def on_task_end(self, result: TaskResult) -> None:
-        self.logger.info("task %d done: test accuracy %.4f, sparsity %.3f, size %.2fx",
-                         result.task_id, result.learned_accuracy, result.sparsity,
-                         result.model_size)
+        self.logger.info(
+            "task %d done: test accuracy %.4f, sparsity %.3f, size %.2fx",
+            result.task_id,
+            result.learned_accuracy,
+            result.sparsity,
+            result.model_size,
+        )

@@ -6,8 +6,8 @@ widened layers grows with the factor squared, the first and last ones
 linearly) and on rounding channel counts up. So the factor for a size
 target is found by trying factors on a weightless copy of the network.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 from torch import nn
 
@@ -46,4 +46,3 @@ def _grown_weights(model: nn.Module, factor: float) -> int:
     dry = meta_copy(model)
     L.grow(dry, factor)
     return shared_weights(dry)
-

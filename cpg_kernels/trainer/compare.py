@@ -8,6 +8,7 @@ average accuracy, forgetting, backward and forward transfer (against the
 ``independent`` runs of the same seed, when they are part of the
 comparison), final size and time, and the mean accuracy matrix.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -23,8 +24,14 @@ from ..masks import MAX_TASK
 from .base import Trainer
 from .callbacks import Callback
 from .config import ALIASES, METHODS, TrainConfig
-from .results import (TaskResult, accuracy_matrix, average_accuracy, backward_transfer,
-                      forgetting, forward_transfer)
+from .results import (
+    TaskResult,
+    accuracy_matrix,
+    average_accuracy,
+    backward_transfer,
+    forgetting,
+    forward_transfer,
+)
 
 REFERENCE = "independent"  # forward transfer is measured against it
 
@@ -39,13 +46,21 @@ class RunRecord:
     results: list[TaskResult] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "seed": self.seed, "seconds": self.seconds,
-                "results": [r.to_dict() for r in self.results]}
+        return {
+            "method": self.method,
+            "seed": self.seed,
+            "seconds": self.seconds,
+            "results": [r.to_dict() for r in self.results],
+        }
 
     @classmethod
     def from_dict(cls, values: dict) -> RunRecord:
-        return cls(values["method"], int(values["seed"]), float(values["seconds"]),
-                   [TaskResult.from_dict(r) for r in values["results"]])
+        return cls(
+            values["method"],
+            int(values["seed"]),
+            float(values["seconds"]),
+            [TaskResult.from_dict(r) for r in values["results"]],
+        )
 
 
 def check_methods(methods: Iterable[str]) -> list[str]:
@@ -68,17 +83,23 @@ def check_sequence(tasks: Sequence[Task]) -> None:
     if not tasks:
         raise ValueError("the task sequence is empty")
     if len(tasks) > MAX_TASK:
-        raise ValueError(f"the task sequence has {len(tasks)} tasks; a shared network holds at "
-                         f"most {MAX_TASK} (owner ids are uint8)")
+        raise ValueError(
+            f"the task sequence has {len(tasks)} tasks; a shared network holds at "
+            f"most {MAX_TASK} (owner ids are uint8)"
+        )
 
 
-def compare(load: Callable[[int], Sequence[Task]], build: Callable[[], nn.Module],
-            methods: Iterable[str], seeds: Iterable[int], config: TrainConfig,
-            make: Callable[[Callable[[], nn.Module], TrainConfig, list[Callback]], Trainer]
-            | None = None,
-            done: Iterable[RunRecord] = (),
-            callbacks: Callable[[str, int], list[Callback]] | None = None,
-            on_run_end: Callable[[RunRecord], None] | None = None) -> list[RunRecord]:
+def compare(
+    load: Callable[[int], Sequence[Task]],
+    build: Callable[[], nn.Module],
+    methods: Iterable[str],
+    seeds: Iterable[int],
+    config: TrainConfig,
+    make: Callable[[Callable[[], nn.Module], TrainConfig, list[Callback]], Trainer] | None = None,
+    done: Iterable[RunRecord] = (),
+    callbacks: Callable[[str, int], list[Callback]] | None = None,
+    on_run_end: Callable[[RunRecord], None] | None = None,
+) -> list[RunRecord]:
     """Train each method with each seed on ``load(seed)``; return one record per run.
 
     ``build()`` makes the plain network; ``config`` holds everything but
@@ -135,26 +156,38 @@ def summarize(records: Sequence[RunRecord]) -> dict[str, dict]:
         lengths = {len(r.results) for r in runs}
         if len(lengths) != 1:
             raise ValueError(f"{method}: runs learned different numbers of tasks {lengths}")
-        transfer = ([forward_transfer(r.results, reference[r.seed]) for r in runs]
-                    if all(r.seed in reference for r in runs) else None)
+        transfer = (
+            [forward_transfer(r.results, reference[r.seed]) for r in runs]
+            if all(r.seed in reference for r in runs)
+            else None
+        )
         matrices = [accuracy_matrix(r.results) for r in runs]
         count = lengths.pop()
         summary[method] = {
             "seeds": [r.seed for r in runs],
             "average_accuracy": _mean_std([average_accuracy(r.results) for r in runs]),
-            "learned_accuracy": _mean_std([statistics.fmean(x.learned_accuracy
-                                                            for x in r.results) for r in runs]),
+            "learned_accuracy": _mean_std(
+                [statistics.fmean(x.learned_accuracy for x in r.results) for r in runs]
+            ),
             "forgetting": _mean_std([forgetting(r.results) for r in runs]),
             "backward_transfer": _mean_std([backward_transfer(r.results) for r in runs]),
             "forward_transfer": None if transfer is None else _mean_std(transfer),
             "final_size": _mean_std([r.results[-1].model_size for r in runs]),
             "seconds": _mean_std([r.seconds for r in runs]),
-            "goals_missed": _mean_std([float(sum(x.goal_met is False for x in r.results))
-                                       for r in runs]),
-            "task_accuracy": [_mean_std([r.results[i].accuracy for r in runs])
-                              for i in range(count)],
-            "matrix": [[None if matrices[0][i][j] is None else
-                        statistics.fmean(m[i][j] for m in matrices) for j in range(count)]
-                       for i in range(count)],
+            "goals_missed": _mean_std(
+                [float(sum(x.goal_met is False for x in r.results)) for r in runs]
+            ),
+            "task_accuracy": [
+                _mean_std([r.results[i].accuracy for r in runs]) for i in range(count)
+            ],
+            "matrix": [
+                [
+                    None
+                    if matrices[0][i][j] is None
+                    else statistics.fmean(m[i][j] for m in matrices)
+                    for j in range(count)
+                ]
+                for i in range(count)
+            ],
         }
     return summary

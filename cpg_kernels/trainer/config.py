@@ -1,4 +1,5 @@
 """Training configuration: one dataclass for CPG and every baseline."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -25,8 +26,8 @@ class Method:
 
 
 SHARED = {
-    "cpg": Method(picking=True, growth=True),                    # Hung et al. 2019
-    "pae": Method(picking=False, growth=True),                   # Hung et al., ICMR 2019
+    "cpg": Method(picking=True, growth=True),  # Hung et al. 2019
+    "pae": Method(picking=False, growth=True),  # Hung et al., ICMR 2019
     "packnet": Method(picking=False, growth=False, goal=False),  # Mallya & Lazebnik 2018
 }
 SCHEDULES = ("constant", "step", "cosine")
@@ -145,13 +146,16 @@ class TrainConfig:
         if self.goal is not None and not 0 < self.goal <= 1:
             raise ValueError(f"goal is an accuracy in (0, 1], got {self.goal}")
         if not 0 <= self.initial_sparsity <= self.final_sparsity < 1:
-            raise ValueError("sparsities need 0 <= initial_sparsity <= final_sparsity < 1, got "
-                             f"{self.initial_sparsity} and {self.final_sparsity}")
+            raise ValueError(
+                "sparsities need 0 <= initial_sparsity <= final_sparsity < 1, got "
+                f"{self.initial_sparsity} and {self.final_sparsity}"
+            )
         if not self.growth_step > 0:
             raise ValueError(f"growth_step must be > 0, got {self.growth_step}")
         if not self.max_size >= 1:
-            raise ValueError(f"max_size must be >= 1 (times the original size), got "
-                             f"{self.max_size}")
+            raise ValueError(
+                f"max_size must be >= 1 (times the original size), got {self.max_size}"
+            )
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _choice("mask_schedule", self.mask_schedule, MASK_SCHEDULES)
         for name in ("reserve", "prune_ratio"):
@@ -161,8 +165,10 @@ class TrainConfig:
         if self.total_tasks is not None:
             _at_least("total_tasks", self.total_tasks, 1)
             if self.total_tasks > MAX_TASK:
-                raise ValueError(f"total_tasks: a shared network holds at most {MAX_TASK} "
-                                 f"tasks, got {self.total_tasks}")
+                raise ValueError(
+                    f"total_tasks: a shared network holds at most {MAX_TASK} "
+                    f"tasks, got {self.total_tasks}"
+                )
         if self.patience is not None:
             _at_least("patience", self.patience, 1)
 

@@ -8,6 +8,7 @@ need; finalize (freeze). PAE picks every older weight and grows; PackNet
 picks every older weight, never grows, and prunes each task once to a fixed
 ratio (no goal). docs/protocol.md gives the rules and their reasons.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,7 +29,6 @@ from .loops import copy_state
 from .results import TaskResult
 from .schedule import pruning_targets
 
-
 DEFAULT_RESERVE = 0.5  # released for later tasks when the sequence's length is unknown
 
 
@@ -41,19 +41,27 @@ class CPGTrainer(Trainer):
     over; a resumed run passes the original network's size.
     """
 
-    def __init__(self, model: nn.Module, config: TrainConfig | None = None,
-                 callbacks: Iterable[Callback] = (), base_weights: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig | None = None,
+        callbacks: Iterable[Callback] = (),
+        base_weights: int | None = None,
+    ):
         config = config or TrainConfig()
         if config.shared is None:
-            raise ValueError(f"method {config.method!r} trains plain networks: "
-                             "use SequentialTrainer or IndependentTrainer")
+            raise ValueError(
+                f"method {config.method!r} trains plain networks: "
+                "use SequentialTrainer or IndependentTrainer"
+            )
         finished, training = L.task_state(model)
         if training is not None:
             raise ValueError(f"task {training} is still training: finalize it first")
         heads = [name for name, m in L.cpg_modules(model) if isinstance(m, TaskHeads)]
         if len(heads) != 1:
-            raise ValueError(f"the network needs exactly one TaskHeads classifier, has "
-                             f"{len(heads)}")
+            raise ValueError(
+                f"the network needs exactly one TaskHeads classifier, has {len(heads)}"
+            )
         super().__init__(config, callbacks)
         self.method = config.shared
         self.model = model.to(self.device)
@@ -62,8 +70,11 @@ class CPGTrainer(Trainer):
         if self.method.growth:
             growth_factor(model, self.base_weights)  # raises now if the network cannot grow
         # A relative goal's first reference starts from the untrained network.
-        self._initial = (copy.deepcopy(model) if config.goal is None and self.method.goal
-                         and not finished else None)
+        self._initial = (
+            copy.deepcopy(model)
+            if config.goal is None and self.method.goal and not finished
+            else None
+        )
 
     # ---------------------------------------------------------------- tasks
 
@@ -82,8 +93,12 @@ class CPGTrainer(Trainer):
             goal, growths = None, 0
             L.begin_task(self.model, t, num_classes=task.num_classes, picking=False)
             val = self._train_task(t, task, "train", self.config.epochs, self.config.lr)
-            val = self._prune_once(t, task, val, reserve if self.config.prune_ratio is None
-                                   else self.config.prune_ratio)
+            val = self._prune_once(
+                t,
+                task,
+                val,
+                reserve if self.config.prune_ratio is None else self.config.prune_ratio,
+            )
         L.finalize_task(self.model)
         self._initial = None
         result = self._result(t, task, goal, val, growths)
@@ -116,14 +131,14 @@ class CPGTrainer(Trainer):
         computes with) or, before any task, from the untrained network.
         """
         finished, _ = L.task_state(self.model)
-        net = (L.export_task(self.model, finished[-1]) if finished
-               else copy.deepcopy(self._initial))
+        net = L.export_task(self.model, finished[-1]) if finished else copy.deepcopy(self._initial)
         in_features = net.get_submodule(self.head_name).in_features
         replace_classifier(net, self.head_name, in_features, task.num_classes)
         net.requires_grad_(True)
         optimizer_class, options = self._optimizer(self.config.lr)
-        optimizer = optimizer_class(net.parameters(), weight_decay=self.config.weight_decay,
-                                    **options)
+        optimizer = optimizer_class(
+            net.parameters(), weight_decay=self.config.weight_decay, **options
+        )
         epochs = self.config.reference_epochs or self.config.epochs
         return self._train(net, optimizer, task, epochs, t, "reference")
 
@@ -131,8 +146,9 @@ class CPGTrainer(Trainer):
         """The share of task ``t``'s available weights it must release for later tasks."""
         if self.config.reserve is not None:
             return self.config.reserve
-        remaining = (self.config.total_tasks - t if self.config.total_tasks is not None
-                     else self.remaining)
+        remaining = (
+            self.config.total_tasks - t if self.config.total_tasks is not None else self.remaining
+        )
         if remaining is None:
             return DEFAULT_RESERVE
         return 1.0 - 1.0 / (max(remaining, 0) + 1)
@@ -159,11 +175,13 @@ class CPGTrainer(Trainer):
             self._grow(t, factor)
             if restart:
                 before = copy_state(self.model)
-                L.begin_task(self.model, t, num_classes=task.num_classes,
-                             picking=self.method.picking)
+                L.begin_task(
+                    self.model, t, num_classes=task.num_classes, picking=self.method.picking
+                )
             growths += 1
-            val = self._train_task(t, task, f"train after growth {growths}", self.config.epochs,
-                                   self.config.lr)
+            val = self._train_task(
+                t, task, f"train after growth {growths}", self.config.epochs, self.config.lr
+            )
         return val, growths
 
     def _train_task(self, t: int, task: Task, phase: str, epochs: int, lr: float) -> float:
@@ -176,8 +194,15 @@ class CPGTrainer(Trainer):
         config = self.config
         optimizer_class, options = self._optimizer(lr)
         if config.mask_optimizer is None:
-            return [L.make_optimizer(self.model, optimizer_class, weight_decay=config.weight_decay,
-                                     mask_lr=config.mask_lr, **options)]
+            return [
+                L.make_optimizer(
+                    self.model,
+                    optimizer_class,
+                    weight_decay=config.weight_decay,
+                    mask_lr=config.mask_lr,
+                    **options,
+                )
+            ]
         mask_class, mask_options = self._optimizer(config.mask_lr, config.mask_optimizer)
         weight_groups = L.param_groups(self.model, config.weight_decay, parts=("weights", "own"))
         mask_groups = L.param_groups(self.model, parts=("masks",))
@@ -192,15 +217,21 @@ class CPGTrainer(Trainer):
         """The channel factor for up to ``growth_step`` more of the original size within
         ``max_size``; None when the network is full."""
         current = shared_weights(self.model)
-        target = min(current + self.config.growth_step * self.base_weights,
-                     self.config.max_size * self.base_weights)
+        target = min(
+            current + self.config.growth_step * self.base_weights,
+            self.config.max_size * self.base_weights,
+        )
         return growth_factor(self.model, int(target)) if target > current else None
 
     def _grow(self, t: int, factor: float) -> None:
         current = shared_weights(self.model)
         L.grow(self.model, factor)
-        self._emit("on_grow", t, current / self.base_weights,
-                   shared_weights(self.model) / self.base_weights)
+        self._emit(
+            "on_grow",
+            t,
+            current / self.base_weights,
+            shared_weights(self.model) / self.base_weights,
+        )
 
     def _compact(self, t: int, task: Task, goal: float, val: float, reserve: float) -> float:
         """Gradual pruning of task ``t``'s weights; returns the validation accuracy kept.
@@ -215,8 +246,9 @@ class CPGTrainer(Trainer):
         for _, layer in L.masked_layers(self.model):
             if layer.mask is not None:
                 layer.mask.requires_grad_(False)
-        targets = pruning_targets(self.config.initial_sparsity, self.config.final_sparsity,
-                                  self.config.prune_steps)
+        targets = pruning_targets(
+            self.config.initial_sparsity, self.config.final_sparsity, self.config.prune_steps
+        )
         if val < goal:
             for target in [s for s in targets if s < reserve] + ([reserve] if reserve else []):
                 val = self._prune_step(t, task, target)
@@ -235,8 +267,9 @@ class CPGTrainer(Trainer):
 
     def _prune_step(self, t: int, task: Task, target: float) -> float:
         L.prune(self.model, target)
-        return self._train_task(t, task, f"prune to {target:.0%}", self.config.retrain_epochs,
-                                self.config.prune_lr)
+        return self._train_task(
+            t, task, f"prune to {target:.0%}", self.config.retrain_epochs, self.config.prune_lr
+        )
 
     def _prune_once(self, t: int, task: Task, val: float, ratio: float) -> float:
         """PackNet: one magnitude prune to ``ratio``, then retraining at ``prune_lr``
@@ -246,23 +279,30 @@ class CPGTrainer(Trainer):
         L.prune(self.model, ratio)
         epochs = self.config.prune_steps * self.config.retrain_epochs
         if epochs:
-            val = self._train_task(t, task, f"prune to {ratio:.0%}", epochs,
-                                   self.config.prune_lr)
+            val = self._train_task(t, task, f"prune to {ratio:.0%}", epochs, self.config.prune_lr)
         else:
             val = self._accuracy(self.model, task.val)
         self._emit("on_prune", t, ratio, val, True)
         return val
 
-    def _result(self, t: int, task: Task, goal: float | None, val: float,
-                growths: int) -> TaskResult:
+    def _result(
+        self, t: int, task: Task, goal: float | None, val: float, growths: int
+    ) -> TaskResult:
         own = used = free = 0
         for _, layer in L.masked_layers(self.model):
             own += int((layer.owner == t).sum())
             free += int((layer.owner == 0).sum())
             used += count_bits(layer.get_buffer(f"bits_{t}"))
         return TaskResult(
-            task_id=t, name=task.name, learned_accuracy=self.evaluate(t, task.test),
-            own_weights=own, used_weights=used,
-            model_size=shared_weights(self.model) / self.base_weights, goal=goal,
-            val_accuracy=val, sparsity=free / (own + free) if own + free else 0.0,
-            growths=growths, goal_met=None if goal is None else val >= goal)
+            task_id=t,
+            name=task.name,
+            learned_accuracy=self.evaluate(t, task.test),
+            own_weights=own,
+            used_weights=used,
+            model_size=shared_weights(self.model) / self.base_weights,
+            goal=goal,
+            val_accuracy=val,
+            sparsity=free / (own + free) if own + free else 0.0,
+            growths=growths,
+            goal_met=None if goal is None else val >= goal,
+        )

@@ -3,6 +3,7 @@
 Everything here degrades to the single-process case when no process group
 is initialized, so the trainer has one code path.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ a fresh initialization; ``finetune`` starts each task's network from a copy
 of the previous task's.
 Their cost is the size: one whole network per task.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,11 +23,16 @@ from .results import TaskResult
 class IndependentTrainer(Trainer):
     """Trains a network per task; ``build()`` makes a fresh (plain, unconverted) network."""
 
-    def __init__(self, build: Callable[[], nn.Module], config: TrainConfig,
-                 callbacks: Iterable[Callback] = ()):
+    def __init__(
+        self,
+        build: Callable[[], nn.Module],
+        config: TrainConfig,
+        callbacks: Iterable[Callback] = (),
+    ):
         if config.method not in ("independent", "finetune"):
-            raise ValueError(f"method {config.method!r} shares one network: use "
-                             "CPGTrainer or SequentialTrainer")
+            raise ValueError(
+                f"method {config.method!r} shares one network: use CPGTrainer or SequentialTrainer"
+            )
         super().__init__(config, callbacks)
         self.build = build
         self.networks: list[nn.Module] = []
@@ -50,15 +56,21 @@ class IndependentTrainer(Trainer):
         replace_classifier(net, self.head_name, head.in_features, task.num_classes)
         net.to(self.device)
         optimizer_class, options = self._optimizer(self.config.lr)
-        optimizer = optimizer_class(net.parameters(), weight_decay=self.config.weight_decay,
-                                    **options)
+        optimizer = optimizer_class(
+            net.parameters(), weight_decay=self.config.weight_decay, **options
+        )
         val = self._train(net, optimizer, task, self.config.epochs, t, "train")
         self.networks.append(net.eval())
         weights = backbone_weights(net, self.head_name)
-        result = TaskResult(task_id=t, name=task.name,
-                            learned_accuracy=self._accuracy(net, task.test),
-                            own_weights=weights, used_weights=weights,
-                            model_size=len(self.networks), val_accuracy=val)
+        result = TaskResult(
+            task_id=t,
+            name=task.name,
+            learned_accuracy=self._accuracy(net, task.test),
+            own_weights=weights,
+            used_weights=weights,
+            model_size=len(self.networks),
+            val_accuracy=val,
+        )
         self.results.append(result)
         self._emit("on_task_end", result)
         return result
@@ -73,5 +85,8 @@ class IndependentTrainer(Trainer):
 def backbone_weights(network: nn.Module, head_name: str) -> int:
     """Weights of the network's conv/linear layers, its classifier excluded."""
     head = network.get_submodule(head_name)
-    return sum(m.weight.numel() for m in network.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not head)
+    return sum(
+        m.weight.numel()
+        for m in network.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not head
+    )

@@ -5,6 +5,7 @@ Under DistributedDataParallel each process trains and evaluates on its
 shard and the correct counts are summed over processes, so every process
 sees the same accuracy and takes the same decisions.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,19 +27,26 @@ def train_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
     A last batch of one sample is dropped: batch norm cannot train on it.
     """
     if distributed.active():
-        sampler = DistributedSampler(dataset, distributed.world_size(), distributed.rank(),
-                                     shuffle=True, seed=seed)
+        sampler = DistributedSampler(
+            dataset, distributed.world_size(), distributed.rank(), shuffle=True, seed=seed
+        )
     else:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                      drop_last=len(sampler) % batch_size == 1)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=len(sampler) % batch_size == 1
+    )
 
 
-def run_epochs(model: nn.Module,
-               optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
-               loader: DataLoader, epochs: int, device: torch.device,
-               on_step: Callable[[float], None] | None = None,
-               after_step: Callable[[], object] | None = None, first_epoch: int = 0) -> None:
+def run_epochs(
+    model: nn.Module,
+    optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+    loader: DataLoader,
+    epochs: int,
+    device: torch.device,
+    on_step: Callable[[float], None] | None = None,
+    after_step: Callable[[], object] | None = None,
+    first_epoch: int = 0,
+) -> None:
     """``epochs`` passes of cross-entropy training over ``loader``; every step
     steps each optimizer (e.g. one for the weights and one for the masks),
     then calls ``after_step`` (to step learning-rate schedules, say).
@@ -83,16 +91,19 @@ def schedule_factor(name: str, progress: float) -> float:
     raise ValueError(f"unknown schedule {name!r}")
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, steps: int, schedule: str,
-                 mask_schedule: str = "same") -> torch.optim.lr_scheduler.LambdaLR:
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, steps: int, schedule: str, mask_schedule: str = "same"
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step ``LambdaLR`` over ``steps``: ``schedule`` for every parameter group,
     ``mask_schedule`` for the picking masks' (``"same"``: ``schedule`` too)."""
     steps = max(steps, 1)
     mask = schedule if mask_schedule == "same" else mask_schedule
-    names = [mask if group.get("cpg_part") == "masks" else schedule
-             for group in optimizer.param_groups]
+    names = [
+        mask if group.get("cpg_part") == "masks" else schedule for group in optimizer.param_groups
+    ]
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [functools.partial(_factor_at, name, steps) for name in names])
+        optimizer, [functools.partial(_factor_at, name, steps) for name in names]
+    )
 
 
 def _factor_at(name: str, steps: int, step: int) -> float:
@@ -101,8 +112,10 @@ def _factor_at(name: str, steps: int, step: int) -> float:
 
 def copy_state(model: nn.Module) -> dict:
     """A detached copy of ``model.state_dict()`` (tensors cloned), to restore later."""
-    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-            for k, v in model.state_dict().items()}
+    return {
+        k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+        for k, v in model.state_dict().items()
+    }
 
 
 @torch.no_grad()

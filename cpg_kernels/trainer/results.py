@@ -14,6 +14,7 @@ the accuracy on task i after learning task j (j >= i) over T tasks:
   multi-head setting a task cannot be measured before its head exists, so
   the usual "accuracy before learning" reference does not apply.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -82,8 +83,10 @@ def accuracy_matrix(results: Sequence[TaskResult]) -> list[list[float | None]]:
     for i, result in enumerate(results):
         row = result.history or [result.learned_accuracy]
         if len(row) != count - i:
-            raise ValueError(f"task {result.task_id}: {len(row)} accuracies in its history, "
-                             f"expected {count - i} (one per task from it to the last)")
+            raise ValueError(
+                f"task {result.task_id}: {len(row)} accuracies in its history, "
+                f"expected {count - i} (one per task from it to the last)"
+            )
         matrix.append([None] * i + list(row))
     return matrix
 
@@ -109,12 +112,14 @@ def forgetting(results: Sequence[TaskResult]) -> float:
     return sum(drops) / len(drops)
 
 
-def forward_transfer(results: Sequence[TaskResult],
-                     independent: Sequence[TaskResult]) -> float:
+def forward_transfer(results: Sequence[TaskResult], independent: Sequence[TaskResult]) -> float:
     """Mean over tasks of R[i][i] minus an independent model's accuracy on task i."""
     if len(results) != len(independent) or not results:
-        raise ValueError(f"forward transfer needs one independent result per task, got "
-                         f"{len(independent)} for {len(results)} tasks")
-    gains = [r.learned_accuracy - s.learned_accuracy
-             for r, s in zip(results, independent, strict=True)]
+        raise ValueError(
+            f"forward transfer needs one independent result per task, got "
+            f"{len(independent)} for {len(results)} tasks"
+        )
+    gains = [
+        r.learned_accuracy - s.learned_accuracy for r, s in zip(results, independent, strict=True)
+    ]
     return sum(gains) / len(gains)

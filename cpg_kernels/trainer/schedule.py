@@ -1,4 +1,5 @@
 """The gradual pruning schedule of Zhu & Gupta (2018)."""
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ head of its own, but the shared layers (and their batch-norm statistics)
 are trained by every task after it, so older tasks drift. Nothing protects
 them: that is what CPG and its baselines are measured against.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -22,8 +23,12 @@ from .results import TaskResult
 class SequentialTrainer(Trainer):
     """Fine-tunes one network (``build()``, plain torch) task after task, a head per task."""
 
-    def __init__(self, build: Callable[[], nn.Module], config: TrainConfig,
-                 callbacks: Iterable[Callback] = ()):
+    def __init__(
+        self,
+        build: Callable[[], nn.Module],
+        config: TrainConfig,
+        callbacks: Iterable[Callback] = (),
+    ):
         if config.method != "sequential":
             raise ValueError(f"method {config.method!r} is not sequential fine-tuning")
         super().__init__(config, callbacks)
@@ -40,15 +45,21 @@ class SequentialTrainer(Trainer):
         in_features = self.network.get_submodule(self.head_name).in_features
         replace_classifier(self.network, self.head_name, in_features, task.num_classes)
         optimizer_class, options = self._optimizer(self.config.lr)
-        optimizer = optimizer_class(self.network.parameters(),
-                                    weight_decay=self.config.weight_decay, **options)
+        optimizer = optimizer_class(
+            self.network.parameters(), weight_decay=self.config.weight_decay, **options
+        )
         val = self._train(self.network, optimizer, task, self.config.epochs, t, "train")
         # Out of the network from the next task on, the head is never trained again.
         self.heads.append(self.network.get_submodule(self.head_name))
-        result = TaskResult(task_id=t, name=task.name,
-                            learned_accuracy=self._accuracy(self.network, task.test),
-                            own_weights=self.base_weights, used_weights=self.base_weights,
-                            model_size=1.0, val_accuracy=val)
+        result = TaskResult(
+            task_id=t,
+            name=task.name,
+            learned_accuracy=self._accuracy(self.network, task.test),
+            own_weights=self.base_weights,
+            used_weights=self.base_weights,
+            model_size=1.0,
+            val_accuracy=val,
+        )
         self.results.append(result)
         self._emit("on_task_end", result)
         return result

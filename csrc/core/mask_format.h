@@ -16,7 +16,7 @@
 namespace cpg {
 
 constexpr int kBitsPerWord = 32;
-constexpr int kMaxTask = 255;            // owner is uint8: task 256 is an error
+constexpr int kMaxTask = 255;  // owner is uint8: task 256 is an error
 
 CPG_HD int64_t words_per_row(int64_t K) { return (K + kBitsPerWord - 1) / kBitsPerWord; }
 

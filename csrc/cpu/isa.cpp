@@ -88,8 +88,8 @@ std::string set_isa(const std::string& name) {
   if (!chosen) {
     std::string names;
     for (const auto& n : available_isas()) names += (names.empty() ? "" : ", ") + n;
-    TORCH_CHECK_VALUE(false, "cpu isa: expected one of ", names, " (or \"auto\"), got \"",
-                      name, "\"");
+    TORCH_CHECK_VALUE(false, "cpu isa: expected one of ", names, " (or \"auto\"), got \"", name,
+                      "\"");
   }
   g_kernels = chosen;
   std::string previous = g_setting;

@@ -113,9 +113,8 @@ inline uint32_t active_word(const uint8_t* o, int task, uint32_t picked) {
   return S::trainable_bits(o, task) | (S::pickable_bits(o, task) & picked);
 }
 
-inline void active_rows(const uint8_t* owner, int task, const int32_t* pick_bits,
-                        const float* mask, float threshold, int32_t* bits, int64_t rows,
-                        int64_t K) {
+inline void active_rows(const uint8_t* owner, int task, const int32_t* pick_bits, const float* mask,
+                        float threshold, int32_t* bits, int64_t rows, int64_t K) {
   const int64_t words = words_per_row(K), full = K / kBitsPerWord, rem = K - full * 32;
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* o = owner + r * K;
@@ -123,8 +122,8 @@ inline void active_rows(const uint8_t* owner, int task, const int32_t* pick_bits
     const int32_t* pb = pick_bits ? pick_bits + r * words : nullptr;
     int32_t* b = bits + r * words;
     for (int64_t i = 0; i < full; ++i) {
-      const uint32_t picked = pb ? static_cast<uint32_t>(pb[i])
-                                 : (m ? S::picked_bits(m + 32 * i, threshold) : ~0u);
+      const uint32_t picked =
+          pb ? static_cast<uint32_t>(pb[i]) : (m ? S::picked_bits(m + 32 * i, threshold) : ~0u);
       b[i] = static_cast<int32_t>(active_word(o + 32 * i, task, picked));
     }
     if (rem) {  // padding: owner 0 is never active, so its bits stay 0
@@ -132,8 +131,8 @@ inline void active_rows(const uint8_t* owner, int task, const int32_t* pick_bits
       float mt[32] = {};
       std::memcpy(ot, o + full * 32, rem);
       if (m) std::memcpy(mt, m + full * 32, rem * sizeof(float));
-      const uint32_t picked = pb ? static_cast<uint32_t>(pb[full])
-                                 : (m ? S::picked_bits(mt, threshold) : ~0u);
+      const uint32_t picked =
+          pb ? static_cast<uint32_t>(pb[full]) : (m ? S::picked_bits(mt, threshold) : ~0u);
       b[full] = static_cast<int32_t>(active_word(ot, task, picked));
     }
   }
@@ -173,7 +172,7 @@ inline void histogram(const uint8_t* owner, int64_t n, int64_t* counts) {
 
 template <DType E>
 inline void epilogue_block(const char* g, const char* w, const uint8_t* o, int task, char* gw,
-                       float* gm) {
+                           float* gm) {
   constexpr int eb = elem_bytes<E>();
   if constexpr (eb == 4) {
     S::select4(g, S::trainable_bits(o, task), gw);
@@ -326,8 +325,8 @@ inline void linear_rows(const float* x, int64_t K, const char* w, const int32_t*
     F wv[R][4];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      load_word_n<E>(w + (r * K + 32 * full) * eb, static_cast<uint32_t>(bits[r * words + full]),
-                     n, wv[r]);
+      load_word_n<E>(w + (r * K + 32 * full) * eb, static_cast<uint32_t>(bits[r * words + full]), n,
+                     wv[r]);
     }
     for (int v = 0; v < 4; ++v) {
       const int nv = lanes_in(n, v);
@@ -504,8 +503,8 @@ constexpr int64_t kGradRowChunk = 32;  // weight rows per pass of register block
 // Sums of rows [m, m + MB), columns [c, c + ncols) of one word, over weight
 // rows [n0, n1): loaded from acc (or 0 where n0 == 0), stored back.
 template <DType E, int MB, bool kFull>
-inline void grad_block(const SmallBatchGradInput& a, int64_t m, int64_t c, int ncols,
-                       int64_t n0, int64_t n1) {
+inline void grad_block(const SmallBatchGradInput& a, int64_t m, int64_t c, int ncols, int64_t n0,
+                       int64_t n1) {
   constexpr int eb = elem_bytes<E>();
   using F = typename S::F;
   const int64_t N = a.N, K = a.K, words = words_per_row(K);

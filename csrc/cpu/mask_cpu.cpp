@@ -15,9 +15,8 @@ at::Tensor pack_bits(const at::Tensor& mask2d) {
   const bool* m = mask2d.data_ptr<bool>();
   int32_t* b = bits.data_ptr<int32_t>();
   const Kernels& k = kernels();
-  parallel_over(N, K, [&](int64_t r0, int64_t r1) {
-    k.pack_rows(m + r0 * K, b + r0 * words, r1 - r0, K);
-  });
+  parallel_over(
+      N, K, [&](int64_t r0, int64_t r1) { k.pack_rows(m + r0 * K, b + r0 * words, r1 - r0, K); });
   return bits;
 }
 
@@ -27,9 +26,8 @@ at::Tensor unpack_bits(const at::Tensor& bits, int64_t K) {
   const int32_t* b = bits.data_ptr<int32_t>();
   bool* m = mask.data_ptr<bool>();
   const Kernels& k = kernels();
-  parallel_over(N, K, [&](int64_t r0, int64_t r1) {
-    k.unpack_rows(b + r0 * words, m + r0 * K, r1 - r0, K);
-  });
+  parallel_over(
+      N, K, [&](int64_t r0, int64_t r1) { k.unpack_rows(b + r0 * words, m + r0 * K, r1 - r0, K); });
   return mask;
 }
 
@@ -116,9 +114,8 @@ void grad_epilogue_double(const at::Tensor& G, const at::Tensor& w, const uint8_
     for (int64_t i = i0; i < i1; ++i) {
       gw[i] = cpg::is_trainable(o[i], t) ? g[i] : 0.0;
       if (gm) {
-        gm[i] = cpg::is_pickable(o[i], t)
-                    ? static_cast<float>(g[i]) * static_cast<float>(wp[i])
-                    : 0.0f;
+        gm[i] =
+            cpg::is_pickable(o[i], t) ? static_cast<float>(g[i]) * static_cast<float>(wp[i]) : 0.0f;
       }
     }
   });
@@ -126,8 +123,8 @@ void grad_epilogue_double(const at::Tensor& G, const at::Tensor& w, const uint8_
 
 }  // namespace
 
-void grad_epilogue(const at::Tensor& G, const at::Tensor& w, const at::Tensor& owner,
-                   int64_t task, at::Tensor& grad_w, std::optional<at::Tensor>& grad_m) {
+void grad_epilogue(const at::Tensor& G, const at::Tensor& w, const at::Tensor& owner, int64_t task,
+                   at::Tensor& grad_w, std::optional<at::Tensor>& grad_m) {
   const uint8_t* o = owner.data_ptr<uint8_t>();
   float* gm = grad_m ? grad_m->data_ptr<float>() : nullptr;
   const int t = static_cast<int>(task);
@@ -146,8 +143,8 @@ void grad_epilogue(const at::Tensor& G, const at::Tensor& w, const at::Tensor& o
   // Blocks of 32 entries (one mask word's worth), the last one partial.
   parallel_over((n + 31) / 32, 32, [&](int64_t b0, int64_t b1) {
     const int64_t i0 = b0 * 32, i1 = std::min(n, b1 * 32);
-    k.grad_epilogue(*dt, g + i0 * eb, wp + i0 * eb, o + i0, t, gw + i0 * eb,
-                    gm ? gm + i0 : nullptr, i1 - i0);
+    k.grad_epilogue(*dt, g + i0 * eb, wp + i0 * eb, o + i0, t, gw + i0 * eb, gm ? gm + i0 : nullptr,
+                    i1 - i0);
   });
 }
 

@@ -147,9 +147,9 @@ struct Avx2Simd {
   using Word = __m256i;
   static Word word(uint32_t bits) { return _mm256_set1_epi32(static_cast<int>(bits)); }
   static __m256i sign_lanes(Word w, int v) {
-    alignas(32) static constexpr int32_t kShift[32] = {
-        31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
-        15, 14, 13, 12, 11, 10, 9,  8,  7,  6,  5,  4,  3,  2,  1,  0};
+    alignas(32) static constexpr int32_t kShift[32] = {31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21,
+                                                       20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10,
+                                                       9,  8,  7,  6,  5,  4,  3,  2,  1,  0};
     const __m256i shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(kShift + 8 * v));
     return _mm256_sllv_epi32(w, shift);
   }
@@ -170,9 +170,7 @@ struct Avx2Simd {
   static __m256i load32(const void* p) {
     return _mm256_loadu_si256(static_cast<const __m256i*>(p));
   }
-  static uint32_t movemask8(__m256i v) {
-    return static_cast<uint32_t>(_mm256_movemask_epi8(v));
-  }
+  static uint32_t movemask8(__m256i v) { return static_cast<uint32_t>(_mm256_movemask_epi8(v)); }
   static uint32_t nonzero_bits(const bool* p) {
     return ~movemask8(_mm256_cmpeq_epi8(load32(p), _mm256_setzero_si256()));
   }
@@ -189,7 +187,7 @@ struct Avx2Simd {
   static uint32_t picked_bits(const float* m, float threshold) {  // m > threshold, NaN not
     const __m256 th = _mm256_set1_ps(threshold);
     uint32_t w = 0;
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
       const __m256 gt = _mm256_cmp_ps(_mm256_loadu_ps(m + 8 * j), th, _CMP_GT_OQ);
       w |= static_cast<uint32_t>(_mm256_movemask_ps(gt)) << (8 * j);
@@ -199,10 +197,10 @@ struct Avx2Simd {
   static void bools_from_bits(uint32_t w, bool* out) {
     // Byte i of the result takes byte i / 8 of w (shuffles stay within each
     // 128-bit half, which holds all of w), then tests its bit i % 8.
-    const __m256i spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(static_cast<int>(w)),
-        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
-                         3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i spread =
+        _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(w)),
+                            _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2,
+                                             2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
     const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
     const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
@@ -211,7 +209,7 @@ struct Avx2Simd {
   static void select4(const void* src, uint32_t w, void* dst) {
     const char* s = static_cast<const char*>(src);
     char* d = static_cast<char*>(dst);
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
       const __m256i v = load32(s + 32 * j);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 32 * j),
@@ -219,12 +217,11 @@ struct Avx2Simd {
     }
   }
   static void select2(const void* src, uint32_t w, void* dst) {
-    const __m256i lane_bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024,
-                                               2048, 4096, 8192, 16384,
-                                               static_cast<short>(0x8000));
+    const __m256i lane_bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048,
+                                               4096, 8192, 16384, static_cast<short>(0x8000));
     const char* s = static_cast<const char*>(src);
     char* d = static_cast<char*>(dst);
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int j = 0; j < 2; ++j) {
       const __m256i b = _mm256_set1_epi16(static_cast<short>(w >> (16 * j)));
       const __m256i m = _mm256_cmpeq_epi16(_mm256_and_si256(b, lane_bit), lane_bit);

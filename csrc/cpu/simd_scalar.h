@@ -151,12 +151,8 @@ struct ScalarSimd {
   }
   // dst[i] = src[i] where bit i of w is set, else all-zero bytes: 32 elements
   // of 4 or 2 bytes (an exact select: +0 for every floating type).
-  static void select4(const void* src, uint32_t w, void* dst) {
-    select_bytes<4>(src, w, dst);
-  }
-  static void select2(const void* src, uint32_t w, void* dst) {
-    select_bytes<2>(src, w, dst);
-  }
+  static void select4(const void* src, uint32_t w, void* dst) { select_bytes<4>(src, w, dst); }
+  static void select2(const void* src, uint32_t w, void* dst) { select_bytes<2>(src, w, dst); }
   template <int kBytes>
   static void select_bytes(const void* src, uint32_t w, void* dst) {
     const char* s = static_cast<const char*>(src);

@@ -69,11 +69,10 @@ void launch_view(const View& v, int64_t groups, bool channels_last, cpgdev::stre
 template <typename View>
 void describe_view(const View& v, int64_t groups, int sm_count, LaunchPlan& out) {
   const int64_t outputs = v.rows() * groups * v.cols();
-  out.push_back(planned_launch("conv::direct::masked_conv_direct_kernel<" + type_name<View>() +
-                                   ">",
-                               dim3(grid_stride_blocks(outputs, kThreads, sm_count)), kThreads, 0,
-                               {{"outputs", outputs}, {"taps", v.taps()},
-                                {"reduction_channels", v.reduction_channels()}}));
+  out.push_back(planned_launch(
+      "conv::direct::masked_conv_direct_kernel<" + type_name<View>() + ">",
+      dim3(grid_stride_blocks(outputs, kThreads, sm_count)), kThreads, 0,
+      {{"outputs", outputs}, {"taps", v.taps()}, {"reduction_channels", v.reduction_channels()}}));
 }
 
 }  // namespace direct

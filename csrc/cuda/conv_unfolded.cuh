@@ -108,8 +108,8 @@ MaskedGemm<T> windows_gemm(const ForwardView<T>& v, const T* cols, bool channels
 template <typename T>
 MaskedGemm<T> pixels_gemm(const GradInputView<T>& v, bool channels_last) {
   const int64_t dy_rows = v.d.batch * v.d.Ho * v.d.Wo;
-  MaskedGemm<T> g = make_gemm<T>(v.image, v.w, v.bits, nullptr, nullptr, 1, dy_rows, v.d.Ng,
-                                 v.d.K, /*grad_input=*/true);
+  MaskedGemm<T> g = make_gemm<T>(v.image, v.w, v.bits, nullptr, nullptr, 1, dy_rows, v.d.Ng, v.d.K,
+                                 /*grad_input=*/true);
   g.a_plane = channels_last ? 1 : static_cast<int64_t>(v.d.Ho) * v.d.Wo;
   return g;
 }
@@ -123,8 +123,7 @@ void launch(const ForwardView<T>& v, bool channels_last, cpgdev::stream_t stream
   const int64_t rows = v.rows(), K = v.d.K;
   DeviceWorkspace cols(sizeof(T) * rows * K, stream);
   auto* unfold = &unfold_kernel<T>;
-  CPG_LAUNCH(unfold, grid_stride_blocks(rows * K, kThreads), kThreads, 0, stream, v,
-             cols.as<T>());
+  CPG_LAUNCH(unfold, grid_stride_blocks(rows * K, kThreads), kThreads, 0, stream, v, cols.as<T>());
   const MaskedGemm<T> g = windows_gemm(v, cols.as<T>(), channels_last, tasks);
   if (weight_stream::supports(g, /*allow_tf32=*/false, cpgdev::smem_limits())) {
     weight_stream::launch(g, stream);
@@ -141,8 +140,8 @@ void describe(const ForwardView<T>& v, bool channels_last, int64_t tasks, int sm
               LaunchPlan& out) {
   const int64_t rows = v.rows(), K = v.d.K;
   out.push_back(planned_launch("conv::unfolded::unfold_kernel<" + type_name<T>() + ">",
-                               dim3(grid_stride_blocks(rows * K, kThreads, sm_count)), kThreads,
-                               0, {{"elements", rows * K}, {"taps", v.d.taps}},
+                               dim3(grid_stride_blocks(rows * K, kThreads, sm_count)), kThreads, 0,
+                               {{"elements", rows * K}, {"taps", v.d.taps}},
                                static_cast<int64_t>(sizeof(T)) * rows * K));
   // The windows' workspace is 16-byte aligned, as the planning operands are.
   const MaskedGemm<T> g = windows_gemm<T>(v, nullptr, channels_last, tasks);
@@ -172,11 +171,10 @@ void describe(const GradInputView<T>& v, bool channels_last, int sm_count, Launc
   const small_batch_grad::Plan p = small_batch_grad::plan(g, sm_count);
   small_batch_grad::describe_kernel(g, p, out);
   out.back().workspace_bytes = static_cast<int64_t>(sizeof(float)) * p.shape.splits * g.M * v.d.K;
-  out.push_back(planned_launch("conv::unfolded::fold_kernel<" + type_name<T>() + ">",
-                               dim3(grid_stride_blocks(v.rows() * v.cols(), kThreads, sm_count)),
-                               kThreads, 0,
-                               {{"elements", v.rows() * v.cols()}, {"taps", v.taps()},
-                                {"splits", p.shape.splits}}));
+  out.push_back(planned_launch(
+      "conv::unfolded::fold_kernel<" + type_name<T>() + ">",
+      dim3(grid_stride_blocks(v.rows() * v.cols(), kThreads, sm_count)), kThreads, 0,
+      {{"elements", v.rows() * v.cols()}, {"taps", v.taps()}, {"splits", p.shape.splits}}));
 }
 
 }  // namespace unfolded

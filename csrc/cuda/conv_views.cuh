@@ -192,15 +192,15 @@ struct ConvOperands {
   using ARow = ImageRow;
   using ACol = ImageCol;
 
-  const T* image;        // what a is gathered from: x (forward) or dy (grad_input)
-  const T* w;            // [N, K]
-  const int32_t* bits;   // [N, words]
-  const T* bias;         // forward only; may be null
-  T* out;                // y (forward) or dx (grad_input)
+  const T* image;       // what a is gathered from: x (forward) or dy (grad_input)
+  const T* w;           // [N, K]
+  const int32_t* bits;  // [N, words]
+  const T* bias;        // forward only; may be null
+  T* out;               // y (forward) or dx (grad_input)
   ConvDims d;
   ImageStrides image_strides, out_strides;
-  int64_t group;         // the launch's first group until select_z
-  bool w_rows_aligned;   // every W row starts 16-byte aligned
+  int64_t group;        // the launch's first group until select_z
+  bool w_rows_aligned;  // every W row starts 16-byte aligned
 
   CPG_DEVICE void select_z(int64_t z) { group += z; }
 
@@ -373,9 +373,7 @@ struct GradInputView : ConvOperands<T, GradInputView<T>> {
   static constexpr bool kGradInput = true;
   Phase phase;
 
-  CPG_HD int64_t rows() const {
-    return this->d.batch * phase.y.pixels * phase.x.pixels;
-  }
+  CPG_HD int64_t rows() const { return this->d.batch * phase.y.pixels * phase.x.pixels; }
   CPG_HD int64_t cols() const { return this->d.Cg; }
   CPG_HD int64_t reduction() const { return static_cast<int64_t>(this->d.Ng) * taps(); }
   // The channels a's columns walk per tap: the group's output channels.
@@ -488,8 +486,8 @@ struct ConvMmaView : View {
   static_assert(kWCols % kWarpCols == 0 && kSpans * 4 == kChunks * kVecBytes,
                 "the spans hold what the chunks hold");
   struct Staged {
-    uint4 a[kChunks];       // gathered layouts only
-    uint32_t w[kSpans];     // W' as chunks (1x1 kernels) or spans
+    uint4 a[kChunks];    // gathered layouts only
+    uint32_t w[kSpans];  // W' as chunks (1x1 kernels) or spans
   };
 
   // Tile row and 16-byte column of this thread's a chunk i.

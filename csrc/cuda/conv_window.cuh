@@ -137,9 +137,9 @@ struct ConvWindowView : View {
   };
   struct Pending {};
   struct Staged {
-    uint4 w[kHalfVecs];      // the raw half run, from its first vector on
-    uint32_t words[kWords];  // its bit words
-    int shift;               // the half's first bit in words[0]
+    uint4 w[kHalfVecs];                         // the raw half run, from its first vector on
+    uint32_t words[kWords];                     // its bit words
+    int shift;                                  // the half's first bit in words[0]
     uint4 a[kChannelsContiguous ? 1 : kATaps];  // gathered a (NCHW), one vector per tap
   };
 
@@ -157,8 +157,8 @@ struct ConvWindowView : View {
       if (t >= kTaps) break;
       const T* src = this->a_ptr(rows.row, this->a_col_at(ch0, this->tap_of(t)));
       if constexpr (kChannelsContiguous) {
-        cpgdev::cp_async16_zfill(buf + L::a_offset(row, t * kV),
-                                 src != nullptr ? src : this->image, src != nullptr);
+        cpgdev::cp_async16_zfill(buf + L::a_offset(row, t * kV), src != nullptr ? src : this->image,
+                                 src != nullptr);
       } else {
         staged.a[j] = this->gather_channels(src);
       }

@@ -86,8 +86,8 @@ CPG_DEVICE uint32_t pick_word(const PickSource& picks, int64_t word_index, const
   return word;
 }
 
-CPG_GLOBAL void active_bits_kernel(const uint8_t* owner, int task, PickSource picks,
-                                   int32_t* bits, int64_t K, int64_t words, int64_t total_words) {
+CPG_GLOBAL void active_bits_kernel(const uint8_t* owner, int task, PickSource picks, int32_t* bits,
+                                   int64_t K, int64_t words, int64_t total_words) {
   for (int64_t i = global_thread_index(); i < total_words; i += global_thread_count()) {
     const WordSpan s = word_span(i, words, K);
     uint8_t own[kBitsPerWord] = {};  // owner 0 (free) is never active: padding stays zero
@@ -217,8 +217,7 @@ CPG_DEVICE float mask_grad(T g, T w, uint8_t owner, int task) {
 // then the rest element by element. W is read only when grad_m is wanted.
 template <typename T>
 CPG_GLOBAL void grad_epilogue_kernel(const T* G, const T* w, const uint8_t* owner, int task,
-                                     T* grad_w, float* grad_m, int64_t numel,
-                                     int64_t vec_chunks) {
+                                     T* grad_w, float* grad_m, int64_t numel, int64_t vec_chunks) {
   constexpr int kChunk = vec_elems<uint8_t>();
   for (int64_t c = global_thread_index(); c < vec_chunks; c += global_thread_count()) {
     const int64_t i0 = c * kChunk;
@@ -269,8 +268,8 @@ void pack_bits(const bool* mask, int32_t* bits, int64_t N, int64_t K, void* stre
   const int64_t words = words_per_row(K), total = N * words;
   if (total == 0) return;
   const uint8_t* bytes = reinterpret_cast<const uint8_t*>(mask);
-  CPG_LAUNCH(pack_bits_kernel, grid_stride_blocks(total, kThreads), kThreads, 0,
-             as_stream(stream), bytes, bits, K, words, total);
+  CPG_LAUNCH(pack_bits_kernel, grid_stride_blocks(total, kThreads), kThreads, 0, as_stream(stream),
+             bytes, bits, K, words, total);
 }
 
 void unpack_bits(const int32_t* bits, bool* mask, int64_t N, int64_t K, void* stream) {
@@ -297,15 +296,15 @@ void owner_histogram(const uint8_t* owner, int64_t numel, int64_t* counts, void*
   // A block's shared bins are 32-bit: give each block well under 2^32 owners.
   constexpr int64_t kMaxPerBlock = int64_t{1} << 30;
   const int64_t blocks = grid_stride_blocks(numel, kThreads * vec_elems<uint8_t>());
-  const int64_t grid = blocks > ceil_div(numel, kMaxPerBlock) ? blocks : ceil_div(numel, kMaxPerBlock);
+  const int64_t grid =
+      blocks > ceil_div(numel, kMaxPerBlock) ? blocks : ceil_div(numel, kMaxPerBlock);
   const int64_t vec_count = is_aligned16(owner) ? numel / vec_elems<uint8_t>() : 0;
   unsigned long long* out = reinterpret_cast<unsigned long long*>(counts);
   CPG_LAUNCH(owner_histogram_kernel, static_cast<unsigned>(grid), kThreads, 0, as_stream(stream),
              owner, numel, vec_count, out);
 }
 
-void count_bits(const int32_t* bits, int64_t N, int64_t words, int64_t* row_counts,
-                void* stream) {
+void count_bits(const int32_t* bits, int64_t N, int64_t words, int64_t* row_counts, void* stream) {
   if (N == 0) return;  // words == 0 still writes a 0 per row
   CPG_LAUNCH(count_bits_kernel, grid_stride_blocks(N * kWarpSize, kThreads), kThreads, 0,
              as_stream(stream), bits, N, words, row_counts);

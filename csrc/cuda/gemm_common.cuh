@@ -84,8 +84,8 @@ CPG_DEVICE MaskedGemm<T> for_task(MaskedGemm<T> g, int64_t task) {
 
 // W'[n, k] as float for W [N, K] with bits [N, words] (n < N, k < K).
 template <typename T>
-CPG_DEVICE float masked_weight(const T* w, const int32_t* bits, int64_t K, int64_t words,
-                               int64_t n, int64_t k) {
+CPG_DEVICE float masked_weight(const T* w, const int32_t* bits, int64_t K, int64_t words, int64_t n,
+                               int64_t k) {
   return test_bit(bits + n * words, k) ? cpgdev::to_float(w[n * K + k]) : 0.0f;
 }
 

@@ -34,10 +34,10 @@ constexpr int kThreads = 256;
 constexpr int kTileM = 128;
 constexpr int kTileN = 128;
 constexpr int kWarpsN = 4;
-constexpr int kFragsM = 4;               // m16 tiles per warp: 64 rows
-constexpr int kFragsN = 4;               // n8 tiles per warp: 32 columns
-constexpr int kStageRowBytes = 128;      // operand bytes per tile row per stage
-constexpr int kChunksPerThread = 4;      // 16-byte chunks per operand tile per thread
+constexpr int kFragsM = 4;           // m16 tiles per warp: 64 rows
+constexpr int kFragsN = 4;           // n8 tiles per warp: 32 columns
+constexpr int kStageRowBytes = 128;  // operand bytes per tile row per stage
+constexpr int kChunksPerThread = 4;  // 16-byte chunks per operand tile per thread
 
 static_assert(kTileM * kStageRowBytes / kVecBytes == kChunksPerThread * kThreads &&
                   kTileN * kStageRowBytes / kVecBytes == kChunksPerThread * kThreads,
@@ -269,8 +269,8 @@ CPG_DEVICE void multiply_stage(const T* a_tile, const T* w_tile, int warp_m, int
 // Accumulator element e of an m16n8 tile sits at row lane / 4 + 8 * (e / 2),
 // column 2 * (lane % 4) + e % 2.
 template <typename View>
-CPG_DEVICE void write_tile(const View& v, int64_t m0, int64_t c0, int warp_m, int warp_n,
-                           int lane, const Accumulators<typename View::Layout>& acc) {
+CPG_DEVICE void write_tile(const View& v, int64_t m0, int64_t c0, int warp_m, int warp_n, int lane,
+                           const Accumulators<typename View::Layout>& acc) {
   using L = typename View::Layout;
 #pragma unroll
   for (int fm = 0; fm < L::kFragsM; ++fm) {
@@ -494,13 +494,19 @@ void describe_view(const View& v, int64_t subproblems, int sm_count, LaunchPlan&
       split ? type_name<split_k::StageSplit<View>>() : type_name<View>();
   out.push_back(planned_launch(
       "mma::masked_gemm_mma_kernel<" + kernel_view + ">",
-      dim3(p.row_tiles, p.col_tiles, static_cast<unsigned>(subproblems * p.split.splits)),
-      kThreads, p.smem_bytes,
-      {{"rows", v.rows()}, {"cols", v.cols()}, {"tile_m", L::kTileM}, {"tile_n", L::kTileN},
+      dim3(p.row_tiles, p.col_tiles, static_cast<unsigned>(subproblems * p.split.splits)), kThreads,
+      p.smem_bytes,
+      {{"rows", v.rows()},
+       {"cols", v.cols()},
+       {"tile_m", L::kTileM},
+       {"tile_n", L::kTileN},
        {"stage_bytes", L::kTileK * static_cast<int64_t>(sizeof(typename L::Elem))},
-       {"k_steps", L::kSteps}, {"ring", L::kStages}, {"min_blocks", L::kMinBlocks},
+       {"k_steps", L::kSteps},
+       {"ring", L::kStages},
+       {"min_blocks", L::kMinBlocks},
        {"stages", p.stages},
-       {"stages_per_split", p.stages_per_split}, {"splits", p.split.splits}},
+       {"stages_per_split", p.stages_per_split},
+       {"splits", p.split.splits}},
       split ? p.split.workspace_bytes : 0));
   if (split) out.push_back(split_k::describe_reduce<View>(p.split));
 }

@@ -24,7 +24,7 @@ constexpr int kTile = 128;  // output tile edge
 constexpr int kTileK = 8;   // reduction steps per slice
 constexpr int kAxisThreads = 16;
 constexpr int kStrip = 4;
-constexpr int kThreadTile = 2 * kStrip;  // per axis: two strips, kTile / 2 apart
+constexpr int kThreadTile = 2 * kStrip;            // per axis: two strips, kTile / 2 apart
 constexpr int kLoads = kTile * kTileK / kThreads;  // elements per thread per operand slice
 // Slices are stored reduction-major, [kTileK][kStride] floats, so a thread
 // reads a 4-wide strip of one step with one 16-byte load. The pad of 4 makes
@@ -262,10 +262,15 @@ void describe_view(const View& v, int64_t subproblems, int sm_count, LaunchPlan&
       split ? type_name<split_k::ReductionSplit<View>>() : type_name<View>();
   out.push_back(planned_launch(
       "simt::masked_gemm_simt_kernel<" + kernel_view + ">",
-      dim3(p.row_tiles, p.col_tiles, static_cast<unsigned>(subproblems * p.split.splits)),
-      kThreads, 0,
-      {{"rows", v.rows()}, {"cols", v.cols()}, {"reduction", v.reduction()}, {"tile", kTile},
-       {"tile_k", kTileK}, {"slices", p.slices}, {"per_split", p.per_split},
+      dim3(p.row_tiles, p.col_tiles, static_cast<unsigned>(subproblems * p.split.splits)), kThreads,
+      0,
+      {{"rows", v.rows()},
+       {"cols", v.cols()},
+       {"reduction", v.reduction()},
+       {"tile", kTile},
+       {"tile_k", kTileK},
+       {"slices", p.slices},
+       {"per_split", p.per_split},
        {"splits", p.split.splits}},
       split ? p.split.workspace_bytes : 0));
   if (split) out.push_back(split_k::describe_reduce<View>(p.split));

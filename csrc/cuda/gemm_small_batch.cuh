@@ -26,9 +26,9 @@ namespace small_batch {
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kRowsPerWarp = 2;
-constexpr int kLoadsPerRow = 4;          // 16-byte loads per lane per W row per chunk
+constexpr int kLoadsPerRow = 4;  // 16-byte loads per lane per W row per chunk
 constexpr int kMaxXRows = 16;
-constexpr int kSmemBudget = 48 * 1024;   // no opt-in attribute needed up to here
+constexpr int kSmemBudget = 48 * 1024;  // no opt-in attribute needed up to here
 
 // Columns of one W row that a warp covers per chunk.
 template <typename T>
@@ -38,11 +38,11 @@ CPG_HD constexpr int warp_chunk() {
 
 // How a launch divides the work (choose_shape).
 struct Shape {
-  int slices;           // warps splitting one row group's K range: 1, 2, 4 or 8
-  int rows_per_block;   // W rows per block: kWarps / slices * kRowsPerWarp
-  int group_rows;       // x rows per group (blockIdx.y): whole tasks, or kXRows of one task
-  bool w_aligned;       // every W row starts 16-byte aligned
-  bool x_aligned;       // every x row likewise
+  int slices;          // warps splitting one row group's K range: 1, 2, 4 or 8
+  int rows_per_block;  // W rows per block: kWarps / slices * kRowsPerWarp
+  int group_rows;      // x rows per group (blockIdx.y): whole tasks, or kXRows of one task
+  bool w_aligned;      // every W row starts 16-byte aligned
+  bool x_aligned;      // every x row likewise
 };
 
 // The x rows of this block's group and the task each belongs to: group row r
@@ -50,11 +50,11 @@ struct Shape {
 // (a_task_stride = M * K, as make_gemm sets it).
 struct GroupRows {
   int64_t first_row;
-  int64_t first_task;   // the task of group row 0
-  int first_offset;     // and its row within that task
-  int rows;             // x rows in the group (<= kXRows)
-  int M;                // rows per task
-  uint32_t task_starts; // bit r set where x row r is a task's first row
+  int64_t first_task;    // the task of group row 0
+  int first_offset;      // and its row within that task
+  int rows;              // x rows in the group (<= kXRows)
+  int M;                 // rows per task
+  uint32_t task_starts;  // bit r set where x row r is a task's first row
 
   CPG_DEVICE bool starts_task(int r) const { return (task_starts >> r) & 1u; }
   CPG_DEVICE int64_t task_of(int r) const { return first_task + (first_offset + r) / M; }
@@ -121,8 +121,7 @@ CPG_DEVICE void decode_weights(const MaskedGemm<T>& g, const int32_t* task_bits,
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i) {
     const int64_t n = n_first + i;
-    const uint32_t word =
-        n < g.N ? static_cast<uint32_t>(task_bits[n * g.words + word_of(k)]) : 0u;
+    const uint32_t word = n < g.N ? static_cast<uint32_t>(task_bits[n * g.words + word_of(k)]) : 0u;
 #pragma unroll
     for (int j = 0; j < vec_elems<T>(); ++j) {
       wm[i][j] = (word & bit_of(k + j)) != 0u ? cpgdev::to_float(chunk.v[i][u][j]) : 0.0f;
@@ -199,8 +198,8 @@ CPG_DEVICE void write_outputs(const MaskedGemm<T>& g, const Shape& s, const Grou
 // Grid: (ceil(N / rows_per_block), task groups); dynamic shared memory: the x
 // stage, smem_bytes(slices).
 template <typename T, int kXRows, bool kMultiTask>
-CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads) masked_linear_small_batch_kernel(MaskedGemm<T> g,
-                                                                             Shape s) {
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
+    masked_linear_small_batch_kernel(MaskedGemm<T> g, Shape s) {
   CPG_DYNAMIC_SHARED(T, x_stage);  // [kXRows][stage_width]
   CPG_SHARED_ARRAY(float, partials, kWarps * kRowsPerWarp * kXRows);
   const int stage_width = s.slices * warp_chunk<T>();
@@ -287,7 +286,7 @@ struct Plan {
   bool multitask;  // kMultiTask
   Shape shape;
   dim3 grid;
-  size_t smem;     // dynamic
+  size_t smem;  // dynamic
 };
 
 // Requires g.M <= kMaxXRows when g.tasks > 1 (one task: any M, in groups of
@@ -337,15 +336,21 @@ template <typename T>
 void describe(const MaskedGemm<T>& g, int sm_count, LaunchPlan& out) {
   const Plan p = plan(g, sm_count);
   const int64_t stage_width = int64_t{p.shape.slices} * warp_chunk<T>();
-  out.push_back(planned_launch(
-      "small_batch::masked_linear_small_batch_kernel<" + type_name<T>() + ", " +
-          std::to_string(p.x_rows) + ", " + (p.multitask ? "true" : "false") + ">",
-      p.grid, kThreads, static_cast<int64_t>(p.smem),
-      {{"M", g.M}, {"N", g.N}, {"K", g.K}, {"tasks", g.tasks}, {"x_rows", p.x_rows},
-       {"group_rows", p.shape.group_rows}, {"slices", p.shape.slices},
-       {"rows_per_block", p.shape.rows_per_block}, {"stage_width", stage_width},
-       {"chunks", ceil_div(g.K, stage_width)}, {"static_smem",
-       static_cast<int64_t>(static_smem_bytes(p.x_rows))}}));
+  out.push_back(
+      planned_launch("small_batch::masked_linear_small_batch_kernel<" + type_name<T>() + ", " +
+                         std::to_string(p.x_rows) + ", " + (p.multitask ? "true" : "false") + ">",
+                     p.grid, kThreads, static_cast<int64_t>(p.smem),
+                     {{"M", g.M},
+                      {"N", g.N},
+                      {"K", g.K},
+                      {"tasks", g.tasks},
+                      {"x_rows", p.x_rows},
+                      {"group_rows", p.shape.group_rows},
+                      {"slices", p.shape.slices},
+                      {"rows_per_block", p.shape.rows_per_block},
+                      {"stage_width", stage_width},
+                      {"chunks", ceil_div(g.K, stage_width)},
+                      {"static_smem", static_cast<int64_t>(static_smem_bytes(p.x_rows))}}));
 }
 
 }  // namespace small_batch

@@ -36,9 +36,9 @@ namespace small_batch_grad {
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kMaxDyRows = 16;
-constexpr int kRowsPerStep = 4;      // W rows (16-byte loads per lane) in flight per step
-constexpr int kStageFloats = 4096;   // 16 KiB: the dy chunk, then the slices' sums
-constexpr int kBlocksPerSm = 4;      // per multiprocessor, the grid's aim
+constexpr int kRowsPerStep = 4;     // W rows (16-byte loads per lane) in flight per step
+constexpr int kStageFloats = 4096;  // 16 KiB: the dy chunk, then the slices' sums
+constexpr int kBlocksPerSm = 4;     // per multiprocessor, the grid's aim
 // A split's partials cost 8 * M bytes per column (written, then read back);
 // each split streams enough W rows that this stays within 1/16 of its W bytes.
 constexpr int kPartialsShare = 16;
@@ -299,9 +299,8 @@ Plan plan(const MaskedGemm<T>& g, int sm_count) {
   p.dy_rows = g.M == 1 ? 1 : g.M <= 2 ? 2 : g.M <= 4 ? 4 : g.M <= 8 ? 8 : kMaxDyRows;
   p.grid = dim3(static_cast<unsigned>(col_blocks<T>(g.K, p.shape.slices)),
                 static_cast<unsigned>(p.shape.splits), static_cast<unsigned>(row_groups(g.M)));
-  p.partials_bytes = p.shape.splits > 1
-                         ? static_cast<int64_t>(sizeof(float)) * p.shape.splits * g.M * g.K
-                         : 0;
+  p.partials_bytes =
+      p.shape.splits > 1 ? static_cast<int64_t>(sizeof(float)) * p.shape.splits * g.M * g.K : 0;
   return p;
 }
 
@@ -326,14 +325,19 @@ void launch_kernel(const MaskedGemm<T>& g, const Plan& p, float* partials,
 // `out`; its workspace is the partials when there are splits.
 template <typename T>
 void describe_kernel(const MaskedGemm<T>& g, const Plan& p, LaunchPlan& out) {
-  out.push_back(planned_launch(
-      "small_batch_grad::masked_linear_grad_input_small_batch_kernel<" + type_name<T>() + ", " +
-          std::to_string(p.dy_rows) + ">",
-      p.grid, kThreads, 0,
-      {{"M", g.M}, {"N", g.N}, {"K", g.K}, {"dy_rows", p.dy_rows}, {"slices", p.shape.slices},
-       {"splits", p.shape.splits}, {"rows_per_split", p.shape.rows_per_split},
-       {"rows_per_step", kRowsPerStep}, {"warp_cols", warp_cols<T>()}},
-      p.partials_bytes));
+  out.push_back(planned_launch("small_batch_grad::masked_linear_grad_input_small_batch_kernel<" +
+                                   type_name<T>() + ", " + std::to_string(p.dy_rows) + ">",
+                               p.grid, kThreads, 0,
+                               {{"M", g.M},
+                                {"N", g.N},
+                                {"K", g.K},
+                                {"dy_rows", p.dy_rows},
+                                {"slices", p.shape.slices},
+                                {"splits", p.shape.splits},
+                                {"rows_per_split", p.shape.rows_per_split},
+                                {"rows_per_step", kRowsPerStep},
+                                {"warp_cols", warp_cols<T>()}},
+                               p.partials_bytes));
 }
 
 // dx = dy W' into g.out. Requires g.M >= 1 and g.tasks == 1; the dy rows are

@@ -115,7 +115,7 @@ inline int choose_splits(int64_t blocks, int64_t units, int64_t min_units, int64
 // reduction over them.
 struct Plan {
   int splits;
-  int64_t elements;        // outputs of all sub-problems
+  int64_t elements;  // outputs of all sub-problems
   int64_t workspace_bytes;
   unsigned reduce_blocks;
 };

@@ -49,11 +49,11 @@ namespace weight_stream {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * kWarpSize;
-constexpr int kStages = 4;          // chunks in flight per warp (one being used)
-constexpr int kTileRows = 16;       // W rows of a tile: the mma's m
-constexpr int kChunkBytes = 256;    // bytes of each tile row per chunk
+constexpr int kStages = 4;                             // chunks in flight per warp (one being used)
+constexpr int kTileRows = 16;                          // W rows of a tile: the mma's m
+constexpr int kChunkBytes = 256;                       // bytes of each tile row per chunk
 constexpr int kQuads = kChunkBytes / (4 * kVecBytes);  // of 4 lanes x 16 bytes
-constexpr int kMaxTiles = 8;        // n8 mma tiles of x rows per group
+constexpr int kMaxTiles = 8;                           // n8 mma tiles of x rows per group
 constexpr int kMaxRows = 8 * kMaxTiles;
 // The shared memory the plan query (describe) assumes: sm_90's (H100, H200),
 // the devices the performance model predicts. A launch reads its device's.
@@ -82,12 +82,12 @@ struct Shape {
   int row_blocks;       // gridDim.x: blocks taking a group's tiles in turn
   int splits;           // gridDim.y: parts of K
   int chunks_per_split;
-  int64_t chunks;       // ceil(K / chunk_cols)
-  int x_stride;         // elements per staged x row
+  int64_t chunks;  // ceil(K / chunk_cols)
+  int x_stride;    // elements per staged x row
   // Shared memory, in uint4: W ring, bits ring, warps' sums, then x.
   int bits_offset, sums_offset, x_offset;
   int smem_bytes;
-  int blocks_per_sm;    // the occupancy the grid is sized for
+  int blocks_per_sm;  // the occupancy the grid is sized for
 };
 
 // A 4-byte word of shared memory inside uint4 slot `vec` (bounds-checked by
@@ -138,10 +138,10 @@ struct Block {
   int chunks;          // the split's chunks
   int tiles;           // row tiles this block takes
   int warp, lane, g, t;
-  int warp_chunks;     // the warp's chunks per tile: w, w + kWarps, ... < chunks
-  int positions;       // tiles * warp_chunks: the warp's stream
-  int w_vec;           // this lane's W piece in stage 0 of its warp (uint4 index)
-  int bits_vec;        // its warp's bits of stage 0, task 0, row 0
+  int warp_chunks;  // the warp's chunks per tile: w, w + kWarps, ... < chunks
+  int positions;    // tiles * warp_chunks: the warp's stream
+  int w_vec;        // this lane's W piece in stage 0 of its warp (uint4 index)
+  int bits_vec;     // its warp's bits of stage 0, task 0, row 0
 };
 
 template <typename T>
@@ -154,8 +154,7 @@ CPG_DEVICE Block block_of(const MaskedGemm<T>& g, const Shape& s) {
   const int64_t chunk0 = static_cast<int64_t>(blockIdx.y) * s.chunks_per_split;
   b.col0 = chunk0 * chunk_cols<T>();
   const int64_t chunks_left = s.chunks - chunk0;
-  b.chunks = static_cast<int>(chunks_left < s.chunks_per_split ? chunks_left
-                                                                : s.chunks_per_split);
+  b.chunks = static_cast<int>(chunks_left < s.chunks_per_split ? chunks_left : s.chunks_per_split);
   const int64_t bx = blockIdx.x;
   b.tiles = bx < s.row_tiles ? static_cast<int>(ceil_div(s.row_tiles - bx, s.row_blocks)) : 0;
   b.lane = cpgdev::lane_id();
@@ -200,10 +199,10 @@ CPG_DEVICE Cursor first_position(const Block& b) {
 // row g and bit words of task 0 at the chunk, kept up to date by adds.
 template <typename T>
 struct IssueCursor : Cursor {
-  const T* w;              // W[n, col + t kV], n = tile * 16 + g
-  const int32_t* bits;     // bits[n, col / 32 + t]
-  int64_t cols_left;       // K - col
-  bool rows_valid[2];      // rows g and g + 8 exist (< N)
+  const T* w;           // W[n, col + t kV], n = tile * 16 + g
+  const int32_t* bits;  // bits[n, col / 32 + t]
+  int64_t cols_left;    // K - col
+  bool rows_valid[2];   // rows g and g + 8 exist (< N)
 
   CPG_DEVICE void start_tile(const MaskedGemm<T>& g, const Shape& s, const Block& b) {
     const int64_t tile = static_cast<int64_t>(blockIdx.x) + int64_t{tile_i} * s.row_blocks;
@@ -342,9 +341,9 @@ CPG_DEVICE uint4 masked_piece(uint4 raw, uint4 words, int q, int t) {
 // for the whole kernel.
 template <int kTiles>
 struct TileRows {
-  int x_vec[kTiles];     // uint4 index of this lane's x row at column t kV; -1: zeros
-  int bits_task[kTiles]; // uint4 offset of the tile's task's bits, where a task begins
-  int used;              // tiles holding the group's rows
+  int x_vec[kTiles];      // uint4 index of this lane's x row at column t kV; -1: zeros
+  int bits_task[kTiles];  // uint4 offset of the tile's task's bits, where a task begins
+  int used;               // tiles holding the group's rows
 };
 
 template <typename T, int kTiles>
@@ -356,8 +355,7 @@ CPG_DEVICE TileRows<kTiles> tile_rows(const MaskedGemm<T>& g, const Shape& s, co
   for (int nt = 0; nt < kTiles; ++nt) {
     const int task = nt / tpt, row = (nt % tpt) * 8 + b.g;
     const bool valid = nt < r.used && row < M;
-    r.x_vec[nt] = valid ? s.x_offset + ((task * M + row) * s.x_stride) / vec_elems<T>() + b.t
-                        : -1;
+    r.x_vec[nt] = valid ? s.x_offset + ((task * M + row) * s.x_stride) / vec_elems<T>() + b.t : -1;
     r.bits_task[nt] = nt % tpt == 0 ? task * kBitsSlotVecs : -1;
   }
   return r;
@@ -403,9 +401,8 @@ CPG_DEVICE void multiply(const Shape& s, const Block& b, const TileRows<kTiles>&
 // A tile's end: the warps' sums meet in shared memory and are added in warp
 // order; y (+ bias) is written, or this split's fp32 partial sums.
 template <typename T, int kTiles, typename Smem>
-CPG_DEVICE void finish_tile(const MaskedGemm<T>& g, const Shape& s, const Block& b,
-                            int64_t tile, const float (&acc)[kTiles][4], Smem smem,
-                            float* partials) {
+CPG_DEVICE void finish_tile(const MaskedGemm<T>& g, const Shape& s, const Block& b, int64_t tile,
+                            const float (&acc)[kTiles][4], Smem smem, float* partials) {
   constexpr int kCols = 8 * kTiles;  // sums per W row: x rows of the tiles
 #pragma unroll
   for (int nt = 0; nt < kTiles; ++nt) {
@@ -477,8 +474,9 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
       multiply<T, kTiles, kMultiTask>(s, b, tiles, now, smem, acc);
       now.advance<T>(b);
     }
-    finish_tile<T, kTiles>(g, s, b, static_cast<int64_t>(blockIdx.x) +
-                           int64_t{tile_i} * s.row_blocks, acc, smem, partials);
+    finish_tile<T, kTiles>(g, s, b,
+                           static_cast<int64_t>(blockIdx.x) + int64_t{tile_i} * s.row_blocks, acc,
+                           smem, partials);
   }
   cpgdev::cp_async_wait<0>();
 }
@@ -502,7 +500,7 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
 // How a group's rows sit in the mma tiles, and the shared memory a block
 // needs besides its staged x.
 struct Layout {
-  int tiles_per_task;   // n8 tiles of one task's rows
+  int tiles_per_task;  // n8 tiles of one task's rows
   int tasks_per_group;
   int tiles;            // the kernel's kTiles: the group's tiles, rounded up to 1, 2, 4, 8
   int64_t group_rows;   // x rows of a full group
@@ -545,10 +543,10 @@ inline int64_t max_chunks_per_split(const Layout& l, const cpgdev::SmemLimits& s
 // one chunk per split fitting the device's shared memory `smem`.
 template <typename T>
 bool supports(const MaskedGemm<T>& g, bool allow_tf32, const cpgdev::SmemLimits& smem) {
-  return tensor_cores_allowed<T>(allow_tf32) && g.M >= 1 && g.M <= kMaxRows && g.K > 0 &&
-         g.N > 0 && (g.K * static_cast<int64_t>(sizeof(T))) % kVecBytes == 0 &&
-         is_aligned16(g.w) && is_aligned16(g.a) && g.a_plane == 1 &&
-         g.a_task_stride == g.M * g.K && max_chunks_per_split(layout_of(g), smem, 1) >= 1;
+  return tensor_cores_allowed<T>(allow_tf32) && g.M >= 1 && g.M <= kMaxRows && g.K > 0 && g.N > 0 &&
+         (g.K * static_cast<int64_t>(sizeof(T))) % kVecBytes == 0 && is_aligned16(g.w) &&
+         is_aligned16(g.a) && g.a_plane == 1 && g.a_task_stride == g.M * g.K &&
+         max_chunks_per_split(layout_of(g), smem, 1) >= 1;
 }
 
 // A launch: the kernel's kTiles and kMultiTask, its shape and grid, and the
@@ -598,8 +596,7 @@ Plan plan(const MaskedGemm<T>& g, int sm_count, const cpgdev::SmemLimits& smem) 
       int64_t row_blocks = slots / (groups * real_splits);
       row_blocks = row_blocks < 1 ? 1 : row_blocks > s.row_tiles ? s.row_tiles : row_blocks;
       const int64_t blocks = row_blocks * real_splits * groups;
-      const int64_t per_block =
-          ceil_div(s.row_tiles, row_blocks) * ceil_div(cps, kWarps) * kWarps;
+      const int64_t per_block = ceil_div(s.row_tiles, row_blocks) * ceil_div(cps, kWarps) * kWarps;
       int64_t cost = ceil_div(blocks, sm_count) * per_block;
       if (real_splits > 1) {
         const int64_t partial_bytes = 2 * real_splits * rows_total * g.N * 4;
@@ -652,8 +649,8 @@ void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
   }
   if (p.shape.splits > 1) {
     auto* sum_kernel = &sum_splits_kernel<T>;
-    CPG_LAUNCH(sum_kernel, grid_stride_blocks(g.tasks * g.M * g.N, kThreads), kThreads, 0,
-               stream, g, sums, p.shape.splits);
+    CPG_LAUNCH(sum_kernel, grid_stride_blocks(g.tasks * g.M * g.N, kThreads), kThreads, 0, stream,
+               g, sums, p.shape.splits);
   }
   partials.release();
 }
@@ -664,17 +661,27 @@ template <typename T>
 void describe(const MaskedGemm<T>& g, int sm_count, LaunchPlan& out) {
   const Plan p = plan(g, sm_count, kSm90Smem);
   const Shape& s = p.shape;
-  out.push_back(planned_launch(
-      "weight_stream::masked_linear_stream_kernel<" + type_name<T>() + ", " +
-          std::to_string(p.tiles) + ", " + (p.multitask ? "true" : "false") + ">",
-      p.grid, kThreads, s.smem_bytes,
-      {{"M", g.M}, {"N", g.N}, {"K", g.K}, {"tasks", g.tasks}, {"tiles", p.tiles},
-       {"tasks_per_group", s.tasks_per_group}, {"tiles_per_task", s.tiles_per_task},
-       {"row_tiles", s.row_tiles}, {"row_blocks", s.row_blocks}, {"splits", s.splits},
-       {"chunks", s.chunks}, {"chunks_per_split", s.chunks_per_split},
-       {"chunk_bytes", kChunkBytes}, {"stages", kStages}, {"warps", kWarps},
-       {"blocks_per_sm", s.blocks_per_sm}},
-      p.partials_bytes));
+  out.push_back(planned_launch("weight_stream::masked_linear_stream_kernel<" + type_name<T>() +
+                                   ", " + std::to_string(p.tiles) + ", " +
+                                   (p.multitask ? "true" : "false") + ">",
+                               p.grid, kThreads, s.smem_bytes,
+                               {{"M", g.M},
+                                {"N", g.N},
+                                {"K", g.K},
+                                {"tasks", g.tasks},
+                                {"tiles", p.tiles},
+                                {"tasks_per_group", s.tasks_per_group},
+                                {"tiles_per_task", s.tiles_per_task},
+                                {"row_tiles", s.row_tiles},
+                                {"row_blocks", s.row_blocks},
+                                {"splits", s.splits},
+                                {"chunks", s.chunks},
+                                {"chunks_per_split", s.chunks_per_split},
+                                {"chunk_bytes", kChunkBytes},
+                                {"stages", kStages},
+                                {"warps", kWarps},
+                                {"blocks_per_sm", s.blocks_per_sm}},
+                               p.partials_bytes));
   if (s.splits == 1) return;
   const int64_t count = g.tasks * g.M * g.N;
   out.push_back(planned_launch("weight_stream::sum_splits_kernel<" + type_name<T>() + ">",

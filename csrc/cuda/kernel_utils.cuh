@@ -71,12 +71,9 @@ inline PlannedLaunch planned_launch(std::string kernel, dim3 grid, int threads,
                                     int64_t dynamic_smem,
                                     std::vector<std::pair<std::string, int64_t>> params,
                                     int64_t workspace_bytes = 0) {
-  return PlannedLaunch{std::move(kernel),
-                       {int64_t{grid.x}, int64_t{grid.y}, int64_t{grid.z}},
-                       threads,
-                       dynamic_smem,
-                       workspace_bytes,
-                       std::move(params)};
+  return PlannedLaunch{std::move(kernel), {int64_t{grid.x}, int64_t{grid.y}, int64_t{grid.z}},
+                       threads,           dynamic_smem,
+                       workspace_bytes,   std::move(params)};
 }
 
 // Device memory for the launches a launcher queues on `stream`: release()
@@ -118,9 +115,7 @@ CPG_DEVICE int64_t global_thread_index() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
 }
 
-CPG_DEVICE int64_t global_thread_count() {
-  return static_cast<int64_t>(gridDim.x) * blockDim.x;
-}
+CPG_DEVICE int64_t global_thread_count() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
 
 // Shared-memory pointers are passed as a template type `Smem`: E* on the GPU,
 // and under the emulator its bounds-checked view of the shared array, which

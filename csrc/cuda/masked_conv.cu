@@ -60,7 +60,7 @@ namespace cpg {
 namespace CPG_KERNEL_NS {
 namespace {
 
-constexpr int64_t kMaxGridZ = 65535;  // groups per launch of the tiled kernels
+constexpr int64_t kMaxGridZ = 65535;   // groups per launch of the tiled kernels
 constexpr int64_t kDirectMaxCols = 8;  // rule 2
 
 // The views decode image and channel sizes as 32-bit ints.
@@ -148,17 +148,21 @@ struct ConvLauncher {
     }
   }
   template <typename View>
-  void mma(const View& v, int64_t groups) const { mma::launch_view(v, groups, stream); }
+  void mma(const View& v, int64_t groups) const {
+    mma::launch_view(v, groups, stream);
+  }
   template <typename View>
-  void simt(const View& v, int64_t groups) const { simt::launch_view(v, groups, stream); }
+  void simt(const View& v, int64_t groups) const {
+    simt::launch_view(v, groups, stream);
+  }
   // The masked-linear launchers, for pointwise convs.
   void linear_forward(DType dtype, const void* x, const void* w, const int32_t* bits,
                       const void* bias, void* y, int64_t T, int64_t M, int64_t N, int64_t K,
                       bool allow_tf32) const {
     masked_linear_multitask(dtype, x, w, bits, bias, y, T, M, N, K, allow_tf32, stream);
   }
-  void linear_grad_input(DType dtype, const void* dy, const void* w, const int32_t* bits,
-                         void* dx, int64_t M, int64_t N, int64_t K, bool allow_tf32) const {
+  void linear_grad_input(DType dtype, const void* dy, const void* w, const int32_t* bits, void* dx,
+                         int64_t M, int64_t N, int64_t K, bool allow_tf32) const {
     masked_linear_grad_input(dtype, dy, w, bits, dx, M, N, K, allow_tf32, stream);
   }
 };
@@ -202,8 +206,7 @@ template <typename View, typename Exec>
 void run_tiled(const View& v, const ConvShape& shape, bool channels_last, bool allow_tf32,
                const Exec& exec) {
   auto tiled = [&](const auto& view, auto launch) {
-    for_group_chunks(view, shape.groups,
-                     [&](const auto& part, int64_t n) { launch(part, n); });
+    for_group_chunks(view, shape.groups, [&](const auto& part, int64_t n) { launch(part, n); });
   };
   if (tensor_cores_allowed<typename View::Elem>(allow_tf32) && mma_supports(v, channels_last)) {
     auto mma = [&](const auto& part, int64_t n) { exec.mma(part, n); };
@@ -228,8 +231,8 @@ void run_tiled(const View& v, const ConvShape& shape, bool channels_last, bool a
 
 // Rules 2-5.
 template <typename View, typename Exec>
-void run_implicit_gemm(const View& v, const ConvShape& shape, bool channels_last,
-                       bool allow_tf32, const Exec& exec) {
+void run_implicit_gemm(const View& v, const ConvShape& shape, bool channels_last, bool allow_tf32,
+                       const Exec& exec) {
   if (v.cols() <= kDirectMaxCols) {
     exec.direct(v, shape.groups, channels_last);
     return;
@@ -268,9 +271,9 @@ P* task_part(P* base, int64_t t, int64_t elems_per_task) {
 }
 
 template <typename Exec>
-void conv_forward(DType dtype, const void* x, const void* w, const int32_t* bits,
-                  const void* bias, void* y, const ConvShape& shape, bool channels_last,
-                  bool allow_tf32, const Exec& exec) {
+void conv_forward(DType dtype, const void* x, const void* w, const int32_t* bits, const void* bias,
+                  void* y, const ConvShape& shape, bool channels_last, bool allow_tf32,
+                  const Exec& exec) {
   if (shape.batch == 0 || shape.N == 0) return;  // C == 0 still writes y = bias (or 0)
   check_dims(shape);
   if (is_pointwise(shape, channels_last)) {
@@ -314,8 +317,8 @@ void conv_multitask(DType dtype, const void* x, const void* w, const int32_t* bi
     const int64_t bits_task = shape.N * words_per_row(shape.K());
     for (int64_t t = 0; t < T; ++t) {
       conv_forward(dtype, task_part<const E>(x, t, x_task), w,
-                   task_part<const int32_t>(bits, t, bits_task), bias,
-                   task_part<E>(y, t, y_task), shape, channels_last, allow_tf32, exec);
+                   task_part<const int32_t>(bits, t, bits_task), bias, task_part<E>(y, t, y_task),
+                   shape, channels_last, allow_tf32, exec);
     }
   });
 }
@@ -341,9 +344,9 @@ void conv_grad_input(DType dtype, const void* dy, const void* w, const int32_t* 
 
 }  // namespace
 
-void masked_conv2d(DType dtype, const void* x, const void* w, const int32_t* bits,
-                   const void* bias, void* y, const ConvShape& shape, bool channels_last,
-                   bool allow_tf32, void* stream) {
+void masked_conv2d(DType dtype, const void* x, const void* w, const int32_t* bits, const void* bias,
+                   void* y, const ConvShape& shape, bool channels_last, bool allow_tf32,
+                   void* stream) {
   conv_forward(dtype, x, w, bits, bias, y, shape, channels_last, allow_tf32,
                ConvLauncher{as_stream(stream)});
 }
@@ -356,8 +359,8 @@ void masked_conv2d_multitask(DType dtype, const void* x, const void* w, const in
 }
 
 void masked_conv2d_grad_input(DType dtype, const void* dy, const void* w, const int32_t* bits,
-                              void* dx, const ConvShape& shape, bool channels_last,
-                              bool allow_tf32, void* stream) {
+                              void* dx, const ConvShape& shape, bool channels_last, bool allow_tf32,
+                              void* stream) {
   conv_grad_input(dtype, dy, w, bits, dx, shape, channels_last, allow_tf32,
                   ConvLauncher{as_stream(stream)});
 }

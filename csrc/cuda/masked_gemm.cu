@@ -54,15 +54,25 @@ struct GemmLauncher {
   cpgdev::stream_t stream;
   cpgdev::SmemLimits smem() const { return cpgdev::smem_limits(); }
   template <typename T>
-  void stream_forward(const MaskedGemm<T>& g) const { weight_stream::launch(g, stream); }
+  void stream_forward(const MaskedGemm<T>& g) const {
+    weight_stream::launch(g, stream);
+  }
   template <typename T>
-  void small_batch(const MaskedGemm<T>& g) const { small_batch::launch(g, stream); }
+  void small_batch(const MaskedGemm<T>& g) const {
+    small_batch::launch(g, stream);
+  }
   template <typename T>
-  void small_batch_grad(const MaskedGemm<T>& g) const { small_batch_grad::launch(g, stream); }
+  void small_batch_grad(const MaskedGemm<T>& g) const {
+    small_batch_grad::launch(g, stream);
+  }
   template <typename T, bool kGradInput>
-  void mma(const MaskedGemm<T>& g) const { mma::launch<T, kGradInput>(g, stream); }
+  void mma(const MaskedGemm<T>& g) const {
+    mma::launch<T, kGradInput>(g, stream);
+  }
   template <typename T, bool kGradInput>
-  void simt(const MaskedGemm<T>& g) const { simt::launch<T, kGradInput>(g, stream); }
+  void simt(const MaskedGemm<T>& g) const {
+    simt::launch<T, kGradInput>(g, stream);
+  }
 };
 
 struct GemmPlanner {
@@ -74,15 +84,21 @@ struct GemmPlanner {
     weight_stream::describe(g, sm_count, *plan);
   }
   template <typename T>
-  void small_batch(const MaskedGemm<T>& g) const { small_batch::describe(g, sm_count, *plan); }
+  void small_batch(const MaskedGemm<T>& g) const {
+    small_batch::describe(g, sm_count, *plan);
+  }
   template <typename T>
   void small_batch_grad(const MaskedGemm<T>& g) const {
     small_batch_grad::describe(g, sm_count, *plan);
   }
   template <typename T, bool kGradInput>
-  void mma(const MaskedGemm<T>& g) const { mma::describe<T, kGradInput>(g, sm_count, *plan); }
+  void mma(const MaskedGemm<T>& g) const {
+    mma::describe<T, kGradInput>(g, sm_count, *plan);
+  }
   template <typename T, bool kGradInput>
-  void simt(const MaskedGemm<T>& g) const { simt::describe<T, kGradInput>(g, sm_count, *plan); }
+  void simt(const MaskedGemm<T>& g) const {
+    simt::describe<T, kGradInput>(g, sm_count, *plan);
+  }
 };
 
 template <typename T, bool kGradInput, typename Exec>
@@ -132,8 +148,7 @@ void linear_grad_input(DType dtype, const void* dy, const void* w, const int32_t
   if (M == 0 || K == 0) return;  // N == 0 still writes dx = 0
   dispatch_dtype(dtype, [&](auto tag) {
     using E = typename decltype(tag)::type;
-    const MaskedGemm<E> g =
-        make_gemm<E>(dy, w, bits, nullptr, dx, 1, M, N, K, /*grad_input=*/true);
+    const MaskedGemm<E> g = make_gemm<E>(dy, w, bits, nullptr, dx, 1, M, N, K, /*grad_input=*/true);
     run_grad_input(g, allow_tf32, exec);
   });
 }
@@ -141,23 +156,21 @@ void linear_grad_input(DType dtype, const void* dy, const void* w, const int32_t
 }  // namespace
 
 void masked_linear_multitask(DType dtype, const void* x, const void* w, const int32_t* bits,
-                             const void* bias, void* y, int64_t T, int64_t M, int64_t N,
-                             int64_t K, bool allow_tf32, void* stream) {
+                             const void* bias, void* y, int64_t T, int64_t M, int64_t N, int64_t K,
+                             bool allow_tf32, void* stream) {
   linear_forward(dtype, x, w, bits, bias, y, T, M, N, K, allow_tf32,
                  GemmLauncher{as_stream(stream)});
 }
 
-void masked_linear(DType dtype, const void* x, const void* w, const int32_t* bits,
-                   const void* bias, void* y, int64_t M, int64_t N, int64_t K, bool allow_tf32,
-                   void* stream) {
+void masked_linear(DType dtype, const void* x, const void* w, const int32_t* bits, const void* bias,
+                   void* y, int64_t M, int64_t N, int64_t K, bool allow_tf32, void* stream) {
   masked_linear_multitask(dtype, x, w, bits, bias, y, 1, M, N, K, allow_tf32, stream);
 }
 
 void masked_linear_grad_input(DType dtype, const void* dy, const void* w, const int32_t* bits,
                               void* dx, int64_t M, int64_t N, int64_t K, bool allow_tf32,
                               void* stream) {
-  linear_grad_input(dtype, dy, w, bits, dx, M, N, K, allow_tf32,
-                    GemmLauncher{as_stream(stream)});
+  linear_grad_input(dtype, dy, w, bits, dx, M, N, K, allow_tf32, GemmLauncher{as_stream(stream)});
 }
 
 // Null operands: aligned, and never read while planning.

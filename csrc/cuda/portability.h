@@ -79,7 +79,7 @@
 #define CPG_DEVICE __device__ __forceinline__
 #define CPG_LAUNCH_BOUNDS(...) __launch_bounds__(__VA_ARGS__)
 #define CPG_SHARED_ARRAY(T, name, N) __shared__ T name[N]
-#define CPG_DYNAMIC_SHARED(T, name) \
+#define CPG_DYNAMIC_SHARED(T, name)                                  \
   extern __shared__ __align__(16) unsigned char cpg_dynamic_smem_[]; \
   T* name = reinterpret_cast<T*>(cpg_dynamic_smem_)
 
@@ -99,15 +99,30 @@ CPG_DEVICE void syncthreads() { __syncthreads(); }
 CPG_DEVICE void syncwarp() { __syncwarp(kFullMask); }
 CPG_DEVICE int lane_id() { return static_cast<int>(threadIdx.x & 31u); }
 
-template <typename T> CPG_DEVICE T shfl(T v, int src) { return __shfl_sync(kFullMask, v, src); }
-template <typename T> CPG_DEVICE T shfl_xor(T v, int m) { return __shfl_xor_sync(kFullMask, v, m); }
-template <typename T> CPG_DEVICE T shfl_down(T v, unsigned d) { return __shfl_down_sync(kFullMask, v, d); }
-template <typename T> CPG_DEVICE T shfl_up(T v, unsigned d) { return __shfl_up_sync(kFullMask, v, d); }
+template <typename T>
+CPG_DEVICE T shfl(T v, int src) {
+  return __shfl_sync(kFullMask, v, src);
+}
+template <typename T>
+CPG_DEVICE T shfl_xor(T v, int m) {
+  return __shfl_xor_sync(kFullMask, v, m);
+}
+template <typename T>
+CPG_DEVICE T shfl_down(T v, unsigned d) {
+  return __shfl_down_sync(kFullMask, v, d);
+}
+template <typename T>
+CPG_DEVICE T shfl_up(T v, unsigned d) {
+  return __shfl_up_sync(kFullMask, v, d);
+}
 CPG_DEVICE unsigned ballot(bool p) { return __ballot_sync(kFullMask, p); }
 CPG_DEVICE bool any(bool p) { return __any_sync(kFullMask, p) != 0; }
 CPG_DEVICE bool all(bool p) { return __all_sync(kFullMask, p) != 0; }
 
-template <typename T> CPG_DEVICE T atomic_add(T* p, T v) { return atomicAdd(p, v); }
+template <typename T>
+CPG_DEVICE T atomic_add(T* p, T v) {
+  return atomicAdd(p, v);
+}
 CPG_DEVICE unsigned atomic_or(unsigned* p, unsigned v) { return atomicOr(p, v); }
 
 CPG_DEVICE uint4 load16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
@@ -133,9 +148,9 @@ CPG_DEVICE uint64_t l2_evict_first() {
 }
 CPG_DEVICE void cp_async16_zfill_hint(void* dst, const void* src, bool valid, uint64_t policy) {
   const int n = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(
-                   smem_addr(dst)),
-               "l"(src), "r"(n), "l"(policy));
+  asm volatile(
+      "cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(smem_addr(dst)),
+      "l"(src), "r"(n), "l"(policy));
 }
 CPG_DEVICE void cp_async4_zfill(void* dst, const void* src, bool valid) {
   const int n = valid ? 4 : 0;
@@ -143,33 +158,40 @@ CPG_DEVICE void cp_async4_zfill(void* dst, const void* src, bool valid) {
                "r"(n));
 }
 CPG_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> CPG_DEVICE void cp_async_wait() {
+template <int N>
+CPG_DEVICE void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 CPG_DEVICE void ldmatrix_x1(uint32_t (&r)[1], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n"
-               : "=r"(r[0]) : "r"(smem_addr(p)));
+               : "=r"(r[0])
+               : "r"(smem_addr(p)));
 }
 CPG_DEVICE void ldmatrix_x2(uint32_t (&r)[2], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
-               : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(p)));
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(p)));
 }
 CPG_DEVICE void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
 }
 CPG_DEVICE void ldmatrix_x1_trans(uint32_t (&r)[1], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
-               : "=r"(r[0]) : "r"(smem_addr(p)));
+               : "=r"(r[0])
+               : "r"(smem_addr(p)));
 }
 CPG_DEVICE void ldmatrix_x2_trans(uint32_t (&r)[2], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
-               : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(p)));
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(p)));
 }
 CPG_DEVICE void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
 }
 
 CPG_DEVICE void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
@@ -214,11 +236,22 @@ CPG_DEVICE uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t selector) {
 CPG_DEVICE float to_float(float x) { return x; }
 CPG_DEVICE float to_float(bf16 x) { return __bfloat162float(x); }
 CPG_DEVICE float to_float(f16 x) { return __half2float(x); }
-template <typename T> CPG_DEVICE T from_float(float f);
-template <> CPG_DEVICE float from_float<float>(float f) { return f; }
-template <> CPG_DEVICE bf16 from_float<bf16>(float f) { return __float2bfloat16_rn(f); }
-template <> CPG_DEVICE f16 from_float<f16>(float f) { return __float2half_rn(f); }
-template <typename T> CPG_DEVICE uint32_t pack2(T lo, T hi) {
+template <typename T>
+CPG_DEVICE T from_float(float f);
+template <>
+CPG_DEVICE float from_float<float>(float f) {
+  return f;
+}
+template <>
+CPG_DEVICE bf16 from_float<bf16>(float f) {
+  return __float2bfloat16_rn(f);
+}
+template <>
+CPG_DEVICE f16 from_float<f16>(float f) {
+  return __float2half_rn(f);
+}
+template <typename T>
+CPG_DEVICE uint32_t pack2(T lo, T hi) {
   uint16_t l, h;
   memcpy(&l, &lo, 2);
   memcpy(&h, &hi, 2);
@@ -242,7 +275,8 @@ inline int current_device() {
   return dev;
 }
 
-template <typename Kernel> inline void set_max_dynamic_smem(Kernel kernel, int bytes) {
+template <typename Kernel>
+inline void set_max_dynamic_smem(Kernel kernel, int bytes) {
   // The attribute stays set on the function: set it once per (kernel, device, size).
   static std::mutex mutex;
   static std::set<std::tuple<const void*, int, int>> done;
@@ -284,8 +318,7 @@ inline SmemLimits smem_limits() {
         "cudaDeviceGetAttribute");
   check(cudaDeviceGetAttribute(&l.per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
         "cudaDeviceGetAttribute");
-  check(cudaDeviceGetAttribute(&l.reserved_per_block, cudaDevAttrReservedSharedMemoryPerBlock,
-                               dev),
+  check(cudaDeviceGetAttribute(&l.reserved_per_block, cudaDevAttrReservedSharedMemoryPerBlock, dev),
         "cudaDeviceGetAttribute");
   if (dev < kMaxCachedDevices) cached[dev] = l;
   return l;
@@ -295,10 +328,10 @@ inline SmemLimits smem_limits() {
 }  // namespace cpgdev
 
 // Every launch goes through here: one place to check the launch error.
-#define CPG_LAUNCH(kernel, grid, block, smem, stream, ...)                    \
-  do {                                                                         \
-    kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__);                \
-    ::cpgdev::check(cudaGetLastError(), "launch of " #kernel);                \
+#define CPG_LAUNCH(kernel, grid, block, smem, stream, ...)      \
+  do {                                                          \
+    kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__); \
+    ::cpgdev::check(cudaGetLastError(), "launch of " #kernel);  \
   } while (0)
 
 #endif  // CPG_EMU

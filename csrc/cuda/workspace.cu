@@ -39,7 +39,8 @@ inline namespace gpu {
 void* device_alloc(size_t bytes, stream_t stream) {
   if (const cpg::cuda::Allocator* a = cpg::cuda::g_allocator.load()) {
     void* p = a->alloc(bytes, stream);
-    if (p == nullptr && bytes > 0) throw std::runtime_error("cpg_kernels: workspace allocation failed");
+    if (p == nullptr && bytes > 0)
+      throw std::runtime_error("cpg_kernels: workspace allocation failed");
     return p;
   }
   void* p = nullptr;

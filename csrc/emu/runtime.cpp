@@ -130,9 +130,9 @@ struct AsyncCopy {
 };
 
 struct Fiber {
-  ucontext_t context;  // points into itself: a Fiber must not move
-  void* stack = nullptr;                         // its kStackBytes of stack
-  void* fake_stack = nullptr;                    // ASan's, while switched away
+  ucontext_t context;          // points into itself: a Fiber must not move
+  void* stack = nullptr;       // its kStackBytes of stack
+  void* fake_stack = nullptr;  // ASan's, while switched away
   dim3 tid;
   int linear = 0;
   State state = State::Ready;
@@ -157,8 +157,8 @@ struct Launch {
   size_t dynamic_bytes = 0;
   std::vector<Fiber> fibers;  // the block's threads by linear id; sized once
   ucontext_t scheduler{};
-  void* scheduler_fake_stack = nullptr;    // ASan's, while a fiber runs
-  const void* scheduler_stack = nullptr;   // the launching thread's stack (for ASan)
+  void* scheduler_fake_stack = nullptr;   // ASan's, while a fiber runs
+  const void* scheduler_stack = nullptr;  // the launching thread's stack (for ASan)
   size_t scheduler_stack_bytes = 0;
   std::vector<SharedDecl> shared_decls;  // the block's static shared arrays
   size_t shared_used = 0;                // bytes of g_arena in use
@@ -661,8 +661,8 @@ std::vector<std::string> take_launch_log() {
   return std::exchange(g_launch_log, {});
 }
 
-void launch(const char* kernel_name, const char* file, const void* kernel_id, dim3 grid,
-            dim3 block, size_t dynamic_smem_bytes, const std::function<void()>& body) {
+void launch(const char* kernel_name, const char* file, const void* kernel_id, dim3 grid, dim3 block,
+            size_t dynamic_smem_bytes, const std::function<void()>& body) {
   const std::string name = "cpg emulator: launch of " + std::string(kernel_name) + ": ";
   if (t_launch) throw std::runtime_error(name + "launches from device code are not supported");
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;

@@ -82,8 +82,8 @@ const dim3& grid_dim();
 
 // Runs `body` as each thread of each block (see the execution model above).
 // `kernel_id` identifies the kernel for set_max_dynamic_smem.
-void launch(const char* kernel_name, const char* file, const void* kernel_id, dim3 grid,
-            dim3 block, size_t dynamic_smem_bytes, const std::function<void()>& body);
+void launch(const char* kernel_name, const char* file, const void* kernel_id, dim3 grid, dim3 block,
+            size_t dynamic_smem_bytes, const std::function<void()>& body);
 // The launch log, for tests that check which kernels a dispatcher chose: while
 // it is on, each launch appends "<source file name>:<kernel expression>" of its
 // CPG_LAUNCH site (e.g. "conv_unfolded.cuh:unfold").
@@ -272,9 +272,9 @@ KernelLaunch<P...> launch_kernel(const char* name, const char* file, void (*kern
 #define CPG_DYNAMIC_SHARED(T, name) \
   ::cpg::emu::Shared<T> name = ::cpg::emu::dynamic_shared_of<T>(#name)
 
-#define CPG_LAUNCH(kernel, grid, block, smem, stream, ...) \
-  ::cpg::emu::launch_kernel(#kernel, __FILE__, kernel, (grid), (block), (smem), (stream))( \
-      __VA_ARGS__)
+#define CPG_LAUNCH(kernel, grid, block, smem, stream, ...)                      \
+  ::cpg::emu::launch_kernel(#kernel, __FILE__, kernel, (grid), (block), (smem), \
+                            (stream))(__VA_ARGS__)
 
 // The last parameter of each blocking operation: the caller's source location.
 #define CPG_EMU_SITE ::cpg::emu::Site site = ::cpg::emu::Site::here()

@@ -125,8 +125,9 @@ variable_list once_differentiable(variable_list grads, const variable_list& depe
   }
   inputs.insert(inputs.end(), depends_on.begin(), depends_on.end());
   torch::autograd::DelayedError error(
-      std::string(op) + ": double backward is not supported (its backward formula is not "
-      "differentiable); compute the gradients without create_graph=True",
+      std::string(op) +
+          ": double backward is not supported (its backward formula is not "
+          "differentiable); compute the gradients without create_graph=True",
       static_cast<int64_t>(inputs.size()));
   variable_list out = error.apply(std::move(inputs));
   out.resize(n);
@@ -136,10 +137,10 @@ variable_list once_differentiable(variable_list grads, const variable_list& depe
 // grad_W and grad_m from G = dL/dW_eff. Without owner (the inference form),
 // the weight gradient of W * bits.
 std::pair<at::Tensor, at::Tensor> weight_and_mask_grads(const at::Tensor& G,
-                                                       const at::Tensor& weight,
-                                                       const at::Tensor& bits,
-                                                       const at::Tensor& owner, int64_t task,
-                                                       bool need_mask) {
+                                                        const at::Tensor& weight,
+                                                        const at::Tensor& bits,
+                                                        const at::Tensor& owner, int64_t task,
+                                                        bool need_mask) {
   if (!owner.defined()) return {apply_bits_op().call(G, bits), at::Tensor()};
   auto [grad_w, grad_m] = grad_epilogue_op().call(G, weight, owner, task, need_mask);
   return {grad_w, need_mask ? grad_m : at::Tensor()};
@@ -174,8 +175,8 @@ struct MaskedLinear : torch::autograd::Function<MaskedLinear> {
       if (need_x) out[0] = linear_grad_input_op().call(dy, weight, bits);
       if (need_w || need_m) {
         const at::Tensor G = dy.reshape_symint({-1, n}).t().mm(x.reshape_symint({-1, k}));
-        auto [dw, dm] = weight_and_mask_grads(G, weight, bits, owner,
-                                              ctx->saved_data["task"].toInt(), need_m);
+        auto [dw, dm] =
+            weight_and_mask_grads(G, weight, bits, owner, ctx->saved_data["task"].toInt(), need_m);
         if (need_w) out[1] = std::move(dw);
         out[5] = std::move(dm);
       }
@@ -269,9 +270,9 @@ struct ConvArgs {
 // dL/dW_eff of a conv from the library: only the weight's shape matters here.
 at::Tensor conv_weight_grad(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
                             const ConvArgs& c) {
-  return std::get<1>(at::convolution_backward(dy, x, weight, std::nullopt, c.stride(),
-                                              c.padding(), c.dilation(), false, {0, 0},
-                                              c.groups(), {false, true, false}));
+  return std::get<1>(at::convolution_backward(dy, x, weight, std::nullopt, c.stride(), c.padding(),
+                                              c.dilation(), false, {0, 0}, c.groups(),
+                                              {false, true, false}));
 }
 
 // Arguments: x 0, weight 1, bits 2, bias 3, stride 4, padding 5, dilation 6,
@@ -284,8 +285,8 @@ struct MaskedConv2d : torch::autograd::Function<MaskedConv2d> {
     ctx->save_for_backward({x, weight, bits.tensor, owner.tensor.value_or(at::Tensor())});
     ctx->saved_data["task"] = task;
     ctx->saved_data["conv"] = pack_conv(stride, padding, dilation, groups);
-    ctx->saved_data["present"] = Present({true, true, false, bias.has_value(), false, false,
-                                          false, false, false, mask.has_value()})
+    ctx->saved_data["present"] = Present({true, true, false, bias.has_value(), false, false, false,
+                                          false, false, mask.has_value()})
                                      .bits();
     Below below;
     return conv_op().call(x, weight, bits.tensor, bias, stride, padding, dilation, groups,
@@ -304,8 +305,8 @@ struct MaskedConv2d : torch::autograd::Function<MaskedConv2d> {
     {
       Below below;
       if (need_x) {
-        out[0] = conv_grad_input_op().call(dy, weight, bits, x.sym_sizes(), c.stride(),
-                                           c.padding(), c.dilation(), c.groups());
+        out[0] = conv_grad_input_op().call(dy, weight, bits, x.sym_sizes(), c.stride(), c.padding(),
+                                           c.dilation(), c.groups());
       }
       if (need_w || need_m) {
         auto [dw, dm] = weight_and_mask_grads(conv_weight_grad(dy, x, weight, c), weight, bits,
@@ -322,8 +323,8 @@ struct MaskedConv2d : torch::autograd::Function<MaskedConv2d> {
 at::Tensor masked_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
                                   const at::Tensor& bits, const OptTensor& bias,
                                   at::IntArrayRef stride, at::IntArrayRef padding,
-                                  at::IntArrayRef dilation, int64_t groups,
-                                  const OptTensor& owner, const OptTensor& mask, int64_t task) {
+                                  at::IntArrayRef dilation, int64_t groups, const OptTensor& owner,
+                                  const OptTensor& mask, int64_t task) {
   if (!torch::autograd::compute_requires_grad(x, weight, bias, mask)) {
     Below below;
     return conv_op().call(x, weight, bits, bias, stride, padding, dilation, groups, owner, mask,
@@ -361,9 +362,9 @@ struct MaskedConv2dMultitask : torch::autograd::Function<MaskedConv2dMultitask> 
       if (need_x) {
         std::vector<at::Tensor> dx;
         for (int64_t t = 0; t < tasks; ++t) {
-          dx.push_back(conv_grad_input_op().call(
-              dy[t], weight, bits[t], x.sym_sizes().slice(1), c.stride(), c.padding(),
-              c.dilation(), c.groups()));
+          dx.push_back(conv_grad_input_op().call(dy[t], weight, bits[t], x.sym_sizes().slice(1),
+                                                 c.stride(), c.padding(), c.dilation(),
+                                                 c.groups()));
         }
         out[0] = at::stack(dx);
       }
@@ -377,8 +378,7 @@ struct MaskedConv2dMultitask : torch::autograd::Function<MaskedConv2dMultitask> 
       }
       if (need_b) out[3] = dy.sum({0, 1, 3, 4});
     }
-    return once_differentiable(std::move(out), {dy, x, weight},
-                               "cpg::masked_conv2d_multitask");
+    return once_differentiable(std::move(out), {dy, x, weight}, "cpg::masked_conv2d_multitask");
   }
 };
 

@@ -44,18 +44,17 @@ struct EmulatorLaunch {
 #if defined(CPG_WITH_CUDA)
 #define CPG_CUDA_LAUNCHER(fn, ...) ::cpg::cuda::fn(__VA_ARGS__)
 #else
-#define CPG_CUDA_LAUNCHER(fn, ...) \
-  TORCH_CHECK(false, "cpg_kernels was built without CUDA support")
+#define CPG_CUDA_LAUNCHER(fn, ...) TORCH_CHECK(false, "cpg_kernels was built without CUDA support")
 #endif
 
 // Runs launcher `fn` of csrc/cuda/launchers.h on the GPU or under the emulator.
-#define CPG_RUN_LAUNCHER(backend, ref, fn, ...)                                   \
-  do {                                                                           \
-    if ((backend) == ::cpg::ops::Backend::CUDA) {                                \
-      c10::DeviceGuard cpg_guard_((ref).device());                               \
-      CPG_CUDA_LAUNCHER(fn, __VA_ARGS__, ::cpg::ops::cuda_stream(ref));          \
-    } else {                                                                     \
-      ::cpg::ops::EmulatorLaunch cpg_emu_;                                       \
-      ::cpg::emu_kernels::fn(__VA_ARGS__, nullptr);                              \
-    }                                                                            \
+#define CPG_RUN_LAUNCHER(backend, ref, fn, ...)                         \
+  do {                                                                  \
+    if ((backend) == ::cpg::ops::Backend::CUDA) {                       \
+      c10::DeviceGuard cpg_guard_((ref).device());                      \
+      CPG_CUDA_LAUNCHER(fn, __VA_ARGS__, ::cpg::ops::cuda_stream(ref)); \
+    } else {                                                            \
+      ::cpg::ops::EmulatorLaunch cpg_emu_;                              \
+      ::cpg::emu_kernels::fn(__VA_ARGS__, nullptr);                     \
+    }                                                                   \
   } while (0)

@@ -19,7 +19,8 @@ MatrixShape matrix_shape(const at::Tensor& weight) {
 void check_floating(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(at::isFloatingType(t.scalar_type()), name,
                     ": expected a floating-point tensor (float32, float16, bfloat16 or float64), "
-                    "got ", t.scalar_type());
+                    "got ",
+                    t.scalar_type());
 }
 
 void check_same_dtype(const at::Tensor& t, const at::Tensor& ref, const char* name,
@@ -41,8 +42,8 @@ void check_bits(const at::Tensor& bits, const at::Tensor& weight, MatrixShape s,
   // Compared in place: this runs on every call, and a vector would allocate.
   const at::IntArrayRef have = bits.sizes();
   const size_t lead = tasks >= 0 ? 1 : 0;
-  const bool ok = have.size() == lead + 2 && (lead == 0 || have[0] == tasks) &&
-                  have[lead] == s.N && have[lead + 1] == s.words();
+  const bool ok = have.size() == lead + 2 && (lead == 0 || have[0] == tasks) && have[lead] == s.N &&
+                  have[lead + 1] == s.words();
   if (ok) return;
   std::vector<int64_t> want = {s.N, s.words()};
   if (tasks >= 0) want.insert(want.begin(), tasks);
@@ -87,8 +88,8 @@ void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& weight,
   if (!bias) return;
   check_same_dtype(*bias, weight, "bias", "weight");
   check_same_device(*bias, weight, "bias", "weight");
-  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias: expected shape [", N,
-                    "], got ", shape_str(bias->sizes()));
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias: expected shape [", N, "], got ",
+                    shape_str(bias->sizes()));
 }
 
 }  // namespace cpg::ops

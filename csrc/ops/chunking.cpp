@@ -19,6 +19,8 @@ int64_t set_decode_chunk_elements(int64_t n) {
   return g_chunk_elements.exchange(n);
 }
 
-int64_t chunk_rows(int64_t K) { return std::max<int64_t>(1, decode_chunk_elements() / std::max<int64_t>(K, 1)); }
+int64_t chunk_rows(int64_t K) {
+  return std::max<int64_t>(1, decode_chunk_elements() / std::max<int64_t>(K, 1));
+}
 
 }  // namespace cpg::ops

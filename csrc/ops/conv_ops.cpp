@@ -53,10 +53,10 @@ OutSize check_conv_input(const at::Tensor& x, const at::Tensor& weight, const Co
   TORCH_CHECK_VALUE(x.size(1) == weight.size(1) * groups, "x: expected ", weight.size(1) * groups,
                     " input channels (weight in/groups = ", weight.size(1), ", groups = ", groups,
                     "), got ", x.size(1));
-  const int64_t Ho = cpg::conv_out_size(x.size(2), weight.size(2), p.stride[0], p.padding[0],
-                                        p.dilation[0]);
-  const int64_t Wo = cpg::conv_out_size(x.size(3), weight.size(3), p.stride[1], p.padding[1],
-                                        p.dilation[1]);
+  const int64_t Ho =
+      cpg::conv_out_size(x.size(2), weight.size(2), p.stride[0], p.padding[0], p.dilation[0]);
+  const int64_t Wo =
+      cpg::conv_out_size(x.size(3), weight.size(3), p.stride[1], p.padding[1], p.dilation[1]);
   TORCH_CHECK_VALUE(Ho >= 1 && Wo >= 1, "x: input of spatial size ", x.size(2), "x", x.size(3),
                     " is smaller than the dilated kernel");
   return {Ho, Wo};
@@ -65,9 +65,9 @@ OutSize check_conv_input(const at::Tensor& x, const at::Tensor& weight, const Co
 // A tile of output channels that one library call handles: whole groups when a
 // group is small, or a slice of one group's channels when it is large.
 struct ConvTile {
-  int64_t n0, rows;         // output channels [n0, n0 + rows)
-  int64_t c0, channels;     // input channels they read
-  int64_t groups;           // groups inside the tile
+  int64_t n0, rows;      // output channels [n0, n0 + rows)
+  int64_t c0, channels;  // input channels they read
+  int64_t groups;        // groups inside the tile
 };
 
 template <typename Fn>
@@ -131,7 +131,7 @@ at::MemoryFormat layout_of(const at::Tensor& t) {
 
 cpg::ConvShape conv_shape(at::IntArrayRef input_size, const at::Tensor& w, const ConvParams& p) {
   return {input_size[0], input_size[1], input_size[2], input_size[3],  // batch, C, H, W
-          w.size(0),     w.size(2),     w.size(3),                      // N, kh, kw
+          w.size(0),     w.size(2),     w.size(3),                     // N, kh, kw
           p.stride[0],   p.stride[1],   p.padding[0],  p.padding[1],
           p.dilation[0], p.dilation[1], p.groups};
 }
@@ -144,8 +144,8 @@ at::Tensor fused_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tens
   const cpg::ConvShape s = conv_shape(x.sizes(), w, p);
   at::Tensor y = at::empty({s.batch, s.N, s.Ho(), s.Wo()}, x.options().memory_format(fmt));
   const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
-  CPG_RUN_LAUNCHER(backend_for(x), x, masked_conv2d, *kernel_dtype(x.scalar_type()),
-                   xc.data_ptr(), w.data_ptr(), bits.data_ptr<int32_t>(),
+  CPG_RUN_LAUNCHER(backend_for(x), x, masked_conv2d, *kernel_dtype(x.scalar_type()), xc.data_ptr(),
+                   w.data_ptr(), bits.data_ptr<int32_t>(),
                    bias_c.defined() ? bias_c.data_ptr() : nullptr, y.data_ptr(), s,
                    fmt == at::MemoryFormat::ChannelsLast, allow_tf32());
   return y;
@@ -157,10 +157,10 @@ at::Tensor fused_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor&
   const at::MemoryFormat fmt = layout_of(grad_out);
   const at::Tensor dy = grad_out.contiguous(fmt);
   at::Tensor dx = at::empty(input_size, grad_out.options().memory_format(fmt));
-  CPG_RUN_LAUNCHER(backend_for(dy), dy, masked_conv2d_grad_input,
-                   *kernel_dtype(dy.scalar_type()), dy.data_ptr(), w.data_ptr(),
-                   bits.data_ptr<int32_t>(), dx.data_ptr(), conv_shape(input_size, w, p),
-                   fmt == at::MemoryFormat::ChannelsLast, allow_tf32());
+  CPG_RUN_LAUNCHER(backend_for(dy), dy, masked_conv2d_grad_input, *kernel_dtype(dy.scalar_type()),
+                   dy.data_ptr(), w.data_ptr(), bits.data_ptr<int32_t>(), dx.data_ptr(),
+                   conv_shape(input_size, w, p), fmt == at::MemoryFormat::ChannelsLast,
+                   allow_tf32());
   return dx;
 }
 
@@ -203,7 +203,8 @@ at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
         .contiguous(fmt);
   }
   at::Tensor y = at::empty({x.size(0), w.size(0), Ho, Wo}, x.options().memory_format(fmt));
-  for_each_tile(w, groups, [&](const ConvTile& t) { y.narrow(1, t.n0, t.rows).copy_(conv_tile(t)); });
+  for_each_tile(w, groups,
+                [&](const ConvTile& t) { y.narrow(1, t.n0, t.rows).copy_(conv_tile(t)); });
   return y;
 }
 
@@ -212,8 +213,10 @@ at::Tensor masked_conv2d_multitask(const at::Tensor& x, const at::Tensor& weight
                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                    at::IntArrayRef dilation, int64_t groups) {
   const ConvParams p = check_conv_params(stride, padding, dilation, groups);
-  TORCH_CHECK_VALUE(x.dim() == 5, "x: expected a 5-D input [T, batch, channels, height, width] "
-                    "(tasks first), got ", x.dim(), " dimensions");
+  TORCH_CHECK_VALUE(x.dim() == 5,
+                    "x: expected a 5-D input [T, batch, channels, height, width] "
+                    "(tasks first), got ",
+                    x.dim(), " dimensions");
   const int64_t T = x.size(0), B = x.size(1), N = weight.size(0);
   check_conv_weight(weight, bits, groups, T);
   check_same_dtype(x, weight, "x", "weight");
@@ -231,15 +234,15 @@ at::Tensor masked_conv2d_multitask(const at::Tensor& x, const at::Tensor& weight
       const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
       cpg::ConvShape s = conv_shape(images.sizes(), w, p);
       s.batch = B;  // images per task
-      CPG_RUN_LAUNCHER(backend_for(xc), xc, masked_conv2d_multitask,
-                       *kernel_dtype(x.scalar_type()), xc.data_ptr(), w.data_ptr(),
-                       b.data_ptr<int32_t>(), bias_c.defined() ? bias_c.data_ptr() : nullptr,
-                       y.data_ptr(), T, s, fmt == at::MemoryFormat::ChannelsLast, allow_tf32());
+      CPG_RUN_LAUNCHER(backend_for(xc), xc, masked_conv2d_multitask, *kernel_dtype(x.scalar_type()),
+                       xc.data_ptr(), w.data_ptr(), b.data_ptr<int32_t>(),
+                       bias_c.defined() ? bias_c.data_ptr() : nullptr, y.data_ptr(), T, s,
+                       fmt == at::MemoryFormat::ChannelsLast, allow_tf32());
     } else {
       for (int64_t t = 0; t < T; ++t) {
-        y.narrow(0, t * B, B).copy_(masked_conv2d(x.select(0, t), w, b.select(0, t), bias, stride,
-                                                  padding, dilation, groups, std::nullopt,
-                                                  std::nullopt, 0));
+        y.narrow(0, t * B, B)
+            .copy_(masked_conv2d(x.select(0, t), w, b.select(0, t), bias, stride, padding, dilation,
+                                 groups, std::nullopt, std::nullopt, 0));
       }
     }
   }
@@ -265,8 +268,8 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor
   std::vector<int64_t> out_pad(2);
   for (int d = 0; d < 2; ++d) {
     const int64_t k = weight.size(2 + d);
-    const int64_t expect = cpg::conv_out_size(input_size[2 + d], k, p.stride[d], p.padding[d],
-                                              p.dilation[d]);
+    const int64_t expect =
+        cpg::conv_out_size(input_size[2 + d], k, p.stride[d], p.padding[d], p.dilation[d]);
     TORCH_CHECK_VALUE(grad_out.size(2 + d) == expect, "grad_out: expected spatial size ", expect,
                       " in dimension ", 2 + d, ", got ", grad_out.size(2 + d));
     out_pad[d] = input_size[2 + d] -
@@ -291,7 +294,8 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor
         .contiguous(fmt);
   }
   at::Tensor dx = at::zeros(input_size, grad_out.options().dtype(dt).memory_format(fmt));
-  for_each_tile(w, groups, [&](const ConvTile& t) { dx.narrow(1, t.c0, t.channels).add_(grad_tile(t)); });
+  for_each_tile(w, groups,
+                [&](const ConvTile& t) { dx.narrow(1, t.c0, t.channels).add_(grad_tile(t)); });
   return dx.to(grad_out.scalar_type());
 }
 

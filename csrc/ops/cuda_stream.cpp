@@ -13,8 +13,8 @@ namespace {
 // The kernels' workspaces come from torch's caching allocator, so they show
 // in torch.cuda.memory_allocated / max_memory_allocated like any tensor.
 void* torch_workspace_alloc(size_t bytes, void* stream) {
-  return c10::cuda::CUDACachingAllocator::raw_alloc_with_stream(
-      bytes, static_cast<cudaStream_t>(stream));
+  return c10::cuda::CUDACachingAllocator::raw_alloc_with_stream(bytes,
+                                                                static_cast<cudaStream_t>(stream));
 }
 void torch_workspace_free(void* p) {
   if (p != nullptr) c10::cuda::CUDACachingAllocator::raw_delete(p);

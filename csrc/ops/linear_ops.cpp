@@ -45,8 +45,7 @@ at::ScalarType library_dtype(const at::Tensor& t) {
 // y2d[M, N] = x2d[M, K] (W.bits)^T (+ bias), one decoded tile of rows at a time,
 // x2d, bias and y2d of the library dtype dt.
 void chunked_linear_as(const at::Tensor& x2d, const at::Tensor& w, const at::Tensor& bits,
-                       const std::optional<at::Tensor>& bias, at::Tensor& y2d,
-                       at::ScalarType dt) {
+                       const std::optional<at::Tensor>& bias, at::Tensor& y2d, at::ScalarType dt) {
   const int64_t N = w.size(0), step = chunk_rows(w.size(1));
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t rows = std::min(step, N - n0);
@@ -116,8 +115,10 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor
   check_linear_operands(grad_out, weight, bits, "grad_out");
   const int64_t N = weight.size(0), K = weight.size(1);
   TORCH_CHECK_VALUE(grad_out.dim() >= 1 && grad_out.size(-1) == N,
-                    "grad_out: expected last dimension ", N, " (the weight's out_features), got "
-                    "shape ", grad_out.sizes());
+                    "grad_out: expected last dimension ", N,
+                    " (the weight's out_features), got "
+                    "shape ",
+                    grad_out.sizes());
   const at::Tensor dy = as_matrix(grad_out, N).contiguous();
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
   const int64_t M = dy.size(0);

@@ -38,8 +38,7 @@ at::Tensor pack_bits(const at::Tensor& mask) {
 at::Tensor unpack_bits(const at::Tensor& bits, int64_t K) {
   check_matrix_bits(bits);
   TORCH_CHECK_VALUE(K >= 0 && bits.size(1) == cpg::words_per_row(K), "bits: expected ",
-                    cpg::words_per_row(K), " words per row for K = ", K, ", got ",
-                    bits.size(1));
+                    cpg::words_per_row(K), " words per row for K = ", K, ", got ", bits.size(1));
   const at::Tensor b = bits.contiguous();
   const Backend be = backend_for(b);
   if (be == Backend::CPU) return cpu::unpack_bits(b, K);
@@ -114,7 +113,8 @@ void decode_rows_into(const at::Tensor& weight2d, const at::Tensor& bits, int64_
     cpu::decode_rows(weight2d, bits, n0, out);
   } else if (kdt) {
     const int64_t words = bits.size(1);
-    const char* w = static_cast<const char*>(weight2d.data_ptr()) + n0 * K * weight2d.element_size();
+    const char* w =
+        static_cast<const char*>(weight2d.data_ptr()) + n0 * K * weight2d.element_size();
     CPG_RUN_LAUNCHER(be, weight2d, apply_bits, *kdt, w, bits.data_ptr<int32_t>() + n0 * words,
                      out.data_ptr(), rows, K);
   } else {
@@ -125,8 +125,8 @@ void decode_rows_into(const at::Tensor& weight2d, const at::Tensor& bits, int64_
   }
 }
 
-at::Tensor decode_rows(const at::Tensor& weight2d, const at::Tensor& bits, int64_t n0,
-                       int64_t rows, std::optional<at::ScalarType> dtype) {
+at::Tensor decode_rows(const at::Tensor& weight2d, const at::Tensor& bits, int64_t n0, int64_t rows,
+                       std::optional<at::ScalarType> dtype) {
   const at::ScalarType dt = dtype.value_or(weight2d.scalar_type());
   at::Tensor out = at::empty({rows, weight2d.size(1)}, weight2d.options().dtype(dt));
   decode_rows_into(weight2d, bits, n0, out);
@@ -138,7 +138,8 @@ at::Tensor apply_bits(const at::Tensor& weight, const at::Tensor& bits) {
   const MatrixShape s = matrix_shape(weight);
   check_bits(bits, weight, s);
   const at::Tensor w = weight.contiguous().view({s.N, s.K});
-  at::Tensor out = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out =
+      at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor out2d = out.view({s.N, s.K});
   decode_rows_into(w, bits.contiguous(), 0, out2d);
   return out;
@@ -163,8 +164,8 @@ std::tuple<at::Tensor, at::Tensor> grad_epilogue(const at::Tensor& grad, const a
   if (be == Backend::CPU) {
     cpu::grad_epilogue(g, w, o, task, grad_w, grad_m);
   } else if (kdt) {
-    CPG_RUN_LAUNCHER(be, g, grad_epilogue, *kdt, g.data_ptr(), w.data_ptr(),
-                     o.data_ptr<uint8_t>(), static_cast<int>(task), grad_w.data_ptr(),
+    CPG_RUN_LAUNCHER(be, g, grad_epilogue, *kdt, g.data_ptr(), w.data_ptr(), o.data_ptr<uint8_t>(),
+                     static_cast<int>(task), grad_w.data_ptr(),
                      grad_m ? grad_m->data_ptr<float>() : nullptr, g.numel());
   } else {
     // float64 on a kernel backend (tests only): plain ATen, not fused.

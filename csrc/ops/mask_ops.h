@@ -24,8 +24,8 @@ std::tuple<at::Tensor, at::Tensor> grad_epilogue(const at::Tensor& grad, const a
 // Rows [n0, n0 + rows) of weight (viewed [N, K]) with inactive entries zeroed,
 // as a new contiguous [rows, K] tensor: the tile decode every chunked path uses.
 // `dtype` (CPU tensors only) widens fp16/bf16 to fp32 on the way.
-at::Tensor decode_rows(const at::Tensor& weight2d, const at::Tensor& bits, int64_t n0,
-                       int64_t rows, std::optional<at::ScalarType> dtype = std::nullopt);
+at::Tensor decode_rows(const at::Tensor& weight2d, const at::Tensor& bits, int64_t n0, int64_t rows,
+                       std::optional<at::ScalarType> dtype = std::nullopt);
 // The same into a preallocated contiguous [rows, K] tensor.
 void decode_rows_into(const at::Tensor& weight2d, const at::Tensor& bits, int64_t n0,
                       at::Tensor& out);

@@ -63,8 +63,8 @@ py::list planned(Fn&& fn) {
 void bind_plan_query(py::module& m) {
   m.def(
       "plan_masked_linear",
-      [](const std::string& dtype, int64_t tasks, int64_t M, int64_t N, int64_t K,
-         bool grad_input, bool allow_tf32, int sm_count, const std::string& build) {
+      [](const std::string& dtype, int64_t tasks, int64_t M, int64_t N, int64_t K, bool grad_input,
+         bool allow_tf32, int sm_count, const std::string& build) {
         const cpg::DType t = parse_dtype(dtype);
         return planned([&] {
 #if defined(CPG_WITH_CUDA)
@@ -104,14 +104,14 @@ void bind_plan_query(py::module& m) {
         if (groups < 1 || input[1] % groups != 0 || out_ch % groups != 0) {
           throw py::value_error("groups: must divide the input and output channels");
         }
-        const cpg::ConvShape s{input[0], input[1], input[2], input[3], out_ch,
-                               kernel[0], kernel[1], stride[0], stride[1], padding[0],
+        const cpg::ConvShape s{input[0],   input[1],    input[2],    input[3],  out_ch,
+                               kernel[0],  kernel[1],   stride[0],   stride[1], padding[0],
                                padding[1], dilation[0], dilation[1], groups};
         return planned([&] {
 #if defined(CPG_WITH_CUDA)
           if (use_cuda_build(build)) {
-            return cpg::cuda::plan_masked_conv2d(t, tasks, s, channels_last, grad_input,
-                                                 allow_tf32, sm_count);
+            return cpg::cuda::plan_masked_conv2d(t, tasks, s, channels_last, grad_input, allow_tf32,
+                                                 sm_count);
           }
 #else
           use_cuda_build(build);
@@ -122,8 +122,8 @@ void bind_plan_query(py::module& m) {
       },
       py::arg("dtype"), py::arg("tasks"), py::arg("input"), py::arg("out_channels"),
       py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
-      py::arg("groups"), py::arg("channels_last"), py::arg("grad_input"),
-      py::arg("allow_tf32"), py::arg("sm_count"), py::arg("build") = "emulator",
+      py::arg("groups"), py::arg("channels_last"), py::arg("grad_input"), py::arg("allow_tf32"),
+      py::arg("sm_count"), py::arg("build") = "emulator",
       "The launches of masked_conv2d(_multitask) (or, with grad_input, of "
       "masked_conv2d_grad_input) for input [batch, C, H, W] per task, as plan_masked_linear.");
 }

@@ -11,30 +11,37 @@ TORCH_LIBRARY(cpg, m) {
   m.def("pack_bits(Tensor mask) -> Tensor");
   m.def("unpack_bits(Tensor bits, int K) -> Tensor");
   // No default threshold: its one home is cpg_kernels.masks.DEFAULT_THRESHOLD.
-  m.def("active_bits(Tensor owner, int task, Tensor? mask, Tensor? pick_bits, float threshold) "
-        "-> Tensor");
+  m.def(
+      "active_bits(Tensor owner, int task, Tensor? mask, Tensor? pick_bits, float threshold) "
+      "-> Tensor");
   m.def("owner_histogram(Tensor owner) -> Tensor");
   m.def("count_bits(Tensor bits) -> Tensor");
   m.def("apply_bits(Tensor weight, Tensor bits) -> Tensor");
-  m.def("grad_epilogue(Tensor grad, Tensor weight, Tensor owner, int task, bool mask_grad) "
-        "-> (Tensor, Tensor)");
+  m.def(
+      "grad_epilogue(Tensor grad, Tensor weight, Tensor owner, int task, bool mask_grad) "
+      "-> (Tensor, Tensor)");
   // The inference form passes bits alone; the training form adds owner, mask
   // and task, which only the backward reads.
-  m.def("masked_linear(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None, "
-        "Tensor? owner=None, Tensor? mask=None, int task=0) -> Tensor");
+  m.def(
+      "masked_linear(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None, "
+      "Tensor? owner=None, Tensor? mask=None, int task=0) -> Tensor");
   m.def("masked_linear_grad_input(Tensor grad_out, Tensor weight, Tensor bits) -> Tensor");
-  m.def("masked_linear_multitask(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None) "
-        "-> Tensor");
-  m.def("masked_conv2d(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None, "
-        "int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1, "
-        "Tensor? owner=None, Tensor? mask=None, int task=0) -> Tensor");
-  m.def("masked_conv2d_multitask(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None, "
-        "int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1) -> Tensor");
+  m.def(
+      "masked_linear_multitask(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None) "
+      "-> Tensor");
+  m.def(
+      "masked_conv2d(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None, "
+      "int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1, "
+      "Tensor? owner=None, Tensor? mask=None, int task=0) -> Tensor");
+  m.def(
+      "masked_conv2d_multitask(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None, "
+      "int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1) -> Tensor");
   // input_size is symbolic under torch.compile's dynamic shapes (the backward
   // passes the input's sizes).
-  m.def("masked_conv2d_grad_input(Tensor grad_out, Tensor weight, Tensor bits, "
-        "SymInt[] input_size, int[2] stride=1, int[2] padding=0, int[2] dilation=1, "
-        "int groups=1) -> Tensor");
+  m.def(
+      "masked_conv2d_grad_input(Tensor grad_out, Tensor weight, Tensor bits, "
+      "SymInt[] input_size, int[2] stride=1, int[2] padding=0, int[2] dilation=1, "
+      "int groups=1) -> Tensor");
 }
 
 namespace {

@@ -36,8 +36,8 @@ int main() {
       op<at::Tensor(const at::Tensor&, int64_t)>("cpg::unpack_bits").call(bits, K);
   expect(back.equal(keep), "unpack_bits inverts pack_bits");
 
-  const at::Tensor masked = op<at::Tensor(const at::Tensor&, const at::Tensor&)>("cpg::apply_bits")
-                                .call(w, bits);
+  const at::Tensor masked =
+      op<at::Tensor(const at::Tensor&, const at::Tensor&)>("cpg::apply_bits").call(w, bits);
   expect(masked.equal(w * keep), "apply_bits is the dense masked copy");
 
   using Linear = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,

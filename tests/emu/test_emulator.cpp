@@ -908,16 +908,15 @@ void test_cp_async4_and_hint() {
 
 void test_byte_perm() {
   // Bytes of {b, a}: 0:01 1:7f 2:ff 3:80 4:81 5:5a 6:c3 7:00.
-  const std::vector<unsigned> sel = {0x3210u, 0x7654u, 0x0123u, 0x5410u, 0x9988u, 0xbbaau,
-                                     0x8888u, 0xfedcu, 0x1111u};
-  const std::vector<unsigned> want = {0x80ff7f01u, 0x00c35a81u, 0x017fff80u, 0x5a817f01u,
-                                      0x00000000u, 0xffffffffu, 0x00000000u, 0x00ff00ffu,
-                                      0x7f7f7f7fu};
+  const std::vector<unsigned> sel = {0x3210u, 0x7654u, 0x0123u, 0x5410u, 0x9988u,
+                                     0xbbaau, 0x8888u, 0xfedcu, 0x1111u};
+  const std::vector<unsigned> want = {0x80ff7f01u, 0x00c35a81u, 0x017fff80u,
+                                      0x5a817f01u, 0x00000000u, 0xffffffffu,
+                                      0x00000000u, 0x00ff00ffu, 0x7f7f7f7fu};
   Buffer<unsigned> d_sel(sel), out(sel.size());
   CPG_LAUNCH(byte_perm_kernel, 1, static_cast<unsigned>(sel.size()), 0, nullptr, d_sel.ptr(),
              out.ptr());
-  check_equal_vectors("byte_perm picks bytes of {b, a} and replicates sign bits", out.get(),
-                      want);
+  check_equal_vectors("byte_perm picks bytes of {b, a} and replicates sign bits", out.get(), want);
 }
 
 void test_vector_copy() {
