@@ -1,7 +1,7 @@
 """Loads the compiled `cpg` ops and registers their fake kernels.
 
-The C++ side defines the schemas and the kernels: the CPU/CUDA ones
-(csrc/ops/registration.cpp) and the autograd formulas (csrc/ops/autograd.cpp),
+The C++ side defines the schemas, the CPU/CUDA kernels and the autograd
+formulas, each op in its family's file (csrc/ops/{mask,linear,conv}_ops.cpp),
 so a call runs no Python below ``torch.ops``. The fake kernels here are what
 torch.compile and ``torch.library.opcheck`` trace with: they check the
 arguments as the C++ kernels do (``ValueError`` naming the argument, through

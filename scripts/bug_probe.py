@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from seeded_bugs import BUGS, Bug  # noqa: E402
 
-CPP_SUFFIXES = {".cpp", ".h", ".cu", ".cuh"}
+CPP_SUFFIXES = {".cpp", ".h", ".cu", ".cuh", ".inc"}
 
 
 class ProbeError(Exception):

@@ -163,10 +163,9 @@ BUGS = [
     ),
     Bug(
         "pick-all-backward-moves-frozen-weights",
-        "csrc/ops/autograd.cpp",
-        "  if (!owner.defined()) return {apply_bits_op().call(G, bits), at::Tensor()};",
-        "  if (!owner.defined() || !need_mask) return {apply_bits_op().call(G, bits), "
-        "at::Tensor()};",
+        "csrc/ops/autograd_support.cpp",
+        "  if (!owner.defined()) return {masked_by_bits(G, bits), at::Tensor()};",
+        "  if (!owner.defined() || !need_mask) return {masked_by_bits(G, bits), at::Tensor()};",
         [
             f"{LIN}::test_pick_all_forward_and_backward",
             f"{CONV}::test_pick_all_forward_and_backward",

@@ -587,7 +587,7 @@ def conv_multitask_backward(backend, case, dtype):
     assert_within_bound(y, ref, "y")
     assert_within_bound(leaves[2].grad, gb, "dbias")
     # The tasks' dL/dW_eff come from ATen (see check_training) and are summed over the tasks
-    # in fp32 (csrc/ops/autograd.cpp's task_sum): rounded partial sums, as the bound allows.
+    # in fp32 (csrc/ops/autograd_support.cpp's task_sum): rounded partial sums, as the bound allows.
     assert_within_bound(leaves[1].grad, gw, "dW", partials=True)
     check_dx(backend, leaves[0].grad, gx, "dx")
 

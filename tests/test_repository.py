@@ -5,7 +5,7 @@ import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("cpg_kernels", "csrc", "docs", "tests", "benchmarks", "scripts")
-TEXT_SUFFIXES = {".py", ".md", ".h", ".cuh", ".cu", ".cpp", ".sh", ".txt", ".toml", ".cfg"}
+TEXT_SUFFIXES = {".py", ".md", ".h", ".cuh", ".cu", ".cpp", ".inc", ".sh", ".txt", ".toml", ".cfg"}
 # A relative path that climbs out of the repository into the sibling folders the project was
 # started from (the lead's design map, the tool library), named here only by pattern.
 _SIBLINGS = "|".join(["sha" + "red", r"\.lib" + "rary"])
@@ -42,3 +42,19 @@ def test_the_design_page_exists_with_the_sections_code_cites():
         assert re.search(rf"^## {number}\. ", design, re.M), (
             f"no section {number} in docs/design.md"
         )
+
+
+# A C++ source named by its path under csrc/ ("csrc/ops/mask_ops.cpp" or "ops/mask_ops.cpp").
+CSRC_PATH = re.compile(
+    r"(?<![\w./])(?:csrc/)?((?:core|cpu|cuda|emu|ops)/\w+\.(?:h|cpp|cu|cuh|inc))\b"
+)
+
+
+def test_every_csrc_file_a_text_names_exists():
+    missing = []
+    for path in _text_files():
+        for number, line in enumerate(path.read_text(errors="ignore").splitlines(), 1):
+            for name in CSRC_PATH.findall(line):
+                if not (ROOT / "csrc" / name).is_file():
+                    missing.append(f"{path.relative_to(ROOT)}:{number}: {name}")
+    assert not missing, "names of csrc files that do not exist:\n" + "\n".join(missing)

@@ -8,8 +8,9 @@
 // so ATEN_CPU_CAPABILITY=default forces the baseline). No torch headers here:
 // the ISA units must not instantiate torch's inline code under a wider target.
 //
-// Every function works on a range that the caller (mask_cpu.cpp,
-// linear_cpu.cpp) chooses; threading lives there, with at::parallel_for.
+// Every function works on a range that the caller (the CPU paths of
+// ops/mask_ops.cpp and ops/linear_ops.cpp) chooses; threading lives there,
+// with at::parallel_for.
 // Tensors are contiguous; the mask format is core/mask_format.h's.
 #pragma once
 

@@ -1,13 +1,18 @@
+// The conv2d ops: y = conv2d(x, W.bits) (+ bias), its input gradient and its
+// multi-task form; their checks, their routing to the CPU path (chunked), the
+// CUDA kernels or the emulator, their autograd formulas and their registration.
 #include "ops/conv_ops.h"
 
 #include <c10/util/accumulate.h>
 
 #include "core/conv_shape.h"
 #include "cpu/precision.h"
+#include "ops/autograd_support.h"
 #include "ops/backend.h"
 #include "ops/checks.h"
 #include "ops/chunking.h"
 #include "ops/mask_ops.h"
+#include "ops/registration.h"
 
 namespace cpg::ops {
 
@@ -297,6 +302,193 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor
   for_each_tile(w, groups,
                 [&](const ConvTile& t) { dx.narrow(1, t.c0, t.channels).add_(grad_tile(t)); });
   return dx.to(grad_out.scalar_type());
+}
+
+// ---------------------------------------------------------------- autograd
+
+namespace {
+
+// input_size is SymInt[] in the schema (its fake kernel sees symbolic sizes);
+// the kernel itself takes plain ints.
+using ConvGradInput = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 c10::SymIntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                                 at::IntArrayRef, int64_t);
+
+const auto& conv_op() { return op<&masked_conv2d>("cpg::masked_conv2d"); }
+const auto& conv_grad_input_op() {
+  return op<&masked_conv2d_grad_input, ConvGradInput>("cpg::masked_conv2d_grad_input");
+}
+const auto& conv_multitask_op() {
+  return op<&masked_conv2d_multitask>("cpg::masked_conv2d_multitask");
+}
+
+// stride, padding, dilation and groups saved as one int list for backward.
+std::vector<int64_t> pack_conv(at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, int64_t groups) {
+  std::vector<int64_t> p(stride.begin(), stride.end());
+  p.insert(p.end(), padding.begin(), padding.end());
+  p.insert(p.end(), dilation.begin(), dilation.end());
+  p.push_back(groups);
+  return p;
+}
+
+struct ConvArgs {
+  std::vector<int64_t> packed;
+  at::IntArrayRef stride() const { return at::IntArrayRef(packed).slice(0, 2); }
+  at::IntArrayRef padding() const { return at::IntArrayRef(packed).slice(2, 2); }
+  at::IntArrayRef dilation() const { return at::IntArrayRef(packed).slice(4, 2); }
+  int64_t groups() const { return packed[6]; }
+};
+
+// dL/dW_eff of a conv from the library: only the weight's shape matters here.
+at::Tensor conv_weight_grad(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
+                            const ConvArgs& c) {
+  return std::get<1>(at::convolution_backward(dy, x, weight, std::nullopt, c.stride(), c.padding(),
+                                              c.dilation(), false, {0, 0}, c.groups(),
+                                              {false, true, false}));
+}
+
+// Arguments: x 0, weight 1, bits 2, bias 3, stride 4, padding 5, dilation 6,
+// groups 7, owner 8, mask 9, task 10.
+struct MaskedConv2d : torch::autograd::Function<MaskedConv2d> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            Constant bits, const OptTensor& bias, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                            OptConstant owner, const OptTensor& mask, int64_t task) {
+    ctx->save_for_backward({x, weight, bits.tensor, owner.tensor.value_or(at::Tensor())});
+    ctx->saved_data["task"] = task;
+    ctx->saved_data["conv"] = pack_conv(stride, padding, dilation, groups);
+    ctx->saved_data["present"] = Present({true, true, false, bias.has_value(), false, false, false,
+                                          false, false, mask.has_value()})
+                                     .bits();
+    Below below;
+    return conv_op().call(x, weight, bits.tensor, bias, stride, padding, dilation, groups,
+                          owner.tensor, mask, task);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Present present(ctx->saved_data["present"].toInt());
+    const bool need_x = present.needs_grad(ctx, 0), need_w = present.needs_grad(ctx, 1),
+               need_b = present.needs_grad(ctx, 3), need_m = present.needs_grad(ctx, 9);
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &bits = saved[2], &owner = saved[3];
+    const ConvArgs c{ctx->saved_data["conv"].toIntVector()};
+    const at::Tensor& dy = grads[0];
+    variable_list out(11);
+    {
+      Below below;
+      if (need_x) {
+        out[0] = conv_grad_input_op().call(dy, weight, bits, x.sym_sizes(), c.stride(), c.padding(),
+                                           c.dilation(), c.groups());
+      }
+      if (need_w || need_m) {
+        auto [dw, dm] = weight_and_mask_grads(conv_weight_grad(dy, x, weight, c), weight, bits,
+                                              owner, ctx->saved_data["task"].toInt(), need_m);
+        if (need_w) out[1] = std::move(dw);
+        out[9] = std::move(dm);
+      }
+      if (need_b) out[3] = dy.sum({0, 2, 3});
+    }
+    return once_differentiable(std::move(out), {dy, x, weight}, "cpg::masked_conv2d");
+  }
+};
+
+at::Tensor masked_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
+                                  const at::Tensor& bits, const OptTensor& bias,
+                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, int64_t groups, const OptTensor& owner,
+                                  const OptTensor& mask, int64_t task) {
+  if (!torch::autograd::compute_requires_grad(x, weight, bias, mask)) {
+    Below below;
+    return conv_op().call(x, weight, bits, bias, stride, padding, dilation, groups, owner, mask,
+                          task);
+  }
+  return MaskedConv2d::apply(x, weight, Constant{bits}, bias, stride, padding, dilation, groups,
+                             OptConstant{owner}, mask, task);
+}
+
+// Arguments: x 0, weight 1, bits 2, bias 3, stride 4, padding 5, dilation 6, groups 7.
+struct MaskedConv2dMultitask : torch::autograd::Function<MaskedConv2dMultitask> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            Constant bits, const OptTensor& bias, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+    ctx->save_for_backward({x, weight, bits.tensor});
+    ctx->saved_data["conv"] = pack_conv(stride, padding, dilation, groups);
+    ctx->saved_data["present"] = Present({true, true, false, bias.has_value()}).bits();
+    Below below;
+    return conv_multitask_op().call(x, weight, bits.tensor, bias, stride, padding, dilation,
+                                    groups);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Present present(ctx->saved_data["present"].toInt());
+    const bool need_x = present.needs_grad(ctx, 0), need_w = present.needs_grad(ctx, 1),
+               need_b = present.needs_grad(ctx, 3);
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &bits = saved[2];
+    const ConvArgs c{ctx->saved_data["conv"].toIntVector()};
+    const at::Tensor& dy = grads[0];
+    const int64_t tasks = x.sym_size(0).guard_int(__FILE__, __LINE__);
+    variable_list out(8);
+    {
+      Below below;
+      if (need_x) {
+        std::vector<at::Tensor> dx;
+        for (int64_t t = 0; t < tasks; ++t) {
+          dx.push_back(conv_grad_input_op().call(dy[t], weight, bits[t], x.sym_sizes().slice(1),
+                                                 c.stride(), c.padding(), c.dilation(),
+                                                 c.groups()));
+        }
+        out[0] = at::stack(dx);
+      }
+      if (need_w) {
+        // Each task's dL/dW_eff through its own bits, summed over the tasks in fp32.
+        at::Tensor dw = task_sum(weight);
+        for (int64_t t = 0; t < tasks; ++t) {
+          dw.add_(masked_by_bits(conv_weight_grad(dy[t], x[t], weight, c), bits[t]));
+        }
+        out[1] = dw.to(weight.scalar_type());
+      }
+      if (need_b) out[3] = dy.sum({0, 1, 3, 4});
+    }
+    return once_differentiable(std::move(out), {dy, x, weight}, "cpg::masked_conv2d_multitask");
+  }
+};
+
+at::Tensor masked_conv2d_multitask_autograd(const at::Tensor& x, const at::Tensor& weight,
+                                            const at::Tensor& bits, const OptTensor& bias,
+                                            at::IntArrayRef stride, at::IntArrayRef padding,
+                                            at::IntArrayRef dilation, int64_t groups) {
+  if (!torch::autograd::compute_requires_grad(x, weight, bias)) {
+    Below below;
+    return conv_multitask_op().call(x, weight, bits, bias, stride, padding, dilation, groups);
+  }
+  return MaskedConv2dMultitask::apply(x, weight, Constant{bits}, bias, stride, padding, dilation,
+                                      groups);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(cpg, m) {
+  define_op(m,
+            "masked_conv2d(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None, "
+            "int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1, "
+            "Tensor? owner=None, Tensor? mask=None, int task=0) -> Tensor",
+            &masked_conv2d);
+  define_op(m,
+            "masked_conv2d_multitask(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None, "
+            "int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1) -> Tensor",
+            &masked_conv2d_multitask);
+  // input_size is symbolic under torch.compile's dynamic shapes (the backward
+  // passes the input's sizes).
+  define_op(m,
+            "masked_conv2d_grad_input(Tensor grad_out, Tensor weight, Tensor bits, "
+            "SymInt[] input_size, int[2] stride=1, int[2] padding=0, int[2] dilation=1, "
+            "int groups=1) -> Tensor",
+            &masked_conv2d_grad_input);
+  autograd_kernel(m, "masked_conv2d", &masked_conv2d_autograd);
+  autograd_kernel(m, "masked_conv2d_multitask", &masked_conv2d_multitask_autograd);
+  // masked_conv2d_grad_input is a backward piece (see linear_ops.cpp).
 }
 
 }  // namespace cpg::ops

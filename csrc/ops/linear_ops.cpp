@@ -1,11 +1,19 @@
+// The linear ops: y = x (W.bits)^T (+ bias), its input gradient and its
+// multi-task form; their checks, their routing to the CPU path, the CUDA
+// kernels or the emulator, their autograd formulas and their registration.
 #include "ops/linear_ops.h"
 
-#include "cpu/linear_cpu.h"
+#include "core/mask_format.h"
+#include "cpu/aten_dtype.h"
+#include "cpu/isa.h"
+#include "cpu/parallel.h"
 #include "cpu/precision.h"
+#include "ops/autograd_support.h"
 #include "ops/backend.h"
 #include "ops/checks.h"
 #include "ops/chunking.h"
 #include "ops/mask_ops.h"
+#include "ops/registration.h"
 
 namespace cpg::ops {
 
@@ -31,9 +39,73 @@ at::Tensor as_matrix(const at::Tensor& t, int64_t cols) {
   return t.reshape({rows, cols});
 }
 
+// ---------------------------------------------------------------- CPU path
+//
+// Up to kSmallBatchRows input rows take the fused small-batch kernels of
+// cpu/kernels.h: they stream the weight once, decoding its bits in registers,
+// with no decoded tile and no GEMM call. Larger batches take the chunked path
+// (ops/chunking.h): decode a tile, then ATen's GEMM.
+
+constexpr int64_t kSmallBatchRows = 16;
+
+// The kernels read fp32 inputs: 16-bit ones are widened once (activation-sized).
+at::Tensor as_float(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat);
+}
+
 // The CPU backend's fused small-batch kernels take `rows` rows of t's dtype.
 bool cpu_small_batch(const at::Tensor& t, int64_t rows) {
-  return backend_for(t) == Backend::CPU && cpu::small_batch(rows, t.scalar_type());
+  return backend_for(t) == Backend::CPU && rows <= kSmallBatchRows &&
+         cpu::kernel_dtype(t.scalar_type()).has_value();
+}
+
+// y2d [rows, N] = x2d [rows, K] against the weight decoded by bits
+// [tasks, N, words] (rows = tasks groups of equal size, in task order), plus
+// bias. All contiguous, same dtype.
+void small_batch_linear(const at::Tensor& x2d, const at::Tensor& w, const at::Tensor& bits,
+                        const std::optional<at::Tensor>& bias, at::Tensor& y2d, int64_t tasks) {
+  const at::Tensor xf = as_float(x2d);
+  const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
+  cpu::SmallBatchLinear a{*cpu::kernel_dtype(w.scalar_type()),
+                          xf.data_ptr<float>(),
+                          w.data_ptr(),
+                          bits.data_ptr<int32_t>(),
+                          bias_c.defined() ? bias_c.data_ptr() : nullptr,
+                          y2d.data_ptr(),
+                          x2d.size(0),
+                          tasks,
+                          w.size(0),
+                          w.size(1)};
+  const cpu::Kernels& k = cpu::kernels();
+  // Weight rows in groups of 4 (the kernel's register block).
+  const int64_t quads = (a.N + 3) / 4;
+  cpu::parallel_over(quads, 4 * a.K * a.rows, [&](int64_t q0, int64_t q1) {
+    k.small_batch_linear(a, 4 * q0, std::min(a.N, 4 * q1));
+  });
+}
+
+// dx2d [M, K] = dy2d [M, N] against the decoded weight; N >= 1.
+void small_batch_grad_input(const at::Tensor& dy2d, const at::Tensor& w, const at::Tensor& bits,
+                            at::Tensor& dx2d) {
+  const at::Tensor dyf = as_float(dy2d);
+  const int64_t M = dy2d.size(0), N = w.size(0), K = w.size(1);
+  const bool is_float = dx2d.scalar_type() == at::kFloat;
+  at::Tensor acc = is_float ? dx2d : at::empty({M, K}, dx2d.options().dtype(at::kFloat));
+  cpu::SmallBatchGradInput a{*cpu::kernel_dtype(w.scalar_type()),
+                             dyf.data_ptr<float>(),
+                             w.data_ptr(),
+                             bits.data_ptr<int32_t>(),
+                             acc.data_ptr<float>(),
+                             dx2d.data_ptr(),
+                             M,
+                             N,
+                             K};
+  const cpu::Kernels& k = cpu::kernels();
+  // Columns in blocks of 32 (one mask word of every weight row).
+  const int64_t blocks = cpg::words_per_row(K);
+  cpu::parallel_over(blocks, 32 * N * M, [&](int64_t b0, int64_t b1) {
+    k.small_batch_grad_input(a, 32 * b0, std::min(K, 32 * b1));
+  });
 }
 
 // The chunked path's library dtype: fp32 for fp16/bf16 CPU tensors where the
@@ -102,7 +174,7 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
                        bias_c.defined() ? bias_c.data_ptr() : nullptr, y2d.data_ptr(), M, N, K,
                        allow_tf32());
     } else if (cpu_small_batch(x2d, M)) {
-      cpu::small_batch_linear(x2d, w, b, bias, y2d, 1);
+      small_batch_linear(x2d, w, b, bias, y2d, 1);
     } else {
       chunked_linear(x2d, w, b, bias, y2d);
     }
@@ -136,7 +208,7 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor
                        *kernel_dtype(dy.scalar_type()), dy.data_ptr(), w.data_ptr(),
                        b.data_ptr<int32_t>(), dx.data_ptr(), M, N, K, allow_tf32());
     } else if (small) {
-      cpu::small_batch_grad_input(dy, w, b, dx);
+      small_batch_grad_input(dy, w, b, dx);
     } else {
       const at::ScalarType dt = library_dtype(dy);
       const at::Tensor dyc = dy.to(dt);
@@ -176,7 +248,7 @@ at::Tensor masked_linear_multitask(const at::Tensor& x, const at::Tensor& weight
                      allow_tf32());
   } else if (cpu_small_batch(xc, T * B)) {
     at::Tensor y2d = y.view({T * B, N});
-    cpu::small_batch_linear(xc.view({T * B, K}), w, b, bias, y2d, T);
+    small_batch_linear(xc.view({T * B, K}), w, b, bias, y2d, T);
   } else {
     for (int64_t t = 0; t < T; ++t) {
       at::Tensor yt = y.select(0, t);
@@ -184,6 +256,139 @@ at::Tensor masked_linear_multitask(const at::Tensor& x, const at::Tensor& weight
     }
   }
   return y;
+}
+
+// ---------------------------------------------------------------- autograd
+
+namespace {
+
+const auto& linear_op() { return op<&masked_linear>("cpg::masked_linear"); }
+const auto& linear_grad_input_op() {
+  return op<&masked_linear_grad_input>("cpg::masked_linear_grad_input");
+}
+const auto& linear_multitask_op() {
+  return op<&masked_linear_multitask>("cpg::masked_linear_multitask");
+}
+
+// Arguments: x 0, weight 1, bits 2, bias 3, owner 4, mask 5, task 6.
+struct MaskedLinear : torch::autograd::Function<MaskedLinear> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            Constant bits, const OptTensor& bias, OptConstant owner,
+                            const OptTensor& mask, int64_t task) {
+    ctx->save_for_backward({x, weight, bits.tensor, owner.tensor.value_or(at::Tensor())});
+    ctx->saved_data["task"] = task;
+    ctx->saved_data["present"] =
+        Present({true, true, false, bias.has_value(), false, mask.has_value()}).bits();
+    Below below;
+    return linear_op().call(x, weight, bits.tensor, bias, owner.tensor, mask, task);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Present present(ctx->saved_data["present"].toInt());
+    const bool need_x = present.needs_grad(ctx, 0), need_w = present.needs_grad(ctx, 1),
+               need_b = present.needs_grad(ctx, 3), need_m = present.needs_grad(ctx, 5);
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &bits = saved[2], &owner = saved[3];
+    const at::Tensor& dy = grads[0];
+    const c10::SymInt n = weight.sym_size(0), k = weight.sym_size(1);
+    variable_list out(7);
+    {
+      Below below;
+      if (need_x) out[0] = linear_grad_input_op().call(dy, weight, bits);
+      if (need_w || need_m) {
+        const at::Tensor G = dy.reshape_symint({-1, n}).t().mm(x.reshape_symint({-1, k}));
+        auto [dw, dm] =
+            weight_and_mask_grads(G, weight, bits, owner, ctx->saved_data["task"].toInt(), need_m);
+        if (need_w) out[1] = std::move(dw);
+        out[5] = std::move(dm);
+      }
+      if (need_b) out[3] = dy.reshape_symint({-1, n}).sum(0);
+    }
+    return once_differentiable(std::move(out), {dy, x, weight}, "cpg::masked_linear");
+  }
+};
+
+at::Tensor masked_linear_autograd(const at::Tensor& x, const at::Tensor& weight,
+                                  const at::Tensor& bits, const OptTensor& bias,
+                                  const OptTensor& owner, const OptTensor& mask, int64_t task) {
+  if (!torch::autograd::compute_requires_grad(x, weight, bias, mask)) {
+    Below below;
+    return linear_op().call(x, weight, bits, bias, owner, mask, task);
+  }
+  return MaskedLinear::apply(x, weight, Constant{bits}, bias, OptConstant{owner}, mask, task);
+}
+
+// Arguments: x 0, weight 1, bits 2, bias 3.
+struct MaskedLinearMultitask : torch::autograd::Function<MaskedLinearMultitask> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            Constant bits, const OptTensor& bias) {
+    ctx->save_for_backward({x, weight, bits.tensor});
+    ctx->saved_data["present"] = Present({true, true, false, bias.has_value()}).bits();
+    Below below;
+    return linear_multitask_op().call(x, weight, bits.tensor, bias);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Present present(ctx->saved_data["present"].toInt());
+    const bool need_x = present.needs_grad(ctx, 0), need_w = present.needs_grad(ctx, 1),
+               need_b = present.needs_grad(ctx, 3);
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &bits = saved[2];
+    const at::Tensor& dy = grads[0];
+    const int64_t tasks = x.sym_size(0).guard_int(__FILE__, __LINE__);
+    variable_list out(4);
+    {
+      Below below;
+      if (need_x) {
+        std::vector<at::Tensor> dx;
+        for (int64_t t = 0; t < tasks; ++t) {
+          dx.push_back(linear_grad_input_op().call(dy[t], weight, bits[t]));
+        }
+        out[0] = at::stack(dx);
+      }
+      if (need_w) {
+        // Each task's dL/dW_eff through its own bits, summed over the tasks in fp32.
+        at::Tensor dw = task_sum(weight);
+        for (int64_t t = 0; t < tasks; ++t) {
+          dw.add_(masked_by_bits(dy[t].t().mm(x[t]), bits[t]));
+        }
+        out[1] = dw.to(weight.scalar_type());
+      }
+      if (need_b) out[3] = dy.sum({0, 1});
+    }
+    return once_differentiable(std::move(out), {dy, x, weight}, "cpg::masked_linear_multitask");
+  }
+};
+
+at::Tensor masked_linear_multitask_autograd(const at::Tensor& x, const at::Tensor& weight,
+                                            const at::Tensor& bits, const OptTensor& bias) {
+  if (!torch::autograd::compute_requires_grad(x, weight, bias)) {
+    Below below;
+    return linear_multitask_op().call(x, weight, bits, bias);
+  }
+  return MaskedLinearMultitask::apply(x, weight, Constant{bits}, bias);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(cpg, m) {
+  // The inference form passes bits alone; the training form adds owner, mask
+  // and task, which only the backward reads.
+  define_op(m,
+            "masked_linear(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None, "
+            "Tensor? owner=None, Tensor? mask=None, int task=0) -> Tensor",
+            &masked_linear);
+  define_op(m, "masked_linear_grad_input(Tensor grad_out, Tensor weight, Tensor bits) -> Tensor",
+            &masked_linear_grad_input);
+  define_op(m,
+            "masked_linear_multitask(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None) "
+            "-> Tensor",
+            &masked_linear_multitask);
+  autograd_kernel(m, "masked_linear", &masked_linear_autograd);
+  autograd_kernel(m, "masked_linear_multitask", &masked_linear_multitask_autograd);
+  // masked_linear_grad_input is a backward piece, called only below autograd
+  // from the formulas above: it keeps torch's fallback, which warns if
+  // someone differentiates it directly.
 }
 
 }  // namespace cpg::ops
