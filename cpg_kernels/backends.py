@@ -71,3 +71,28 @@ def decode_tile_elements(n: int):
         yield
     finally:
         _C.set_decode_chunk_elements(previous)
+
+
+@contextlib.contextmanager
+def gemm_path(path: str):
+    """Force the GEMM path of the kernel backends (CUDA, emulator) inside the block.
+
+    ``"fused"``: the fused kernels of csrc/cuda for every shape; ``"library"``: the weight
+    decoded tile by tile into a bounded scratch tile for cuBLAS/cuDNN; ``"auto"`` (the
+    default): the rule of csrc/ops/gemm_path.h, by GEMM rows and dtype. Tests use it to reach
+    one path on purpose; results match within rounding either way.
+    """
+    previous = _C.set_gemm_path(str(path))
+    try:
+        yield
+    finally:
+        _C.set_gemm_path(previous)
+
+
+def library_min_rows(dtype: torch.dtype, allow_tf32: bool = False) -> int:
+    """The GEMM rows (x rows for linear, images x output pixels for conv) from which a layer
+    of ``dtype`` takes the library path on a kernel backend."""
+    names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+    if dtype not in names:
+        raise ValueError(f"dtype: expected float32, float16 or bfloat16, got {dtype}")
+    return int(_C.library_min_rows(names[dtype], bool(allow_tf32)))

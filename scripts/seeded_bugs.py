@@ -181,6 +181,27 @@ BUGS = [
         "a linear layer with K = 0 fails to reshape its input",
         backends="cpu",
     ),
+    Bug(
+        "library-path-off-by-one",
+        "csrc/ops/gemm_path.cpp",
+        "return rows >= library_min_rows(dtype, allow_tf32) ? GemmPath::Library : GemmPath::Fused;",
+        "return rows > library_min_rows(dtype, allow_tf32) ? GemmPath::Library : GemmPath::Fused;",
+        [
+            "tests/test_gemm_path.py::test_linear_takes_the_library_path_from_the_threshold",
+            "tests/test_gemm_path.py::test_conv_takes_the_library_path_from_the_threshold",
+        ],
+        "a layer at its dtype's row threshold stays on the fused kernels",
+        backends="emu",
+    ),
+    Bug(
+        "library-conv-grad-drops-output-padding",
+        "csrc/ops/conv_ops.cpp",
+        "t.groups, /*transposed=*/true, out_pad);",
+        "t.groups, /*transposed=*/true, {0, 0});",
+        [f"{CONV}::test_training_forward_and_backward", f"{CONV}::test_multi_tile_decode_path"],
+        "the library path's conv input gradient loses the rows that stride leaves over",
+        backends="cpu",
+    ),
     # ------------------------------------------- global memory (the sanitizer step only)
     Bug(
         "small-batch-reads-past-last-row",

@@ -85,6 +85,15 @@ def _exact_fp32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+@pytest.fixture(autouse=True)
+def _fused_kernels():
+    """The op suites test the fused kernels on small shapes, so the kernel backends keep them
+    for every shape; tests/test_gemm_path.py tests the rule that picks the library path for
+    large ones (csrc/ops/gemm_path.h) with ``backends.gemm_path("auto")``."""
+    with backends.gemm_path("fused"):
+        yield
+
+
 def pytest_sessionfinish(session):
     """With CPG_BOUND_REPORT=FILE, writes the largest error-to-bound ratio seen per precision
     (cpg_kernels.testing.assert_within_bound) as JSON, for scripts/bug_probe.py."""

@@ -11,6 +11,7 @@
 #include "ops/backend.h"
 #include "ops/checks.h"
 #include "ops/chunking.h"
+#include "ops/gemm_path.h"
 #include "ops/mask_ops.h"
 #include "ops/registration.h"
 
@@ -124,6 +125,25 @@ at::ScalarType library_dtype(const at::Tensor& t) {
 // The conv switch of torch's TF32 settings (torch.backends.cudnn.allow_tf32).
 bool allow_tf32() { return at::globalContext().allowTF32CuDNN(at::Float32Op::CONV); }
 
+// Whether a conv of `images` images of Ho x Wo outputs on t's backend runs the
+// fused kernels, or decodes the weight for cuDNN (the library path,
+// gemm_path.h); the GEMM rows are the output pixels.
+bool fused_conv(const at::Tensor& t, int64_t images, int64_t Ho, int64_t Wo) {
+  return use_fused_kernels(t) && gemm_path(*kernel_dtype(t.scalar_type()), allow_tf32(),
+                                           images * Ho * Wo) == GemmPath::Fused;
+}
+
+// The library's conv (or, transposed, its input gradient) on a decoded tile,
+// with cuDNN's benchmark mode off and deterministic algorithms on whatever the
+// global settings, so that the same call gives the same bits every time.
+at::Tensor library_conv(const at::Tensor& x, const at::Tensor& w,
+                        const std::optional<at::Tensor>& bias, const ConvParams& p, int64_t groups,
+                        bool transposed, at::IntArrayRef output_padding) {
+  return at::_convolution(x, w, bias, p.stride, p.padding, p.dilation, transposed, output_padding,
+                          groups, /*benchmark=*/false, /*deterministic=*/true,
+                          /*cudnn_enabled=*/true, allow_tf32());
+}
+
 // Exactly the rule of the ops' fake kernels (cpg_kernels/_ops.py): an
 // activation in channels_last that is not also plain contiguous (size-1
 // dimensions make a tensor both) gives a channels_last result. The kernels
@@ -186,15 +206,15 @@ at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
                     x.dim(), " dimensions");
   const auto [Ho, Wo] = check_conv_input(x, weight, p);
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
-  if (use_fused_kernels(x)) return fused_conv2d(x, w, b, bias, p);
+  if (fused_conv(x, x.size(0), Ho, Wo)) return fused_conv2d(x, w, b, bias, p);
   const at::Tensor w2d = w.view({w.size(0), -1});
   const at::ScalarType dt = library_dtype(x);  // fp32 for 16-bit x on some CPUs
   const at::Tensor xc = x.to(dt);
   auto conv_tile = [&](const ConvTile& t) {
     const std::optional<at::Tensor> tile_bias =
         bias ? std::optional<at::Tensor>(bias->narrow(0, t.n0, t.rows).to(dt)) : std::nullopt;
-    return at::conv2d(xc.narrow(1, t.c0, t.channels), decode_tile(w, w2d, b, t, dt), tile_bias,
-                      p.stride, p.padding, p.dilation, t.groups);
+    return library_conv(xc.narrow(1, t.c0, t.channels), decode_tile(w, w2d, b, t, dt), tile_bias, p,
+                        t.groups, /*transposed=*/false, {0, 0});
   };
   // ATen picks its own layout where size-1 dimensions make x ambiguous; the
   // result takes layout_of's, as on the fused path and in the fake kernel.
@@ -281,13 +301,15 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor
                  ((expect - 1) * p.stride[d] - 2 * p.padding[d] + p.dilation[d] * (k - 1) + 1);
   }
   const at::Tensor w = weight.contiguous(), b = bits.contiguous();
-  if (use_fused_kernels(grad_out)) return fused_conv2d_grad_input(grad_out, w, b, input_size, p);
+  if (fused_conv(grad_out, grad_out.size(0), grad_out.size(2), grad_out.size(3))) {
+    return fused_conv2d_grad_input(grad_out, w, b, input_size, p);
+  }
   const at::Tensor w2d = w.view({w.size(0), -1});
   const at::ScalarType dt = library_dtype(grad_out);  // fp32 for 16-bit dy on some CPUs
   const at::Tensor dyc = grad_out.to(dt);
   auto grad_tile = [&](const ConvTile& t) {
-    return at::conv_transpose2d(dyc.narrow(1, t.n0, t.rows), decode_tile(w, w2d, b, t, dt), {},
-                                p.stride, p.padding, out_pad, t.groups, p.dilation);
+    return library_conv(dyc.narrow(1, t.n0, t.rows), decode_tile(w, w2d, b, t, dt), std::nullopt, p,
+                        t.groups, /*transposed=*/true, out_pad);
   };
   const at::MemoryFormat fmt = layout_of(grad_out);  // as in masked_conv2d
   if (grad_out.numel() == 0 || c10::multiply_integers(input_size) == 0) {
@@ -298,7 +320,11 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor
         .to(grad_out.scalar_type())
         .contiguous(fmt);
   }
-  at::Tensor dx = at::zeros(input_size, grad_out.options().dtype(dt).memory_format(fmt));
+  // The tiles split the reduction over output channels: 16-bit tiles' results
+  // are summed in fp32, not in 16 bits.
+  const bool narrow = dt == at::kHalf || dt == at::kBFloat16;
+  at::Tensor dx =
+      at::zeros(input_size, grad_out.options().dtype(narrow ? at::kFloat : dt).memory_format(fmt));
   for_each_tile(w, groups,
                 [&](const ConvTile& t) { dx.narrow(1, t.c0, t.channels).add_(grad_tile(t)); });
   return dx.to(grad_out.scalar_type());

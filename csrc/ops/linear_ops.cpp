@@ -12,6 +12,7 @@
 #include "ops/backend.h"
 #include "ops/checks.h"
 #include "ops/chunking.h"
+#include "ops/gemm_path.h"
 #include "ops/mask_ops.h"
 #include "ops/registration.h"
 
@@ -30,6 +31,13 @@ void check_linear_operands(const at::Tensor& x, const at::Tensor& weight, const 
 }
 
 bool allow_tf32() { return at::globalContext().allowTF32CuBLAS(); }
+
+// Whether a GEMM of `rows` rows on t's backend runs the fused kernels, or
+// decodes the weight tile by tile for cuBLAS (the library path, gemm_path.h).
+bool fused_gemm(const at::Tensor& t, int64_t rows) {
+  return use_fused_kernels(t) &&
+         gemm_path(*kernel_dtype(t.scalar_type()), allow_tf32(), rows) == GemmPath::Fused;
+}
 
 // t as a matrix [rows, cols] over its last dimension. reshape({-1, cols}) cannot infer the
 // rows when cols == 0 (K = 0 in the forward, N = 0 in the input gradient), so count them.
@@ -167,7 +175,7 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
   at::Tensor y = at::empty(out_sizes, x.options());
   at::Tensor y2d = flat ? y : y.view({M, N});
   if (M > 0 && N > 0) {
-    if (use_fused_kernels(x)) {
+    if (fused_gemm(x, M)) {
       const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
       CPG_RUN_LAUNCHER(backend_for(x), x, masked_linear, *kernel_dtype(x.scalar_type()),
                        x2d.data_ptr(), w.data_ptr(), b.data_ptr<int32_t>(),
@@ -196,7 +204,7 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor
   const int64_t M = dy.size(0);
   auto out_sizes = grad_out.sizes().vec();
   out_sizes.back() = K;
-  const bool fused = use_fused_kernels(dy) && N > 0;
+  const bool fused = fused_gemm(dy, M) && N > 0;
   const bool small = cpu_small_batch(dy, M) && N > 0;
   // The chunked path accumulates tile by tile, so it starts from zeros.
   at::Tensor dx_out = fused || small ? at::empty(out_sizes, grad_out.options())
@@ -212,11 +220,21 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor
     } else {
       const at::ScalarType dt = library_dtype(dy);
       const at::Tensor dyc = dy.to(dt);
-      at::Tensor acc = dt == dx.scalar_type() ? dx : at::zeros({M, K}, dx.options().dtype(dt));
       const int64_t step = chunk_rows(K);
+      // The reduction over N spans the tiles: 16-bit tiles' products (each
+      // rounded once by the library) are summed in fp32, not in 16 bits.
+      const bool narrow = dt == at::kHalf || dt == at::kBFloat16;
+      const at::ScalarType sum_dt = narrow && step < N ? at::kFloat : dt;
+      at::Tensor acc =
+          sum_dt == dx.scalar_type() ? dx : at::zeros({M, K}, dx.options().dtype(sum_dt));
       for (int64_t n0 = 0; n0 < N; n0 += step) {
         const int64_t rows = std::min(step, N - n0);
-        acc.addmm_(dyc.narrow(1, n0, rows), decode_rows(w, b, n0, rows, dt));
+        const at::Tensor tile = decode_rows(w, b, n0, rows, dt);
+        if (sum_dt == dt) {
+          acc.addmm_(dyc.narrow(1, n0, rows), tile);
+        } else {
+          acc.add_(at::mm(dyc.narrow(1, n0, rows), tile));
+        }
       }
       if (!acc.is_same(dx)) dx.copy_(acc);
     }

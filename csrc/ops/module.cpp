@@ -7,6 +7,7 @@
 #include "emu/runtime.h"
 #include "ops/backend.h"
 #include "ops/chunking.h"
+#include "ops/gemm_path.h"
 #include "ops/plan_query.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -19,6 +20,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_decode_chunk_elements", &cpg::ops::set_decode_chunk_elements,
         "Entries per decoded weight tile on the chunked path; returns the old value.");
   m.def("decode_chunk_elements", &cpg::ops::decode_chunk_elements);
+  m.def("set_gemm_path", &cpg::ops::set_gemm_path_override, pybind11::arg("path"),
+        "Force the GEMM path of the kernel backends (\"fused\", \"library\" or \"auto\": "
+        "the rule of csrc/ops/gemm_path.h); returns the previous setting.");
+  m.def(
+      "library_min_rows",
+      [](const std::string& dtype, bool allow_tf32) {
+        if (dtype != "float32" && dtype != "float16" && dtype != "bfloat16") {
+          throw pybind11::value_error("dtype: expected 'float32', 'float16' or 'bfloat16', got '" +
+                                      dtype + "'");
+        }
+        const cpg::DType t = dtype == "float32"   ? cpg::DType::F32
+                             : dtype == "float16" ? cpg::DType::F16
+                                                  : cpg::DType::BF16;
+        return cpg::ops::library_min_rows(t, allow_tf32);
+      },
+      pybind11::arg("dtype"), pybind11::arg("allow_tf32"),
+      "The GEMM rows from which a layer of `dtype` takes the library path (gemm_path.h).");
   m.def("cpu_isa", &cpg::cpu::isa, "The instruction set the CPU kernels run with.");
   m.def("cpu_isas", &cpg::cpu::available_isas, "The CPU kernel builds this CPU can run.");
   m.def("set_cpu_isa", &cpg::cpu::set_isa, pybind11::arg("name"),
