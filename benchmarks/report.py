@@ -160,7 +160,13 @@ _LAYER_ORDER = {(lay.net, lay.name): i for i, lay in enumerate(LINEAR_LAYERS + C
 
 def _order(r: dict) -> tuple:
     return (DTYPES.index(r["dtype"]) if r["dtype"] in DTYPES else len(DTYPES),
-            _LAYER_ORDER.get((r["net"], r["layer"]), len(_LAYER_ORDER)), r["tasks"], r["batch"])
+            _LAYER_ORDER.get((r["net"], r["layer"]), len(_LAYER_ORDER)),
+            r.get("layout") == "nhwc", r["tasks"], r["batch"])
+
+
+def _layer(r: dict) -> str:
+    """The layer column: channels_last conv cases say so."""
+    return r["layer"] + (" (NHWC)" if r.get("layout") == "nhwc" else "")
 
 
 # ---------------------------------------------------------------------------- markdown
@@ -206,7 +212,7 @@ def inference_table(records: list[dict]) -> list[str]:
     header = ["layer", "batch", "dtype", "fused ms", "dense ms", "dense cached ms",
               "premasked ms", "floor ms", "x dense", "x cached", "x premasked", "TFLOP/s",
               "GB/s", "% floor", "check"]
-    rows = [[r["layer"], str(r["batch"]), r["dtype"], _ms(r, "fused"), _ms(r, "dense_masking"),
+    rows = [[_layer(r), str(r["batch"]), r["dtype"], _ms(r, "fused"), _ms(r, "dense_masking"),
              _ms(r, "dense_masking_cached"), _ms(r, "premasked"), _floor(r),
              _x(r, "dense_masking"), _x(r, "dense_masking_cached"), _x(r, "premasked"),
              *_rates(r), _check_text(r)] for r in records]
@@ -220,7 +226,7 @@ def training_table(records: list[dict]) -> list[str]:
     rows = []
     for r in records:
         peak = r.get("peak_bytes", {})
-        rows.append([r["layer"], str(r["batch"]), r["dtype"], _ms(r, "fused"),
+        rows.append([_layer(r), str(r["batch"]), r["dtype"], _ms(r, "fused"),
                      _ms(r, "dense_masking"), _ms(r, "premasked"), _floor(r),
                      _x(r, "dense_masking"), _x(r, "premasked"), *_rates(r),
                      _num(peak.get("fused") and peak["fused"] / MIB, ".3g"),
@@ -264,7 +270,8 @@ SECTIONS = [  # title, selection, table
 
 PREDICTED_NOTE = ("*Predicted by the performance model (benchmarks/model.py), not measured. "
                   "Baselines marked \\* are the measured H100 figures (scaled to the H200 by the "
-                  "model on that GPU).*")
+                  "model on that GPU; for an NHWC row, its NCHW case's figure where that is "
+                  "faster than the model's roofline).*")
 
 
 def _predicted_run_lines(doc: dict) -> list[str]:
@@ -273,7 +280,11 @@ def _predicted_run_lines(doc: dict) -> list[str]:
     return [
         f"- **{m['device']}**: commit `{m['git_commit']}`, predicted {m['started']} from the "
         f"plan query of this build, the kernels' {m.get('resources')} resource table and the "
-        "constants fitted by `benchmarks/model.py calibrate`",
+        "constants fitted by `benchmarks/model.py calibrate`"
+        + (f"; host time of a fused call {m['host_fused_us']:.1f} us" if "host_fused_us" in m
+           else ""),
+        *([f"  - **what-if `{m['what_if']}`**: {m['what_if_text']} (a kernel that does not "
+           "exist; benchmarks/perfmodel/whatif.py)"] if m.get("what_if") else []),
         f"  - assumed: copy {c['copy_gbps']:.0f} GB/s (read + write); matmul peak {peaks} TFLOP/s",
         f"  - {len(doc['records'])} cases predicted",
     ]

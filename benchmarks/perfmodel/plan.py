@@ -76,7 +76,7 @@ def query_conv(case: Case, tasks: int, grad_input: bool, sms: int,
     plan = _ext().plan_masked_conv2d(
         TORCH_DTYPE_NAME[case.dtype], tasks, [case.batch, lay.in_ch, lay.hw, lay.hw], lay.out_ch,
         [lay.kernel] * 2, [lay.stride] * 2, [lay.padding] * 2, [1, 1], 1,
-        False,  # the benchmarks' activations are NCHW (torch's default layout)
+        case.channels_last,  # the activations' layout (NCHW: torch's default)
         grad_input, case.dtype == "tf32", sms, build)
     return [Launch.from_query(d) for d in plan]
 
