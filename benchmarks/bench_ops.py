@@ -224,19 +224,24 @@ def make_sets(case: Case, n_sets: int, device: torch.device, api: Api) -> list[d
             s["bits"] = torch.stack([api.masks.pack(a) for a in s["active"]])
             sets.append(s)
             continue
-        s["x"] = randn(*x_shape)
+        s["x"] = _layout(case, randn(*x_shape))
         s["owner"], s["mask"] = _random_state(lay.weight_shape, device, gen)
         active = api.ref.active_mask(s["owner"], TASK, s["mask"], THRESHOLD)
         s["w_eff"] = w * active
         if case.mode == "inference":
             s["active"], s["bits"] = active, api.masks.pack(active)
         else:
-            s["gy"] = randn(*_output_shape(case))
+            s["gy"] = _layout(case, randn(*_output_shape(case)))
             for key in ("x", "w", "mask", "w_eff", "b"):
                 if s[key] is not None:
                     s[key].requires_grad_(True)
         sets.append(s)
     return sets
+
+
+def _layout(case: Case, t: torch.Tensor) -> torch.Tensor:
+    """An activation in the case's layout (channels_last cases: torch.channels_last)."""
+    return t.contiguous(memory_format=torch.channels_last) if case.channels_last else t
 
 
 def _output_shape(case: Case) -> tuple[int, ...]:
@@ -412,6 +417,7 @@ def run_case(
         "conv": None
         if lay.is_linear
         else {"hw": lay.hw, "stride": lay.stride, "padding": lay.padding},
+        "layout": case.layout,
         "flops": case.flops(),
         "bytes": case.min_bytes(),
         "weight_bytes": case.weight_bytes,

@@ -169,12 +169,27 @@ class Case:
     dtype: str  # "fp32", "tf32" or "bf16"
     mode: str  # "inference" (from packed bits) or "training" (owner + real mask, fwd+bwd)
     tasks: int = 1
+    # conv only: activations (x, y, dL/dy, dL/dx) in torch.channels_last; weights stay
+    # [N, C, kh, kw] contiguous in every variant
+    channels_last: bool = False
+
+    def __post_init__(self):
+        if self.channels_last and self.family != "conv":
+            raise ValueError(f"channels_last: only conv cases have a layout, not {self.family}")
+
+    @property
+    def layout(self) -> str | None:
+        """The activations' layout of a conv case, nchw or nhwc; None for the others."""
+        if self.family != "conv":
+            return None
+        return "nhwc" if self.channels_last else "nchw"
 
     @property
     def id(self) -> str:
         t = f"/T{self.tasks}" if self.family == "multitask" else ""
+        cl = "/nhwc" if self.channels_last else ""  # NCHW ids are those of the older runs
         return (
-            f"{self.family}/{self.layer.net}.{self.layer.name}{t}/b{self.batch}/"
+            f"{self.family}/{self.layer.net}.{self.layer.name}{t}{cl}/b{self.batch}/"
             f"{self.dtype}/{self.mode}"
         )
 
@@ -248,10 +263,12 @@ _FAMILY_ORDER = ("linear", "multitask", "conv")
 
 
 def _priority(case: Case) -> tuple:
-    """Representative layers of every family and precision first, then the full grid."""
+    """Representative layers of every family and precision first (NCHW before channels_last),
+    then the full grid (likewise)."""
     layers = LINEAR_LAYERS + CONV_LAYERS
     return (
         not case.layer.rep,
+        case.channels_last,
         _DTYPE_ORDER.index(case.dtype),
         _BATCH_ORDER.index(case.batch),
         _FAMILY_ORDER.index(case.family),
@@ -262,13 +279,17 @@ def _priority(case: Case) -> tuple:
 
 
 def full_grid(dtypes=DTYPES) -> list[Case]:
-    """Every case of issue 8, most important first."""
+    """Every case of issue 8 (conv layers in NCHW and in channels_last), most important first."""
     cases = []
     for dtype in dtypes:
         for mode in ("inference", "training"):
             for batch in BATCHES:
                 cases += [Case("linear", lay, batch, dtype, mode) for lay in LINEAR_LAYERS]
-                cases += [Case("conv", lay, batch, dtype, mode) for lay in CONV_LAYERS]
+                cases += [
+                    Case("conv", lay, batch, dtype, mode, channels_last=cl)
+                    for cl in (False, True)
+                    for lay in CONV_LAYERS
+                ]
         for batch in MULTITASK_BATCHES:
             for tasks in TASK_COUNTS:
                 cases += [
@@ -292,6 +313,7 @@ def quick_grid(dtypes=("fp32", "bf16")) -> list[Case]:
                 Case("conv", vgg, 1, dtype, mode),
                 Case("conv", res, 1, dtype, mode),
             ]
+        cases += [Case("conv", vgg, 1, dtype, "inference", channels_last=True)]
         cases += [Case("multitask", fc, 1, dtype, "inference", tasks) for tasks in (2, 4)]
         cases += [Case("multitask", vgg, 1, dtype, "inference", 2)]
     return cases

@@ -2,9 +2,11 @@
 """The performance model: predicted benchmark times on H100/H200 without a GPU.
 
     python3 benchmarks/model.py predict --json OUT.json [--gpu h100-sxm] [--quick] [filters]
+    python3 benchmarks/model.py predict --what-if wgmma [filters]    # a kernel not built
     python3 benchmarks/model.py calibrate [RUN/bench.json ...]
     python3 benchmarks/model.py compare BEFORE AFTER [--gpu ...] [filters]
     python3 benchmarks/model.py resources [--so PATH]
+    python3 benchmarks/model.py host OVERHEAD.json     # today's host cost, from bench_overhead
 
 ``predict`` writes bench_ops.py-style JSON (one file per GPU, records marked predicted) that
 report.py renders as a predicted report. ``calibrate`` fits the model's constants on half of the
@@ -13,6 +15,9 @@ says which cases and why). ``compare`` prints a kernel change's before and after
 ``predict`` JSON, a resource table, a built ``_C*.so`` or ``git:REF`` (the table committed at
 REF); tables and builds are predicted with this checkout's plan and constants. ``resources``
 regenerates the committed register/shared-memory/SASS table from a FORCE_CUDA=1 build.
+``--what-if`` costs the tiled tensor-core launches as a hypothetical main loop
+(perfmodel/whatif.py); its JSON and report say so. ``host`` sets the model's host cost of a
+fused call from a ``bench_overhead.py --json`` run (constants.json ``host_now``).
 How it works: benchmarks/README.md ("The performance model").
 """
 
@@ -24,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -31,7 +37,7 @@ sys.path.insert(0, str(HERE))
 sys.path.append(str(HERE.parent))  # an in-place build of cpg_kernels; an install still wins
 
 import cases  # noqa: E402
-from perfmodel import calibrate, predict, resources  # noqa: E402
+from perfmodel import calibrate, predict, resources, whatif  # noqa: E402
 from perfmodel.hardware import GPUS, H100  # noqa: E402
 
 
@@ -54,6 +60,7 @@ def select(all_cases, args):
         and (not args.mode or c.mode in args.mode)
         and (not args.batch or c.batch in args.batch)
         and (not args.layer or c.layer.name in args.layer)
+        and (not args.layout or c.layout in args.layout)
     ]
 
 
@@ -78,17 +85,23 @@ def _git_commit() -> str | None:
     return r.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def predict_doc(gpu, chosen, table=None, constants=None) -> dict:
-    """A bench_ops.py-style document of predicted records for ``chosen`` cases on ``gpu``."""
+def predict_doc(gpu, chosen, table=None, constants=None, what_if=None) -> dict:
+    """A bench_ops.py-style document of predicted records for ``chosen`` cases on ``gpu``
+    (``what_if``: the tiled tensor-core launches as a hypothetical main loop, whatif.py)."""
     measured = _measured_records()
     table = table if table is not None else resources.load_table()
-    ref = predict.context(H100, constants, table, measured)
-    ctx = ref if gpu is H100 else predict.context(gpu, constants, table)
+    ref = predict.context(H100, constants, table, measured, what_if=what_if)
+    ctx = ref if gpu is H100 else predict.context(gpu, constants, table, what_if=what_if)
     records = [predict.record(ctx, c, None if gpu is H100 else ref) for c in chosen]
+    label = f" (predicted, what-if {what_if})" if what_if else " (predicted)"
+    slug = f"predicted-{gpu.slug}" + (f"-whatif-{what_if}" if what_if else "")
     return {
         "meta": {
-            "device": f"{gpu.name} (predicted)",
-            "device_slug": f"predicted-{gpu.slug}",
+            "device": gpu.name + label,
+            "device_slug": slug,
+            "what_if": what_if,
+            "what_if_text": whatif.SCENARIOS.get(what_if),
+            "host_fused_us": predict.host_fused_us(ctx),
             "predicted": True,
             "git_commit": _git_commit(),
             "gpu": gpu.slug,
@@ -110,12 +123,61 @@ def predict_doc(gpu, chosen, table=None, constants=None) -> dict:
 
 # ---------------------------------------------------------------------------- commands
 
+DATASHEET_TFLOPS = {"bf16": whatif.DENSE_BF16_TFLOPS, "tf32": whatif.DENSE_BF16_TFLOPS / 2}
+
+
+def summary_rows(records: list[dict], gpu) -> list[str]:
+    """Per group (family or net, precision, mode, layout): cases, the median share of the dense
+    peak (data sheet; and of the measured cuBLAS 8192^3 rate), the fastest case, and how many
+    cases meet issue 15's batch >= 128 targets (>= 1.0x dense masking, >= 0.9x pre-masked);
+    then the cases that meet both."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        key = (
+            r["net"] if r["family"] == "conv" else r["family"],
+            r["dtype"],
+            r["mode"],
+            r.get("layout") or "-",
+        )
+        groups.setdefault(key, []).append(r)
+    out = [
+        f"{'group':<34} {'cases':>5} {'med TFLOP/s':>11} {'% sheet':>7} {'% cuBLAS':>8} "
+        f"{'max TFLOP/s':>11} {'>=1.0x dense':>12} {'>=0.9x prem':>11} {'both':>5}"
+    ]
+    met = []
+    for key, rs in sorted(groups.items()):
+        tf = statistics.median(r["fused_tflops"] for r in rs)
+        top = max(r["fused_tflops"] for r in rs)
+        sheet = DATASHEET_TFLOPS.get(key[1])
+        dense = sum((r["speedup"].get("dense_masking") or 0) >= 1.0 for r in rs)
+        prem = sum((r["speedup"].get("premasked") or 0) >= 0.9 for r in rs)
+        both = sum(
+            (r["speedup"].get("dense_masking") or 0) >= 1.0
+            and (r["speedup"].get("premasked") or 0) >= 0.9
+            for r in rs
+        )
+        out.append(
+            f"{' '.join(key):<34} {len(rs):>5} {tf:>11.1f} "
+            f"{(f'{tf / sheet:.1%}' if sheet else '-'):>7} "
+            f"{tf / gpu.peak_tflops[key[1]]:>8.1%} {top:>11.1f} {dense:>12} {prem:>11} "
+            f"{both:>5}"
+        )
+        met += [
+            r["id"]
+            for r in rs
+            if (r["speedup"].get("dense_masking") or 0) >= 1.0
+            and (r["speedup"].get("premasked") or 0) >= 0.9
+        ]
+    return out + ["both targets met by:"] + [f"  {i}" for i in met]
+
 
 def cmd_predict(args) -> int:
     chosen = select(grid(args), args)
     for slug in args.gpu:
         gpu = GPUS[slug]
-        doc = predict_doc(gpu, chosen)
+        if args.l2_gbps:  # a sensitivity check of the model's L2 assumption, never a report
+            gpu = replace(gpu, l2_gbps=args.l2_gbps, name=f"{gpu.name}, L2 {args.l2_gbps:g} GB/s")
+        doc = predict_doc(gpu, chosen, what_if=args.what_if)
         if args.json:
             out = Path(args.json)
             if len(args.gpu) > 1:
@@ -123,8 +185,11 @@ def cmd_predict(args) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(doc, separators=(",", ":")) + "\n")  # compact: large
             print(f"wrote {out}: {len(doc['records'])} cases predicted on {gpu.name}")
-        if args.print or not args.json:
-            print(f"# {gpu.name} (predicted)")
+        if args.summary:
+            print(f"# {doc['meta']['device']}: summary")
+            print("\n".join(summary_rows(doc["records"], gpu)))
+        if args.print or not (args.json or args.summary):
+            print(f"# {doc['meta']['device']}")
             print(f"{'case':<56} {'fused us':>9} {'x dense':>7} {'x prem|sep':>10} {'bound':>8}")
             for r in doc["records"]:
                 s = r["speedup"]
@@ -203,6 +268,45 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def host_ratio(overhead: dict) -> dict:
+    """Today's fused call in plain torch ops, from a bench_overhead.py JSON: its linear
+    inference form (grad mode on, as bench_ops.py calls it), fused over F.linear, best times.
+    The conv forms are not used: on a CPU their calls are mostly the convolution itself."""
+    [r] = [r for r in overhead["records"] if (r["family"], r["form"]) == ("linear", "inference")]
+    fused, plain = r["variants"]["fused"]["us_min"], r["variants"]["torch"]["us_min"]
+    return {
+        "fused_over_torch_op": fused / plain,
+        "fused_us": fused,
+        "torch_us": plain,
+        "device": overhead["device"],
+        "torch": overhead["torch"],
+    }
+
+
+def cmd_host(args) -> int:
+    block = host_ratio(json.loads(Path(args.overhead).read_text()))
+    block["from"] = (
+        str(Path(args.overhead).resolve().relative_to(HERE.parent))
+        if Path(args.overhead).resolve().is_relative_to(HERE.parent)
+        else args.overhead
+    )
+    block["rule"] = (
+        "host time of a fused inference call = fused_over_torch_op x "
+        "host_torch_op_us (a plain torch op on the measured H100 host)"
+    )
+    doc = json.loads(predict.CONSTANTS.read_text())
+    doc["host_now"] = block
+    predict.CONSTANTS.write_text(json.dumps(doc, indent=1) + "\n")
+    c = predict.load_constants()
+    print(
+        f"host_now: fused {block['fused_us']:.2f} us / F.linear {block['torch_us']:.2f} us "
+        f"= {block['fused_over_torch_op']:.3f} on {block['device']}; a fused call on the H100 "
+        f"host: {block['fused_over_torch_op'] * c.host_torch_op_us:.1f} us (was "
+        f"{c.host_fused_us:.1f} us, fitted on the 2026-11-27 run)"
+    )
+    return 0
+
+
 def cmd_resources(args) -> int:
     so = args.so or resources.built_extension()
     table = resources.extract(so)
@@ -224,11 +328,32 @@ def parse_args(argv=None):
         q.add_argument("--mode", action="append", choices=("inference", "training"))
         q.add_argument("--batch", action="append", type=int)
         q.add_argument("--layer", action="append", help="layer name, e.g. 4096x4096, conv3_2")
+        q.add_argument(
+            "--layout",
+            action="append",
+            choices=("nchw", "nhwc"),
+            help="conv cases' activation layout",
+        )
 
     q = sub.add_parser("predict", help="predicted times of the benchmark cases")
     filters(q)
     q.add_argument("--json", help="write the predictions (one file per --gpu)")
     q.add_argument("--print", action="store_true", help="also print a table")
+    q.add_argument(
+        "--l2-gbps",
+        type=float,
+        help="assume this L2 -> SM bandwidth (a sensitivity check; the model's is 5500 GB/s)",
+    )
+    q.add_argument(
+        "--summary",
+        action="store_true",
+        help="print per group the share of peak and issue 15's targets met",
+    )
+    q.add_argument(
+        "--what-if",
+        choices=sorted(whatif.SCENARIOS),
+        help="cost the tiled tensor-core launches as a main loop not built (perfmodel/whatif.py)",
+    )
     q = sub.add_parser("calibrate", help="fit on half the measured cases, report the rest")
     q.add_argument("runs", nargs="*", help="bench.json files (default: benchmarks/results/*)")
     q.add_argument("--json", help="write the full report (every point)")
@@ -244,6 +369,10 @@ def parse_args(argv=None):
     q.add_argument("after")
     q.add_argument("--all", action="store_true", help="print unchanged cases too")
     filters(q)
+    q = sub.add_parser(
+        "host", help="set today's host cost of a fused call from a bench_overhead.py --json run"
+    )
+    q.add_argument("overhead")
     q = sub.add_parser("resources", help="regenerate the sm_90 resource table")
     q.add_argument("--so", help="the built extension (default: cpg_kernels/_C*.so)")
     q.add_argument("--out", help=f"where to write (default {resources.TABLE})")
@@ -260,6 +389,7 @@ def main(argv=None) -> int:
         "calibrate": cmd_calibrate,
         "compare": cmd_compare,
         "resources": cmd_resources,
+        "host": cmd_host,
     }[args.command](args)
 
 

@@ -231,9 +231,15 @@ def _order(r: dict) -> tuple:
     return (
         DTYPES.index(r["dtype"]) if r["dtype"] in DTYPES else len(DTYPES),
         _LAYER_ORDER.get((r["net"], r["layer"]), len(_LAYER_ORDER)),
+        r.get("layout") == "nhwc",
         r["tasks"],
         r["batch"],
     )
+
+
+def _layer(r: dict) -> str:
+    """The layer column: channels_last conv cases say so."""
+    return r["layer"] + (" (NHWC)" if r.get("layout") == "nhwc" else "")
 
 
 # ---------------------------------------------------------------------------- markdown
@@ -300,7 +306,7 @@ def inference_table(records: list[dict]) -> list[str]:
     ]
     rows = [
         [
-            r["layer"],
+            _layer(r),
             str(r["batch"]),
             r["dtype"],
             _ms(r, "fused"),
@@ -343,7 +349,7 @@ def training_table(records: list[dict]) -> list[str]:
         peak = r.get("peak_bytes", {})
         rows.append(
             [
-                r["layer"],
+                _layer(r),
                 str(r["batch"]),
                 r["dtype"],
                 _ms(r, "fused"),
@@ -444,7 +450,8 @@ SECTIONS = [  # title, selection, table
 PREDICTED_NOTE = (
     "*Predicted by the performance model (benchmarks/model.py), not measured. "
     "Baselines marked \\* are the measured H100 figures (scaled to the H200 by the "
-    "model on that GPU).*"
+    "model on that GPU; for an NHWC row, its NCHW case's figure where that is "
+    "faster than the model's roofline).*"
 )
 
 
@@ -454,7 +461,20 @@ def _predicted_run_lines(doc: dict) -> list[str]:
     return [
         f"- **{m['device']}**: commit `{m['git_commit']}`, predicted {m['started']} from the "
         f"plan query of this build, the kernels' {m.get('resources')} resource table and the "
-        "constants fitted by `benchmarks/model.py calibrate`",
+        "constants fitted by `benchmarks/model.py calibrate`"
+        + (
+            f"; host time of a fused call {m['host_fused_us']:.1f} us"
+            if "host_fused_us" in m
+            else ""
+        ),
+        *(
+            [
+                f"  - **what-if `{m['what_if']}`**: {m['what_if_text']} (a kernel that does not "
+                "exist; benchmarks/perfmodel/whatif.py)"
+            ]
+            if m.get("what_if")
+            else []
+        ),
         f"  - assumed: copy {c['copy_gbps']:.0f} GB/s (read + write); matmul peak {peaks} TFLOP/s",
         f"  - {len(doc['records'])} cases predicted",
     ]

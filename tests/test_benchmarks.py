@@ -62,9 +62,11 @@ def test_grid_covers_issue_8_most_important_first():
     assert len([lay for lay in cases.CONV_LAYERS if lay.net == "vgg16bn"]) == 13
     assert len([lay for lay in cases.CONV_LAYERS if lay.net == "resnet50"]) == 23
     grid = cases.full_grid()
-    # (3 linear + 36 conv layers) x 5 batches x 2 modes x 3 dtypes, and multi-task for the
-    # 3 linear layers and VGG's conv5_1 x 4 task counts x 2 batches x 3 dtypes.
-    assert len({c.id for c in grid}) == len(grid) == (3 + 36) * 5 * 2 * 3 + (3 + 1) * 4 * 2 * 3
+    # (3 linear + 36 conv layers in NCHW and in channels_last) x 5 batches x 2 modes x 3 dtypes,
+    # and multi-task for the 3 linear layers and VGG's conv5_1 x 4 task counts x 2 batches x 3
+    # dtypes.
+    assert len({c.id for c in grid}) == len(grid) == (3 + 2 * 36) * 5 * 2 * 3 + (3 + 1) * 4 * 2 * 3
+    assert sum(c.channels_last for c in grid) == 36 * 5 * 2 * 3
     first = [c for c in grid if c.layer.rep]
     assert grid[: len(first)] == first  # representative layers of every family lead
     assert grid[0].dtype == "bf16" and grid[0].batch == 1

@@ -20,7 +20,8 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import cases  # noqa: E402
-from perfmodel import calibrate, kernels, plan, predict, resources  # noqa: E402
+import model  # noqa: E402
+from perfmodel import calibrate, kernels, plan, predict, resources, whatif  # noqa: E402
 from perfmodel.hardware import H100, H200  # noqa: E402
 
 EMULATOR_SMS = 4  # cpgdev::sm_count() of the emulator (csrc/emu/runtime.h)
@@ -319,7 +320,7 @@ def test_calibrated_cases_reproduce_their_measurements():
     run, gpu, points = calibrate.points_of_run(calibrate.RESULTS / "2026-11-27-h100" / "bench.json")
     held = [p for p in points if p.group == "unchanged" and p.held_out]
     assert len(held) >= 20
-    ctx = predict.context(gpu)
+    ctx = predict.context(gpu, host_now=False)  # that run's code: the Python autograd wrapper
     ctx.rewrite_plan = partial(calibrate.old_small_batch, sms=gpu.sms)
     preds = [calibrate.predicted_seconds(ctx, p) for p in held]
     s = calibrate.summary(held, preds)
@@ -415,6 +416,7 @@ def test_quick_prediction_and_its_report_are_labelled_predicted(tmp_path):
     )
     md = (tmp_path / "predicted-h100-sxm.md").read_text()
     assert "PREDICTED" in md.splitlines()[0]
+    assert "| conv3_2 (NHWC) | 1 |" in md  # the quick grid's channels_last case, labelled
     tables = [
         i
         for i, line in enumerate(md.splitlines())
@@ -454,3 +456,149 @@ def test_compare_shows_the_kernel_whose_code_grew(tmp_path):
     )
     changed = [line.split()[0] for line in r.stdout.splitlines() if line.startswith("linear/")]
     assert changed and all("/b1/" in c for c in changed), r.stdout
+
+
+# ------------------------------------------------------------- channels_last cases
+
+
+def _case(case_id):
+    return next(c for c in cases.full_grid() if c.id == case_id)
+
+
+def test_every_conv_case_comes_in_both_layouts_and_nchw_ids_match_the_measured_run():
+    grid = cases.full_grid()
+    key = {False: set(), True: set()}
+    for c in grid:
+        if c.family == "conv":
+            key[c.channels_last].add((c.layer, c.batch, c.dtype, c.mode))
+    assert key[False] == key[True] and len(key[False]) == 36 * 5 * 3 * 2
+    ids = {c.id for c in grid}
+    doc = json.loads((calibrate.RESULTS / "2026-11-27-h100" / "bench.json").read_text())
+    assert {r["id"] for r in doc["records"]} <= ids  # its baselines still find their cases
+    with pytest.raises(ValueError, match="channels_last"):
+        cases.Case("linear", cases.LINEAR_LAYERS[0], 1, "bf16", "inference", channels_last=True)
+
+
+def test_a_channels_last_case_plans_the_nhwc_tiles_and_no_slower_baselines():
+    nhwc = _case("conv/vgg16bn.conv3_2/nhwc/b128/bf16/inference")
+    nchw = _case("conv/vgg16bn.conv3_2/b128/bf16/inference")
+    [a] = plan.forward_launches(nhwc, H100.sms)
+    [b] = plan.forward_launches(nchw, H100.sms)
+    assert (
+        kernels._view_kind(a.kernel) == "window_nhwc" and kernels._view_kind(b.kernel) == "window"
+    )
+    measured = model._measured_records()
+    ctx = predict.context(H100, measured=measured)
+    ours, theirs = predict.baselines(ctx, nhwc), predict.baselines(ctx, nchw)
+    modeled = predict.modeled_baselines(ctx, nhwc)
+    assert ours.keys() == theirs.keys()
+    for name, s in ours.items():
+        assert s <= theirs[name] and s <= modeled[name] and s == min(theirs[name], modeled[name])
+    assert predict.record(ctx, nhwc)["layout"] == "nhwc"
+
+
+# ------------------------------------------------------------------- host cost
+
+
+def test_host_cost_today_is_the_measured_ratio_times_a_torch_op():
+    c = predict.load_constants()
+    ratio = predict.load_host_now()
+    assert ratio is not None and 0.2 < ratio < 5
+    assert predict.host_fused_us(predict.context(H100)) == pytest.approx(ratio * c.host_torch_op_us)
+    assert predict.host_fused_us(predict.context(H100, host_now=False)) == c.host_fused_us
+    doc = {
+        "device": "cpu",
+        "torch": "x",
+        "records": [
+            {
+                "family": "linear",
+                "form": "inference",
+                "variants": {"fused": {"us_min": 6.0}, "torch": {"us_min": 4.0}},
+            },
+            {
+                "family": "conv",
+                "form": "inference",
+                "variants": {"fused": {"us_min": 90.0}, "torch": {"us_min": 10.0}},
+            },
+        ],
+    }
+    assert model.host_ratio(doc)["fused_over_torch_op"] == pytest.approx(1.5)
+
+
+def test_calibration_keeps_the_host_block(tmp_path):
+    constants = tmp_path / "constants.json"
+    constants.write_text(json.dumps({"constants": {}, "host_now": {"fused_over_torch_op": 0.5}}))
+    run = tmp_path / "run" / "bench.json"
+    run.parent.mkdir()
+    run.write_text(json.dumps({"meta": {"device": "no such GPU"}, "records": []}))
+    calibrate.calibrate([run], verbose=False, write=constants)
+    doc = json.loads(constants.read_text())
+    assert doc["host_now"] == {"fused_over_torch_op": 0.5} and "groups" in doc
+
+
+# --------------------------------------------------------------------- what-if
+
+WHATIF_SAMPLE = [
+    c for c in cases.full_grid(("bf16", "tf32")) if c.batch in (1, 128) and c.mode == "inference"
+][::9]
+
+
+def test_what_if_main_loops_touch_only_the_tiled_tensor_core_launches():
+    today = _ctx()
+    for scenario in whatif.KERNEL_SCENARIOS:
+        other = predict.context(H100, today.constants, what_if=scenario)
+        for case in WHATIF_SAMPLE:
+            pieces = predict.fused(today, case).pieces
+            t, w = predict.fused(today, case), predict.fused(other, case)
+            for p, q in zip(pieces, w.pieces, strict=True):
+                if p.label.startswith(whatif.MMA_FAMILY):
+                    assert q.cost.seconds <= p.cost.seconds * (1 + 1e-9), (scenario, case.id)
+                else:
+                    assert q.cost.seconds == p.cost.seconds, (scenario, case.id)
+            assert w.seconds <= t.seconds * (1 + 1e-9)
+    with pytest.raises(ValueError, match="what_if"):
+        predict.context(H100, what_if="tcgen05")
+
+
+def test_a_dispatcher_takes_the_faster_of_the_kernels_and_the_decode_branch():
+    c = predict.load_constants()
+    ctx = {
+        w: predict.context(H100, c, what_if=w)
+        for w in (None, "mma-ws", "decode", "dispatch", "dispatch+mma-ws")
+    }
+    for case in WHATIF_SAMPLE:
+        t = {w: predict.fused(x, case).seconds for w, x in ctx.items()}
+        assert t["dispatch"] == pytest.approx(min(t[None], t["decode"]))
+        assert t["dispatch+mma-ws"] == pytest.approx(min(t["mma-ws"], t["decode"]))
+        launches = plan.forward_launches(case, H100.sms)
+        if case.mode == "training" or not any(whatif.decodes(x) for x in launches):
+            assert t["decode"] == t[None], case.id  # small-batch and streaming paths stay
+    case = _case("conv/vgg16bn.conv3_2/b128/bf16/inference")
+    ctx = predict.context(H100, c, measured=model._measured_records(), what_if="decode")
+    r = predict.record(ctx, case)
+    assert [p["kernel"] for p in r["predicted"]["launches"]][0].startswith("decode")
+    assert r["speedup"]["premasked"] < 1  # the decode pass comes on top of cuDNN's own time
+
+
+def test_wgmma_scenario_drops_hmma_and_the_activation_ldmatrix():
+    """128 x 128 linear tile, 4 k-steps, 2 x 4 warps: per warp and stage 64 HMMA and 16
+    ldmatrix of the 64-row activation slab go, 4 wgmma and a fence, commit and wait come."""
+    case = _case("linear/fc.4096x4096/b128/bf16/inference")
+    launch = plan.forward_launches(case, H100.sms)[0]
+    res = predict.context(H100).res(launch.kernel)
+    hmma = launch.params["tile_m"] // 16 * launch.params["tile_n"] // 8 * 4 / 8
+    before, _ = kernels.per_unit_instructions(res, "HMMA", hmma, 0)
+    after, _ = kernels.per_unit_instructions(whatif._wgmma_table(launch, res), "HMMA", hmma, 0)
+    assert before - after == pytest.approx(64 + 16 - 7)
+    for kind, tile_n, stage_bytes, k_steps in (
+        ("linear", 128, 128, 4),
+        ("window", 64, 144, 5),
+        ("window", 128, 144, 5),
+        ("conv", 128, 128, 4),
+    ):
+        assert whatif.wgmma_smem_wavefronts(
+            kind, 128, tile_n, stage_bytes, k_steps
+        ) < kernels.mma_smem_wavefronts(kind, 128, tile_n, stage_bytes, k_steps)
+    assert whatif.wgmma_smem_wavefronts("linear", 128, 128, 128, 4) == 5 * 128
+    assert whatif.mma_sync_tflops(H100) == pytest.approx(499, abs=1)
+    assert whatif.wgmma_clk(H100) < H100.hmma_clk

@@ -102,7 +102,7 @@ def query_conv(
         [lay.padding] * 2,
         [1, 1],
         1,
-        False,  # the benchmarks' activations are NCHW (torch's default layout)
+        case.channels_last,  # the activations' layout (NCHW: torch's default)
         grad_input,
         case.dtype == "tf32",
         sms,

@@ -6,18 +6,27 @@ time and its device time: the host enqueues while the device works. Fused: the p
 outside the plan. Baselines: the measured run's own figures where it has them (H100); for other
 cases and for the H200, the same library roofline (cuBLAS/cuDNN GEMM, elementwise passes) whose
 constants are fitted on those figures; on the H200 a measured H100 baseline is scaled by the
-model's H200/H100 ratio for that case.
+model's H200/H100 ratio for that case. No run has measured a channels_last conv: its baselines
+are the faster of the roofline and the NCHW case's figures (cuDNN's NHWC kernels are its native
+ones, so it is taken to be at least as fast as on NCHW).
+
+Host time of a fused inference call: today's (the autograd formula in C++, beside each op in csrc/ops)
+is ``host_now.fused_over_torch_op`` (constants.json, from a bench_overhead.py run on a CPU;
+``model.py host`` writes it) times a plain torch op's host time on the measured H100 host
+(``host_torch_op_us``, fitted on that run's baselines). The fitted ``host_fused_us`` is the
+2026-11-27 run's own call (the Python autograd wrapper of then); calibration keeps it for that
+run (``context(host_now=False)``).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cases import Case, floor_seconds, speed_ratio
 
-from . import kernels, plan, resources
+from . import kernels, plan, resources, whatif
 from .hardware import H100, Gpu
 from .kernels import Constants, Cost
 
@@ -45,6 +54,11 @@ class Context:
     plans: dict = field(default_factory=dict)  # cache: (case id, what, sms) -> launches
     # A launch-plan rewrite (e.g. the dispatcher of an older commit); identity by default.
     rewrite_plan: object = None
+    # Today's fused call on the host, in plain torch ops (None: the fitted host_fused_us of the
+    # 2026-11-27 run's code)
+    host_fused_over_op: float | None = None
+    # A hypothetical kernel costed in place of the planned one (whatif.SCENARIOS), or None
+    what_if: str | None = None
 
     def res(self, kernel: str) -> dict | None:
         return self.table.get("kernels", {}).get(kernel)
@@ -75,7 +89,11 @@ def _launch_pieces(ctx: Context, launches, taps: int) -> list[Piece]:
     for launch in launches:
         res = ctx.res(launch.kernel)
         single = ctx.res(launch.kernel.replace(",true>", ",false>"))
-        cost = kernels.launch_cost(launch, res, ctx.gpu, ctx.constants, taps, single)
+        kernel_scenario = whatif.kernel_scenario(ctx.what_if)
+        if kernel_scenario and whatif.applies(launch):
+            cost = whatif.mma_cost(kernel_scenario, launch, res, ctx.gpu, ctx.constants, taps)
+        else:
+            cost = kernels.launch_cost(launch, res, ctx.gpu, ctx.constants, taps, single)
         src = cost.detail.get("instructions_from", "-") if res else "missing"
         pieces.append(Piece(launch.kernel, cost, src))
     return pieces
@@ -98,6 +116,14 @@ def _step_pieces(ctx: Context, case: Case) -> list[Piece]:
     return out
 
 
+def host_fused_us(ctx: Context) -> float:
+    """Host time of one fused inference call from Python (microseconds)."""
+    c = ctx.constants
+    if ctx.host_fused_over_op is None:
+        return c.host_fused_us
+    return ctx.host_fused_over_op * c.host_torch_op_us
+
+
 @dataclass
 class FusedPrediction:
     seconds: float
@@ -112,13 +138,51 @@ class FusedPrediction:
         return max(self.pieces, key=lambda p: p.cost.seconds).cost.bound
 
 
-def fused(ctx: Context, case: Case, tasks: int | None = None) -> FusedPrediction:
-    """The fused op of ``case`` (``tasks`` tasks in one call; default the case's own)."""
+def fused(
+    ctx: Context, case: Case, tasks: int | None = None, reference: Context | None = None
+) -> FusedPrediction:
+    """The fused op of ``case`` (``tasks`` tasks in one call; default the case's own); under a
+    what-if with a decode branch, that branch where it applies (``reference``: as for
+    :func:`baselines`, whose pre-masked figure it runs)."""
+    kernels_only = _fused_kernels(ctx, case, tasks)
+    mode = whatif.decode_mode(ctx.what_if)
+    if (
+        mode == "never"
+        or case.mode != "inference"
+        or case.family != "linear"
+        and case.family != "conv"
+    ):
+        return kernels_only
+    decoded = _decode_then_library(ctx, case, reference)
+    if decoded is None or (mode == "cheaper" and decoded.seconds >= kernels_only.seconds):
+        return kernels_only
+    return decoded
+
+
+def _decode_then_library(ctx: Context, case: Case, reference: Context | None):
+    """The masked weight decoded into a workspace (W and its bits read, W' written: one
+    elementwise pass), then cuBLAS/cuDNN on it at the pre-masked baseline's time; None where
+    the forward takes no tiled launch (the small-batch and streaming paths stay)."""
+    if not any(whatif.decodes(launch) for launch in _launches(ctx, case, "forward")):
+        return None
+    c, e, lay = ctx.constants, case.element_bytes, case.layer
+    decode = kernels.elementwise(lay.out_ch * lay.k * (2 * e + 1 / 8), ctx.gpu, c)
+    library = sourced_baselines(ctx, case, reference)[0]["premasked"]
+    pieces = [
+        Piece("decode W' (what-if)", decode, "-"),
+        Piece("library GEMM/conv on W' (what-if)", Cost(library, "library", {}), "-"),
+    ]
+    host_s = (host_fused_us(ctx) + c.host_launch_us) * 1e-6
+    device_s = decode.seconds + library
+    return FusedPrediction(max(host_s, device_s), host_s, device_s, pieces)
+
+
+def _fused_kernels(ctx: Context, case: Case, tasks: int | None = None) -> FusedPrediction:
     c = ctx.constants
     taps = max(case.layer.kernel, 1) ** 2
     pieces = _launch_pieces(ctx, _launches(ctx, case, "forward", tasks), taps)
     n_launches = len(pieces)
-    host = c.host_fused_us
+    host = host_fused_us(ctx)
     if case.mode == "training":
         pieces += _launch_pieces(ctx, _launches(ctx, case, "grad_input"), taps)
         n_launches = len(pieces)
@@ -200,11 +264,23 @@ def modeled_baselines(ctx: Context, case: Case) -> dict[str, float]:
 def baselines(ctx: Context, case: Case, reference: Context | None = None) -> dict[str, float]:
     """Baselines: measured where the run has them (on the measured GPU), else modeled; with
     ``reference`` (the measured GPU's context), a measured figure scaled by the model's ratio
-    of this GPU to that one."""
+    of this GPU to that one. A channels_last case: the faster of the roofline and its NCHW
+    case's figures."""
+    return sourced_baselines(ctx, case, reference)[0]
+
+
+def sourced_baselines(
+    ctx: Context, case: Case, reference: Context | None = None
+) -> tuple[dict[str, float], set[str]]:
+    """:func:`baselines`, and the names whose figure comes from a measurement."""
     modeled = modeled_baselines(ctx, case)
+    if case.channels_last:
+        nchw, measured = sourced_baselines(ctx, replace(case, channels_last=False), reference)
+        out = {n: min(s, nchw.get(n, s)) for n, s in modeled.items()}
+        return out, {n for n in measured if nchw[n] <= modeled[n]}
     rec = (reference or ctx).measured.get(case.id)
     if not rec:
-        return modeled
+        return modeled, set()
     out = {}
     for name, seconds in modeled.items():
         v = rec["variants"].get(name)
@@ -215,7 +291,7 @@ def baselines(ctx: Context, case: Case, reference: Context | None = None) -> dic
         else:
             there = modeled_baselines(reference, case)[name]
             out[name] = v["ms"] * 1e-3 * seconds / there
-    return out
+    return out, {n for n in out if n in rec["variants"]}
 
 
 # ------------------------------------------------------------------------------- records
@@ -224,12 +300,9 @@ def baselines(ctx: Context, case: Case, reference: Context | None = None) -> dic
 def record(ctx: Context, case: Case, reference: Context | None = None) -> dict:
     """A bench_ops.py-style record of predicted times (report.py renders it)."""
     gpu = ctx.gpu
-    f = fused(ctx, case)
-    times = {"fused": f.seconds, **baselines(ctx, case, reference)}
-    measured_names = set()
-    rec_m = (reference or ctx).measured.get(case.id)
-    if rec_m:
-        measured_names = {n for n in times if n != "fused" and n in rec_m["variants"]}
+    f = fused(ctx, case, reference=reference)
+    base, measured_names = sourced_baselines(ctx, case, reference)
+    times = {"fused": f.seconds, **base}
     peak = gpu.peak_tflops[case.dtype] * 1e12
     floor_s, bound = floor_seconds(case.flops(), case.min_bytes(), gpu.dram_gbps * 1e9, peak)
     lay = case.layer
@@ -247,6 +320,7 @@ def record(ctx: Context, case: Case, reference: Context | None = None) -> dict:
         "conv": None
         if lay.is_linear
         else {"hw": lay.hw, "stride": lay.stride, "padding": lay.padding},
+        "layout": case.layout,
         "flops": case.flops(),
         "bytes": case.min_bytes(),
         "weight_bytes": case.weight_bytes,
@@ -259,6 +333,7 @@ def record(ctx: Context, case: Case, reference: Context | None = None) -> dict:
             "host_ms": f.host_s * 1e3,
             "device_ms": f.device_s * 1e3,
             "bound": f.bound,
+            "what_if": ctx.what_if,
             "launches": [_piece_json(p) for p in f.pieces],
         },
     }
@@ -283,15 +358,31 @@ def _piece_json(p: Piece) -> dict:
     return out
 
 
+def load_host_now(path: Path = CONSTANTS) -> float | None:
+    """Today's fused call in plain torch ops (constants.json ``host_now``), or None."""
+    if not Path(path).exists():
+        return None
+    block = json.loads(Path(path).read_text()).get("host_now")
+    return block["fused_over_torch_op"] if block else None
+
+
 def context(
     gpu: Gpu = H100,
     constants: Constants | None = None,
     table: dict | None = None,
     measured: dict | None = None,
+    host_now: bool = True,
+    what_if: str | None = None,
 ) -> Context:
+    """What a prediction of this checkout's code reads; ``host_now=False``: the host cost of
+    the 2026-11-27 run's code (calibration against that run)."""
+    if what_if is not None and what_if not in whatif.SCENARIOS:
+        raise ValueError(f"what_if: {what_if!r} is none of {sorted(whatif.SCENARIOS)}")
     return Context(
         gpu,
         constants or load_constants(),
         table if table is not None else resources.load_table(),
         measured or {},
+        host_fused_over_op=load_host_now() if host_now else None,
+        what_if=what_if,
     )
