@@ -545,6 +545,7 @@ WHATIF_SAMPLE = [
 
 def test_what_if_main_loops_touch_only_the_tiled_tensor_core_launches():
     today = _ctx()
+    today.library_rule = False  # the scenarios price the fused kernels, as today's are
     for scenario in whatif.KERNEL_SCENARIOS:
         other = predict.context(H100, today.constants, what_if=scenario)
         for case in WHATIF_SAMPLE:
@@ -566,6 +567,7 @@ def test_a_dispatcher_takes_the_faster_of_the_kernels_and_the_decode_branch():
         w: predict.context(H100, c, what_if=w)
         for w in (None, "mma-ws", "decode", "dispatch", "dispatch+mma-ws")
     }
+    ctx[None].library_rule = False  # today's fused kernels alone, as the scenarios see them
     for case in WHATIF_SAMPLE:
         t = {w: predict.fused(x, case).seconds for w, x in ctx.items()}
         assert t["dispatch"] == pytest.approx(min(t[None], t["decode"]))
@@ -578,6 +580,20 @@ def test_a_dispatcher_takes_the_faster_of_the_kernels_and_the_decode_branch():
     r = predict.record(ctx, case)
     assert [p["kernel"] for p in r["predicted"]["launches"]][0].startswith("decode")
     assert r["speedup"]["premasked"] < 1  # the decode pass comes on top of cuDNN's own time
+
+
+def test_the_library_rule_prices_large_layers_on_the_library_path():
+    """predict.fused follows the ops layer's rule (csrc/ops/gemm_path.h): from the dtype's row
+    threshold on, a decode and the library call; the 2026-11-27 run's code had no such path."""
+    case = _case("conv/vgg16bn.conv3_2/b128/bf16/inference")  # 8192 output pixels
+    assert predict._gemm_shape(case)[0] >= plan.library_min_rows(case)
+    now = predict.context(H100)
+    labels = [p.label for p in predict.fused(now, case).pieces]
+    assert labels[0].startswith("decode") and len(labels) == 2
+    old = predict.context(H100, host_now=False)
+    assert not any(p.label.startswith("decode") for p in predict.fused(old, case).pieces)
+    small = _case("conv/vgg16bn.conv3_2/b1/bf16/inference")
+    assert not predict.takes_library_path(now, small)
 
 
 def test_wgmma_scenario_drops_hmma_and_the_activation_ldmatrix():

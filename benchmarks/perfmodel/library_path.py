@@ -5,10 +5,9 @@
 
 For every linear and conv case of the benchmark grid (inference and training; multi-task cases
 stay fused), the model predicts the call both ways: fused (the planned kernels, as predict.py
-costs them) and library (each GEMM of the forward and of the input gradient replaced by one
-apply_bits decode of the weight, an element-wise pass reading the weight and its bits and
-writing the decoded tile, plus cuBLAS/cuDNN on the decoded weight, costed as the model costs
-the pre-masked baseline). Per dtype class (tensor cores: bf16 and TF32; exact fp32), it picks
+costs them) and library (``predict.library_path``: each GEMM of the forward and of the input
+gradient after one apply_bits decode of the weight, cuBLAS/cuDNN costed as the model costs the
+pre-masked baseline). Per dtype class (tensor cores: bf16 and TF32; exact fp32), it picks
 the GEMM-row threshold with the least mean predicted loss against the per-case better path, on
 the inference cases, and prints every batch >= 128 case's ratios under that rule against dense
 masking (>= 1.0 wanted) and the pre-masked weight (>= 0.9 wanted). Every figure is predicted.
@@ -27,7 +26,7 @@ sys.path.insert(0, str(BENCH))
 import cases  # noqa: E402
 import model  # noqa: E402
 
-from perfmodel import kernels, predict  # noqa: E402
+from perfmodel import predict  # noqa: E402
 from perfmodel.hardware import GPUS, H100  # noqa: E402
 
 CANDIDATE_ROWS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -44,46 +43,23 @@ class Both:
     premasked: float
 
 
-def _decode_seconds(ctx, case) -> float:
-    lay = case.layer
-    nbytes = lay.out_ch * lay.k * (2 * case.element_bytes + 1 / 8)
-    return kernels.elementwise(nbytes, ctx.gpu, ctx.constants).seconds
-
-
-def library_seconds(ctx, case) -> float:
-    """The call on the library path: decode + vendor GEMM per forward and input gradient."""
-    c = ctx.constants
-    m, n, k = predict._gemm_shape(case)
-    conv = not case.layer.is_linear
-    e = case.element_bytes
-    decode = _decode_seconds(ctx, case)
-    device = decode + predict.library_forward(ctx, case)
-    launches = 2  # apply_bits, then the library call
-    host = c.host_fused_us
-    if case.mode == "training":
-        dgrad = kernels.vendor_gemm(m, k, n, e, case.dtype, ctx.gpu, c, conv=conv).seconds
-        device += decode + dgrad + sum(p.cost.seconds for p in predict._step_pieces(ctx, case))
-        launches *= 2
-        host = c.host_train_us + 2 * c.host_torch_op_us
-    host_s = (host + (launches - 1) * c.host_launch_us) * 1e-6
-    return max(host_s, device)
-
-
 def predictions(gpu) -> list[Both]:
     measured = model._measured_records()
     ref = predict.context(H100, measured=measured)
     ctx = ref if gpu is H100 else predict.context(gpu)
+    ctx.library_rule = ref.library_rule = False  # the fused side: the kernels alone
+    reference = None if gpu is H100 else ref
     out = []
     for case in cases.full_grid():
         if case.family == "multitask":
             continue
-        base = predict.baselines(ctx, case, None if gpu is H100 else ref)
+        base = predict.baselines(ctx, case, reference)
         out.append(
             Both(
                 case,
                 predict._gemm_shape(case)[0],
                 predict.fused(ctx, case).seconds,
-                library_seconds(ctx, case),
+                predict.library_path(ctx, case, reference).seconds,
                 base["dense_masking"],
                 base["premasked"],
             )

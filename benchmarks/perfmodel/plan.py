@@ -72,6 +72,20 @@ def _ext():
     return _C
 
 
+_LIBRARY_DTYPES = {
+    "bf16": ("bfloat16", False),
+    "tf32": ("float32", True),
+    "fp32": ("float32", False),
+}
+
+
+def library_min_rows(case: Case) -> int:
+    """GEMM rows from which the ops layer runs the case's layer on the library path (the rule
+    of csrc/ops/gemm_path.h, queried from the build)."""
+    dtype, tf32 = _LIBRARY_DTYPES[case.dtype]
+    return int(_ext().library_min_rows(dtype, tf32))
+
+
 def query_linear(
     dtype: str,
     tasks: int,

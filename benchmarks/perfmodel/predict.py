@@ -10,7 +10,7 @@ model's H200/H100 ratio for that case. No run has measured a channels_last conv:
 are the faster of the roofline and the NCHW case's figures (cuDNN's NHWC kernels are its native
 ones, so it is taken to be at least as fast as on NCHW).
 
-Host time of a fused inference call: today's (the autograd formula in C++, beside each op in csrc/ops)
+Host time of a fused inference call: today's (the autograd formula in C++, beside each op)
 is ``host_now.fused_over_torch_op`` (constants.json, from a bench_overhead.py run on a CPU;
 ``model.py host`` writes it) times a plain torch op's host time on the measured H100 host
 (``host_torch_op_us``, fitted on that run's baselines). The fitted ``host_fused_us`` is the
@@ -59,6 +59,9 @@ class Context:
     host_fused_over_op: float | None = None
     # A hypothetical kernel costed in place of the planned one (whatif.SCENARIOS), or None
     what_if: str | None = None
+    # This checkout's GEMM path rule (csrc/ops/gemm_path.h): large layers on the library path.
+    # Off for the 2026-11-27 run's code (it had none) and for the fused kernels' own figures.
+    library_rule: bool = True
 
     def res(self, kernel: str) -> dict | None:
         return self.table.get("kernels", {}).get(kernel)
@@ -144,6 +147,8 @@ def fused(
     """The fused op of ``case`` (``tasks`` tasks in one call; default the case's own); under a
     what-if with a decode branch, that branch where it applies (``reference``: as for
     :func:`baselines`, whose pre-masked figure it runs)."""
+    if takes_library_path(ctx, case):
+        return library_path(ctx, case, reference)
     kernels_only = _fused_kernels(ctx, case, tasks)
     mode = whatif.decode_mode(ctx.what_if)
     if (
@@ -157,6 +162,50 @@ def fused(
     if decoded is None or (mode == "cheaper" and decoded.seconds >= kernels_only.seconds):
         return kernels_only
     return decoded
+
+
+def takes_library_path(ctx: Context, case: Case) -> bool:
+    """Whether the ops layer runs the case on the library path (the rule of gemm_path.h)."""
+    return (
+        ctx.library_rule
+        and ctx.what_if is None
+        and case.family in ("linear", "conv")
+        and _gemm_shape(case)[0] >= plan.library_min_rows(case)
+    )
+
+
+def library_path(ctx: Context, case: Case, reference: Context | None = None) -> FusedPrediction:
+    """The call on the library path: the weight decoded (one elementwise pass: W and its bits
+    read, the tile written) before each library GEMM, the forward's and, in training, the input
+    gradient's; then cuBLAS/cuDNN at the pre-masked baseline's time (inference) or the library
+    roofline (training, plus the step's own pieces as on the fused path). The tiling of the
+    decode into 1M-entry tiles is not modeled (one decode, one library call)."""
+    c, e, lay = ctx.constants, case.element_bytes, case.layer
+    decode = kernels.elementwise(lay.out_ch * lay.k * (2 * e + 1 / 8), ctx.gpu, c)
+    if case.mode == "inference":
+        library = sourced_baselines(ctx, case, reference)[0]["premasked"]
+        pieces = [
+            Piece("decode W' (library path)", decode, "-"),
+            Piece("library GEMM/conv on W'", Cost(library, "library", {}), "-"),
+        ]
+        host = host_fused_us(ctx)
+        launches = 2
+    else:
+        m, n, k = _gemm_shape(case)
+        conv = not lay.is_linear
+        fwd = kernels.vendor_gemm(m, n, k, e, case.dtype, ctx.gpu, c, conv=conv)
+        dgrad = kernels.vendor_gemm(m, k, n, e, case.dtype, ctx.gpu, c, conv=conv)
+        pieces = [
+            Piece("decode W' (forward)", decode, "-"),
+            Piece("library forward on W'", fwd, "-"),
+            Piece("decode W' (input gradient)", decode, "-"),
+            Piece("library input gradient on W'", dgrad, "-"),
+        ] + _step_pieces(ctx, case)
+        host = c.host_train_us + 2 * c.host_torch_op_us
+        launches = 4
+    host_s = (host + (launches - 1) * c.host_launch_us) * 1e-6
+    device_s = sum(p.cost.seconds for p in pieces)
+    return FusedPrediction(max(host_s, device_s), host_s, device_s, pieces)
 
 
 def _decode_then_library(ctx: Context, case: Case, reference: Context | None):
@@ -374,8 +423,9 @@ def context(
     host_now: bool = True,
     what_if: str | None = None,
 ) -> Context:
-    """What a prediction of this checkout's code reads; ``host_now=False``: the host cost of
-    the 2026-11-27 run's code (calibration against that run)."""
+    """What a prediction of this checkout's code reads; ``host_now=False``: the host cost and
+    the dispatch of the 2026-11-27 run's code (calibration against that run: no library
+    path)."""
     if what_if is not None and what_if not in whatif.SCENARIOS:
         raise ValueError(f"what_if: {what_if!r} is none of {sorted(whatif.SCENARIOS)}")
     return Context(
@@ -385,4 +435,5 @@ def context(
         measured or {},
         host_fused_over_op=load_host_now() if host_now else None,
         what_if=what_if,
+        library_rule=host_now,
     )
