@@ -359,9 +359,8 @@ PATH_FILES = {
                  "gemm_small_batch_grad.cuh"},
     "tiled": {"gemm_mma.cuh", "gemm_simt.cuh", "gemm_split_k.cuh"},
     "phases": {"gemm_mma.cuh", "gemm_simt.cuh", "gemm_split_k.cuh", "conv_direct.cuh"},
-    "linear": {"gemm_stream.cuh", "gemm_small_batch.cuh", "gemm_small_batch_grad.cuh",
-               "gemm_mma.cuh",
-               "gemm_simt.cuh", "gemm_split_k.cuh"},
+    "linear": {"gemm_stream.cuh", "gemm_stream_grad.cuh", "gemm_small_batch.cuh",
+               "gemm_small_batch_grad.cuh", "gemm_mma.cuh", "gemm_simt.cuh", "gemm_split_k.cuh"},
 }
 
 
