@@ -8,6 +8,8 @@ splits of N and blocks that take several strips of columns."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,3 +237,22 @@ def test_plan_of_the_issue_shapes_on_an_h100_is_one_wave():
             if m <= 16:  # the partial sums, written once and read once, in fp32
                 assert 2 * launch["workspace_bytes"] < 0.07 * 2 * 4096 * k, launch
 
+
+def test_the_models_plan_of_the_old_grad_input_is_the_cpp_one():
+    """benchmarks/perfmodel/stream_targets.py predicts "before" on small_batch_grad as its C++
+    plan() lays it out; checked where the dispatcher still picks that kernel (fp32 without
+    TF32, and 16-bit dy rows that are not whole 16-byte vectors)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from perfmodel import plan as model_plan  # noqa: PLC0415
+    from perfmodel import stream_targets  # noqa: PLC0415
+
+    for dtype, elem, m, n, k in [(torch.float32, "f32", 1, 4096, 4096),
+                                 (torch.float32, "f32", 16, 4096, 25088),
+                                 (torch.float32, "f32", 5, 300, 70),
+                                 (torch.bfloat16, "bf16", 8, 4095, 4096),
+                                 (torch.float16, "f16", 16, 1001, 1024),
+                                 (torch.bfloat16, "bf16", 1, 9, 31)]:
+        for sms in (EMULATOR_SMS, 132):
+            want = [model_plan.Launch.from_query(d) for d in plan(dtype, m, n, k, sms=sms)]
+            assert want[0].family.startswith("small_batch_grad::"), want
+            assert stream_targets.old_grad_input(elem, m, n, k, sms) == want, (m, n, k, sms)
