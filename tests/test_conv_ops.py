@@ -431,6 +431,7 @@ PATH_FILES = {
     "phases": {"gemm_mma.cuh", "gemm_simt.cuh", "gemm_split_k.cuh", "conv_direct.cuh"},
     "linear": {
         "gemm_stream.cuh",
+        "gemm_stream_grad.cuh",
         "gemm_small_batch.cuh",
         "gemm_small_batch_grad.cuh",
         "gemm_mma.cuh",

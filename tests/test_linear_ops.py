@@ -446,15 +446,16 @@ def test_tf32_switch_is_respected(backend):
 # One case per kernel of the masked-GEMM dispatcher (csrc/cuda/masked_gemm.cu), small enough
 # for the emulator: (M, N, K, dtype, tf32, path). At M <= 16 (fp32 without TF32) the path
 # names the forward's kernel; the input gradient takes small_batch_grad there. 16-bit forwards
-# (and fp32 as TF32) of up to 64 rows in whole 16-byte vectors take the weight stream, so the
+# (and fp32 as TF32) of up to 64 rows in whole 16-byte vectors take the weight stream, and
+# their input gradients the streamed one where dy's rows (N) are whole vectors too, so the
 # tiled tensor-core cases have 65 rows or more. The input gradient reduces over N, so the
 # tensor-core cases have N in whole 16-byte vectors too.
 DISPATCH_CASES = [
     (3, 20, 70, torch.float32, False, "small_batch"),
     (16, 20, 64, torch.float32, False, "small_batch at its M limit"),
-    (16, 9, 64, torch.bfloat16, False, "stream bf16 (grad_input: small_batch_grad)"),
-    (33, 24, 64, torch.float16, False, "stream fp16 (grad_input: mma)"),
-    (33, 20, 64, torch.float32, True, "stream tf32 (grad_input: mma)"),
+    (16, 9, 64, torch.bfloat16, False, "stream bf16 (grad_input: small_batch_grad, N = 9)"),
+    (33, 24, 64, torch.float16, False, "stream fp16 (grad_input: stream_grad)"),
+    (33, 20, 64, torch.float32, True, "stream tf32 (grad_input: stream_grad)"),
     (65, 24, 64, torch.bfloat16, False, "mma bf16"),
     (65, 24, 64, torch.float16, False, "mma fp16"),
     (65, 20, 64, torch.float32, True, "mma tf32"),
@@ -464,7 +465,7 @@ DISPATCH_CASES = [
     # One tile on the emulator's 4 SMs, 16 to 32 reduction stages: split-K over 2 or 4 splits
     # (K = 1032: 17 stages, the last one partial, in splits of 9 and 8).
     (65, 24, 1032, torch.bfloat16, False, "mma split-K forward"),
-    (33, 1024, 24, torch.bfloat16, False, "mma split-K grad_input"),
+    (65, 1024, 24, torch.bfloat16, False, "mma split-K grad_input"),
     (65, 20, 1024, torch.float32, True, "mma split-K forward, tf32, 4 splits"),
     (33, 20, 1000, torch.float32, False, "simt split-K forward, 3 splits"),
 ]
@@ -496,7 +497,9 @@ def test_every_gemm_kernel_forward_and_grad_input(backend, m, n, k, dtype, tf32,
             "small_batch": ("gemm_small_batch.cuh", "gemm_small_batch_grad.cuh"),
             "stream": (
                 "gemm_stream.cuh",
-                "gemm_small_batch_grad.cuh" if m <= 16 else "gemm_mma.cuh",
+                "gemm_stream_grad.cuh"
+                if n * x.element_size() % 16 == 0
+                else "gemm_small_batch_grad.cuh",
             ),
             "mma": ("gemm_mma.cuh", "gemm_mma.cuh"),
             "simt": ("gemm_simt.cuh", "gemm_simt.cuh"),

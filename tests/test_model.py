@@ -31,6 +31,7 @@ FILE_OF = {
     "small_batch::": "gemm_small_batch.cuh",
     "small_batch_grad::": "gemm_small_batch_grad.cuh",
     "weight_stream::": "gemm_stream.cuh",
+    "weight_stream_grad::": "gemm_stream_grad.cuh",
     "mma::": "gemm_mma.cuh",
     "simt::": "gemm_simt.cuh",
     "split_k::": "gemm_split_k.cuh",
@@ -59,12 +60,13 @@ def launched_files(log):
     return [entry.split(":")[0] for entry in log]
 
 
-# (M, N, K, dtype, tf32): small_batch, small_batch_grad with splits, mma split-K, simt.
+# (M, N, K, dtype, tf32): small_batch, small_batch_grad with splits, the weight streams (both
+# directions), mma split-K, simt.
 LINEAR = [
     (1, 40, 300, torch.float32, False),
     (16, 24, 64, torch.bfloat16, False),
     (33, 24, 1032, torch.bfloat16, False),
-    (33, 1024, 24, torch.bfloat16, False),
+    (65, 1024, 24, torch.bfloat16, False),
     (33, 20, 1000, torch.float32, False),
     (40, 20, 1024, torch.float32, True),
 ]

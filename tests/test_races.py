@@ -67,6 +67,12 @@ def _workloads(device: str = "cpu"):
     # One row tile of 32 chunks: the weight stream splits K on the emulator's 4 SMs.
     w_wide, x_wide = torch.randn(6, 4096, generator=g), torch.randn(2, 4096, generator=g)
     bits_wide = masks.pack(torch.rand(w_wide.shape, generator=g) < 0.5)
+    # The streamed input gradient: dy rows of whole 16-byte vectors (N = 40), 19 rows (3 n8
+    # tiles), K past one strip; and N = 1024 rows of W, which it splits across blocks.
+    sg_w, sg_dy = torch.randn(40, 136, generator=g), torch.randn(19, 40, generator=g)
+    sg_bits = masks.pack(torch.rand(sg_w.shape, generator=g) < 0.5)
+    sg_tall_w, sg_tall_dy = torch.randn(1024, 64, generator=g), torch.randn(3, 1024, generator=g)
+    sg_tall_bits = masks.pack(torch.rand(sg_tall_w.shape, generator=g) < 0.5)
     (
         w,
         owner,
@@ -102,6 +108,12 @@ def _workloads(device: str = "cpu"):
         w_wide,
         x_wide,
         bits_wide,
+        sg_w,
+        sg_dy,
+        sg_bits,
+        sg_tall_w,
+        sg_tall_dy,
+        sg_tall_bits,
     ) = (
         t.to(device)
         for t in (
@@ -139,8 +151,15 @@ def _workloads(device: str = "cpu"):
             w_wide,
             x_wide,
             bits_wide,
+            sg_w,
+            sg_dy,
+            sg_bits,
+            sg_tall_w,
+            sg_tall_dy,
+            sg_tall_bits,
         )
     )
+    grad_input = torch.ops.cpg.masked_linear_grad_input
 
     # Stride 2, padding 1 convs of image x (forward) or dy (input gradient) through weight cw_.
     def conv(x, cw_, cbits_, fmt, dtype):
@@ -192,6 +211,13 @@ def _workloads(device: str = "cpu"):
         "linear_grad_input_small_batch": lambda: torch.ops.cpg.masked_linear_grad_input(
             tall_dy, tall_w, tall_bits
         ),
+        "linear_grad_input_stream_bf16": lambda: grad_input(
+            sg_dy.bfloat16(), sg_w.bfloat16(), sg_bits
+        ),
+        "linear_grad_input_stream_tf32": lambda: with_tf32(grad_input, sg_dy[:9], sg_w, sg_bits),
+        "linear_grad_input_stream_split_n": lambda: grad_input(
+            sg_tall_dy.half(), sg_tall_w.half(), sg_tall_bits
+        ),
         "multitask": lambda: functional.masked_linear_multitask(
             x[:6].view(2, 3, 70), w, torch.stack([bits, bits ^ 1])
         ),
@@ -242,6 +268,9 @@ KERNEL_FILE = {
     "multitask_stream": "gemm_stream.cuh",
     "linear_stream_tf32": "gemm_stream.cuh",
     "linear_grad_input_small_batch": "gemm_small_batch_grad.cuh",
+    "linear_grad_input_stream_bf16": "gemm_stream_grad.cuh",
+    "linear_grad_input_stream_tf32": "gemm_stream_grad.cuh",
+    "linear_grad_input_stream_split_n": "gemm_stream_grad.cuh:sum_kernel",
     "multitask": "gemm_small_batch.cuh",
     "conv": "conv_direct.cuh",
     "conv_nhwc": "gemm_simt.cuh",
@@ -287,6 +316,8 @@ def test_two_seeds_agree_bitwise(name):
         "linear_stream_split_k",
         "multitask_stream",
         "linear_grad_input_small_batch",
+        "linear_grad_input_stream_bf16",
+        "linear_grad_input_stream_split_n",
         "conv_split_k_nhwc_bf16",
         "conv_grad_input_nhwc_bf16",
         "conv_unfolded",

@@ -396,6 +396,73 @@ def weight_stream(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> C
     )
 
 
+def weight_stream_grad(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> Cost:
+    """gemm_stream_grad.cuh: the weight stream reducing over N. Each warp streams its chunks
+    (chunk_rows W rows x strip_bytes of columns) through its own ``stages``-deep cp.async
+    pipeline, strip after strip; a unit is one chunk per warp of the block. W (evict-first)
+    and its bit words come from DRAM, the chunk's dy rows from L2 (copied with every chunk);
+    the chunk's HMMA (8 per n8 tile used: 2 k16 steps x 4 m-tiles, or 4 k8 x 2 in TF32)
+    follow its byte permutes (16-bit: one per A register), so loads overlap math as in
+    weight_stream. At a strip's end warps 1-3 leave their sums in shared memory and warp 0
+    adds them (two barriers). Extrapolated: no GPU has run this kernel yet."""
+    p, e = launch.params, elem_bytes(launch.kernel)
+    f = gpu.clock_ghz * 1e9
+    warps, stages = p["warps"], p["stages"]
+    chunk = p["chunk_rows"] * p["strip_bytes"]  # W bytes of one chunk
+    used = p["used_tiles"]
+    cps = p["chunks_per_split"]
+    rounds = math.ceil(cps / warps)  # a warp's chunks per strip (the busiest warp's)
+    strips_per_block = math.ceil(p["strips"] / p["strip_blocks"])
+    units = strips_per_block * rounds
+    w_unit = cps * chunk / rounds  # the block's W bytes per unit, all warps
+    bits_unit = w_unit / e / 8
+    dy_unit = cps / rounds * p["M"] * p["chunk_rows"] * e
+    hmma = cps / rounds * 8 * used
+    kv = 16 // e
+    # One warp's chunk: 8 W pieces masked (and 16-bit: 16 permutes per k16 step), the dy
+    # copies (M x chunk rows x e over 32 lanes x 16 bytes) and reads, 8 HMMA per tile.
+    dy_copies = math.ceil(p["M"] * p["chunk_rows"] * e / (32 * 16))
+    instr, source = per_unit_instructions(
+        res, "HMMA", 8 * used, 230 + (32 if kv == 8 else 0) + 12 * used + 6 * dy_copies
+    )
+    # Shared-memory wavefronts per warp chunk: W copied in and read back (32 + 32), the bit
+    # words (2 four-byte copies, 2 LDS.128), dy copied in and read (per tile: 2 LDS.128 of
+    # 16-bit, 4 of fp32: 4 wavefronts each).
+    wavefronts = 64 + 2 + 8 + dy_copies * 4 + used * (8 if kv == 8 else 16)
+    regs = (kv // 2) * p["tiles"] * 4  # sums per lane
+    # A strip's end: two barriers, warps 1-3 store their sums, warp 0 loads and adds them.
+    flush_clk = 2 * 40 + regs * 4 + (warps - 1) * regs * 8
+    unit = Unit(
+        count=units,
+        dram_bytes=w_unit + bits_unit,
+        l2_bytes=dy_unit,
+        instructions=instr,
+        warps=warps,
+        chain_s=c.mem_latency_ns * 1e-9 / (stages - 1),
+        overlapped=True,
+        hmma=hmma,
+        smem_wavefronts=wavefronts * warps,
+        fixed_s=flush_clk / f / rounds,
+        prologue_s=c.mem_latency_ns * 1e-9,
+    )
+    m, n, k = p["M"], p["N"], p["K"]
+    out = (4 * p["splits"] if launch.workspace_bytes else e) * m * k
+    total = n * k * (e + 1 / 8) + m * n * e + out
+    return blocks_cost(
+        launch,
+        unit,
+        _occ(launch, res, gpu),
+        gpu,
+        c,
+        total,
+        {
+            "instructions_from": source,
+            "units_per_strip": rounds,
+            "strips_per_block": strips_per_block,
+        },
+    )
+
+
 def _view_kind(kernel: str) -> str:
     """linear, conv_nhwc (a tiles by cp.async), conv (gathered a tiles), or the 3x3 tap-window
     tiles of conv_window.cuh: window_nhwc, window."""
@@ -613,6 +680,8 @@ def launch_cost(
         return weight_stream(launch, res, gpu, c)
     if fam == "small_batch_grad::masked_linear_grad_input_small_batch_kernel":
         return small_batch_grad(launch, res, gpu, c)
+    if fam == "weight_stream_grad::masked_linear_grad_input_stream_kernel":
+        return weight_stream_grad(launch, res, gpu, c)
     if fam == "mma::masked_gemm_mma_kernel":
         return mma(launch, res, gpu, c, taps)
     if fam == "simt::masked_gemm_simt_kernel":
@@ -623,6 +692,7 @@ def launch_cost(
         "split_k::reduce_splits_kernel",
         "small_batch_grad::sum_splits_kernel",
         "weight_stream::sum_splits_kernel",
+        "weight_stream_grad::sum_splits_kernel",
     ):
         return reduce_splits(launch, res, gpu, c, elem_bytes(launch.kernel))
     if fam == "conv::unfolded::unfold_kernel":

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Issue 14's targets for the weight stream (gemm_stream.cuh), predicted before and after.
+"""Issue 14's targets for the weight streams (gemm_stream.cuh, gemm_stream_grad.cuh),
+predicted before and after.
 
     python3 benchmarks/perfmodel/stream_targets.py [--gpu h100-sxm] [--gpu h200-sxm]
 
@@ -12,11 +13,18 @@ Prints a markdown table of predicted figures per GPU: the fused call's time (and
 time) on each side, and the after side's ratios against the pre-masked weight (>= 0.9 wanted;
 in brackets against the fused call's device time alone, as if the host cost nothing) and dense
 masking (>= 3, or >= 7 against eight passes at T = 8). "target met" reads the call's ratios.
+
+Then the input gradient of the linear layers at batch 1, 8 and 16 in bf16 (one part of a
+training step, whose call time is the host's): the device time of its launches before (on
+gemm_small_batch_grad.cuh, planned by :func:`old_grad_input`) and after (the streamed one), and
+the after side against cuBLAS's dy @ W on a pre-masked weight and against dense masking (the
+mask unpacked and multiplied into a weight copy, then that GEMM).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -26,10 +34,12 @@ sys.path.insert(0, str(BENCH))
 import cases  # noqa: E402
 import model  # noqa: E402
 
-from perfmodel import calibrate, plan, predict  # noqa: E402
+from perfmodel import calibrate, kernels, plan, predict  # noqa: E402
 from perfmodel.hardware import GPUS, H100  # noqa: E402
 
 STREAM = "weight_stream::"
+STREAM_GRAD = "weight_stream_grad::"
+GRAD_BATCHES = (1, 8, 16)
 
 
 def chosen(sms: int) -> list:
@@ -85,6 +95,114 @@ def table(before: dict, after: dict) -> list[str]:
     return lines
 
 
+def old_grad_input(elem: str, m: int, n: int, k: int, sms: int) -> list[plan.Launch]:
+    """The launches of ``gemm_small_batch_grad.cuh`` for dx[m, k] = dy[m, n] W'[n, k] (m <= 16),
+    as its C++ plan() computes them: the input gradient's dispatch before the streamed kernel
+    (test_stream_grad_kernels.py checks the two agree where the dispatcher still picks it)."""
+    e = {"f32": 4, "f16": 2, "bf16": 2}[elem]
+    warps, rows_per_step, max_rows, threads = 8, 4, 16, 256
+    warp_cols = 32 * (16 // e)
+    wanted = 4 * sms  # kBlocksPerSm
+    groups, group_rows = math.ceil(m / max_rows), min(m, max_rows)
+
+    def col_blocks(slices):
+        return math.ceil(math.ceil(k / warp_cols) / (warps // slices))
+
+    slices = 1
+    while slices < warps and col_blocks(slices) * groups < wanted:
+        slices *= 2
+    step_rows = slices * rows_per_step
+    min_split_rows = group_rows * (16 * 2 * 4 // e)  # kPartialsShare
+    max_splits = n // max(min_split_rows, step_rows)
+    splits = max(1, min(math.ceil(wanted / (col_blocks(slices) * groups)), max_splits))
+    rows_per_split = math.ceil(math.ceil(n / splits) / step_rows) * step_rows
+    splits = math.ceil(n / rows_per_split)
+    dy_rows = next(r for r in (1, 2, 4, 8, 16) if m <= r or r == 16)
+    params = {
+        "M": m,
+        "N": n,
+        "K": k,
+        "dy_rows": dy_rows,
+        "slices": slices,
+        "splits": splits,
+        "rows_per_split": rows_per_split,
+        "rows_per_step": rows_per_step,
+        "warp_cols": warp_cols,
+    }
+    out = [
+        plan.Launch(
+            f"small_batch_grad::masked_linear_grad_input_small_batch_kernel<{elem},{dy_rows}>",
+            (col_blocks(slices), splits, groups),
+            threads,
+            0,
+            4 * splits * m * k if splits > 1 else 0,
+            params,
+        )
+    ]
+    if splits > 1:
+        count = m * k
+        blocks = max(1, min(math.ceil(count / threads), 8 * sms))
+        out.append(
+            plan.Launch(
+                f"small_batch_grad::sum_splits_kernel<{elem}>",
+                (blocks, 1, 1),
+                threads,
+                0,
+                0,
+                {"elements": count, "splits": splits},
+            )
+        )
+    return out
+
+
+def grad_cases(sms: int) -> list:
+    out = []
+    for lay in cases.LINEAR_LAYERS:
+        for batch in GRAD_BATCHES:
+            case = cases.Case("linear", lay, batch, "bf16", "training")
+            if any(
+                launch.kernel.startswith(STREAM_GRAD)
+                for launch in plan.grad_input_launches(case, sms)
+            ):
+                out.append(case)
+    return out
+
+
+def _device_s(ctx, launches) -> float:
+    return sum(
+        kernels.launch_cost(launch, ctx.res(launch.kernel), ctx.gpu, ctx.constants).seconds
+        for launch in launches
+    )
+
+
+def grad_table(gpu) -> list[str]:
+    ctx = predict.context(gpu)
+    c, e = ctx.constants, 2
+    lines = [
+        "| case (dx = dy W') | before us | after us | after x pre-masked | after x dense "
+        "| target met | after bound | after launches |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for case in grad_cases(gpu.sms):
+        lay = case.layer
+        m, n, k = case.batch, lay.out_ch, lay.in_ch
+        after = plan.grad_input_launches(case, gpu.sms)
+        before = old_grad_input("bf16", m, n, k, gpu.sms)
+        t_before, t_after = _device_s(ctx, before), _device_s(ctx, after)
+        premasked = kernels.vendor_gemm(m, k, n, e, "bf16", gpu, c).seconds
+        unpack = kernels.elementwise(n * k * (1 + 1 / 8), gpu, c).seconds
+        multiply = kernels.elementwise(n * k * (2 * e + 1), gpu, c).seconds
+        dense = unpack + multiply + premasked
+        main = kernels.launch_cost(after[0], ctx.res(after[0].kernel), gpu, c)
+        met = premasked / t_after >= 0.9 and dense / t_after >= 3
+        lines.append(
+            f"| {lay.net}.{lay.name}/b{m} | {t_before * 1e6:.1f} | {t_after * 1e6:.1f} | "
+            f"{premasked / t_after:.2f} | {dense / t_after:.2f} | "
+            f"{'yes' if met else 'no'} | {main.bound} | {len(after)} |"
+        )
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpu", action="append", choices=sorted(GPUS))
@@ -94,6 +212,11 @@ def main(argv=None) -> int:
         picked = chosen(gpu.sms)
         print(f"\n{gpu.name}, predicted (before: gemm_small_batch.cuh; after: gemm_stream.cuh)\n")
         print("\n".join(table(records(gpu, picked, True), records(gpu, picked, False))))
+        print(
+            f"\n{gpu.name}, the input gradient's device time, predicted (before: "
+            "gemm_small_batch_grad.cuh; after: gemm_stream_grad.cuh)\n"
+        )
+        print("\n".join(grad_table(gpu)))
     return 0
 
 

@@ -8,6 +8,12 @@
 //                     once per group of up to 64 x rows (up to 8 tasks' rows
 //                     in multitask) through a per-warp cp.async pipeline, the
 //                     mask applied in registers, W the mma's A operand.
+//   weight_stream_grad
+//                     grad_input only, M <= 64, tensor cores (as weight_stream):
+//                     the same stream reducing over N, W once for all dy rows;
+//                     N split across a block's warps and, when K's strips alone
+//                     cannot fill the device, across blocks (fp32 partials,
+//                     added in split order by a second kernel).
 //   small_batch       forward only, M <= 16: streams W once per group of up to
 //                     16 x rows (several tasks' rows at once in multitask),
 //                     fp32 FMA: exact fp32 without TF32, and any alignment.
@@ -28,13 +34,16 @@
 //      w 16-byte aligned, a block fitting shared memory   -> weight_stream
 //   2. forward / multitask with M <= 16                  -> small_batch
 //   3. grad_input (dx = dy W', reduction over N) with
-//      M <= 16                                           -> small_batch_grad
-//   4. f16 / bf16, or f32 with allow_tf32, where the
+//      M <= 64, f16 / bf16 or f32 with allow_tf32, K and
+//      N in whole 16-byte vectors, dy, w and dx 16-byte
+//      aligned, a block fitting shared memory            -> weight_stream_grad
+//   4. grad_input with M <= 16                            -> small_batch_grad
+//   5. f16 / bf16, or f32 with allow_tf32, where the
 //      tensor-core layout holds (the reduction and W rows
 //      are whole 16-byte vectors, a and w 16-byte aligned) -> mma
-//   5. everything else (f32 without TF32, odd K, offset
+//   6. everything else (f32 without TF32, odd K, offset
 //      views, an empty reduction)                         -> simt
-// Multitask beyond rules 1-2 runs tasks on gridDim.z of the tiled kernels (4-5). All
+// Multitask beyond rules 1-2 runs tasks on gridDim.z of the tiled kernels (5-6). All
 // kernels are deterministic: no atomics, fixed reduction orders.
 #include "cuda/gemm_common.cuh"
 #include "cuda/gemm_mma.cuh"
@@ -42,6 +51,7 @@
 #include "cuda/gemm_small_batch.cuh"
 #include "cuda/gemm_small_batch_grad.cuh"
 #include "cuda/gemm_stream.cuh"
+#include "cuda/gemm_stream_grad.cuh"
 
 namespace cpg {
 namespace CPG_KERNEL_NS {
@@ -56,6 +66,10 @@ struct GemmLauncher {
   template <typename T>
   void stream_forward(const MaskedGemm<T>& g) const {
     weight_stream::launch(g, stream);
+  }
+  template <typename T>
+  void stream_grad_input(const MaskedGemm<T>& g) const {
+    weight_stream_grad::launch(g, stream);
   }
   template <typename T>
   void small_batch(const MaskedGemm<T>& g) const {
@@ -82,6 +96,10 @@ struct GemmPlanner {
   template <typename T>
   void stream_forward(const MaskedGemm<T>& g) const {
     weight_stream::describe(g, sm_count, *plan);
+  }
+  template <typename T>
+  void stream_grad_input(const MaskedGemm<T>& g) const {
+    weight_stream_grad::describe(g, sm_count, *plan);
   }
   template <typename T>
   void small_batch(const MaskedGemm<T>& g) const {
@@ -123,7 +141,9 @@ void run_forward(const MaskedGemm<T>& g, bool allow_tf32, const Exec& exec) {
 
 template <typename T, typename Exec>
 void run_grad_input(const MaskedGemm<T>& g, bool allow_tf32, const Exec& exec) {
-  if (g.M <= small_batch_grad::kMaxDyRows) {
+  if (weight_stream_grad::supports(g, allow_tf32, exec.smem())) {
+    exec.stream_grad_input(g);
+  } else if (g.M <= small_batch_grad::kMaxDyRows) {
     exec.small_batch_grad(g);
   } else {
     run_tiled<T, true>(g, allow_tf32, exec);
