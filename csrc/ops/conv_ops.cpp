@@ -119,8 +119,9 @@ at::ScalarType library_dtype(const at::Tensor& t) {
 //
 // Which path runs a conv: on the CUDA and emu backends, fp32 / fp16 / bf16
 // run the fused implicit-GEMM kernels (csrc/cuda/masked_conv.cu; they take
-// every shape, stride, padding, dilation and group count); the CPU backend
-// and float64 anywhere take the chunked path below.
+// every shape, stride, padding, dilation and group count) up to the library
+// path's threshold of output pixels (gemm_path.h), beyond it the chunked path
+// below; the CPU backend and float64 anywhere always take the chunked path.
 
 // The conv switch of torch's TF32 settings (torch.backends.cudnn.allow_tf32).
 bool allow_tf32() { return at::globalContext().allowTF32CuDNN(at::Float32Op::CONV); }
