@@ -209,21 +209,12 @@ def library_path(ctx: Context, case: Case, reference: Context | None = None) -> 
 
 
 def _decode_then_library(ctx: Context, case: Case, reference: Context | None):
-    """The masked weight decoded into a workspace (W and its bits read, W' written: one
-    elementwise pass), then cuBLAS/cuDNN on it at the pre-masked baseline's time; None where
-    the forward takes no tiled launch (the small-batch and streaming paths stay)."""
+    """The what-if decode branch: the library path's pricing (:func:`library_path`) wherever
+    the forward takes a tiled launch; None elsewhere (the small-batch and streaming paths
+    stay)."""
     if not any(whatif.decodes(launch) for launch in _launches(ctx, case, "forward")):
         return None
-    c, e, lay = ctx.constants, case.element_bytes, case.layer
-    decode = kernels.elementwise(lay.out_ch * lay.k * (2 * e + 1 / 8), ctx.gpu, c)
-    library = sourced_baselines(ctx, case, reference)[0]["premasked"]
-    pieces = [
-        Piece("decode W' (what-if)", decode, "-"),
-        Piece("library GEMM/conv on W' (what-if)", Cost(library, "library", {}), "-"),
-    ]
-    host_s = (host_fused_us(ctx) + c.host_launch_us) * 1e-6
-    device_s = decode.seconds + library
-    return FusedPrediction(max(host_s, device_s), host_s, device_s, pieces)
+    return library_path(ctx, case, reference)
 
 
 def _fused_kernels(ctx: Context, case: Case, tasks: int | None = None) -> FusedPrediction:
