@@ -9,9 +9,10 @@ own for the aten ops these replace:
   and their input-gradient ops) are autocast's "lower precision" kind, as
   ``linear`` and ``conv2d`` are: the activation, the weight and the bias are
   cast to the autocast dtype (``torch.get_autocast_dtype(device)``) and the
-  op runs with autocast off. The picking mask stays float32 (the ops require
-  it: it is a training-only master copy), and so do the uint8 owners and the
-  int32 bits. A float64 tensor is left alone, as autocast leaves it.
+  op runs with autocast off; ``masked_linear_weight_grad`` (a backward piece
+  as well) casts its gradient, activation and weight alike. The picking mask
+  stays float32 (the ops require it: it is a training-only master copy), and
+  so do the uint8 owners and the int32 bits. A float64 tensor is left alone, as autocast leaves it.
 * ``grad_epilogue`` is elementwise: "promote", its gradient and weight meet
   at the wider of their two dtypes.
 * the mask ops (``pack_bits``, ``unpack_bits``, ``active_bits``, ``count_bits``,
@@ -40,6 +41,7 @@ _LOWER_PRECISION = (
     "masked_conv2d_multitask",
     "masked_linear_grad_input",
     "masked_conv2d_grad_input",
+    "masked_linear_weight_grad",
 )
 _PROMOTE = ("grad_epilogue",)
 # The arguments a lower-precision op casts: activations, weight, bias; never the mask.

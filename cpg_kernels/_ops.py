@@ -11,6 +11,8 @@ and return outputs of the right shape, dtype and layout.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -282,6 +284,37 @@ def _(grad_out, weight, bits):
         f"got shape {list(grad_out.shape)}",
     )
     return grad_out.new_empty((*grad_out.shape[:-1], weight.shape[1]))
+
+
+@_fake("masked_linear_weight_grad")
+def _(grad_out, x, weight, bits, owner=None, task=0, mask_grad=False):
+    _check_linear(x, weight, bits, "x")
+    _check_like(grad_out, weight, "grad_out", "weight")
+    n, k = weight.shape
+    _check(
+        x.dim() >= 1 and x.shape[-1] == k,
+        f"x: expected last dimension {k} (the weight's in_features), got shape {list(x.shape)}",
+    )
+    _check(
+        grad_out.dim() >= 1 and grad_out.shape[-1] == n,
+        f"grad_out: expected last dimension {n} (the weight's out_features), "
+        f"got shape {list(grad_out.shape)}",
+    )
+    rows = math.prod(x.shape[:-1])
+    _check(
+        math.prod(grad_out.shape[:-1]) == rows,
+        f"grad_out: expected {rows} rows (as many as x), got shape {list(grad_out.shape)}",
+    )
+    if owner is not None:
+        _check_owner(owner, weight)
+        _check_task(task)
+    _check(
+        not mask_grad or owner is not None,
+        "mask_grad: the mask gradient needs owner (the training form)",
+    )
+    grad_w = weight.new_empty((n, k))
+    shape = (n, k) if mask_grad else (0,)
+    return grad_w, weight.new_empty(shape, dtype=torch.float32)
 
 
 @_fake("masked_linear_multitask")

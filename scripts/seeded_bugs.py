@@ -202,6 +202,27 @@ BUGS = [
         "the library path's conv input gradient loses the rows that stride leaves over",
         backends="cpu",
     ),
+    Bug(
+        "weight-grad-a-fragment-order",
+        "csrc/cuda/gemm_mma.cuh",
+        "a, tile + L::at_offset(k0 + lane % 8 + (lane / 16) * 8, row0 + (lane / 8 % 2) * 8));",
+        "a, tile + L::at_offset(k0 + lane % 8 + (lane / 8 % 2) * 8, row0 + (lane / 16) * 8));",
+        ["tests/test_weight_grad_kernels.py::test_training_form_matches_the_oracle"],
+        "the transposed A tile's ldmatrix addresses swap the fragment's row and k halves",
+        backends="emu",
+    ),
+    Bug(
+        "weight-grad-epilogue-skips-the-rule",
+        "csrc/cuda/gemm_weight_grad.cuh",
+        "p.grad_w[i] = weight_grad_of(g, owner, p.task);",
+        "p.grad_w[i] = g;",
+        [
+            "tests/test_weight_grad_kernels.py::test_training_form_matches_the_oracle",
+            "tests/test_weight_grad_kernels.py::test_the_epilogue_applies_the_rule_to_the_rounded_sums",
+        ],
+        "the fused weight gradient reaches weights the task does not own",
+        backends="emu",
+    ),
     # ------------------------------------------- global memory (the sanitizer step only)
     Bug(
         "small-batch-reads-past-last-row",

@@ -180,3 +180,15 @@ def test_thresholds_are_the_committed_predictions():
     fitted = dict(re.findall(r"- (bf16 / TF32|exact fp32): threshold \*\*(\d+)\*\*", h100))
     assert int(fitted["bf16 / TF32"]) == backends.library_min_rows(torch.bfloat16)
     assert int(fitted["exact fp32"]) == backends.library_min_rows(torch.float32)
+
+
+def test_weight_grad_threshold_is_the_committed_prediction():
+    """The weight-gradient rule's constant is the one benchmarks/perfmodel/weight_grad_path.py
+    fitted; exact fp32 always takes the two-pass path (the fused kernel needs tensor cores)."""
+    report = pathlib.Path(__file__).resolve().parents[1] / (
+        "benchmarks/results/2026-12-02-predicted/weight-grad-path.md"
+    )
+    [fitted] = re.findall(r"\*\*Threshold: (\d+) batch rows\*\*", report.read_text())
+    assert int(fitted) == backends.weight_grad_library_min_rows(torch.bfloat16)
+    assert int(fitted) == backends.weight_grad_library_min_rows(torch.float32, allow_tf32=True)
+    assert backends.weight_grad_library_min_rows(torch.float32) == 0

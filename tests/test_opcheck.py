@@ -54,6 +54,11 @@ def op_samples():
         ("masked_linear", (gx, gw, gbits, bias, gowner, gmask, 3)),
         ("masked_linear", (gx, gw, gbits, None, None, None, 0)),
         ("masked_linear_grad_input", (torch.randn(5, 6), w, bits)),
+        ("masked_linear_weight_grad", (torch.randn(5, 6), x, w, bits, owner, 3, True)),
+        (
+            "masked_linear_weight_grad",
+            (torch.randn(2, 3, 6), torch.randn(2, 3, 37), w, bits, None, 0, False),
+        ),
         ("masked_linear_multitask", (torch.randn(2, 3, 37), w, torch.stack([bits, bits]), None)),
         (
             "masked_linear_multitask",

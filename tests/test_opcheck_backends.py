@@ -35,6 +35,7 @@ def samples(device):
     gw, gowner, gmask, gbits, gbias = _layer((6, 37), device, grad=True)
     cw, cowner, cmask, cbits, cbias = _layer((4, 3, 3, 3), device, grad=False)
     cgw, cgowner, cgmask, cgbits, cgbias = _layer((4, 3, 3, 3), device, grad=True)
+    w8, owner8, _, bits8, _ = _layer((8, 40), device, grad=False)
 
     def randn(*shape, grad=False):
         return torch.randn(*shape, device=device, requires_grad=grad)
@@ -53,6 +54,20 @@ def samples(device):
         ("masked_linear", (randn(5, 37, grad=True), gw, gbits, None, gowner, None, TASK)),
         ("masked_linear", (randn(2, 3, 37, grad=True), gw, gbits)),
         ("masked_linear_grad_input", (randn(5, 6), w, bits)),
+        ("masked_linear_weight_grad", (randn(5, 6), randn(5, 37), w, bits, owner, TASK, True)),
+        # bf16 in whole 16-byte rows: the fused one-pass kernel on a kernel backend.
+        (
+            "masked_linear_weight_grad",
+            (
+                randn(9, 8).bfloat16(),
+                randn(9, 40).bfloat16(),
+                w8.bfloat16(),
+                bits8,
+                owner8,
+                TASK,
+                True,
+            ),
+        ),
         (
             "masked_linear_multitask",
             (randn(2, 3, 37, grad=True), gw, torch.stack([gbits, gbits]), gbias),
@@ -115,6 +130,14 @@ def _bad_calls():
         ("mask", lambda: ops.masked_linear(x, w, bits, None, owner, torch.rand(6, 36), TASK)),
         ("weight", lambda: ops.masked_linear(x.long(), w.long(), bits)),
         ("grad_out", lambda: ops.masked_linear_grad_input(torch.randn(5, 7), w, bits)),
+        (
+            "grad_out",
+            lambda: ops.masked_linear_weight_grad(torch.randn(4, 6), x, w, bits, owner, TASK),
+        ),
+        (
+            "mask_grad",
+            lambda: ops.masked_linear_weight_grad(torch.randn(5, 6), x, w, bits, None, 0, True),
+        ),
         ("x", lambda: ops.masked_linear_multitask(x, w, bits)),
         ("bits", lambda: ops.masked_linear_multitask(x.expand(2, 5, 37), w, bits)),
         ("x", lambda: ops.masked_conv2d(torch.randn(2, 4, 8, 8), cw, cbits)),

@@ -73,6 +73,11 @@ def _workloads(device: str = "cpu"):
     sg_bits = masks.pack(torch.rand(sg_w.shape, generator=g) < 0.5)
     sg_tall_w, sg_tall_dy = torch.randn(1024, 64, generator=g), torch.randn(3, 1024, generator=g)
     sg_tall_bits = masks.pack(torch.rand(sg_tall_w.shape, generator=g) < 0.5)
+    # The one-pass weight gradient of sg_w: 70 batch rows (two 16-bit stages), and 600 rows
+    # of fp32 as TF32 on one output tile (19 stages: split-K on 4 SMs).
+    wg_owner = random_owner(sg_w.shape, generator=g)
+    wg_dy, wg_x = torch.randn(70, 40, generator=g), torch.randn(70, 136, generator=g)
+    wg_long_dy, wg_long_x = torch.randn(600, 40, generator=g), torch.randn(600, 72, generator=g)
     (
         w,
         owner,
@@ -114,6 +119,11 @@ def _workloads(device: str = "cpu"):
         sg_tall_w,
         sg_tall_dy,
         sg_tall_bits,
+        wg_owner,
+        wg_dy,
+        wg_x,
+        wg_long_dy,
+        wg_long_x,
     ) = (
         t.to(device)
         for t in (
@@ -157,9 +167,15 @@ def _workloads(device: str = "cpu"):
             sg_tall_w,
             sg_tall_dy,
             sg_tall_bits,
+            wg_owner,
+            wg_dy,
+            wg_x,
+            wg_long_dy,
+            wg_long_x,
         )
     )
     grad_input = torch.ops.cpg.masked_linear_grad_input
+    weight_grad = torch.ops.cpg.masked_linear_weight_grad
 
     # Stride 2, padding 1 convs of image x (forward) or dy (input gradient) through weight cw_.
     def conv(x, cw_, cbits_, fmt, dtype):
@@ -218,6 +234,19 @@ def _workloads(device: str = "cpu"):
         "linear_grad_input_stream_split_n": lambda: grad_input(
             sg_tall_dy.half(), sg_tall_w.half(), sg_tall_bits
         ),
+        "linear_weight_grad_bf16": lambda: weight_grad(
+            wg_dy.bfloat16(), wg_x.bfloat16(), sg_w.bfloat16(), sg_bits, wg_owner, 3, True
+        ),
+        "linear_weight_grad_split_k": lambda: with_tf32(
+            weight_grad,
+            wg_long_dy,
+            wg_long_x,
+            sg_w[:, :72].contiguous(),
+            masks.active_bits(wg_owner[:, :72].contiguous(), 3),
+            wg_owner[:, :72].contiguous(),
+            3,
+            True,
+        ),
         "multitask": lambda: functional.masked_linear_multitask(
             x[:6].view(2, 3, 70), w, torch.stack([bits, bits ^ 1])
         ),
@@ -271,6 +300,8 @@ KERNEL_FILE = {
     "linear_grad_input_stream_bf16": "gemm_stream_grad.cuh",
     "linear_grad_input_stream_tf32": "gemm_stream_grad.cuh",
     "linear_grad_input_stream_split_n": "gemm_stream_grad.cuh:sum_kernel",
+    "linear_weight_grad_bf16": "gemm_mma.cuh:weight_grad",
+    "linear_weight_grad_split_k": "gemm_split_k.cuh:reduce",
     "multitask": "gemm_small_batch.cuh",
     "conv": "conv_direct.cuh",
     "conv_nhwc": "gemm_simt.cuh",

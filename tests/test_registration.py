@@ -19,7 +19,12 @@ FAMILIES = {
         "apply_bits",
         "grad_epilogue",
     ],
-    "linear_ops.cpp": ["masked_linear", "masked_linear_grad_input", "masked_linear_multitask"],
+    "linear_ops.cpp": [
+        "masked_linear",
+        "masked_linear_grad_input",
+        "masked_linear_weight_grad",
+        "masked_linear_multitask",
+    ],
     "conv_ops.cpp": ["masked_conv2d", "masked_conv2d_grad_input", "masked_conv2d_multitask"],
 }
 INTEGER_RESULTS = {"pack_bits", "unpack_bits", "active_bits", "owner_histogram", "count_bits"}

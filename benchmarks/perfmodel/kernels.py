@@ -464,8 +464,11 @@ def weight_stream_grad(launch: Launch, res: dict | None, gpu: Gpu, c: Constants)
 
 
 def _view_kind(kernel: str) -> str:
-    """linear, conv_nhwc (a tiles by cp.async), conv (gathered a tiles), or the 3x3 tap-window
-    tiles of conv_window.cuh: window_nhwc, window."""
+    """linear, conv_nhwc (a tiles by cp.async), conv (gathered a tiles), the 3x3 tap-window
+    tiles of conv_window.cuh (window_nhwc, window), or the one-pass weight gradient of
+    gemm_weight_grad.cuh (weight_grad)."""
+    if "WeightGradView" in kernel:
+        return "weight_grad"
     if "ConvWindowView" in kernel:
         m = re.search(r"ConvWindowView<.*>,(true|false),\d+(,\d+)?>", kernel)
         return "window_nhwc" if m and m.group(1) == "true" else "window"
@@ -493,6 +496,8 @@ def mma_smem_wavefronts(
     a_fill, w_bytes = tile_m * stage_bytes / 128, tile_n * stage_bytes / 128
     if kind == "linear":
         w_fill = 3 * w_bytes
+    elif kind == "weight_grad":
+        w_fill = w_bytes  # x by cp.async, nothing masked
     elif kind.startswith("window"):
         w_fill = 4 * w_bytes
     else:
@@ -516,7 +521,9 @@ def mma(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: int = 1)
     hmma_block = tile_m // 16 * (tile_n // 8) * k_steps
     # Without SASS: the linear loop's count (review of d93db6f), the one-tap conv gather's,
     # and for the tap-window tiles the mma loop's plus the half-run transposes (an estimate).
-    fallback = {"linear": 450, "window": 1100, "window_nhwc": 900}.get(kind, 2600)
+    fallback = {"linear": 450, "weight_grad": 450, "window": 1100, "window_nhwc": 900}.get(
+        kind, 2600
+    )
     instr, source = per_unit_instructions(res, "HMMA", hmma_block / warps, fallback)
     wavefronts = mma_smem_wavefronts(kind, tile_m, tile_n, stage_bytes, k_steps)
     # The one-tap conv W' gather (kernels larger than 1x1): per thread 16 spans of 4 bytes,
@@ -531,7 +538,8 @@ def mma(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: int = 1)
     latency = c.mem_latency_ns * 1e-9
     stages = p["stages_per_split"]
     splits = p["splits"]
-    out_bytes = tile_m * tile_n * (4 if splits > 1 else e)
+    out_elem = epilogue_bytes(launch.kernel, e)
+    out_bytes = tile_m * tile_n * (4 if splits > 1 else out_elem)
     a_bytes, w_bytes = tile_m * stage_bytes, tile_n * stage_bytes
     if kind.startswith("window"):
         # Bits: the tile's rows' share of the stage. L2 sectors: an NHWC pixel's 16 bytes of
@@ -539,8 +547,18 @@ def mma(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: int = 1)
         bits = tile_n * stage_bytes / e / 8
         a_bytes *= 2 if kind == "window_nhwc" else 1
         w_bytes *= 160 / 144
+    elif kind == "weight_grad":
+        bits = 0  # no mask on the way in: the rule acts at the store
     else:
         bits = 1024  # the one-tap views and linear: 1 KB, as first modeled
+    store_s = out_bytes / (gpu.dram_gbps * 1e9 / gpu.sms)
+    if kind == "weight_grad" and splits == 1:
+        # Its epilogue loads two streams and stores two per element (the others store one):
+        # the function's instructions outside the main loop, issued by the block's warps.
+        store_s = max(
+            store_s,
+            warps * epilogue_instructions(res) / (gpu.schedulers * f * c.tile_issue_efficiency),
+        )
     unit = Unit(
         count=stages,
         l2_bytes=a_bytes + w_bytes + bits,
@@ -551,7 +569,7 @@ def mma(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: int = 1)
         hmma=hmma_block,
         smem_wavefronts=wavefronts,
         fixed_s=c.tile_sync_clk / f,
-        prologue_s=2 * latency + out_bytes / (gpu.dram_gbps * 1e9 / gpu.sms),
+        prologue_s=2 * latency + store_s,
     )
     rows, cols = p["rows"], p["cols"]
     red = p["stages"] * stage_bytes // e
@@ -559,8 +577,10 @@ def mma(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: int = 1)
     total = z * (
         cols * red * (e + 1 / 8)
         + rows * red * e / max(taps, 1)
-        + rows * cols * (4 * splits if splits > 1 else e)
+        + rows * cols * (4 * splits if splits > 1 else out_elem)
     )
+    if kind == "weight_grad":  # no bits: the B operand is x, the A operand dy
+        total -= z * cols * red / 8
     return blocks_cost(
         launch,
         unit,
@@ -571,6 +591,24 @@ def mma(launch: Launch, res: dict | None, gpu: Gpu, c: Constants, taps: int = 1)
         {"instructions_from": source, "view": kind},
         tiled=True,
     )
+
+
+def epilogue_instructions(res: dict | None) -> float:
+    """Warp instructions of a tiled kernel outside its main loop (prologue and epilogue), from
+    SASS; without it, the bf16 weight-gradient kernel's count in the table of 2026-12-02 (2900:
+    the sums staged in shared memory, then 4 runs of 16 columns per thread in 16-byte
+    accesses)."""
+    loop = hot_loop(res, "HMMA")
+    if not res or loop is None:
+        return 2900.0
+    return res["mix"]["total"] - loop["mix"]["total"]
+
+
+def epilogue_bytes(kernel: str, e: int) -> float:
+    """Bytes per output element of a tiled kernel's store: the element itself, or for the
+    one-pass weight gradient its rule's traffic in the training form with the mask gradient
+    (the owner byte and W read; dW and the fp32 dm written)."""
+    return 1 + 2 * e + 4 if "WeightGradView" in kernel else e
 
 
 def simt(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> Cost:
@@ -694,7 +732,8 @@ def launch_cost(
         "weight_stream::sum_splits_kernel",
         "weight_stream_grad::sum_splits_kernel",
     ):
-        return reduce_splits(launch, res, gpu, c, elem_bytes(launch.kernel))
+        e = elem_bytes(launch.kernel)
+        return reduce_splits(launch, res, gpu, c, epilogue_bytes(launch.kernel, e))
     if fam == "conv::unfolded::unfold_kernel":
         return unfold(launch, res, gpu, c)
     if fam == "conv::unfolded::fold_kernel":

@@ -3,9 +3,10 @@
 ``cpg_kernels._C.plan_masked_linear`` / ``plan_masked_conv2d`` run the same dispatch and
 launch-shape code as the launchers (csrc/cuda/launch_plan.h) for a device of a given number of
 multiprocessors, without a GPU. This module maps a :class:`cases.Case` onto those queries and
-names every step of the case's fused op: the planned kernel launches, plus the steps that are
-not masked GEMMs (the training step's active-bits pass, cuBLAS/cuDNN weight gradient and
-gradient epilogue), which the model costs from their bytes.
+names every step of the case's fused op: the planned kernel launches (the fused weight
+gradient's included, ``plan_linear_weight_grad``), plus the steps that are not masked GEMMs (the
+training step's active-bits pass and, on the two-pass path, the cuBLAS/cuDNN weight gradient
+and gradient epilogue), which the model costs from their bytes.
 """
 
 from __future__ import annotations
@@ -86,6 +87,31 @@ def library_min_rows(case: Case) -> int:
     return int(_ext().library_min_rows(dtype, tf32))
 
 
+def weight_grad_library_min_rows(case: Case) -> int:
+    """Batch rows from which a linear layer's weight gradient takes the two-pass path (the
+    weight-gradient rule of csrc/ops/gemm_path.h, queried from the build)."""
+    dtype, tf32 = _LIBRARY_DTYPES[case.dtype]
+    return int(_ext().weight_grad_library_min_rows(dtype, tf32))
+
+
+def weight_grad_launches(case: Case, sms: int, build: str = "emulator") -> list[Launch]:
+    """The fused one-pass weight gradient's launches for a linear case, or [] where the op runs
+    the two-pass path (the rule's threshold, or a shape the kernel does not take)."""
+    lay = case.layer
+    if not lay.is_linear or case.batch >= weight_grad_library_min_rows(case):
+        return []
+    out = _ext().plan_linear_weight_grad(
+        TORCH_DTYPE_NAME[case.dtype],
+        case.batch,
+        lay.out_ch,
+        lay.in_ch,
+        case.dtype == "tf32",
+        sms,
+        build,
+    )
+    return [Launch.from_query(d) for d in out]
+
+
 def query_linear(
     dtype: str,
     tasks: int,
@@ -143,17 +169,21 @@ def grad_input_launches(case: Case, sms: int, build: str = "emulator") -> list[L
     return query_conv(case, 1, True, sms, build)
 
 
-def training_steps(case: Case) -> list[Step]:
-    """What the fused training step runs besides its two planned masked GEMMs
-    (cpg_kernels/functional.py cpg_linear / cpg_conv2d and _ops.py's backward)."""
+def training_steps(case: Case, fused_weight_grad: bool = False) -> list[Step]:
+    """What the fused training step runs besides its planned masked GEMMs
+    (cpg_kernels/functional.py cpg_linear / cpg_conv2d and the C++ backward): with
+    ``fused_weight_grad`` the weight gradient is a planned launch (weight_grad_launches), else
+    the two-pass path's GEMM and gradient epilogue (its G chunked into L2-sized pieces by the
+    ops layer; modeled as one GEMM and one pass from DRAM)."""
     lay = case.layer
     elems = lay.out_ch * lay.k
     rows = case.batch if lay.is_linear else case.batch * lay.out_hw * lay.out_hw
-    steps = [
-        Step("active_bits", elems=elems),
-        Step("wgrad_gemm", m=rows, n=lay.out_ch, k=lay.k, conv=not lay.is_linear),
-        Step("grad_epilogue", elems=elems),
-    ]
+    steps = [Step("active_bits", elems=elems)]
+    if not fused_weight_grad:
+        steps += [
+            Step("wgrad_gemm", m=rows, n=lay.out_ch, k=lay.k, conv=not lay.is_linear),
+            Step("grad_epilogue", elems=elems),
+        ]
     if lay.bias:
         steps.append(Step("bias_grad", elems=rows * lay.out_ch))
     return steps

@@ -62,6 +62,9 @@ class Context:
     # This checkout's GEMM path rule (csrc/ops/gemm_path.h): large layers on the library path.
     # Off for the 2026-11-27 run's code (it had none) and for the fused kernels' own figures.
     library_rule: bool = True
+    # The weight-gradient rule (gemm_path.h): the fused one-pass kernel below its threshold.
+    # Off for the 2026-11-27 run's code (mm, then grad_epilogue).
+    weight_grad_rule: bool = True
 
     def res(self, kernel: str) -> dict | None:
         return self.table.get("kernels", {}).get(kernel)
@@ -102,11 +105,22 @@ def _launch_pieces(ctx: Context, launches, taps: int) -> list[Piece]:
     return pieces
 
 
+def weight_grad_launches(ctx: Context, case: Case):
+    """The fused weight gradient's planned launches where the op runs it (the weight-gradient
+    rule of gemm_path.h; off with ``weight_grad_rule``), else []."""
+    if not ctx.weight_grad_rule or case.mode != "training" or ctx.what_if is not None:
+        return []
+    key = (case.id, "weight_grad", None, ctx.gpu.sms)
+    if key not in ctx.plans:
+        ctx.plans[key] = plan.weight_grad_launches(case, ctx.gpu.sms)
+    return ctx.plans[key]
+
+
 def _step_pieces(ctx: Context, case: Case) -> list[Piece]:
     gpu, c, e = ctx.gpu, ctx.constants, case.element_bytes
     dtype = case.dtype
     out = []
-    for s in plan.training_steps(case):
+    for s in plan.training_steps(case, bool(weight_grad_launches(ctx, case))):
         if s.kind == "active_bits":
             cost = kernels.elementwise(s.elems * (1 + 4 + 1 / 8), gpu, c, 160)
         elif s.kind == "grad_epilogue":
@@ -225,12 +239,15 @@ def _fused_kernels(ctx: Context, case: Case, tasks: int | None = None) -> FusedP
     host = host_fused_us(ctx)
     if case.mode == "training":
         pieces += _launch_pieces(ctx, _launches(ctx, case, "grad_input"), taps)
+        wgrad = weight_grad_launches(ctx, case)
+        pieces += _launch_pieces(ctx, wgrad, taps)
         n_launches = len(pieces)
         pieces += _step_pieces(ctx, case)
-        # a plain layer's step (the custom op and its Python backward stand in for
-        # F.linear/F.conv2d and theirs), plus two ops of its own: active_bits, grad_epilogue.
+        # a plain layer's step (the custom op and its backward stand in for F.linear/F.conv2d
+        # and theirs), plus ops of its own: active_bits, and grad_epilogue unless the fused
+        # weight gradient (one op) replaces the step's mm and it.
         # Not calibrated: the run's fused steps ran other kernels (calibrate.py).
-        host = c.host_train_us + 2 * c.host_torch_op_us
+        host = c.host_train_us + (1 if wgrad else 2) * c.host_torch_op_us
     host_s = (host + max(n_launches - 1, 0) * c.host_launch_us) * 1e-6
     device_s = sum(p.cost.seconds for p in pieces)
     return FusedPrediction(max(host_s, device_s), host_s, device_s, pieces)
@@ -416,7 +433,7 @@ def context(
 ) -> Context:
     """What a prediction of this checkout's code reads; ``host_now=False``: the host cost and
     the dispatch of the 2026-11-27 run's code (calibration against that run: no library
-    path)."""
+    path, no fused weight gradient)."""
     if what_if is not None and what_if not in whatif.SCENARIOS:
         raise ValueError(f"what_if: {what_if!r} is none of {sorted(whatif.SCENARIOS)}")
     return Context(
@@ -427,4 +444,5 @@ def context(
         host_fused_over_op=load_host_now() if host_now else None,
         what_if=what_if,
         library_rule=host_now,
+        weight_grad_rule=host_now,
     )

@@ -72,6 +72,7 @@ struct WindowLayout {
   static constexpr int kSteps = (kTileK + kStepK - 1) / kStepK;
   static constexpr int kStages = 4;
   static constexpr bool kTapWindow = true;
+  static constexpr bool kATransposed = false;
   static constexpr int kNStride = kTileN + 8;  // as mma::Layout's grad_input W
   static constexpr int kATile = kTileM * kTileK;
   static constexpr int kWTile = kGradInput ? kTileK * kNStride : kTileN * kTileK;

@@ -8,6 +8,7 @@
 // offset views) and folds into one word in registers. Every loop is
 // grid-stride, so any size runs on a grid of a few waves.
 #include "core/mask_format.h"
+#include "cuda/grad_rule.cuh"
 #include "cuda/kernel_utils.cuh"
 
 namespace cpg {
@@ -202,16 +203,6 @@ CPG_GLOBAL void apply_bits_kernel(const Raw* w, const int32_t* bits, Raw* out, i
 
 // ------------------------------------------------------------- grad epilogue
 
-template <typename T>
-CPG_DEVICE T weight_grad(T g, uint8_t owner, int task) {
-  return is_trainable(owner, task) ? g : cpgdev::from_float<T>(0.0f);
-}
-
-template <typename T>
-CPG_DEVICE float mask_grad(T g, T w, uint8_t owner, int task) {
-  return is_pickable(owner, task) ? cpgdev::to_float(g) * cpgdev::to_float(w) : 0.0f;
-}
-
 // Chunks of kChunk elements keep every stream on 16-byte accesses (the owner
 // bytes included); `vec_chunks` of them (0 unless all pointers are aligned),
 // then the rest element by element. W is read only when grad_m is wanted.
@@ -227,21 +218,21 @@ CPG_GLOBAL void grad_epilogue_kernel(const T* G, const T* w, const uint8_t* owne
     load_vec(owner + i0, own);
     T gw[kChunk];
 #pragma unroll
-    for (int j = 0; j < kChunk; ++j) gw[j] = weight_grad(g[j], own[j], task);
+    for (int j = 0; j < kChunk; ++j) gw[j] = weight_grad_of(g[j], own[j], task);
     store_vec(grad_w + i0, gw);
     if (grad_m != nullptr) {
       T wv[kChunk];
       load_vec(w + i0, wv);
       float gm[kChunk];
 #pragma unroll
-      for (int j = 0; j < kChunk; ++j) gm[j] = mask_grad(g[j], wv[j], own[j], task);
+      for (int j = 0; j < kChunk; ++j) gm[j] = mask_grad_of(g[j], wv[j], own[j], task);
       store_vec(grad_m + i0, gm);
     }
   }
   for (int64_t i = vec_chunks * kChunk + global_thread_index(); i < numel;
        i += global_thread_count()) {
-    grad_w[i] = weight_grad(G[i], owner[i], task);
-    if (grad_m != nullptr) grad_m[i] = mask_grad(G[i], w[i], owner[i], task);
+    grad_w[i] = weight_grad_of(G[i], owner[i], task);
+    if (grad_m != nullptr) grad_m[i] = mask_grad_of(G[i], w[i], owner[i], task);
   }
 }
 
@@ -336,9 +327,9 @@ void grad_epilogue(DType dtype, const void* G, const void* w, const uint8_t* own
                          (grad_m == nullptr || (is_aligned16(wt) && is_aligned16(grad_m)));
     constexpr int kChunk = vec_elems<uint8_t>();
     const int64_t vec_chunks = aligned ? numel / kChunk : 0;
-    auto* kernel = &grad_epilogue_kernel<T>;
-    CPG_LAUNCH(kernel, grid_stride_blocks(ceil_div(numel, kChunk), kThreads), kThreads, 0,
-               as_stream(stream), g, wt, owner, task, gw, grad_m, numel, vec_chunks);
+    auto* grad_epilogue_pass = &grad_epilogue_kernel<T>;  // the name in the launch log
+    CPG_LAUNCH(grad_epilogue_pass, grid_stride_blocks(ceil_div(numel, kChunk), kThreads), kThreads,
+               0, as_stream(stream), g, wt, owner, task, gw, grad_m, numel, vec_chunks);
   });
 }
 

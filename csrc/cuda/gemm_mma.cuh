@@ -69,7 +69,8 @@ struct Layout {
   static constexpr int kStepK = sizeof(T) == 2 ? 16 : 8;  // k of one mma
   static constexpr int kSteps = kTileK / kStepK;
   static constexpr int kStages = 3;
-  static constexpr bool kTapWindow = false;  // conv_window.cuh's layout says true
+  static constexpr bool kTapWindow = false;    // conv_window.cuh's layout says true
+  static constexpr bool kATransposed = false;  // gemm_weight_grad.cuh's says true
   static constexpr int kKStride = kTileK + kV;
   static constexpr int kNStride = kTileN + 8;
   static constexpr int kATile = kTileM * kKStride;
@@ -153,9 +154,22 @@ CPG_DEVICE void mask_weights(T* tile, const uint32_t (&words)[kChunksPerThread],
 }
 
 // The m16 x k A fragment at tile rows row0.., columns k0.. (PTX ISA layouts).
+// A layout with kATransposed holds the a tile reduction-major, [k][row] at
+// at_offset(k, row), and reads it transposed.
 template <typename L, typename T>
 CPG_DEVICE void load_a_frag(const T* tile, int row0, int k0, int lane, uint32_t (&a)[4]) {
-  if constexpr (sizeof(T) == 2) {
+  if constexpr (L::kATransposed && sizeof(T) == 2) {
+    // Lanes 8j .. 8j + 7 address matrix j's 8 k rows: j = 0..3 are rows
+    // 0-7 / 8-15 at k0, then the same at k0 + 8.
+    cpgdev::ldmatrix_x4_trans(
+        a, tile + L::at_offset(k0 + lane % 8 + (lane / 16) * 8, row0 + (lane / 8 % 2) * 8));
+  } else if constexpr (L::kATransposed) {
+    const int row = row0 + lane / 4, k = k0 + lane % 4;
+    a[0] = cpgdev::to_tf32(tile[L::at_offset(k, row)]);
+    a[1] = cpgdev::to_tf32(tile[L::at_offset(k, row + 8)]);
+    a[2] = cpgdev::to_tf32(tile[L::at_offset(k + 4, row)]);
+    a[3] = cpgdev::to_tf32(tile[L::at_offset(k + 4, row + 8)]);
+  } else if constexpr (sizeof(T) == 2) {
     // Lanes 0-15 address rows 0-15 at k0, lanes 16-31 the same rows at k0 + 8.
     cpgdev::ldmatrix_x4(a, tile + L::a_offset(row0 + lane % 16, k0 + (lane / 16) * 8));
   } else {
@@ -263,6 +277,18 @@ CPG_DEVICE void multiply_stage(const T* a_tile, const T* w_tile, int warp_m, int
                                     f[(i + 1) % 2]);
     }
     mma_fragments<L, T>(f[i % 2], acc);
+  }
+}
+
+// Whether a view writes its tile itself from shared memory
+// (write_tile_staged(ring, m0, c0, warp_m, warp_n, lane, acc), the ring free
+// to reuse) instead of element by element through store().
+template <typename View>
+constexpr bool staged_epilogue() {
+  if constexpr (requires { View::kStagedEpilogue; }) {
+    return View::kStagedEpilogue;
+  } else {
+    return false;
   }
 }
 
@@ -404,7 +430,15 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads, View::Layout::kMinBlocks)
     refill_buf = read_buf;
     read_buf = read_buf + 1 < kStages ? read_buf + 1 : 0;
   }
-  write_tile(v, m0, c0, warp_m, warp_n, lane, acc);
+  if constexpr (staged_epilogue<View>()) {
+    // The ring is free once no copy is in flight and every warp is past its
+    // last multiply.
+    cpgdev::cp_async_wait<0>();
+    cpgdev::syncthreads();
+    v.write_tile_staged(stages_smem, m0, c0, warp_m, warp_n, lane, acc);
+  } else {
+    write_tile(v, m0, c0, warp_m, warp_n, lane, acc);
+  }
 }
 
 template <typename T, bool kGradInput>
@@ -465,13 +499,17 @@ void launch_view(const View& v, int64_t subproblems, cpgdev::stream_t stream) {
     cpgdev::set_max_dynamic_smem(kernel, p.smem_bytes);
     const dim3 grid(p.row_tiles, p.col_tiles, static_cast<unsigned>(z));
     // Launch names of their own, so that the emulator's launch log tells the
-    // conv tap-window tiles (conv_window.cuh), wide and narrow, from the others.
+    // conv tap-window tiles (conv_window.cuh), wide and narrow, and the weight
+    // gradient (gemm_weight_grad.cuh) from the others.
     if constexpr (V::Layout::kTapWindow && V::Layout::kTileN == 64) {
       auto* tap_window_n64 = kernel;
       CPG_LAUNCH(tap_window_n64, grid, kThreads, p.smem_bytes, stream, view);
     } else if constexpr (V::Layout::kTapWindow) {
       auto* tap_window = kernel;
       CPG_LAUNCH(tap_window, grid, kThreads, p.smem_bytes, stream, view);
+    } else if constexpr (V::Layout::kATransposed) {
+      auto* weight_grad = kernel;  // gemm_weight_grad.cuh's view
+      CPG_LAUNCH(weight_grad, grid, kThreads, p.smem_bytes, stream, view);
     } else {
       CPG_LAUNCH(kernel, grid, kThreads, p.smem_bytes, stream, view);
     }

@@ -41,6 +41,7 @@ struct SplitOutput : View {
   }
   CPG_DEVICE int64_t out_col(int64_t c) const { return c; }
   CPG_DEVICE void store(int64_t row, int64_t col, float acc) const { partials[row + col] = acc; }
+  static constexpr bool kStagedEpilogue = false;  // partials one by one, whatever View does
 };
 
 // The mma kernel's view over stages [split * stages_per_split, ...).

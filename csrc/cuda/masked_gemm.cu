@@ -43,6 +43,12 @@
 //      are whole 16-byte vectors, a and w 16-byte aligned) -> mma
 //   6. everything else (f32 without TF32, odd K, offset
 //      views, an empty reduction)                         -> simt
+//
+// The weight gradient of the training step (linear_weight_grad) has one
+// kernel, weight_grad (gemm_weight_grad.cuh): the mma pipeline over the batch
+// rows with the gradient rule in its epilogue. The ops layer decides when it
+// runs (csrc/ops/gemm_path.h) and takes aten's mm otherwise.
+//
 // Multitask beyond rules 1-2 runs tasks on gridDim.z of the tiled kernels (5-6). All
 // kernels are deterministic: no atomics, fixed reduction orders.
 #include "cuda/gemm_common.cuh"
@@ -52,6 +58,7 @@
 #include "cuda/gemm_small_batch_grad.cuh"
 #include "cuda/gemm_stream.cuh"
 #include "cuda/gemm_stream_grad.cuh"
+#include "cuda/gemm_weight_grad.cuh"
 
 namespace cpg {
 namespace CPG_KERNEL_NS {
@@ -173,7 +180,73 @@ void linear_grad_input(DType dtype, const void* dy, const void* w, const int32_t
   });
 }
 
+template <typename T>
+weight_grad::WeightGrad<T> make_weight_grad(const void* dy, const void* x, const void* w,
+                                            const uint8_t* owner, const int32_t* bits, int task,
+                                            void* grad_w, float* grad_m, int64_t M, int64_t N,
+                                            int64_t K) {
+  return weight_grad::WeightGrad<T>{static_cast<const T*>(dy),
+                                    static_cast<const T*>(x),
+                                    static_cast<const T*>(w),
+                                    owner,
+                                    bits,
+                                    task,
+                                    static_cast<T*>(grad_w),
+                                    grad_m,
+                                    M,
+                                    N,
+                                    K,
+                                    words_per_row(K)};
+}
+
 }  // namespace
+
+bool linear_weight_grad_supported(DType dtype, const void* dy, const void* x, int64_t M, int64_t N,
+                                  int64_t K, bool allow_tf32) {
+  bool ok = false;
+  dispatch_dtype(dtype, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    ok = weight_grad::supports(
+        make_weight_grad<E>(dy, x, nullptr, nullptr, nullptr, 0, nullptr, nullptr, M, N, K),
+        allow_tf32);
+  });
+  return ok;
+}
+
+void linear_weight_grad(DType dtype, const void* dy, const void* x, const void* w,
+                        const uint8_t* owner, const int32_t* bits, int task, void* grad_w,
+                        float* grad_m, int64_t M, int64_t N, int64_t K, bool allow_tf32,
+                        void* stream) {
+  if (N == 0 || K == 0) return;
+  dispatch_dtype(dtype, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    const auto g = make_weight_grad<E>(dy, x, w, owner, bits, task, grad_w, grad_m, M, N, K);
+    if (!weight_grad::supports(g, allow_tf32)) {
+      throw std::invalid_argument(
+          "cpg_kernels: linear_weight_grad: the fused kernel does not take this problem "
+          "(check linear_weight_grad_supported)");
+    }
+    weight_grad::launch(g, as_stream(stream));
+  });
+}
+
+LaunchPlan plan_linear_weight_grad(DType dtype, int64_t M, int64_t N, int64_t K, bool allow_tf32,
+                                   int sm_count) {
+  if (sm_count < 1) throw std::invalid_argument("cpg_kernels: plan: sm_count must be >= 1");
+  LaunchPlan plan;
+  // Null operands count as aligned, as in plan_masked_linear.
+  if (N == 0 || K == 0 ||
+      !linear_weight_grad_supported(dtype, nullptr, nullptr, M, N, K, allow_tf32)) {
+    return plan;
+  }
+  dispatch_dtype(dtype, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    weight_grad::describe(make_weight_grad<E>(nullptr, nullptr, nullptr, nullptr, nullptr, 0,
+                                              nullptr, nullptr, M, N, K),
+                          sm_count, plan);
+  });
+  return plan;
+}
 
 void masked_linear_multitask(DType dtype, const void* x, const void* w, const int32_t* bits,
                              const void* bias, void* y, int64_t T, int64_t M, int64_t N, int64_t K,

@@ -28,6 +28,20 @@
 // on one stream (torch gives each stream its own cuBLAS workspace), and the
 // convolutions are called with cuDNN's benchmark mode off and deterministic
 // algorithms on, whatever torch.backends.cudnn says.
+//
+// The weight gradient of a linear layer's training step has a rule of its
+// own: the fused one-pass kernel (csrc/cuda/gemm_weight_grad.cuh: the dW
+// GEMM with the gradient rule in its epilogue) or the two-pass path (aten's
+// mm into an L2-sized chunk of G, then grad_epilogue on it; never a
+// weight-sized G). First match:
+//   1. forced by set_gemm_path_override, as above
+//   2. batch rows (the dW GEMM's reduction) >= the dtype's threshold -> two-pass
+//   3. the fused kernel does not take the shape (exact fp32, rows not
+//      in whole 16-byte vectors)                                  -> two-pass
+//   4. otherwise                                                   -> fused
+// Thresholds (batch rows): kWeightGradLibraryMinRows in gemm_path.cpp, the
+// performance model's (predicted, as above) from
+// benchmarks/perfmodel/weight_grad_path.py; exact fp32 always two-pass.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +58,12 @@ GemmPath gemm_path(cpg::DType dtype, bool allow_tf32, int64_t rows);
 
 // The threshold of rule 2 for a dtype.
 int64_t library_min_rows(cpg::DType dtype, bool allow_tf32);
+
+// Rules 1-2 of the weight-gradient rule (rule 3 is the kernel's own check).
+GemmPath weight_grad_path(cpg::DType dtype, bool allow_tf32, int64_t rows);
+
+// The threshold of the weight-gradient rule's rule 2 for a dtype.
+int64_t weight_grad_library_min_rows(cpg::DType dtype, bool allow_tf32);
 
 // "auto" (the rule), "fused" or "library"; returns the previous setting.
 std::string set_gemm_path_override(const std::string& path);

@@ -276,6 +276,87 @@ at::Tensor masked_linear_multitask(const at::Tensor& x, const at::Tensor& weight
   return y;
 }
 
+namespace {
+
+// Whether the fused one-pass kernel computes the weight gradient (gemm_path.h).
+// Its shape check is host code of the kernel sources, the same in both
+// builds, so the emulator's copy answers for the GPU too.
+bool fused_weight_grad(const at::Tensor& dy, const at::Tensor& x2d) {
+  if (!use_fused_kernels(dy)) return false;
+  const cpg::DType dt = *kernel_dtype(dy.scalar_type());
+  const int64_t M = dy.size(0), N = dy.size(1), K = x2d.size(1);
+  return weight_grad_path(dt, allow_tf32(), M) == GemmPath::Fused &&
+         emu_kernels::linear_weight_grad_supported(dt, dy.data_ptr(), x2d.data_ptr(), M, N, K,
+                                                   allow_tf32());
+}
+
+// The two-pass weight gradient, one chunk of weight rows at a time: the
+// chunk of G = dy^T x from aten's mm (at most decode_chunk_elements()
+// entries: it stays in cache between the two passes, and no weight-sized G
+// exists), then the gradient rule on it.
+void two_pass_weight_grad(const at::Tensor& dy, const at::Tensor& x2d, const at::Tensor& w,
+                          const at::Tensor& bits, const at::Tensor& owner, int64_t task,
+                          at::Tensor& grad_w, std::optional<at::Tensor>& grad_m) {
+  const int64_t N = w.size(0), step = chunk_rows(w.size(1));
+  for (int64_t n0 = 0; n0 < N; n0 += step) {
+    const int64_t rows = std::min(step, N - n0);
+    const at::Tensor G = at::mm(dy.narrow(1, n0, rows).t(), x2d);
+    at::Tensor gw = grad_w.narrow(0, n0, rows);
+    if (owner.defined()) {
+      std::optional<at::Tensor> gm;
+      if (grad_m) gm = grad_m->narrow(0, n0, rows);
+      grad_epilogue_into(G, w.narrow(0, n0, rows), owner.narrow(0, n0, rows), task, gw, gm);
+    } else {
+      decode_rows_into(G, bits.narrow(0, n0, rows), 0, gw);
+    }
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> masked_linear_weight_grad(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& bits, const std::optional<at::Tensor>& owner, int64_t task, bool mask_grad) {
+  check_linear_operands(x, weight, bits, "x");
+  check_same_dtype(grad_out, weight, "grad_out", "weight");
+  check_same_device(grad_out, weight, "grad_out", "weight");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x: expected last dimension ", K,
+                    " (the weight's in_features), got shape ", x.sizes());
+  TORCH_CHECK_VALUE(grad_out.dim() >= 1 && grad_out.size(-1) == N,
+                    "grad_out: expected last dimension ", N,
+                    " (the weight's out_features), got shape ", grad_out.sizes());
+  const at::Tensor x2d = as_matrix(x, K).contiguous(), dy = as_matrix(grad_out, N).contiguous();
+  TORCH_CHECK_VALUE(dy.size(0) == x2d.size(0), "grad_out: expected ", x2d.size(0),
+                    " rows (as many as x), got shape ", grad_out.sizes());
+  if (owner) {
+    check_owner(*owner, weight);
+    check_task(task);
+  }
+  TORCH_CHECK_VALUE(!mask_grad || owner,
+                    "mask_grad: the mask gradient needs owner (the training form)");
+  const at::Tensor w = weight.contiguous(), b = bits.contiguous();
+  const at::Tensor o = owner ? owner->contiguous() : at::Tensor();
+  const at::TensorOptions mask_opts = weight.options().dtype(at::kFloat);
+  at::Tensor grad_w = at::empty({N, K}, weight.options());
+  std::optional<at::Tensor> grad_m;
+  if (mask_grad) grad_m = at::empty({N, K}, mask_opts);
+  const int64_t M = dy.size(0);
+  if (M == 0 || N == 0 || K == 0) {
+    grad_w.zero_();
+    if (grad_m) grad_m->zero_();
+  } else if (fused_weight_grad(dy, x2d)) {
+    CPG_RUN_LAUNCHER(
+        backend_for(dy), dy, linear_weight_grad, *kernel_dtype(dy.scalar_type()), dy.data_ptr(),
+        x2d.data_ptr(), w.data_ptr(), o.defined() ? o.data_ptr<uint8_t>() : nullptr,
+        o.defined() ? nullptr : b.data_ptr<int32_t>(), static_cast<int>(task), grad_w.data_ptr(),
+        grad_m ? grad_m->data_ptr<float>() : nullptr, M, N, K, allow_tf32());
+  } else {
+    two_pass_weight_grad(dy, x2d, w, b, o, task, grad_w, grad_m);
+  }
+  return {grad_w, grad_m ? *grad_m : at::empty({0}, mask_opts)};
+}
+
 // ---------------------------------------------------------------- autograd
 
 namespace {
@@ -283,6 +364,9 @@ namespace {
 const auto& linear_op() { return op<&masked_linear>("cpg::masked_linear"); }
 const auto& linear_grad_input_op() {
   return op<&masked_linear_grad_input>("cpg::masked_linear_grad_input");
+}
+const auto& linear_weight_grad_op() {
+  return op<&masked_linear_weight_grad>("cpg::masked_linear_weight_grad");
 }
 const auto& linear_multitask_op() {
   return op<&masked_linear_multitask>("cpg::masked_linear_multitask");
@@ -308,17 +392,19 @@ struct MaskedLinear : torch::autograd::Function<MaskedLinear> {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &weight = saved[1], &bits = saved[2], &owner = saved[3];
     const at::Tensor& dy = grads[0];
-    const c10::SymInt n = weight.sym_size(0), k = weight.sym_size(1);
+    const c10::SymInt n = weight.sym_size(0);
     variable_list out(7);
     {
       Below below;
       if (need_x) out[0] = linear_grad_input_op().call(dy, weight, bits);
       if (need_w || need_m) {
-        const at::Tensor G = dy.reshape_symint({-1, n}).t().mm(x.reshape_symint({-1, k}));
-        auto [dw, dm] =
-            weight_and_mask_grads(G, weight, bits, owner, ctx->saved_data["task"].toInt(), need_m);
+        // One pass where the fused kernel runs: dW and dm from the GEMM's
+        // sums, no weight-sized G (gemm_weight_grad.cuh).
+        auto [dw, dm] = linear_weight_grad_op().call(
+            dy, x, weight, bits, owner.defined() ? OptTensor(owner) : std::nullopt,
+            ctx->saved_data["task"].toInt(), need_m);
         if (need_w) out[1] = std::move(dw);
-        out[5] = std::move(dm);
+        if (need_m) out[5] = std::move(dm);
       }
       if (need_b) out[3] = dy.reshape_symint({-1, n}).sum(0);
     }
@@ -402,11 +488,15 @@ TORCH_LIBRARY_FRAGMENT(cpg, m) {
             "masked_linear_multitask(Tensor x, Tensor weight, Tensor bits, Tensor? bias=None) "
             "-> Tensor",
             &masked_linear_multitask);
+  define_op(m,
+            "masked_linear_weight_grad(Tensor grad_out, Tensor x, Tensor weight, Tensor bits, "
+            "Tensor? owner=None, int task=0, bool mask_grad=False) -> (Tensor, Tensor)",
+            &masked_linear_weight_grad);
   autograd_kernel(m, "masked_linear", &masked_linear_autograd);
   autograd_kernel(m, "masked_linear_multitask", &masked_linear_multitask_autograd);
-  // masked_linear_grad_input is a backward piece, called only below autograd
-  // from the formulas above: it keeps torch's fallback, which warns if
-  // someone differentiates it directly.
+  // masked_linear_grad_input and masked_linear_weight_grad are backward
+  // pieces, called only below autograd from the formulas above: they keep
+  // torch's fallback, which warns if someone differentiates them directly.
 }
 
 }  // namespace cpg::ops

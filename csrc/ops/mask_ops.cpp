@@ -304,6 +304,23 @@ at::Tensor apply_bits(const at::Tensor& weight, const at::Tensor& bits) {
   return out;
 }
 
+void grad_epilogue_into(const at::Tensor& G, const at::Tensor& w, const at::Tensor& owner,
+                        int64_t task, at::Tensor& grad_w, std::optional<at::Tensor>& grad_m) {
+  const Backend be = backend_for(G);
+  const auto kdt = kernel_dtype(G.scalar_type());
+  if (be == Backend::CPU) {
+    cpu::grad_epilogue(G, w, owner, task, grad_w, grad_m);
+  } else if (kdt) {
+    CPG_RUN_LAUNCHER(be, G, grad_epilogue, *kdt, G.data_ptr(), w.data_ptr(),
+                     owner.data_ptr<uint8_t>(), static_cast<int>(task), grad_w.data_ptr(),
+                     grad_m ? grad_m->data_ptr<float>() : nullptr, G.numel());
+  } else {
+    // float64 on a kernel backend (tests only): plain ATen, not fused.
+    grad_w.copy_(G * (owner == task));
+    if (grad_m) grad_m->copy_(G * w * ((owner > 0) & (owner < task)));
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> grad_epilogue(const at::Tensor& grad, const at::Tensor& weight,
                                                  const at::Tensor& owner, int64_t task,
                                                  bool mask_grad) {
@@ -318,19 +335,7 @@ std::tuple<at::Tensor, at::Tensor> grad_epilogue(const at::Tensor& grad, const a
   at::Tensor grad_w = at::empty_like(g, at::MemoryFormat::Contiguous);
   std::optional<at::Tensor> grad_m;
   if (mask_grad) grad_m = at::empty(g.sizes(), g.options().dtype(at::kFloat));
-  const Backend be = backend_for(g);
-  const auto kdt = kernel_dtype(g.scalar_type());
-  if (be == Backend::CPU) {
-    cpu::grad_epilogue(g, w, o, task, grad_w, grad_m);
-  } else if (kdt) {
-    CPG_RUN_LAUNCHER(be, g, grad_epilogue, *kdt, g.data_ptr(), w.data_ptr(), o.data_ptr<uint8_t>(),
-                     static_cast<int>(task), grad_w.data_ptr(),
-                     grad_m ? grad_m->data_ptr<float>() : nullptr, g.numel());
-  } else {
-    // float64 on a kernel backend (tests only): plain ATen, not fused.
-    grad_w = g * (o == task);
-    if (grad_m) *grad_m = (g * w * ((o > 0) & (o < task))).to(at::kFloat);
-  }
+  grad_epilogue_into(g, w, o, task, grad_w, grad_m);
   return {grad_w, grad_m ? *grad_m : at::empty({0}, g.options().dtype(at::kFloat))};
 }
 

@@ -21,6 +21,11 @@ std::tuple<at::Tensor, at::Tensor> grad_epilogue(const at::Tensor& grad, const a
                                                  const at::Tensor& owner, int64_t task,
                                                  bool mask_grad);
 
+// grad_epilogue's pass into preallocated contiguous outputs of G's shape
+// (grad_m float32, or none): G, w and owner contiguous, of one shape.
+void grad_epilogue_into(const at::Tensor& G, const at::Tensor& w, const at::Tensor& owner,
+                        int64_t task, at::Tensor& grad_w, std::optional<at::Tensor>& grad_m);
+
 // Rows [n0, n0 + rows) of weight (viewed [N, K]) with inactive entries zeroed,
 // as a new contiguous [rows, K] tensor: the tile decode every chunked path uses.
 // `dtype` (CPU tensors only) widens fp16/bf16 to fp32 on the way.

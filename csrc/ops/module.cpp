@@ -10,6 +10,18 @@
 #include "ops/gemm_path.h"
 #include "ops/plan_query.h"
 
+namespace {
+
+cpg::DType parse_dtype(const std::string& dtype) {
+  if (dtype == "float32") return cpg::DType::F32;
+  if (dtype == "float16") return cpg::DType::F16;
+  if (dtype == "bfloat16") return cpg::DType::BF16;
+  throw pybind11::value_error("dtype: expected 'float32', 'float16' or 'bfloat16', got '" + dtype +
+                              "'");
+}
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "cpg-kernels: masked conv/GEMM ops from dense weights plus packed masks";
   m.def("cuda_built", &cpg::ops::cuda_built, "Whether the CUDA kernels were compiled in.");
@@ -26,17 +38,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "library_min_rows",
       [](const std::string& dtype, bool allow_tf32) {
-        if (dtype != "float32" && dtype != "float16" && dtype != "bfloat16") {
-          throw pybind11::value_error("dtype: expected 'float32', 'float16' or 'bfloat16', got '" +
-                                      dtype + "'");
-        }
-        const cpg::DType t = dtype == "float32"   ? cpg::DType::F32
-                             : dtype == "float16" ? cpg::DType::F16
-                                                  : cpg::DType::BF16;
-        return cpg::ops::library_min_rows(t, allow_tf32);
+        return cpg::ops::library_min_rows(parse_dtype(dtype), allow_tf32);
       },
       pybind11::arg("dtype"), pybind11::arg("allow_tf32"),
       "The GEMM rows from which a layer of `dtype` takes the library path (gemm_path.h).");
+  m.def(
+      "weight_grad_library_min_rows",
+      [](const std::string& dtype, bool allow_tf32) {
+        return cpg::ops::weight_grad_library_min_rows(parse_dtype(dtype), allow_tf32);
+      },
+      pybind11::arg("dtype"), pybind11::arg("allow_tf32"),
+      "The batch rows from which a linear layer's weight gradient takes the two-pass path "
+      "instead of the fused kernel (gemm_path.h).");
   m.def("cpu_isa", &cpg::cpu::isa, "The instruction set the CPU kernels run with.");
   m.def("cpu_isas", &cpg::cpu::available_isas, "The CPU kernel builds this CPU can run.");
   m.def("set_cpu_isa", &cpg::cpu::set_isa, pybind11::arg("name"),

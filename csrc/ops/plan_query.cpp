@@ -86,6 +86,27 @@ void bind_plan_query(py::module& m) {
       "masked_linear_grad_input) on a GPU of sm_count multiprocessors: a list of dicts "
       "(kernel, grid, threads, dynamic_smem, workspace_bytes, params).");
   m.def(
+      "plan_linear_weight_grad",
+      [](const std::string& dtype, int64_t M, int64_t N, int64_t K, bool allow_tf32, int sm_count,
+         const std::string& build) {
+        const cpg::DType t = parse_dtype(dtype);
+        return planned([&] {
+#if defined(CPG_WITH_CUDA)
+          if (use_cuda_build(build)) {
+            return cpg::cuda::plan_linear_weight_grad(t, M, N, K, allow_tf32, sm_count);
+          }
+#else
+          use_cuda_build(build);
+#endif
+          return cpg::emu_kernels::plan_linear_weight_grad(t, M, N, K, allow_tf32, sm_count);
+        });
+      },
+      py::arg("dtype"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("allow_tf32"),
+      py::arg("sm_count"), py::arg("build") = "emulator",
+      "The launches of the fused linear weight gradient (dy [M, N], x [M, K]) on a GPU of "
+      "sm_count multiprocessors, as plan_masked_linear; empty where that kernel does not "
+      "take the problem. Whether the op runs it is gemm_path.h's rule.");
+  m.def(
       "plan_masked_conv2d",
       [](const std::string& dtype, int64_t tasks, std::vector<int64_t> input, int64_t out_ch,
          std::vector<int64_t> kernel, std::vector<int64_t> stride, std::vector<int64_t> padding,

@@ -1,0 +1,28 @@
+// The weight and mask gradients of one weight element from G = dL/dW_eff, the
+// rule of csrc/core/mask_format.h applied in the kernels' dtypes: shared by
+// the grad_epilogue pass (elementwise.cu) and the fused weight-gradient
+// epilogue (gemm_weight_grad.cuh), so that both give the same bits for the
+// same G.
+#pragma once
+
+#include "core/mask_format.h"
+#include "cuda/kernel_utils.cuh"
+
+namespace cpg {
+namespace CPG_KERNEL_NS {
+
+// dW = G where the task owns the weight, else 0.
+template <typename T>
+CPG_DEVICE T weight_grad_of(T g, uint8_t owner, int task) {
+  return is_trainable(owner, task) ? g : cpgdev::from_float<T>(0.0f);
+}
+
+// The straight-through mask gradient, in fp32: G * W where an older task owns
+// the weight, else 0.
+template <typename T>
+CPG_DEVICE float mask_grad_of(T g, T w, uint8_t owner, int task) {
+  return is_pickable(owner, task) ? cpgdev::to_float(g) * cpgdev::to_float(w) : 0.0f;
+}
+
+}  // namespace CPG_KERNEL_NS
+}  // namespace cpg
