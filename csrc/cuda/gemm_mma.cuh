@@ -283,13 +283,15 @@ CPG_DEVICE void multiply_stage(const T* a_tile, const T* w_tile, int warp_m, int
 // Whether a view writes its tile itself from shared memory
 // (write_tile_staged(ring, m0, c0, warp_m, warp_n, lane, acc), the ring free
 // to reuse) instead of element by element through store().
+template <typename View, typename = void>
+struct StagedEpilogue : std::false_type {};
+template <typename View>
+struct StagedEpilogue<View, std::void_t<decltype(View::kStagedEpilogue)>>
+    : std::bool_constant<View::kStagedEpilogue> {};
+
 template <typename View>
 constexpr bool staged_epilogue() {
-  if constexpr (requires { View::kStagedEpilogue; }) {
-    return View::kStagedEpilogue;
-  } else {
-    return false;
-  }
+  return StagedEpilogue<View>::value;
 }
 
 // Accumulator element e of an m16n8 tile sits at row lane / 4 + 8 * (e / 2),
