@@ -12,7 +12,8 @@ own for the aten ops these replace:
   op runs with autocast off; ``masked_linear_weight_grad`` (a backward piece
   as well) casts its gradient, activation and weight alike. The picking mask
   stays float32 (the ops require it: it is a training-only master copy), and
-  so do the uint8 owners and the int32 bits. A float64 tensor is left alone, as autocast leaves it.
+  so do the uint8 owners and the int32 bits. A float64 tensor is left alone,
+  as autocast leaves it.
 * ``grad_epilogue`` is elementwise: "promote", its gradient and weight meet
   at the wider of their two dtypes.
 * the mask ops (``pack_bits``, ``unpack_bits``, ``active_bits``, ``count_bits``,

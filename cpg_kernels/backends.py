@@ -92,17 +92,18 @@ def gemm_path(path: str):
 def library_min_rows(dtype: torch.dtype, allow_tf32: bool = False) -> int:
     """The GEMM rows (x rows for linear, images x output pixels for conv) from which a layer
     of ``dtype`` takes the library path on a kernel backend."""
-    names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-    if dtype not in names:
-        raise ValueError(f"dtype: expected float32, float16 or bfloat16, got {dtype}")
-    return int(_C.library_min_rows(names[dtype], bool(allow_tf32)))
+    return int(_C.library_min_rows(_kernel_dtype_name(dtype), bool(allow_tf32)))
 
 
 def weight_grad_library_min_rows(dtype: torch.dtype, allow_tf32: bool = False) -> int:
     """The batch rows from which a linear layer's weight gradient takes the two-pass path
     (aten's mm, then the gradient epilogue) instead of the fused one-pass kernel on a kernel
     backend (exact fp32: 0, it always does)."""
+    return int(_C.weight_grad_library_min_rows(_kernel_dtype_name(dtype), bool(allow_tf32)))
+
+
+def _kernel_dtype_name(dtype: torch.dtype) -> str:
     names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
     if dtype not in names:
         raise ValueError(f"dtype: expected float32, float16 or bfloat16, got {dtype}")
-    return int(_C.weight_grad_library_min_rows(names[dtype], bool(allow_tf32)))
+    return names[dtype]
