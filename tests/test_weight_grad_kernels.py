@@ -254,6 +254,26 @@ def test_the_backward_never_holds_a_weight_sized_G(emulated):
     assert w.grad is not None and mask.grad is not None
 
 
+def test_kernel_backends_take_at_most_four_chunks_of_G():
+    """On a kernel backend each chunk of the two-pass path costs two ops of host time, so G
+    comes in at most 4 chunks there (each still at least decode_chunk_elements() entries)."""
+    dy, x, w, owner = problem(30, 24, 40, torch.bfloat16, seed=13)
+    bits = masks.active_bits(owner, TASK)
+
+    def run():
+        with backends.emulated(), backends.gemm_path("library"):
+            return torch.ops.cpg.masked_linear_weight_grad(dy, x, w, bits, owner, TASK, True)
+
+    old = _C.set_decode_chunk_elements(80)  # 2 rows of 40: 12 chunks on the CPU path
+    try:
+        sizes = _mm_outputs(run)
+        gw, gm = run()
+    finally:
+        _C.set_decode_chunk_elements(old)
+    assert sizes == [6 * 40] * 4, sizes
+    check_training_form(gw, gm, dy, x, w, owner, "four chunks")
+
+
 def test_cpg_linear_backward_runs_the_fused_kernel():
     """The training step's weight and mask gradients come from one launch, no grad_epilogue."""
     g = torch.Generator().manual_seed(9)

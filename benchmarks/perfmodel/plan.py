@@ -173,8 +173,9 @@ def training_steps(case: Case, fused_weight_grad: bool = False) -> list[Step]:
     """What the fused training step runs besides its planned masked GEMMs
     (cpg_kernels/functional.py cpg_linear / cpg_conv2d and the C++ backward): with
     ``fused_weight_grad`` the weight gradient is a planned launch (weight_grad_launches), else
-    the two-pass path's GEMM and gradient epilogue (its G chunked into L2-sized pieces by the
-    ops layer; modeled as one GEMM and one pass from DRAM)."""
+    the two-pass path's GEMM and gradient epilogue (its G chunked by the ops layer, at most 4
+    chunks on a GPU: modeled as one GEMM and one pass from DRAM, the chunks' extra launches
+    counted in host time by predict.two_pass_extra_launches)."""
     lay = case.layer
     elems = lay.out_ch * lay.k
     rows = case.batch if lay.is_linear else case.batch * lay.out_hw * lay.out_hw

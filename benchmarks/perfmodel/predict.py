@@ -116,6 +116,26 @@ def weight_grad_launches(ctx: Context, case: Case):
     return ctx.plans[key]
 
 
+# csrc/ops/linear_ops.cpp: on a GPU the two-pass weight gradient takes G in at most this many
+# chunks, each an mm and a grad_epilogue.
+MAX_DEVICE_WEIGHT_GRAD_CHUNKS = 4
+DECODE_CHUNK_ELEMENTS = 1 << 20  # csrc/ops/chunking.cpp's default
+
+
+def two_pass_extra_launches(ctx: Context, case: Case) -> int:
+    """Launches the two-pass weight gradient of a linear training step makes beyond one mm and
+    one grad_epilogue (its chunks of G); 0 where the fused kernel runs, for conv, and for the
+    2026-11-27 run's code (one mm of the whole G: ``weight_grad_rule`` off)."""
+    lay = case.layer
+    if not ctx.weight_grad_rule or case.mode != "training" or not lay.is_linear:
+        return 0
+    if weight_grad_launches(ctx, case):
+        return 0
+    rows = max(1, DECODE_CHUNK_ELEMENTS // max(lay.in_ch, 1))
+    chunks = min(-(-lay.out_ch // rows), MAX_DEVICE_WEIGHT_GRAD_CHUNKS)
+    return 2 * (chunks - 1)
+
+
 def _step_pieces(ctx: Context, case: Case) -> list[Piece]:
     gpu, c, e = ctx.gpu, ctx.constants, case.element_bytes
     dtype = case.dtype
@@ -216,7 +236,7 @@ def library_path(ctx: Context, case: Case, reference: Context | None = None) -> 
             Piece("library input gradient on W'", dgrad, "-"),
         ] + _step_pieces(ctx, case)
         host = c.host_train_us + 2 * c.host_torch_op_us
-        launches = 4
+        launches = 4 + two_pass_extra_launches(ctx, case)
     host_s = (host + (launches - 1) * c.host_launch_us) * 1e-6
     device_s = sum(p.cost.seconds for p in pieces)
     return FusedPrediction(max(host_s, device_s), host_s, device_s, pieces)
@@ -248,6 +268,7 @@ def _fused_kernels(ctx: Context, case: Case, tasks: int | None = None) -> FusedP
         # weight gradient (one op) replaces the step's mm and it.
         # Not calibrated: the run's fused steps ran other kernels (calibrate.py).
         host = c.host_train_us + (1 if wgrad else 2) * c.host_torch_op_us
+        n_launches += two_pass_extra_launches(ctx, case)
     host_s = (host + max(n_launches - 1, 0) * c.host_launch_us) * 1e-6
     device_s = sum(p.cost.seconds for p in pieces)
     return FusedPrediction(max(host_s, device_s), host_s, device_s, pieces)

@@ -32,7 +32,7 @@
 // The weight gradient of a linear layer's training step has a rule of its
 // own: the fused one-pass kernel (csrc/cuda/gemm_weight_grad.cuh: the dW
 // GEMM with the gradient rule in its epilogue) or the two-pass path (aten's
-// mm into an L2-sized chunk of G, then grad_epilogue on it; never a
+// mm into a chunk of G, then grad_epilogue on it, chunk by chunk; never a
 // weight-sized G). First match:
 //   1. forced by set_gemm_path_override, as above
 //   2. batch rows (the dW GEMM's reduction) >= the dtype's threshold -> two-pass

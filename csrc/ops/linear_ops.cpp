@@ -290,14 +290,24 @@ bool fused_weight_grad(const at::Tensor& dy, const at::Tensor& x2d) {
                                                    allow_tf32());
 }
 
+// Chunks of G per weight on the kernel backends at most: each chunk costs two
+// ops of host time (mm, epilogue), which a GPU step at small batch notices.
+constexpr int64_t kMaxDeviceWeightGradChunks = 4;
+
 // The two-pass weight gradient, one chunk of weight rows at a time: the
-// chunk of G = dy^T x from aten's mm (at most decode_chunk_elements()
-// entries: it stays in cache between the two passes, and no weight-sized G
-// exists), then the gradient rule on it.
+// chunk of G = dy^T x from aten's mm, then the gradient rule on it. A chunk
+// holds decode_chunk_elements() entries (on the CPU exactly, so it stays in
+// cache between the two passes; on the kernel backends at least, and at
+// most kMaxDeviceWeightGradChunks chunks), so no weight-sized G exists.
 void two_pass_weight_grad(const at::Tensor& dy, const at::Tensor& x2d, const at::Tensor& w,
                           const at::Tensor& bits, const at::Tensor& owner, int64_t task,
                           at::Tensor& grad_w, std::optional<at::Tensor>& grad_m) {
-  const int64_t N = w.size(0), step = chunk_rows(w.size(1));
+  const int64_t N = w.size(0);
+  int64_t step = chunk_rows(w.size(1));
+  if (backend_for(dy) != Backend::CPU) {
+    const int64_t fewest = (N + kMaxDeviceWeightGradChunks - 1) / kMaxDeviceWeightGradChunks;
+    step = std::max(step, fewest);
+  }
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t rows = std::min(step, N - n0);
     const at::Tensor G = at::mm(dy.narrow(1, n0, rows).t(), x2d);
