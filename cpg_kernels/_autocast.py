@@ -14,6 +14,12 @@ own for the aten ops these replace:
   stays float32 (the ops require it: it is a training-only master copy), and
   so do the uint8 owners and the int32 bits. A float64 tensor is left alone,
   as autocast leaves it.
+* except that ``masked_linear`` and ``masked_linear_multitask`` keep an fp32
+  weight as it is: they take it with 16-bit activations (their fp32-weight
+  form) and give what the cast weight would give. Without grad the CUDA
+  weight stream (up to 64 rows) reads the fp32 weight and rounds it in
+  registers, so no weight-sized copy is made; elsewhere, and whenever grad is
+  needed, the op casts the weight itself (differentiably, as here).
 * ``grad_epilogue`` is elementwise: "promote", its gradient and weight meet
   at the wider of their two dtypes.
 * the mask ops (``pack_bits``, ``unpack_bits``, ``active_bits``, ``count_bits``,
@@ -22,9 +28,10 @@ own for the aten ops these replace:
 
 The cost, as with aten's ``conv2d`` under autocast: each call of a layer op
 writes a 16-bit copy of the fp32 weight (2 bytes per weight, read back by the
-kernel, and kept for the backward). The gradient reaches the fp32 weight
-through that cast, in fp32. Reading the fp32 master weight in the kernel and
-converting in registers would remove the copy; that is kernel work, not done.
+kernel, and kept for the backward), but for the linear inference calls that
+the weight stream takes. The gradient reaches the fp32 weight through that
+cast, in fp32. The training kernels (input gradient, weight gradient) and the
+conv kernels do not read an fp32 weight themselves.
 
 The rule is registered as ``torch.library.register_autocast`` does, which
 cannot be used itself: it casts every floating tensor, the mask included, to
@@ -47,13 +54,15 @@ _LOWER_PRECISION = (
 _PROMOTE = ("grad_epilogue",)
 # The arguments a lower-precision op casts: activations, weight, bias; never the mask.
 _CAST_ARGUMENTS = frozenset({"x", "grad_out", "weight", "bias"})
+# The ops that take an fp32 weight with 16-bit activations (their fp32-weight form).
+_F32_WEIGHT_OPS = frozenset({"masked_linear", "masked_linear_multitask"})
 _CASTABLE = (torch.float32, torch.float16, torch.bfloat16)
 DEVICES = ("cpu", "cuda")
 
 _lib = torch.library.Library("cpg", "IMPL")
 
 
-def _lower_precision_cast(names, device_type: str):
+def _lower_precision_cast(names, device_type: str, keep_f32_weight: bool = False):
     def cast(args, kwargs):
         dtype = torch.get_autocast_dtype(device_type)
 
@@ -63,6 +72,7 @@ def _lower_precision_cast(names, device_type: str):
                 and isinstance(value, torch.Tensor)
                 and value.dtype in _CASTABLE
                 and value.dtype != dtype
+                and not (keep_f32_weight and name == "weight" and value.dtype == torch.float32)
             ):
                 return value.to(dtype)
             return value
@@ -125,6 +135,11 @@ def register() -> None:
     """Give every floating-point ``cpg`` op its autocast rule on CPU and CUDA."""
     for device_type in DEVICES:
         for name in _LOWER_PRECISION:
-            _register(name, _lower_precision_cast, device_type)
+            keep = name in _F32_WEIGHT_OPS
+            _register(
+                name,
+                lambda names, dev, keep=keep: _lower_precision_cast(names, dev, keep),
+                device_type,
+            )
         for name in _PROMOTE:
             _register(name, _promote_cast, device_type)

@@ -94,20 +94,45 @@ def _check_training(weight, owner, mask, task) -> None:
         _check_mask(mask, weight)
 
 
-def _check_bias(bias, weight) -> None:
+def _check_bias(bias, weight, ref=None, ref_name: str = "weight") -> None:
     if bias is not None:
-        _check_like(bias, weight, "bias", "weight")
+        _check_like(bias, weight if ref is None else ref, "bias", ref_name)
         _check_shape(bias, (weight.shape[0],), "bias")
 
 
-def _check_linear(x, weight, bits, x_name: str) -> None:
+def _f32_weight_form(x, weight) -> bool:
+    """The linear forwards' fp32-weight form: a 16-bit x against an fp32 weight
+    (autocast's); the result, and the bias, are x's dtype."""
+    return weight.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)
+
+
+def _check_linear(x, weight, bits, x_name: str, f32_weight_ok: bool = False) -> None:
     _check_floating(weight, "weight")
     _check(
         weight.dim() == 2,
         f"weight: expected a 2-D linear weight [out, in], got {weight.dim()} dimensions",
     )
-    _check_like(x, weight, x_name, "weight")
+    _check_activation(x, weight, x_name, f32_weight_ok)
     _check_bits(bits, weight)
+
+
+def _check_activation(x, weight, name: str, f32_weight_ok: bool) -> None:
+    """x like the weight, or (where the op has the fp32-weight form) on its device."""
+    if not (f32_weight_ok and _f32_weight_form(x, weight)):
+        _check_like(x, weight, name, "weight")
+        return
+    _check(
+        x.device == weight.device,
+        f"{name}: expected a tensor on {weight.device} (the device of weight), "
+        f"got one on {x.device}",
+    )
+
+
+def _check_linear_bias(bias, x, weight) -> None:
+    if _f32_weight_form(x, weight):
+        _check_bias(bias, weight, x, "x")
+    else:
+        _check_bias(bias, weight)
 
 
 def _check_conv(weight, bits, stride, padding, dilation, groups, tasks=None) -> None:
@@ -264,14 +289,14 @@ def _(grad, weight, owner, task, mask_grad):
 
 @_fake("masked_linear")
 def _(x, weight, bits, bias, owner, mask, task):
-    _check_linear(x, weight, bits, "x")
+    _check_linear(x, weight, bits, "x", f32_weight_ok=True)
     _check_training(weight, owner, mask, task)
     _check(
         x.dim() >= 1 and x.shape[-1] == weight.shape[1],
         f"x: expected last dimension "
         f"{weight.shape[1]} (the weight's in_features), got shape {list(x.shape)}",
     )
-    _check_bias(bias, weight)
+    _check_linear_bias(bias, x, weight)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
@@ -324,14 +349,14 @@ def _(x, weight, bits, bias):
         weight.dim() == 2,
         f"weight: expected a 2-D linear weight [out, in], got {weight.dim()} dimensions",
     )
-    _check_like(x, weight, "x", "weight")
+    _check_activation(x, weight, "x", f32_weight_ok=True)
     _check(
         x.dim() == 3 and x.shape[2] == weight.shape[1],
         f"x: expected shape [T, B, "
         f"{weight.shape[1]}] (tasks, batch, in_features), got {list(x.shape)}",
     )
     _check_bits(bits, weight, tasks=x.shape[0])
-    _check_bias(bias, weight)
+    _check_linear_bias(bias, x, weight)
     return x.new_empty((x.shape[0], x.shape[1], weight.shape[0]))
 
 

@@ -18,7 +18,11 @@ naming it). A weight is viewed as the matrix ``[N, K]``: ``N = weight.shape[0]``
 ``K`` the product of its other dimensions.
 
 * ``weight``: float32, float16, bfloat16 or float64; ``x`` and ``bias`` have its
-  dtype and device; ``bias`` is ``[N]``.
+  dtype and device; ``bias`` is ``[N]``. The linear forms also take a float16
+  or bfloat16 ``x`` (and ``bias``) against a float32 weight, as autocast leaves
+  them: the result is ``x``'s dtype, computed with the weight rounded to it
+  (without grad the CUDA weight stream rounds it in registers, up to 64 rows;
+  elsewhere the op casts it).
 * ``bits``: int32 ``[N, ceil(K/32)]``, one task's packed active set
   (``cpg_kernels.masks.active_bits`` / ``pack``).
 * ``owner``: uint8 with the weight's shape (0 = free, ``t`` = trained by task

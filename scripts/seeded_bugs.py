@@ -203,6 +203,30 @@ BUGS = [
         backends="cpu",
     ),
     Bug(
+        "f32-weight-pieces-swapped",
+        "csrc/cuda/gemm_stream.cuh",
+        "const uint4 lo = cpgdev::load16(&smem[w_vec + ((q * 2) * 2 + h) * kWarpSize]);",
+        "const uint4 lo = cpgdev::load16(&smem[w_vec + ((q * 2 + 1) * 2 + h) * kWarpSize]);",
+        [
+            "tests/test_f32_weight_stream.py::test_forward_reads_the_fp32_weight_and_matches_the_cast_one"
+        ],
+        "the fp32-weight stream rounds its second 16-byte copy of W twice and never its first",
+        backends="emu",
+    ),
+    Bug(
+        "f32-weight-truncates",
+        "csrc/emu/runtime.h",
+        "return pack2(from_float<T>(lo), from_float<T>(hi));",
+        "return pack2(from_float<T>(lo), from_float<T>(hi - hi * 0x1p-9f));",
+        [
+            "tests/test_f32_weight_stream.py::"
+            "test_a_nan_behind_a_clear_bit_is_gone_and_rounding_is_to_nearest_even"
+        ],
+        "the in-register rounding of fp32 W is not the cast's (an odd element is nudged toward"
+        " zero first)",
+        backends="emu",
+    ),
+    Bug(
         "weight-grad-a-fragment-order",
         "csrc/cuda/gemm_mma.cuh",
         "a, tile + L::at_offset(k0 + lane % 8 + (lane / 16) * 8, row0 + (lane / 8 % 2) * 8));",

@@ -72,6 +72,22 @@ def samples(device):
             "masked_linear_multitask",
             (randn(2, 3, 37, grad=True), gw, torch.stack([gbits, gbits]), gbias),
         ),
+        # The fp32-weight form: bf16 x and bias against the fp32 weight; K = 40 takes the
+        # fp32-weight stream on a kernel backend, and with grad the weight is cast first.
+        ("masked_linear", (randn(5, 40).bfloat16(), w8, bits8, randn(8).bfloat16())),
+        (
+            "masked_linear",
+            (
+                randn(5, 40).bfloat16().requires_grad_(),
+                w8.clone().requires_grad_(),
+                bits8,
+                None,
+                owner8,
+                None,
+                TASK,
+            ),
+        ),
+        ("masked_linear_multitask", (randn(2, 3, 40).half(), w8, torch.stack([bits8, bits8]))),
         ("masked_conv2d", (randn(2, 3, 8, 8), cw, cbits, cbias, *CONV)),
         (
             "masked_conv2d",

@@ -220,6 +220,11 @@ def _workloads(device: str = "cpu"):
             x64[:6].view(3, 2, 64).half(), w64.half(), torch.stack([bits64, bits64 ^ 1, bits64])
         ),
         "linear_stream_tf32": lambda: with_tf32(functional.masked_linear, x64[:7], w64, bits64),
+        # The fp32-weight form: the stream reads fp32 W for 16-bit x (one group, split K).
+        "linear_stream_f32_weight": lambda: functional.masked_linear(x64.bfloat16(), w64, bits64),
+        "linear_stream_f32_weight_split_k": lambda: functional.masked_linear(
+            x_wide.half(), w_wide, bits_wide
+        ),
         "linear_split_k": lambda: functional.masked_linear(x_long, w_long, bits_long),
         "linear_grad_input": lambda: torch.ops.cpg.masked_linear_grad_input(
             torch.randn(19, 21, generator=torch.Generator().manual_seed(2)).to(device), w, bits
@@ -296,6 +301,8 @@ KERNEL_FILE = {
     "linear_stream_split_k": "gemm_stream.cuh:sum_kernel",
     "multitask_stream": "gemm_stream.cuh",
     "linear_stream_tf32": "gemm_stream.cuh",
+    "linear_stream_f32_weight": "gemm_stream.cuh:f32_weight_kernel",
+    "linear_stream_f32_weight_split_k": "gemm_stream.cuh:sum_kernel",
     "linear_grad_input_small_batch": "gemm_small_batch_grad.cuh",
     "linear_grad_input_stream_bf16": "gemm_stream_grad.cuh",
     "linear_grad_input_stream_tf32": "gemm_stream_grad.cuh",
@@ -346,6 +353,8 @@ def test_two_seeds_agree_bitwise(name):
         "linear_stream_bf16",
         "linear_stream_split_k",
         "multitask_stream",
+        "linear_stream_f32_weight",
+        "linear_stream_f32_weight_split_k",
         "linear_grad_input_small_batch",
         "linear_grad_input_stream_bf16",
         "linear_grad_input_stream_split_n",

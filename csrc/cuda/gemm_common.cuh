@@ -21,10 +21,14 @@ namespace CPG_KERNEL_NS {
 // (grad_input) and write out (forward) whose rows are the pixels of
 // channel-planar (NCHW) images of `a_plane` / `out_plane` pixels each: the
 // conv layers' unfolded path (conv_unfolded.cuh). A plane of 1 is row-major.
-template <typename T>
+//
+// W is stored as WT: T, except in the weight stream's mixed form, which reads
+// an fp32 W for 16-bit a and out and rounds it to T in registers (as a cast
+// of W to T would; gemm_stream.cuh).
+template <typename T, typename WT = T>
 struct MaskedGemm {
   const T* a;
-  const T* w;
+  const WT* w;
   const int32_t* bits;
   const T* bias;  // forward only; may be null
   T* out;
@@ -43,13 +47,13 @@ CPG_HD int64_t planar_offset(int64_t m, int64_t c, int64_t cols, int64_t plane) 
   return (image * cols + c) * plane + (m - image * plane);
 }
 
-template <typename T>
-MaskedGemm<T> make_gemm(const void* a, const void* w, const int32_t* bits, const void* bias,
-                        void* out, int64_t tasks, int64_t M, int64_t N, int64_t K,
-                        bool grad_input) {
-  MaskedGemm<T> g;
+template <typename T, typename WT = T>
+MaskedGemm<T, WT> make_gemm(const void* a, const void* w, const int32_t* bits, const void* bias,
+                            void* out, int64_t tasks, int64_t M, int64_t N, int64_t K,
+                            bool grad_input) {
+  MaskedGemm<T, WT> g;
   g.a = static_cast<const T*>(a);
-  g.w = static_cast<const T*>(w);
+  g.w = static_cast<const WT*>(w);
   g.bits = bits;
   g.bias = static_cast<const T*>(bias);
   g.out = static_cast<T*>(out);

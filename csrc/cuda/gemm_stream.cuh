@@ -37,6 +37,13 @@
 // Several tasks (multi-task inference): a group holds whole tasks, each task
 // in its own n8 tiles and multiplied by its own bits, so W is read once for up
 // to 8 tasks. One task with up to 64 rows is one group.
+//
+// Mixed form (WT = float, T 16-bit: an fp32 master weight under autocast): W
+// streams as fp32 and each lane rounds its 8 columns to T in registers before
+// masking (pack2_rn, the rounding of a cast to T), so the operands, and the
+// sums, are those of casting W to T first, without the cast's weight-sized
+// copy. A chunk is still 256 bytes of W: 64 columns, 2 quads of 32, each
+// lane's piece of a quad two 16-byte copies.
 #pragma once
 
 #include <type_traits>
@@ -65,9 +72,25 @@ constexpr int kXRowPadBytes = 64;
 // partial sums' kernel launch (~1.5 us of device time at ~23 GB/s per SM).
 constexpr int64_t kSplitLaunchChunks = 8;
 
-template <typename T>
+// Columns of a chunk of W stored as WT.
+template <typename WT>
 CPG_HD constexpr int chunk_cols() {
-  return kChunkBytes / static_cast<int>(sizeof(T));
+  return kChunkBytes / static_cast<int>(sizeof(WT));
+}
+
+// 16-byte copies of W (stored as WT) that make one lane's 16-byte operand
+// piece of T: 1, or 2 in the mixed form.
+template <typename T, typename WT>
+CPG_HD constexpr int source_vecs() {
+  static_assert(std::is_same<T, WT>::value || (std::is_same<WT, float>::value && sizeof(T) == 2),
+                "W is stored as T, or as fp32 for 16-bit T");
+  return static_cast<int>(sizeof(WT) / sizeof(T));
+}
+
+// Operand quads (4 lanes x 16 bytes of T) in a chunk: 4, or 2 in the mixed form.
+template <typename T, typename WT>
+CPG_HD constexpr int chunk_quads() {
+  return kQuads / source_vecs<T, WT>();
 }
 
 // uint4 slots of shared memory per warp and stage.
@@ -144,15 +167,15 @@ struct Block {
   int bits_vec;     // its warp's bits of stage 0, task 0, row 0
 };
 
-template <typename T>
-CPG_DEVICE Block block_of(const MaskedGemm<T>& g, const Shape& s) {
+template <typename T, typename WT>
+CPG_DEVICE Block block_of(const MaskedGemm<T, WT>& g, const Shape& s) {
   Block b;
   b.first_task = static_cast<int64_t>(blockIdx.z) * s.tasks_per_group;
   const int64_t tasks_left = g.tasks - b.first_task;
   b.tasks = static_cast<int>(tasks_left < s.tasks_per_group ? tasks_left : s.tasks_per_group);
   b.rows = b.tasks * static_cast<int>(g.M);
   const int64_t chunk0 = static_cast<int64_t>(blockIdx.y) * s.chunks_per_split;
-  b.col0 = chunk0 * chunk_cols<T>();
+  b.col0 = chunk0 * chunk_cols<WT>();
   const int64_t chunks_left = s.chunks - chunk0;
   b.chunks = static_cast<int>(chunks_left < s.chunks_per_split ? chunks_left : s.chunks_per_split);
   const int64_t bx = blockIdx.x;
@@ -176,35 +199,35 @@ struct Cursor {
   int stage = 0;
   int local_col = 0;  // the chunk's first column relative to the split's (x's column)
 
-  template <typename T>
+  template <typename WT>
   CPG_DEVICE void advance(const Block& b) {
-    local_col += kWarps * chunk_cols<T>();
+    local_col += kWarps * chunk_cols<WT>();
     if (++j == b.warp_chunks) {
       j = 0;
       ++tile_i;
-      local_col = b.warp * chunk_cols<T>();
+      local_col = b.warp * chunk_cols<WT>();
     }
     stage = stage + 1 == kStages ? 0 : stage + 1;
   }
 };
 
-template <typename T>
+template <typename WT>
 CPG_DEVICE Cursor first_position(const Block& b) {
   Cursor c;
-  c.local_col = b.warp * chunk_cols<T>();
+  c.local_col = b.warp * chunk_cols<WT>();
   return c;
 }
 
 // The position to issue next, and where its copies come from: this lane's W
 // row g and bit words of task 0 at the chunk, kept up to date by adds.
-template <typename T>
+template <typename T, typename WT>
 struct IssueCursor : Cursor {
-  const T* w;           // W[n, col + t kV], n = tile * 16 + g
+  const WT* w;          // W[n, col + t kV], n = tile * 16 + g, kV = vec_elems<T>()
   const int32_t* bits;  // bits[n, col / 32 + t]
   int64_t cols_left;    // K - col
   bool rows_valid[2];   // rows g and g + 8 exist (< N)
 
-  CPG_DEVICE void start_tile(const MaskedGemm<T>& g, const Shape& s, const Block& b) {
+  CPG_DEVICE void start_tile(const MaskedGemm<T, WT>& g, const Shape& s, const Block& b) {
     const int64_t tile = static_cast<int64_t>(blockIdx.x) + int64_t{tile_i} * s.row_blocks;
     const int64_t n = tile * kTileRows + b.g;
     const int64_t col = b.col0 + local_col;
@@ -214,14 +237,14 @@ struct IssueCursor : Cursor {
     rows_valid[0] = n < g.N;
     rows_valid[1] = n + 8 < g.N;
   }
-  CPG_DEVICE void advance(const MaskedGemm<T>& g, const Shape& s, const Block& b) {
+  CPG_DEVICE void advance(const MaskedGemm<T, WT>& g, const Shape& s, const Block& b) {
     const int tile_before = tile_i;
-    Cursor::advance<T>(b);
+    Cursor::advance<WT>(b);
     if (tile_i != tile_before) {
       start_tile(g, s, b);
       return;
     }
-    constexpr int kStep = kWarps * chunk_cols<T>();
+    constexpr int kStep = kWarps * chunk_cols<WT>();
     w += kStep;
     bits += kStep / kBitsPerWord;
     cols_left -= kStep;
@@ -231,25 +254,31 @@ struct IssueCursor : Cursor {
 // Issues the copies of the position at cursor c into its stage: the warp's 16
 // W rows of the chunk, their bit words for every task of the group, and in the
 // first tile the group's x rows at the chunk's columns.
-template <typename T, bool kMultiTask, int kTiles, typename Smem>
-CPG_DEVICE void issue(const MaskedGemm<T>& g, const Shape& s, const Block& b,
-                      const IssueCursor<T>& c, uint64_t policy, Smem smem) {
+template <typename T, typename WT, bool kMultiTask, int kTiles, typename Smem>
+CPG_DEVICE void issue(const MaskedGemm<T, WT>& g, const Shape& s, const Block& b,
+                      const IssueCursor<T, WT>& c, uint64_t policy, Smem smem) {
   constexpr int kV = vec_elems<T>();
-  constexpr int kCols = chunk_cols<T>();
+  constexpr int kSourceV = vec_elems<WT>();
+  constexpr int kSources = source_vecs<T, WT>();
+  constexpr int kCols = chunk_cols<WT>();
   constexpr int kWords = kCols / kBitsPerWord;
   const int w_vec = b.w_vec + c.stage * kWSlotVecs;
   const int left = c.cols_left < kCols ? static_cast<int>(c.cols_left) : kCols;  // in the chunk
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const T* row = c.w + h * 8 * g.K;
+    const WT* row = c.w + h * 8 * g.K;
 #pragma unroll
-    for (int q = 0; q < kQuads; ++q) {
-      const bool valid = c.rows_valid[h] && (q * 4 + b.t) * kV < left;
-      cpgdev::cp_async16_zfill_hint(&smem[w_vec + (q * 2 + h) * kWarpSize],
-                                    valid ? row + q * 4 * kV : g.w, valid, policy);
+    for (int q = 0; q < chunk_quads<T, WT>(); ++q) {
+#pragma unroll
+      for (int p = 0; p < kSources; ++p) {
+        const int col = (q * 4 + b.t) * kV + p * kSourceV;  // in the chunk
+        const bool valid = c.rows_valid[h] && col < left;
+        cpgdev::cp_async16_zfill_hint(&smem[w_vec + ((q * kSources + p) * 2 + h) * kWarpSize],
+                                      valid ? row + q * 4 * kV + p * kSourceV : g.w, valid, policy);
+      }
     }
   }
-  // Bit words: lane t copies word t of its rows' chunk words (16-bit: 4, fp32: 2).
+  // Bit words: lane t copies word t of its rows' chunk words (16-bit W: 4, fp32: 2).
   if (b.t < kWords) {
     const bool word_valid = b.t * kBitsPerWord < left;
     const int bits_vec = b.bits_vec + c.stage * s.tasks_per_group * kBitsSlotVecs + b.g;
@@ -286,7 +315,7 @@ CPG_DEVICE void issue(const MaskedGemm<T>& g, const Shape& s, const Block& b,
 // its wait, before the warp barrier that shows it to the other lanes).
 template <typename T, typename Smem>
 CPG_DEVICE void round_staged_x(const Shape& s, const Block& b, const Cursor& c, Smem smem) {
-  if constexpr (sizeof(T) == 4) {
+  if constexpr (sizeof(T) == 4) {  // then W is fp32 too: chunk_cols<T>() is the chunk's
     if (c.tile_i != 0) return;
     constexpr int kV = vec_elems<T>();
     constexpr int kVecsPerRow = chunk_cols<T>() / kV;
@@ -337,6 +366,27 @@ CPG_DEVICE uint4 masked_piece(uint4 raw, uint4 words, int q, int t) {
   return as_operand<T>(mask_piece<T>(raw, bits >> (quad_col % kBitsPerWord + t * kV)));
 }
 
+// The lane's raw operand piece of quad q, row half h (0: row g, 1: g + 8) from
+// its stage's W slots: as copied, or (mixed form) its two fp32 copies rounded
+// to T and packed, column order kept.
+template <typename T, typename WT, typename Smem>
+CPG_DEVICE uint4 raw_piece(Smem smem, int w_vec, int q, int h) {
+  constexpr int kSources = source_vecs<T, WT>();
+  if constexpr (kSources == 1) {
+    return cpgdev::load16(&smem[w_vec + (q * 2 + h) * kWarpSize]);
+  } else {
+    const uint4 lo = cpgdev::load16(&smem[w_vec + ((q * 2) * 2 + h) * kWarpSize]);
+    const uint4 hi = cpgdev::load16(&smem[w_vec + ((q * 2 + 1) * 2 + h) * kWarpSize]);
+    auto f = [](uint32_t u) {
+      float v;
+      memcpy(&v, &u, 4);
+      return v;
+    };
+    return uint4{cpgdev::pack2_rn<T>(f(lo.x), f(lo.y)), cpgdev::pack2_rn<T>(f(lo.z), f(lo.w)),
+                 cpgdev::pack2_rn<T>(f(hi.x), f(hi.y)), cpgdev::pack2_rn<T>(f(hi.z), f(hi.w))};
+  }
+}
+
 // Where each n8 tile of the group reads x and (multi-task) whose bits: fixed
 // for the whole kernel.
 template <int kTiles>
@@ -346,8 +396,8 @@ struct TileRows {
   int used;               // tiles holding the group's rows
 };
 
-template <typename T, int kTiles>
-CPG_DEVICE TileRows<kTiles> tile_rows(const MaskedGemm<T>& g, const Shape& s, const Block& b) {
+template <typename T, int kTiles, typename WT>
+CPG_DEVICE TileRows<kTiles> tile_rows(const MaskedGemm<T, WT>& g, const Shape& s, const Block& b) {
   TileRows<kTiles> r;
   const int tpt = s.tiles_per_task, M = static_cast<int>(g.M);
   r.used = b.tasks * tpt;
@@ -363,16 +413,16 @@ CPG_DEVICE TileRows<kTiles> tile_rows(const MaskedGemm<T>& g, const Shape& s, co
 
 // acc[tile] += W'[tile rows, chunk] . x[tile's rows, chunk] for the chunk at
 // cursor c (landed and visible to the warp).
-template <typename T, int kTiles, bool kMultiTask, typename Smem>
+template <typename T, typename WT, int kTiles, bool kMultiTask, typename Smem>
 CPG_DEVICE void multiply(const Shape& s, const Block& b, const TileRows<kTiles>& tiles,
                          const Cursor& c, Smem smem, float (&acc)[kTiles][4]) {
   const int w_vec = b.w_vec + c.stage * kWSlotVecs;
   const int bits_vec = b.bits_vec + c.stage * s.tasks_per_group * kBitsSlotVecs + b.g;
   const int x_col = c.local_col / vec_elems<T>();
 #pragma unroll
-  for (int q = 0; q < kQuads; ++q) {
-    const uint4 raw0 = cpgdev::load16(&smem[w_vec + (q * 2) * kWarpSize]);
-    const uint4 raw1 = cpgdev::load16(&smem[w_vec + (q * 2 + 1) * kWarpSize]);
+  for (int q = 0; q < chunk_quads<T, WT>(); ++q) {
+    const uint4 raw0 = raw_piece<T, WT>(smem, w_vec, q, 0);
+    const uint4 raw1 = raw_piece<T, WT>(smem, w_vec, q, 1);
     uint4 w0 = {}, w1 = {};
     if constexpr (!kMultiTask) {
       w0 = masked_piece<T>(raw0, cpgdev::load16(&smem[bits_vec]), q, b.t);
@@ -400,9 +450,10 @@ CPG_DEVICE void multiply(const Shape& s, const Block& b, const TileRows<kTiles>&
 
 // A tile's end: the warps' sums meet in shared memory and are added in warp
 // order; y (+ bias) is written, or this split's fp32 partial sums.
-template <typename T, int kTiles, typename Smem>
-CPG_DEVICE void finish_tile(const MaskedGemm<T>& g, const Shape& s, const Block& b, int64_t tile,
-                            const float (&acc)[kTiles][4], Smem smem, float* partials) {
+template <typename T, typename WT, int kTiles, typename Smem>
+CPG_DEVICE void finish_tile(const MaskedGemm<T, WT>& g, const Shape& s, const Block& b,
+                            int64_t tile, const float (&acc)[kTiles][4], Smem smem,
+                            float* partials) {
   constexpr int kCols = 8 * kTiles;  // sums per W row: x rows of the tiles
 #pragma unroll
   for (int nt = 0; nt < kTiles; ++nt) {
@@ -438,28 +489,28 @@ CPG_DEVICE void finish_tile(const MaskedGemm<T>& g, const Shape& s, const Block&
   cpgdev::syncthreads();  // the sums are read before the next tile writes them
 }
 
-// Grid (row_blocks, splits, groups), kThreads threads, s.smem_bytes of dynamic
-// shared memory. partials: null when splits == 1, else [splits][T * M][N].
-template <typename T, int kTiles, bool kMultiTask>
-CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
-    masked_linear_stream_kernel(MaskedGemm<T> g, Shape s, float* partials) {
-  CPG_DYNAMIC_SHARED(uint4, smem);
+// The kernels' body. Grid (row_blocks, splits, groups), kThreads threads,
+// s.smem_bytes of dynamic shared memory `smem`. partials: null when splits == 1,
+// else [splits][T * M][N].
+template <typename T, typename WT, int kTiles, bool kMultiTask, typename Smem>
+CPG_DEVICE void stream_body(const MaskedGemm<T, WT>& g, const Shape& s, float* partials,
+                            Smem smem) {
   const Block b = block_of(g, s);
   const TileRows<kTiles> tiles = tile_rows<T, kTiles>(g, s, b);
   const uint64_t policy = cpgdev::l2_evict_first();
 
-  IssueCursor<T> ahead;  // the next position to issue
-  static_cast<Cursor&>(ahead) = first_position<T>(b);
+  IssueCursor<T, WT> ahead;  // the next position to issue
+  static_cast<Cursor&>(ahead) = first_position<WT>(b);
   ahead.start_tile(g, s, b);
 #pragma unroll
   for (int p = 0; p < kStages - 1; ++p) {
     if (p < b.positions) {
-      issue<T, kMultiTask, kTiles>(g, s, b, ahead, policy, smem);
+      issue<T, WT, kMultiTask, kTiles>(g, s, b, ahead, policy, smem);
       ahead.advance(g, s, b);
     }
     cpgdev::cp_async_commit();
   }
-  Cursor now = first_position<T>(b);  // the position multiplied
+  Cursor now = first_position<WT>(b);  // the position multiplied
   for (int tile_i = 0; tile_i < b.tiles; ++tile_i) {
     float acc[kTiles][4] = {};
     for (int j = 0; j < b.warp_chunks; ++j) {
@@ -467,21 +518,47 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
       round_staged_x<T>(s, b, now, smem);
       cpgdev::syncwarp();  // ... and for the warp; the previous stage is no longer read
       if (ahead.tile_i < b.tiles) {
-        issue<T, kMultiTask, kTiles>(g, s, b, ahead, policy, smem);
+        issue<T, WT, kMultiTask, kTiles>(g, s, b, ahead, policy, smem);
         ahead.advance(g, s, b);
       }
       cpgdev::cp_async_commit();
-      multiply<T, kTiles, kMultiTask>(s, b, tiles, now, smem, acc);
-      now.advance<T>(b);
+      multiply<T, WT, kTiles, kMultiTask>(s, b, tiles, now, smem, acc);
+      now.advance<WT>(b);
     }
-    finish_tile<T, kTiles>(g, s, b,
-                           static_cast<int64_t>(blockIdx.x) + int64_t{tile_i} * s.row_blocks, acc,
-                           smem, partials);
+    finish_tile<T, WT, kTiles>(g, s, b,
+                               static_cast<int64_t>(blockIdx.x) + int64_t{tile_i} * s.row_blocks,
+                               acc, smem, partials);
   }
   cpgdev::cp_async_wait<0>();
 }
 
+template <typename T, int kTiles, bool kMultiTask>
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
+    masked_linear_stream_kernel(MaskedGemm<T> g, Shape s, float* partials) {
+  CPG_DYNAMIC_SHARED(uint4, smem);
+  stream_body<T, T, kTiles, kMultiTask>(g, s, partials, smem);
+}
+
+// The mixed form: W stored as fp32, T 16-bit.
+template <typename T, int kTiles, bool kMultiTask>
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
+    masked_linear_f32_weight_stream_kernel(MaskedGemm<T, float> g, Shape s, float* partials) {
+  CPG_DYNAMIC_SHARED(uint4, smem);
+  stream_body<T, float, kTiles, kMultiTask>(g, s, partials, smem);
+}
+
+// The kernel of the form: masked_linear_stream_kernel, or the mixed one.
+template <typename T, typename WT, int kTiles, bool kMultiTask>
+auto stream_kernel() {
+  if constexpr (std::is_same<T, WT>::value) {
+    return &masked_linear_stream_kernel<T, kTiles, kMultiTask>;
+  } else {
+    return &masked_linear_f32_weight_stream_kernel<T, kTiles, kMultiTask>;
+  }
+}
+
 // y[t, m, n] = the splits' partial sums added in split order (+ bias), as T.
+// (g's W is not read: the mixed form passes its problem without it, as_output_gemm.)
 template <typename T>
 CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
     sum_splits_kernel(MaskedGemm<T> g, const float* partials, int splits) {
@@ -497,18 +574,42 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
   }
 }
 
+// g's output side (a, bits, bias, out, shape) without its W, for the partial sums' kernel.
+template <typename T, typename WT>
+MaskedGemm<T> as_output_gemm(const MaskedGemm<T, WT>& g) {
+  if constexpr (std::is_same<T, WT>::value) return g;
+  MaskedGemm<T> o;
+  o.a = g.a;
+  o.w = nullptr;
+  o.bits = g.bits;
+  o.bias = g.bias;
+  o.out = g.out;
+  o.M = g.M;
+  o.N = g.N;
+  o.K = g.K;
+  o.words = g.words;
+  o.tasks = g.tasks;
+  o.a_task_stride = g.a_task_stride;
+  o.bits_task_stride = g.bits_task_stride;
+  o.out_task_stride = g.out_task_stride;
+  o.a_plane = g.a_plane;
+  o.out_plane = g.out_plane;
+  return o;
+}
+
 // How a group's rows sit in the mma tiles, and the shared memory a block
 // needs besides its staged x.
 struct Layout {
   int tiles_per_task;  // n8 tiles of one task's rows
   int tasks_per_group;
-  int tiles;            // the kernel's kTiles: the group's tiles, rounded up to 1, 2, 4, 8
-  int64_t group_rows;   // x rows of a full group
-  int64_t fixed_bytes;  // W ring, bits ring, warps' sums
+  int tiles;              // the kernel's kTiles: the group's tiles, rounded up to 1, 2, 4, 8
+  int64_t group_rows;     // x rows of a full group
+  int64_t fixed_bytes;    // W ring, bits ring, warps' sums
+  int64_t x_chunk_bytes;  // of one staged x row per chunk
 };
 
-template <typename T>
-Layout layout_of(const MaskedGemm<T>& g) {
+template <typename T, typename WT>
+Layout layout_of(const MaskedGemm<T, WT>& g) {
   Layout l;
   l.tiles_per_task = static_cast<int>(ceil_div(g.M, 8));
   const int64_t per_group = kMaxTiles / l.tiles_per_task;
@@ -521,6 +622,7 @@ Layout layout_of(const MaskedGemm<T>& g) {
       int64_t{kWarps} * kStages * l.tasks_per_group * kBitsSlotVecs * kVecBytes;
   const int64_t sums_bytes = int64_t{kWarps} * kTileRows * 8 * l.tiles * 4;
   l.fixed_bytes = w_bytes + bits_bytes + sums_bytes;
+  l.x_chunk_bytes = int64_t{chunk_cols<WT>()} * static_cast<int64_t>(sizeof(T));
   return l;
 }
 
@@ -533,7 +635,7 @@ inline int64_t max_chunks_per_split(const Layout& l, const cpgdev::SmemLimits& s
   const int64_t limit = share < smem.per_block ? share : smem.per_block;
   if (limit <= l.fixed_bytes) return 0;
   const int64_t x_room = (limit - l.fixed_bytes) / l.group_rows - kXRowPadBytes;
-  return x_room < 0 ? 0 : x_room / kChunkBytes;
+  return x_room < 0 ? 0 : x_room / l.x_chunk_bytes;
 }
 
 // Whether the kernel takes g: tensor cores allowed (16-bit, or fp32 with
@@ -541,10 +643,11 @@ inline int64_t max_chunks_per_split(const Layout& l, const cpgdev::SmemLimits& s
 // vectors from 16-byte aligned operands, row-major x with the tasks' rows
 // back to back (a group's rows are staged as one matrix), and one block of
 // one chunk per split fitting the device's shared memory `smem`.
-template <typename T>
-bool supports(const MaskedGemm<T>& g, bool allow_tf32, const cpgdev::SmemLimits& smem) {
+template <typename T, typename WT>
+bool supports(const MaskedGemm<T, WT>& g, bool allow_tf32, const cpgdev::SmemLimits& smem) {
   return tensor_cores_allowed<T>(allow_tf32) && g.M >= 1 && g.M <= kMaxRows && g.K > 0 && g.N > 0 &&
-         (g.K * static_cast<int64_t>(sizeof(T))) % kVecBytes == 0 && is_aligned16(g.w) &&
+         (g.K * static_cast<int64_t>(sizeof(T))) % kVecBytes == 0 &&
+         (g.K * static_cast<int64_t>(sizeof(WT))) % kVecBytes == 0 && is_aligned16(g.w) &&
          is_aligned16(g.a) && g.a_plane == 1 && g.a_task_stride == g.M * g.K &&
          max_chunks_per_split(layout_of(g), smem, 1) >= 1;
 }
@@ -563,8 +666,8 @@ struct Plan {
 // most loaded multiprocessor (in chunks), plus the splits' partial sums, for
 // sm_count multiprocessors with shared memory `smem` (one block per SM may
 // take all a block may, two take half each). Requires supports(g, ...).
-template <typename T>
-Plan plan(const MaskedGemm<T>& g, int sm_count, const cpgdev::SmemLimits& smem) {
+template <typename T, typename WT>
+Plan plan(const MaskedGemm<T, WT>& g, int sm_count, const cpgdev::SmemLimits& smem) {
   Plan p;
   Shape& s = p.shape;
   const Layout l = layout_of(g);
@@ -575,7 +678,7 @@ Plan plan(const MaskedGemm<T>& g, int sm_count, const cpgdev::SmemLimits& smem) 
   const int64_t groups = ceil_div(g.tasks, s.tasks_per_group);
   const int64_t group_rows = l.group_rows;
   s.row_tiles = ceil_div(g.N, kTileRows);
-  s.chunks = ceil_div(g.K, chunk_cols<T>());
+  s.chunks = ceil_div(g.K, chunk_cols<WT>());
   const int64_t rows_total = g.tasks * g.M;
 
   int64_t best_cost = -1;
@@ -612,7 +715,7 @@ Plan plan(const MaskedGemm<T>& g, int sm_count, const cpgdev::SmemLimits& smem) 
       }
     }
   }
-  const int64_t x_cols = int64_t{s.chunks_per_split} * chunk_cols<T>();
+  const int64_t x_cols = int64_t{s.chunks_per_split} * chunk_cols<WT>();
   s.x_stride = static_cast<int>(x_cols + kXRowPadBytes / static_cast<int64_t>(sizeof(T)));
   s.bits_offset = kWarps * kStages * kWSlotVecs;
   s.sums_offset = s.bits_offset + kWarps * kStages * s.tasks_per_group * kBitsSlotVecs;
@@ -624,45 +727,52 @@ Plan plan(const MaskedGemm<T>& g, int sm_count, const cpgdev::SmemLimits& smem) 
   return p;
 }
 
-template <typename T>
-void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
+template <typename T, typename WT>
+void launch(const MaskedGemm<T, WT>& g, cpgdev::stream_t stream) {
   const Plan p = plan(g, cpgdev::sm_count(), cpgdev::smem_limits());
   DeviceWorkspace partials(static_cast<size_t>(p.partials_bytes), stream);
   float* sums = p.shape.splits > 1 ? partials.as<float>() : nullptr;
   auto run = [&](auto kernel) {
     cpgdev::set_max_dynamic_smem(kernel, p.shape.smem_bytes);
-    CPG_LAUNCH(kernel, p.grid, kThreads, p.shape.smem_bytes, stream, g, p.shape, sums);
+    if constexpr (std::is_same<T, WT>::value) {
+      CPG_LAUNCH(kernel, p.grid, kThreads, p.shape.smem_bytes, stream, g, p.shape, sums);
+    } else {  // its own name in the emulator's launch log
+      auto f32_weight_kernel = kernel;
+      CPG_LAUNCH(f32_weight_kernel, p.grid, kThreads, p.shape.smem_bytes, stream, g, p.shape, sums);
+    }
   };
   if (p.multitask) {
     switch (p.tiles) {
-      case 2: run(&masked_linear_stream_kernel<T, 2, true>); break;
-      case 4: run(&masked_linear_stream_kernel<T, 4, true>); break;
-      default: run(&masked_linear_stream_kernel<T, 8, true>); break;
+      case 2: run(stream_kernel<T, WT, 2, true>()); break;
+      case 4: run(stream_kernel<T, WT, 4, true>()); break;
+      default: run(stream_kernel<T, WT, 8, true>()); break;
     }
   } else {
     switch (p.tiles) {
-      case 1: run(&masked_linear_stream_kernel<T, 1, false>); break;
-      case 2: run(&masked_linear_stream_kernel<T, 2, false>); break;
-      case 4: run(&masked_linear_stream_kernel<T, 4, false>); break;
-      default: run(&masked_linear_stream_kernel<T, 8, false>); break;
+      case 1: run(stream_kernel<T, WT, 1, false>()); break;
+      case 2: run(stream_kernel<T, WT, 2, false>()); break;
+      case 4: run(stream_kernel<T, WT, 4, false>()); break;
+      default: run(stream_kernel<T, WT, 8, false>()); break;
     }
   }
   if (p.shape.splits > 1) {
     auto* sum_kernel = &sum_splits_kernel<T>;
     CPG_LAUNCH(sum_kernel, grid_stride_blocks(g.tasks * g.M * g.N, kThreads), kThreads, 0, stream,
-               g, sums, p.shape.splits);
+               as_output_gemm(g), sums, p.shape.splits);
   }
   partials.release();
 }
 
 // The launches launch(g, ...) makes on sm_count multiprocessors, appended to
 // `out`.
-template <typename T>
-void describe(const MaskedGemm<T>& g, int sm_count, LaunchPlan& out) {
+template <typename T, typename WT>
+void describe(const MaskedGemm<T, WT>& g, int sm_count, LaunchPlan& out) {
   const Plan p = plan(g, sm_count, kSm90Smem);
   const Shape& s = p.shape;
-  out.push_back(planned_launch("weight_stream::masked_linear_stream_kernel<" + type_name<T>() +
-                                   ", " + std::to_string(p.tiles) + ", " +
+  const char* kernel = std::is_same<T, WT>::value
+                           ? "weight_stream::masked_linear_stream_kernel<"
+                           : "weight_stream::masked_linear_f32_weight_stream_kernel<";
+  out.push_back(planned_launch(kernel + type_name<T>() + ", " + std::to_string(p.tiles) + ", " +
                                    (p.multitask ? "true" : "false") + ">",
                                p.grid, kThreads, s.smem_bytes,
                                {{"M", g.M},
@@ -678,6 +788,8 @@ void describe(const MaskedGemm<T>& g, int sm_count, LaunchPlan& out) {
                                 {"chunks", s.chunks},
                                 {"chunks_per_split", s.chunks_per_split},
                                 {"chunk_bytes", kChunkBytes},
+                                {"weight_bytes", static_cast<int64_t>(sizeof(WT))},
+                                {"quads", chunk_quads<T, WT>()},
                                 {"stages", kStages},
                                 {"warps", kWarps},
                                 {"blocks_per_sm", s.blocks_per_sm}},

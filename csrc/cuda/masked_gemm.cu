@@ -44,6 +44,10 @@
 //   6. everything else (f32 without TF32, odd K, offset
 //      views, an empty reduction)                         -> simt
 //
+// The mixed forward (masked_linear_f32_weight: fp32 W, 16-bit x and y, the
+// autocast inference form) runs only in weight_stream; the ops layer casts W
+// and takes the rules above where that kernel does not take the problem.
+//
 // The weight gradient of the training step (linear_weight_grad) has one
 // kernel, weight_grad (gemm_weight_grad.cuh): the mma pipeline over the batch
 // rows with the gradient rule in its epilogue. The ops layer decides when it
@@ -180,6 +184,22 @@ void linear_grad_input(DType dtype, const void* dy, const void* w, const int32_t
   });
 }
 
+// The mixed forward's problem for 16-bit dtype (fp32 W); false: dtype is not 16-bit.
+template <typename Fn>
+bool with_f32_weight_gemm(DType dtype, const void* x, const void* w, const int32_t* bits,
+                          const void* bias, void* y, int64_t T, int64_t M, int64_t N, int64_t K,
+                          Fn&& fn) {
+  bool sixteen_bit = false;
+  dispatch_dtype(dtype, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    if constexpr (sizeof(E) == 2) {
+      sixteen_bit = true;
+      fn(make_gemm<E, float>(x, w, bits, bias, y, T, M, N, K, /*grad_input=*/false));
+    }
+  });
+  return sixteen_bit;
+}
+
 template <typename T>
 weight_grad::WeightGrad<T> make_weight_grad(const void* dy, const void* x, const void* w,
                                             const uint8_t* owner, const int32_t* bits, int task,
@@ -245,6 +265,41 @@ LaunchPlan plan_linear_weight_grad(DType dtype, int64_t M, int64_t N, int64_t K,
                                               nullptr, nullptr, M, N, K),
                           sm_count, plan);
   });
+  return plan;
+}
+
+bool masked_linear_f32_weight_supported(DType dtype, const void* x, const void* w, int64_t T,
+                                        int64_t M, int64_t N, int64_t K) {
+  bool ok = false;
+  with_f32_weight_gemm(dtype, x, w, nullptr, nullptr, nullptr, T, M, N, K, [&](const auto& g) {
+    ok = T >= 1 && weight_stream::supports(g, /*allow_tf32=*/false, cpgdev::smem_limits());
+  });
+  return ok;
+}
+
+void masked_linear_f32_weight(DType dtype, const void* x, const float* w, const int32_t* bits,
+                              const void* bias, void* y, int64_t T, int64_t M, int64_t N, int64_t K,
+                              void* stream) {
+  if (!masked_linear_f32_weight_supported(dtype, x, w, T, M, N, K)) {
+    throw std::invalid_argument(
+        "cpg_kernels: masked_linear_f32_weight: the weight stream does not take this problem "
+        "(check masked_linear_f32_weight_supported)");
+  }
+  with_f32_weight_gemm(dtype, x, w, bits, bias, y, T, M, N, K,
+                       [&](const auto& g) { weight_stream::launch(g, as_stream(stream)); });
+}
+
+LaunchPlan plan_masked_linear_f32_weight(DType dtype, int64_t T, int64_t M, int64_t N, int64_t K,
+                                         int sm_count) {
+  if (sm_count < 1) throw std::invalid_argument("cpg_kernels: plan: sm_count must be >= 1");
+  LaunchPlan plan;
+  // Null operands count as aligned; sm_90's shared memory, as every plan.
+  with_f32_weight_gemm(
+      dtype, nullptr, nullptr, nullptr, nullptr, nullptr, T, M, N, K, [&](const auto& g) {
+        if (T >= 1 && weight_stream::supports(g, false, weight_stream::kSm90Smem)) {
+          weight_stream::describe(g, sm_count, plan);
+        }
+      });
   return plan;
 }
 

@@ -41,6 +41,9 @@
 //                                   replicates the chosen byte's sign bit)
 //   cpgdev::bf16, cpgdev::f16           16-bit storage types
 //   cpgdev::to_float(x), cpgdev::from_float<T>(f), cpgdev::pack2(lo, hi)
+//   cpgdev::pack2_rn<T>(lo, hi)        two floats rounded (to nearest even) to a
+//                                   16-bit T and packed, lo in the low half:
+//                                   cvt.rn.{bf16x2,f16x2}.f32
 //   cpgdev::stream_t
 //   CPG_LAUNCH(kernel, grid, block, smem_bytes, stream, args...)
 //                                   launch and check; throws std::runtime_error
@@ -256,6 +259,23 @@ CPG_DEVICE uint32_t pack2(T lo, T hi) {
   memcpy(&l, &lo, 2);
   memcpy(&h, &hi, 2);
   return static_cast<uint32_t>(l) | (static_cast<uint32_t>(h) << 16);
+}
+
+template <typename T>
+CPG_DEVICE uint32_t pack2_rn(float lo, float hi);
+template <>
+CPG_DEVICE uint32_t pack2_rn<bf16>(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low half
+  uint32_t r;
+  memcpy(&r, &v, 4);
+  return r;
+}
+template <>
+CPG_DEVICE uint32_t pack2_rn<f16>(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  uint32_t r;
+  memcpy(&r, &v, 4);
+  return r;
 }
 
 inline void check(cudaError_t err, const char* what) {

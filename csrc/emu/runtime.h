@@ -506,6 +506,11 @@ inline uint32_t pack2(T lo, T hi) {
   return static_cast<uint32_t>(l) | (static_cast<uint32_t>(h) << 16);
 }
 
+template <typename T>
+inline uint32_t pack2_rn(float lo, float hi) {
+  return pack2(from_float<T>(lo), from_float<T>(hi));
+}
+
 template <typename Kernel>
 inline void set_max_dynamic_smem(Kernel kernel, int bytes) {
   ::cpg::emu::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);

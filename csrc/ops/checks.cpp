@@ -84,10 +84,11 @@ void check_grad_context(const at::Tensor& weight, const std::optional<at::Tensor
   if (mask) check_mask(*mask, weight);
 }
 
-void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& weight, int64_t N) {
+void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& ref, int64_t N,
+                const char* ref_name) {
   if (!bias) return;
-  check_same_dtype(*bias, weight, "bias", "weight");
-  check_same_device(*bias, weight, "bias", "weight");
+  check_same_dtype(*bias, ref, "bias", ref_name);
+  check_same_device(*bias, ref, "bias", ref_name);
   TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias: expected shape [", N, "], got ",
                     shape_str(bias->sizes()));
 }

@@ -37,6 +37,9 @@ void check_task(int64_t task);
 // The training form (owner given) needs a task; the inference form has neither.
 void check_grad_context(const at::Tensor& weight, const std::optional<at::Tensor>& owner,
                         const std::optional<at::Tensor>& mask, int64_t task);
-void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& weight, int64_t N);
+// bias [N] of ref's dtype and device (ref: the weight, or x in the linear ops'
+// fp32-weight form, where bias and output are x's dtype).
+void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& ref, int64_t N,
+                const char* ref_name = "weight");
 
 }  // namespace cpg::ops

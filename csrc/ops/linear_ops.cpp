@@ -20,12 +20,21 @@ namespace cpg::ops {
 
 namespace {
 
+// The forwards' fp32-weight form (autocast's): a 16-bit x against an fp32
+// weight. The result is x's dtype, computed with the weight rounded to it as
+// a cast rounds: where the weight stream runs (masked_linear_f32_weight, no
+// grad) in registers, with its own summation order; elsewhere by a cast.
+bool f32_weight_form(const at::Tensor& x, const at::Tensor& weight) {
+  return weight.scalar_type() == at::kFloat &&
+         (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16);
+}
+
 void check_linear_operands(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits,
-                           const char* x_name) {
+                           const char* x_name, bool f32_weight_ok = false) {
   check_floating(weight, "weight");
   TORCH_CHECK_VALUE(weight.dim() == 2, "weight: expected a 2-D linear weight [out, in], got ",
                     weight.dim(), " dimensions");
-  check_same_dtype(x, weight, x_name, "weight");
+  if (!(f32_weight_ok && f32_weight_form(x, weight))) check_same_dtype(x, weight, x_name, "weight");
   check_same_device(x, weight, x_name, "weight");
   check_bits(bits, weight, matrix_shape(weight));
 }
@@ -59,6 +68,38 @@ constexpr int64_t kSmallBatchRows = 16;
 // The kernels read fp32 inputs: 16-bit ones are widened once (activation-sized).
 at::Tensor as_float(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat);
+}
+
+// Whether the mixed weight stream takes x [T * M, K] (16-bit) against the fp32
+// weight w [N, K]: on the GPU by its device's shared memory, under the emulator
+// by sm_90's.
+bool f32_weight_stream(const at::Tensor& x, const at::Tensor& w, int64_t T, int64_t M) {
+  if (!use_fused_kernels(x)) return false;
+  const cpg::DType dt = *kernel_dtype(x.scalar_type());
+  const int64_t N = w.size(0), K = w.size(1);
+  if (backend_for(x) == Backend::CUDA) {
+#if defined(CPG_WITH_CUDA)
+    c10::DeviceGuard guard(x.device());
+    return cuda::masked_linear_f32_weight_supported(dt, x.data_ptr(), w.data_ptr(), T, M, N, K);
+#else
+    return false;
+#endif
+  }
+  return emu_kernels::masked_linear_f32_weight_supported(dt, x.data_ptr(), w.data_ptr(), T, M, N,
+                                                         K);
+}
+
+// Runs the mixed weight stream for y [T * M, N] where it takes the problem
+// (true); else leaves y alone for the caller, which casts the weight.
+bool f32_weight_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bits,
+                       const std::optional<at::Tensor>& bias, at::Tensor& y, int64_t T, int64_t M) {
+  if (!f32_weight_stream(x, w, T, M)) return false;
+  const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
+  CPG_RUN_LAUNCHER(backend_for(x), x, masked_linear_f32_weight, *kernel_dtype(x.scalar_type()),
+                   x.data_ptr(), w.data_ptr<float>(), bits.data_ptr<int32_t>(),
+                   bias_c.defined() ? bias_c.data_ptr() : nullptr, y.data_ptr(), T, M, w.size(0),
+                   w.size(1));
+  return true;
 }
 
 // The CPU backend's fused small-batch kernels take `rows` rows of t's dtype.
@@ -157,16 +198,18 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
                          const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& owner,
                          const std::optional<at::Tensor>& mask, int64_t task) {
-  check_linear_operands(x, weight, bits, "x");
+  check_linear_operands(x, weight, bits, "x", /*f32_weight_ok=*/true);
   check_grad_context(weight, owner, mask, task);
   const int64_t N = weight.size(0), K = weight.size(1);
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x: expected last dimension ", K,
                     " (the weight's in_features), got shape ", x.sizes());
-  check_bias(bias, weight, N);
+  const bool f32_weight = f32_weight_form(x, weight);
+  check_bias(bias, f32_weight ? x : weight, N, f32_weight ? "x" : "weight");
   // A 2-D x needs no reshape, nor y a 2-D view: each is an op call per call.
   const bool flat = x.dim() == 2;
   const at::Tensor x2d = (flat ? x : as_matrix(x, K)).contiguous();
-  const at::Tensor w = weight.contiguous(), b = bits.contiguous();
+  at::Tensor w = weight.contiguous();
+  const at::Tensor b = bits.contiguous();
   const int64_t M = x2d.size(0);
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = N;
@@ -174,6 +217,10 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
   // op output that is itself a view would forbid in-place ops after it.
   at::Tensor y = at::empty(out_sizes, x.options());
   at::Tensor y2d = flat ? y : y.view({M, N});
+  if (M > 0 && N > 0 && f32_weight) {
+    if (f32_weight_linear(x2d, w, b, bias, y2d, 1, M)) return y;
+    w = w.to(x.scalar_type());
+  }
   if (M > 0 && N > 0) {
     if (fused_gemm(x, M)) {
       const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
@@ -247,17 +294,24 @@ at::Tensor masked_linear_multitask(const at::Tensor& x, const at::Tensor& weight
   check_floating(weight, "weight");
   TORCH_CHECK_VALUE(weight.dim() == 2, "weight: expected a 2-D linear weight [out, in], got ",
                     weight.dim(), " dimensions");
-  check_same_dtype(x, weight, "x", "weight");
+  const bool f32_weight = f32_weight_form(x, weight);
+  if (!f32_weight) check_same_dtype(x, weight, "x", "weight");
   check_same_device(x, weight, "x", "weight");
   const int64_t N = weight.size(0), K = weight.size(1);
   TORCH_CHECK_VALUE(x.dim() == 3 && x.size(2) == K, "x: expected shape [T, B, ", K,
                     "] (tasks, batch, in_features), got ", x.sizes());
   const int64_t T = x.size(0), B = x.size(1);
   check_bits(bits, weight, matrix_shape(weight), T);
-  check_bias(bias, weight, N);
-  const at::Tensor xc = x.contiguous(), w = weight.contiguous(), b = bits.contiguous();
+  check_bias(bias, f32_weight ? x : weight, N, f32_weight ? "x" : "weight");
+  const at::Tensor xc = x.contiguous(), b = bits.contiguous();
+  at::Tensor w = weight.contiguous();
   at::Tensor y = at::empty({T, B, N}, x.options());
   if (T == 0 || B == 0 || N == 0) return y;
+  if (f32_weight) {
+    at::Tensor y2d = y.view({T * B, N});
+    if (f32_weight_linear(xc.view({T * B, K}), w, b, bias, y2d, T, B)) return y;
+    w = w.to(x.scalar_type());
+  }
   if (use_fused_kernels(xc)) {
     const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
     CPG_RUN_LAUNCHER(backend_for(xc), xc, masked_linear_multitask, *kernel_dtype(x.scalar_type()),
@@ -422,6 +476,13 @@ struct MaskedLinear : torch::autograd::Function<MaskedLinear> {
   }
 };
 
+// With grad, the fp32-weight form casts the weight first (differentiably, as
+// autocast would): the backward's kernels take one dtype, and the cast is the
+// copy they read. Without grad the op reads the fp32 weight itself.
+at::Tensor cast_for_grad(const at::Tensor& x, const at::Tensor& weight) {
+  return f32_weight_form(x, weight) ? weight.to(x.scalar_type()) : weight;
+}
+
 at::Tensor masked_linear_autograd(const at::Tensor& x, const at::Tensor& weight,
                                   const at::Tensor& bits, const OptTensor& bias,
                                   const OptTensor& owner, const OptTensor& mask, int64_t task) {
@@ -429,7 +490,8 @@ at::Tensor masked_linear_autograd(const at::Tensor& x, const at::Tensor& weight,
     Below below;
     return linear_op().call(x, weight, bits, bias, owner, mask, task);
   }
-  return MaskedLinear::apply(x, weight, Constant{bits}, bias, OptConstant{owner}, mask, task);
+  return MaskedLinear::apply(x, cast_for_grad(x, weight), Constant{bits}, bias, OptConstant{owner},
+                             mask, task);
 }
 
 // Arguments: x 0, weight 1, bits 2, bias 3.
@@ -480,7 +542,7 @@ at::Tensor masked_linear_multitask_autograd(const at::Tensor& x, const at::Tenso
     Below below;
     return linear_multitask_op().call(x, weight, bits, bias);
   }
-  return MaskedLinearMultitask::apply(x, weight, Constant{bits}, bias);
+  return MaskedLinearMultitask::apply(x, cast_for_grad(x, weight), Constant{bits}, bias);
 }
 
 }  // namespace

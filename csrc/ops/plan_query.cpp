@@ -86,6 +86,28 @@ void bind_plan_query(py::module& m) {
       "masked_linear_grad_input) on a GPU of sm_count multiprocessors: a list of dicts "
       "(kernel, grid, threads, dynamic_smem, workspace_bytes, params).");
   m.def(
+      "plan_masked_linear_f32_weight",
+      [](const std::string& dtype, int64_t tasks, int64_t M, int64_t N, int64_t K, int sm_count,
+         const std::string& build) {
+        const cpg::DType t = parse_dtype(dtype);
+        return planned([&] {
+#if defined(CPG_WITH_CUDA)
+          if (use_cuda_build(build)) {
+            return cpg::cuda::plan_masked_linear_f32_weight(t, tasks, M, N, K, sm_count);
+          }
+#else
+          use_cuda_build(build);
+#endif
+          return cpg::emu_kernels::plan_masked_linear_f32_weight(t, tasks, M, N, K, sm_count);
+        });
+      },
+      py::arg("dtype"), py::arg("tasks"), py::arg("M"), py::arg("N"), py::arg("K"),
+      py::arg("sm_count"), py::arg("build") = "emulator",
+      "The launches of the fp32-weight forward (x and y of 16-bit dtype, an fp32 weight "
+      "rounded in registers) on a GPU of sm_count multiprocessors, as plan_masked_linear; "
+      "empty where the weight stream does not take the problem (the op then casts the "
+      "weight and runs masked_linear's kernels).");
+  m.def(
       "plan_linear_weight_grad",
       [](const std::string& dtype, int64_t M, int64_t N, int64_t K, bool allow_tf32, int sm_count,
          const std::string& build) {
