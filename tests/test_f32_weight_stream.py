@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
+import cpg_kernels as C
 from cpg_kernels import _C, backends, functional, masks, reference
 from cpg_kernels.testing import assert_within_bound, oracle
 
@@ -232,3 +234,34 @@ def test_autocast_keeps_the_fp32_weight_for_the_linear_forward():
     assert log == log_names(planned(torch.bfloat16, 1, 2, 24, 256)), log
     direct, _ = run(x.bfloat16(), w, bits[0], bias)
     assert torch.equal(y, direct)
+
+
+def test_a_converted_model_at_inference_under_autocast_streams_fp32_weights():
+    """The user's path: a converted MLP after a task, evaluated under bf16 autocast without
+    grad. Its CPG linear layers run the fp32-weight stream (no cast of their weights), the
+    logits agree with the CPU path's (which casts) within bf16's rounding, and repeated
+    evaluation gives the same bits."""
+    torch.manual_seed(0)
+    # Two CPG linear layers; the last Linear becomes the per-task head (a plain layer).
+    model = C.convert(
+        nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 16))
+    )
+    C.begin_task(model, 1, num_classes=4)
+    C.prune(model, 0.5)
+    C.finalize_task(model)
+    model.eval()
+    x = torch.randn(3, 64)
+
+    def logits():
+        with torch.no_grad(), C.task(model, 1), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x)
+
+    with backends.emulated(), backends.emulator_launches() as log:
+        out = logits()
+    with backends.emulated():
+        again = logits()
+    cast = logits()  # the CPU path: the op casts the weight
+    assert log.count(f"{STREAM}:f32_weight_kernel") == 2, log
+    assert out.dtype == torch.bfloat16 and torch.equal(out, again)
+    scale = cast.float().abs().max()
+    assert (out.float() - cast.float()).abs().max() <= 2**-6 * scale
