@@ -339,8 +339,12 @@ def weight_stream(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> C
     only; the chunk's HMMA (4 quads x 2 k-steps per n8 tile used) follow its wait and warp
     barrier, so a warp's loads overlap its math and the stream is latency-bound only below
     (stages - 1) chunks per memory latency. At a tile's end the warps' sums meet in shared
-    memory (two barriers). Extrapolated: no GPU has run this kernel yet."""
+    memory (two barriers). The fp32-weight form (``weight_bytes`` 4 for 16-bit x) streams
+    4-byte W, a chunk of half the columns (2 quads), and rounds each piece to 16 bits before
+    its mask (in the SASS counts where the resource table has that kernel). Extrapolated: no
+    GPU has run this kernel yet."""
     p, e = launch.params, elem_bytes(launch.kernel)
+    we, quads = p.get("weight_bytes", e), p.get("quads", 4)
     f = gpu.clock_ghz * 1e9
     warps, stages, chunk = p["warps"], p["stages"], p["chunk_bytes"]
     tiles_n8, tasks = p["tiles"], p["tasks_per_group"]
@@ -350,21 +354,24 @@ def weight_stream(launch: Launch, res: dict | None, gpu: Gpu, c: Constants) -> C
     rounds = math.ceil(cps / warps)  # a warp's chunks per tile (the busiest warp's)
     tiles_per_block = math.ceil(p["row_tiles"] / p["row_blocks"])
     units = tiles_per_block * rounds
-    w_bytes = p["N"] * p["K"] * e
+    w_bytes = p["N"] * p["K"] * we
     w_dram = 1.0 if groups == 1 or w_bytes > gpu.l2_bytes / 2 else 1.0 / groups
     w_unit = cps * 16 * chunk / rounds  # the block's W bytes per unit, all warps
-    bits_unit = w_unit / e / 8 * tasks
+    bits_unit = w_unit / we / 8 * tasks
     group_rows = tasks * p["M"]
-    x_block = group_rows * cps * chunk
-    hmma = cps / rounds * 8 * used
+    x_chunk = chunk // we * e  # bytes of a staged x row per chunk
+    x_block = group_rows * cps * x_chunk
+    hmma = cps / rounds * 2 * quads * used
     # Instructions of one warp's chunk: the loop trip (one stream position) of the SASS, whose
     # straight-line path multiplies all kTiles n8 tiles; scaled to the tiles used.
-    instr, source = per_unit_instructions(res, "HMMA", 8 * used, 250 + 24 * used)
+    instr, source = per_unit_instructions(
+        res, "HMMA", 2 * quads * used, 250 + 6 * quads * used + (64 if we != e else 0)
+    )
     # Shared-memory wavefronts per warp chunk: W copied in and read back (32 + 32), the bit
     # words (a 4-byte copy and a 16-byte read per task per row half), x read per quad and tile
     # (4 per LDS.128), x copied in during the first tile.
     wavefronts = (
-        64 + tasks * 2 * (1 + 4) + 4 * 4 * used + group_rows * chunk / 128 / tiles_per_block
+        64 + tasks * 2 * (1 + 4) + 4 * quads * used + group_rows * x_chunk / 128 / tiles_per_block
     )
     # A tile's end: two barriers and the warps' sums (kTiles x 4 shared loads per thread).
     flush_clk = 2 * 40 + tiles_n8 * warps * 30
@@ -714,7 +721,10 @@ def launch_cost(
     fam = launch.family
     if fam == "small_batch::masked_linear_small_batch_kernel":
         return small_batch(launch, res, gpu, c, single)
-    if fam == "weight_stream::masked_linear_stream_kernel":
+    if fam in (
+        "weight_stream::masked_linear_stream_kernel",
+        "weight_stream::masked_linear_f32_weight_stream_kernel",
+    ):
         return weight_stream(launch, res, gpu, c)
     if fam == "small_batch_grad::masked_linear_grad_input_small_batch_kernel":
         return small_batch_grad(launch, res, gpu, c)
