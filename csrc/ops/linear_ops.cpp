@@ -265,23 +265,18 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor
     } else if (small) {
       small_batch_grad_input(dy, w, b, dx);
     } else {
-      const at::ScalarType dt = library_dtype(dy);
-      const at::Tensor dyc = dy.to(dt);
+      at::ScalarType dt = library_dtype(dy);
       const int64_t step = chunk_rows(K);
-      // The reduction over N spans the tiles: 16-bit tiles' products (each
-      // rounded once by the library) are summed in fp32, not in 16 bits.
-      const bool narrow = dt == at::kHalf || dt == at::kBFloat16;
-      const at::ScalarType sum_dt = narrow && step < N ? at::kFloat : dt;
-      at::Tensor acc =
-          sum_dt == dx.scalar_type() ? dx : at::zeros({M, K}, dx.options().dtype(sum_dt));
+      // Where the reduction over N spans several tiles, a 16-bit library
+      // product per tile would round every partial sum to 16 bits (CPUs with
+      // native 16-bit dot products): those tiles are widened to fp32, and the
+      // sum is rounded once, at the end, as on every other path.
+      if ((dt == at::kHalf || dt == at::kBFloat16) && step < N) dt = at::kFloat;
+      const at::Tensor dyc = dy.to(dt);
+      at::Tensor acc = dt == dx.scalar_type() ? dx : at::zeros({M, K}, dx.options().dtype(dt));
       for (int64_t n0 = 0; n0 < N; n0 += step) {
         const int64_t rows = std::min(step, N - n0);
-        const at::Tensor tile = decode_rows(w, b, n0, rows, dt);
-        if (sum_dt == dt) {
-          acc.addmm_(dyc.narrow(1, n0, rows), tile);
-        } else {
-          acc.add_(at::mm(dyc.narrow(1, n0, rows), tile));
-        }
+        acc.addmm_(dyc.narrow(1, n0, rows), decode_rows(w, b, n0, rows, dt));
       }
       if (!acc.is_same(dx)) dx.copy_(acc);
     }
