@@ -40,9 +40,10 @@
 //
 // Mixed form (WT = float, T 16-bit: an fp32 master weight under autocast): W
 // streams as fp32 and each lane rounds its 8 columns to T in registers before
-// masking (pack2_rn, the rounding of a cast to T), so the operands, and the
-// sums, are those of casting W to T first, without the cast's weight-sized
-// copy. A chunk is still 256 bytes of W: 64 columns, 2 quads of 32, each
+// masking (pack2_rn, the rounding of a cast to T), so the operands are those
+// of W cast to T, without the cast's weight-sized copy; the sums are added in
+// this form's own order (within T's rounding of the cast form's, not bit for
+// bit). A chunk is still 256 bytes of W: 64 columns, 2 quads of 32, each
 // lane's piece of a quad two 16-byte copies.
 #pragma once
 
