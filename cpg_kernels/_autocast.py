@@ -14,12 +14,14 @@ own for the aten ops these replace:
   stays float32 (the ops require it: it is a training-only master copy), and
   so do the uint8 owners and the int32 bits. A float64 tensor is left alone,
   as autocast leaves it.
-* except that ``masked_linear`` and ``masked_linear_multitask`` keep an fp32
-  weight as it is: they take it with 16-bit activations (their fp32-weight
-  form) and give what the cast weight would give. Without grad the CUDA
-  weight stream (up to 64 rows) reads the fp32 weight and rounds it in
-  registers, so no weight-sized copy is made; elsewhere, and whenever grad is
-  needed, the op casts the weight itself (differentiably, as here).
+* except that the linear ops (``masked_linear``, ``masked_linear_multitask``
+  and the backward pieces ``masked_linear_grad_input`` and
+  ``masked_linear_weight_grad``) keep an fp32 weight as it is: they take it
+  with 16-bit activations (their fp32-weight form) and give what the cast
+  weight would give, the weight gradient in fp32. Up to 64 rows the CUDA
+  streams read the fp32 weight and round it in registers, at inference and in
+  the training step, so no weight-sized copy is made; elsewhere the op casts
+  the weight itself (with grad, differentiably, as here).
 * ``grad_epilogue`` is elementwise: "promote", its gradient and weight meet
   at the wider of their two dtypes.
 * the mask ops (``pack_bits``, ``unpack_bits``, ``active_bits``, ``count_bits``,
@@ -28,10 +30,9 @@ own for the aten ops these replace:
 
 The cost, as with aten's ``conv2d`` under autocast: each call of a layer op
 writes a 16-bit copy of the fp32 weight (2 bytes per weight, read back by the
-kernel, and kept for the backward), but for the linear inference calls that
-the weight stream takes. The gradient reaches the fp32 weight through that
-cast, in fp32. The training kernels (input gradient, weight gradient) and the
-conv kernels do not read an fp32 weight themselves.
+kernel, and kept for the backward), but for the linear calls that the
+streams take. The gradient reaches the fp32 weight through that cast, in
+fp32. The conv kernels do not read an fp32 weight themselves.
 
 The rule is registered as ``torch.library.register_autocast`` does, which
 cannot be used itself: it casts every floating tensor, the mask included, to
@@ -54,8 +55,16 @@ _LOWER_PRECISION = (
 _PROMOTE = ("grad_epilogue",)
 # The arguments a lower-precision op casts: activations, weight, bias; never the mask.
 _CAST_ARGUMENTS = frozenset({"x", "grad_out", "weight", "bias"})
-# The ops that take an fp32 weight with 16-bit activations (their fp32-weight form).
-_F32_WEIGHT_OPS = frozenset({"masked_linear", "masked_linear_multitask"})
+# The ops that take an fp32 weight with 16-bit activations (their fp32-weight form): the
+# linear forwards and the backward pieces, which a backward run inside autocast calls.
+_F32_WEIGHT_OPS = frozenset(
+    {
+        "masked_linear",
+        "masked_linear_multitask",
+        "masked_linear_grad_input",
+        "masked_linear_weight_grad",
+    }
+)
 _CASTABLE = (torch.float32, torch.float16, torch.bfloat16)
 DEVICES = ("cpu", "cuda")
 

@@ -101,8 +101,9 @@ def _check_bias(bias, weight, ref=None, ref_name: str = "weight") -> None:
 
 
 def _f32_weight_form(x, weight) -> bool:
-    """The linear forwards' fp32-weight form: a 16-bit x against an fp32 weight
-    (autocast's); the result, and the bias, are x's dtype."""
+    """The linear ops' fp32-weight form: a 16-bit x (or grad_out) against an fp32
+    weight (autocast's); results, and the bias, are x's dtype, the weight gradient
+    the weight's."""
     return weight.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)
 
 
@@ -302,7 +303,7 @@ def _(x, weight, bits, bias, owner, mask, task):
 
 @_fake("masked_linear_grad_input")
 def _(grad_out, weight, bits):
-    _check_linear(grad_out, weight, bits, "grad_out")
+    _check_linear(grad_out, weight, bits, "grad_out", f32_weight_ok=True)
     _check(
         grad_out.dim() >= 1 and grad_out.shape[-1] == weight.shape[0],
         f"grad_out: expected last dimension {weight.shape[0]} (the weight's out_features), "
@@ -313,8 +314,11 @@ def _(grad_out, weight, bits):
 
 @_fake("masked_linear_weight_grad")
 def _(grad_out, x, weight, bits, owner=None, task=0, mask_grad=False):
-    _check_linear(x, weight, bits, "x")
-    _check_like(grad_out, weight, "grad_out", "weight")
+    _check_linear(x, weight, bits, "x", f32_weight_ok=True)
+    if _f32_weight_form(x, weight):
+        _check_like(grad_out, x, "grad_out", "x")
+    else:
+        _check_like(grad_out, weight, "grad_out", "weight")
     n, k = weight.shape
     _check(
         x.dim() >= 1 and x.shape[-1] == k,

@@ -20,9 +20,9 @@ naming it). A weight is viewed as the matrix ``[N, K]``: ``N = weight.shape[0]``
 * ``weight``: float32, float16, bfloat16 or float64; ``x`` and ``bias`` have its
   dtype and device; ``bias`` is ``[N]``. The linear forms also take a float16
   or bfloat16 ``x`` (and ``bias``) against a float32 weight, as autocast leaves
-  them: the result is ``x``'s dtype, computed with the weight rounded to it
-  (without grad the CUDA weight stream rounds it in registers, up to 64 rows;
-  elsewhere the op casts it).
+  them: the result is ``x``'s dtype, computed with the weight rounded to it,
+  and the weight's gradient is float32 (up to 64 rows the CUDA kernels round
+  the weight in registers, with grad too; elsewhere the op casts it).
 * ``bits``: int32 ``[N, ceil(K/32)]``, one task's packed active set
   (``cpg_kernels.masks.active_bits`` / ``pack``).
 * ``owner``: uint8 with the weight's shape (0 = free, ``t`` = trained by task

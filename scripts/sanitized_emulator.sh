@@ -48,6 +48,8 @@ subset=(tests/test_emulator.py::test_sanitized_run_checks_the_library_kernels
         tests/test_weight_grad_kernels.py::test_unaligned_rows_and_tails_take_the_element_path_with_the_same_bits
         tests/test_f32_weight_stream.py::test_split_k_sums_in_split_order
         tests/test_f32_weight_stream.py::test_multitask_groups
+        tests/test_f32_weight_training.py::test_split_n_sums_in_split_order
+        tests/test_f32_weight_training.py::test_weight_gradient_is_fp32_with_the_cast_forms_values
         -k "not (test_every_conv_variant or test_conv_multitask_matches) or bfloat16")
 if [[ $# -gt 0 ]]; then subset=("$@"); fi
 

@@ -205,8 +205,8 @@ BUGS = [
     Bug(
         "f32-weight-pieces-swapped",
         "csrc/cuda/gemm_stream.cuh",
-        "const uint4 lo = cpgdev::load16(&smem[w_vec + ((q * 2) * 2 + h) * kWarpSize]);",
-        "const uint4 lo = cpgdev::load16(&smem[w_vec + ((q * 2 + 1) * 2 + h) * kWarpSize]);",
+        "cpgdev::load16(&smem[w_vec + ((q * 2) * 2 + h) * kWarpSize]),",
+        "cpgdev::load16(&smem[w_vec + ((q * 2 + 1) * 2 + h) * kWarpSize]),",
         [
             "tests/test_f32_weight_stream.py::test_forward_reads_the_fp32_weight_and_matches_the_cast_one"
         ],
@@ -227,6 +227,32 @@ BUGS = [
         backends="emu",
     ),
     Bug(
+        "f32-grad-stream-copies-swapped",
+        "csrc/cuda/gemm_stream_grad.cuh",
+        "cpgdev::load16(&smem[w_vec + 2 * p * kWarpSize]),",
+        "cpgdev::load16(&smem[w_vec + (2 * p + 1) * kWarpSize]),",
+        [
+            "tests/test_f32_weight_training.py::"
+            "test_input_gradient_reads_the_fp32_weight_and_gives_the_cast_forms_bits"
+        ],
+        "the fp32-weight input-gradient stream rounds a piece's second fp32 copy twice and never"
+        " its first",
+        backends="emu",
+    ),
+    Bug(
+        "f32-grad-stream-column-step",
+        "csrc/cuda/gemm_stream_grad.cuh",
+        "valid ? w + p * g.K + src * vec_elems<WT>() : g.w, valid,",
+        "valid ? w + p * g.K + src * vec_elems<T>() : g.w, valid,",
+        [
+            "tests/test_f32_weight_training.py::"
+            "test_input_gradient_reads_the_fp32_weight_and_gives_the_cast_forms_bits"
+        ],
+        "the second fp32 copy of a piece steps by 16-bit elements (8 columns on), not by fp32"
+        " ones (4)",
+        backends="emu",
+    ),
+    Bug(
         "weight-grad-a-fragment-order",
         "csrc/cuda/gemm_mma.cuh",
         "a, tile + L::at_offset(k0 + lane % 8 + (lane / 16) * 8, row0 + (lane / 8 % 2) * 8));",
@@ -238,8 +264,8 @@ BUGS = [
     Bug(
         "weight-grad-epilogue-skips-the-rule",
         "csrc/cuda/gemm_weight_grad.cuh",
-        "p.grad_w[i] = weight_grad_of(g, owner, p.task);",
-        "p.grad_w[i] = g;",
+        "p.grad_w[i] = widened<WT>(weight_grad_of(g, owner, p.task));",
+        "p.grad_w[i] = widened<WT>(g);",
         [
             "tests/test_weight_grad_kernels.py::test_training_form_matches_the_oracle",
             "tests/test_weight_grad_kernels.py::test_the_epilogue_applies_the_rule_to_the_rounded_sums",

@@ -136,16 +136,22 @@ def test_layer_ops_compute_in_the_autocast_dtype(device, dtype):
 
 
 def test_ops_outside_autocast_keep_their_dtype_rules():
-    """One dtype per op, but for the linear forwards' fp32-weight form (a 16-bit x against an
-    fp32 weight; tests/test_f32_weight_stream.py), which gives what the cast weight gives."""
+    """One dtype per op, but for the linear ops' fp32-weight form (16-bit activations against
+    an fp32 weight; tests/test_f32_weight_stream.py and test_f32_weight_training.py), which
+    gives what the cast weight gives. The reverse mix is refused."""
     w = torch.randn(4, 8)
     bits = active_bits(torch.ones_like(w, dtype=torch.uint8), 1)
     x16 = torch.randn(2, 8, dtype=torch.bfloat16)
     assert torch.equal(CF.masked_linear(x16, w, bits), CF.masked_linear(x16, w.bfloat16(), bits))
+    dy16 = x16[:, :4].contiguous()
+    assert torch.equal(
+        torch.ops.cpg.masked_linear_grad_input(dy16, w, bits),
+        torch.ops.cpg.masked_linear_grad_input(dy16, w.bfloat16(), bits),
+    )
     with pytest.raises(ValueError, match="x: expected dtype BFloat16"):
         CF.masked_linear(torch.randn(2, 8), w.bfloat16(), bits)
-    with pytest.raises(ValueError, match="grad_out: expected dtype Float"):
-        torch.ops.cpg.masked_linear_grad_input(x16[:, :4], w, bits)
+    with pytest.raises(ValueError, match="grad_out: expected dtype BFloat16"):
+        torch.ops.cpg.masked_linear_grad_input(torch.randn(2, 4), w.bfloat16(), bits)
     cw = torch.randn(3, 2, 1, 1)
     cbits = active_bits(torch.ones_like(cw, dtype=torch.uint8), 1)
     with pytest.raises(ValueError, match="x: expected dtype Float"):

@@ -73,7 +73,7 @@ def samples(device):
             (randn(2, 3, 37, grad=True), gw, torch.stack([gbits, gbits]), gbias),
         ),
         # The fp32-weight form: bf16 x and bias against the fp32 weight; K = 40 takes the
-        # fp32-weight stream on a kernel backend, and with grad the weight is cast first.
+        # fp32-weight stream on a kernel backend, with grad too (the fp32 weight is kept).
         ("masked_linear", (randn(5, 40).bfloat16(), w8, bits8, randn(8).bfloat16())),
         (
             "masked_linear",
@@ -88,6 +88,13 @@ def samples(device):
             ),
         ),
         ("masked_linear_multitask", (randn(2, 3, 40).half(), w8, torch.stack([bits8, bits8]))),
+        # The backward pieces' fp32-weight form: N = 8 and K = 40 take the fp32-weight input
+        # gradient stream and the fused weight gradient with fp32 W and dW.
+        ("masked_linear_grad_input", (randn(5, 8).bfloat16(), w8, bits8)),
+        (
+            "masked_linear_weight_grad",
+            (randn(9, 8).half(), randn(9, 40).half(), w8, bits8, owner8, TASK, True),
+        ),
         ("masked_conv2d", (randn(2, 3, 8, 8), cw, cbits, cbias, *CONV)),
         (
             "masked_conv2d",

@@ -239,8 +239,16 @@ def _workloads(device: str = "cpu"):
         "linear_grad_input_stream_split_n": lambda: grad_input(
             sg_tall_dy.half(), sg_tall_w.half(), sg_tall_bits
         ),
+        # The fp32-weight form of the streamed input gradient (one split, and N split).
+        "linear_grad_input_stream_f32_weight": lambda: grad_input(sg_dy.bfloat16(), sg_w, sg_bits),
+        "linear_grad_input_stream_f32_weight_split_n": lambda: grad_input(
+            sg_tall_dy.half(), sg_tall_w, sg_tall_bits
+        ),
         "linear_weight_grad_bf16": lambda: weight_grad(
             wg_dy.bfloat16(), wg_x.bfloat16(), sg_w.bfloat16(), sg_bits, wg_owner, 3, True
+        ),
+        "linear_weight_grad_f32_weight": lambda: weight_grad(
+            wg_dy.half(), wg_x.half(), sg_w, sg_bits, wg_owner, 3, True
         ),
         "linear_weight_grad_split_k": lambda: with_tf32(
             weight_grad,
@@ -307,6 +315,9 @@ KERNEL_FILE = {
     "linear_grad_input_stream_bf16": "gemm_stream_grad.cuh",
     "linear_grad_input_stream_tf32": "gemm_stream_grad.cuh",
     "linear_grad_input_stream_split_n": "gemm_stream_grad.cuh:sum_kernel",
+    "linear_grad_input_stream_f32_weight": "gemm_stream_grad.cuh:f32_weight_kernel",
+    "linear_grad_input_stream_f32_weight_split_n": "gemm_stream_grad.cuh:sum_kernel",
+    "linear_weight_grad_f32_weight": "gemm_mma.cuh:f32_weight_grad",
     "linear_weight_grad_bf16": "gemm_mma.cuh:weight_grad",
     "linear_weight_grad_split_k": "gemm_split_k.cuh:reduce",
     "multitask": "gemm_small_batch.cuh",
@@ -358,6 +369,9 @@ def test_two_seeds_agree_bitwise(name):
         "linear_grad_input_small_batch",
         "linear_grad_input_stream_bf16",
         "linear_grad_input_stream_split_n",
+        "linear_grad_input_stream_f32_weight",
+        "linear_grad_input_stream_f32_weight_split_n",
+        "linear_weight_grad_f32_weight",
         "conv_split_k_nhwc_bf16",
         "conv_grad_input_nhwc_bf16",
         "conv_unfolded",

@@ -132,6 +132,50 @@ def test_small_converted_cnn_compiles_fullgraph_under_inductor():
     _compile_check(model, torch.randn(2, 3, 8, 8))
 
 
+@pytest.mark.cuda
+def test_reduce_overhead_replays_cuda_graphs_with_the_eager_bits():
+    """mode="reduce-overhead" captures the converted model's ops in CUDA graphs: they must be
+    capturable (no host sync, the caching allocator, the current stream) and each replay must
+    give eager's outputs: bit for bit at inference (every op of the model is a cpg op or
+    exact), within fp32 rounding for a training step's gradients (inductor compiles the bias
+    gradients' sums with its own order). GPU suite only (scripts/gpu_check.sh)."""
+    if not (C.backends.cuda_built() and torch.cuda.is_available()):
+        pytest.skip("needs a CUDA device and the CUDA kernels")
+    torch.manual_seed(0)
+    model = C.convert(
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(16 * 8 * 8, 64),
+            torch.nn.ReLU(),
+            torch.nn.Linear(64, 4),
+        )
+    ).cuda()
+    C.begin_task(model, 1, num_classes=2)
+    x = torch.randn(4, 3, 8, 8, device="cuda")
+    model.eval()
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+        for _ in range(3):  # warm-up, capture, replay
+            assert torch.equal(compiled(x), eager)
+    model.train()
+
+    def grads(fn):
+        model.zero_grad(set_to_none=True)
+        fn(x).sum().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    step = torch.compile(model, mode="reduce-overhead")
+    expected = grads(model)
+    for _ in range(3):
+        got = grads(step)
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not COMPILE_MODELS, reason="minutes of inductor compile: set CPG_TEST_COMPILE_MODELS=1"

@@ -411,18 +411,22 @@ def weight_stream_grad(launch: Launch, res: dict | None, gpu: Gpu, c: Constants)
     the chunk's HMMA (8 per n8 tile used: 2 k16 steps x 4 m-tiles, or 4 k8 x 2 in TF32)
     follow its byte permutes (16-bit: one per A register), so loads overlap math as in
     weight_stream. At a strip's end warps 1-3 leave their sums in shared memory and warp 0
-    adds them (two barriers). Extrapolated: no GPU has run this kernel yet."""
+    adds them (two barriers). The fp32-weight form (``weight_bytes`` 4 for 16-bit dy) keeps
+    the strip's columns, so a chunk is twice the W bytes, each piece two copies rounded to
+    16 bits before its mask (in the SASS counts where the resource table has that kernel).
+    Extrapolated: no GPU has run this kernel yet."""
     p, e = launch.params, elem_bytes(launch.kernel)
+    we = p.get("weight_bytes", e)
     f = gpu.clock_ghz * 1e9
     warps, stages = p["warps"], p["stages"]
-    chunk = p["chunk_rows"] * p["strip_bytes"]  # W bytes of one chunk
+    chunk = p["chunk_rows"] * p["strip_bytes"] * we // e  # W bytes of one chunk
     used = p["used_tiles"]
     cps = p["chunks_per_split"]
     rounds = math.ceil(cps / warps)  # a warp's chunks per strip (the busiest warp's)
     strips_per_block = math.ceil(p["strips"] / p["strip_blocks"])
     units = strips_per_block * rounds
     w_unit = cps * chunk / rounds  # the block's W bytes per unit, all warps
-    bits_unit = w_unit / e / 8
+    bits_unit = w_unit / we / 8
     dy_unit = cps / rounds * p["M"] * p["chunk_rows"] * e
     hmma = cps / rounds * 8 * used
     kv = 16 // e
@@ -430,12 +434,15 @@ def weight_stream_grad(launch: Launch, res: dict | None, gpu: Gpu, c: Constants)
     # copies (M x chunk rows x e over 32 lanes x 16 bytes) and reads, 8 HMMA per tile.
     dy_copies = math.ceil(p["M"] * p["chunk_rows"] * e / (32 * 16))
     instr, source = per_unit_instructions(
-        res, "HMMA", 8 * used, 230 + (32 if kv == 8 else 0) + 12 * used + 6 * dy_copies
+        res,
+        "HMMA",
+        8 * used,
+        230 + (32 if kv == 8 else 0) + 12 * used + 6 * dy_copies + (64 if we != e else 0),
     )
     # Shared-memory wavefronts per warp chunk: W copied in and read back (32 + 32), the bit
     # words (2 four-byte copies, 2 LDS.128), dy copied in and read (per tile: 2 LDS.128 of
     # 16-bit, 4 of fp32: 4 wavefronts each).
-    wavefronts = 64 + 2 + 8 + dy_copies * 4 + used * (8 if kv == 8 else 16)
+    wavefronts = 64 * we // e + 2 + 8 + dy_copies * 4 + used * (8 if kv == 8 else 16)
     regs = (kv // 2) * p["tiles"] * 4  # sums per lane
     # A strip's end: two barriers, warps 1-3 store their sums, warp 0 loads and adds them.
     flush_clk = 2 * 40 + regs * 4 + (warps - 1) * regs * 8
@@ -454,7 +461,7 @@ def weight_stream_grad(launch: Launch, res: dict | None, gpu: Gpu, c: Constants)
     )
     m, n, k = p["M"], p["N"], p["K"]
     out = (4 * p["splits"] if launch.workspace_bytes else e) * m * k
-    total = n * k * (e + 1 / 8) + m * n * e + out
+    total = n * k * (we + 1 / 8) + m * n * e + out
     return blocks_cost(
         launch,
         unit,
@@ -614,7 +621,10 @@ def epilogue_instructions(res: dict | None) -> float:
 def epilogue_bytes(kernel: str, e: int) -> float:
     """Bytes per output element of a tiled kernel's store: the element itself, or for the
     one-pass weight gradient its rule's traffic in the training form with the mask gradient
-    (the owner byte and W read; dW and the fp32 dm written)."""
+    (the owner byte and W read; dW and the fp32 dm written). Its fp32-weight form
+    (F32WeightGradView) reads and writes W and dW as fp32."""
+    if "F32WeightGradView" in kernel:
+        return 1 + 2 * 4 + 4
     return 1 + 2 * e + 4 if "WeightGradView" in kernel else e
 
 
@@ -728,7 +738,10 @@ def launch_cost(
         return weight_stream(launch, res, gpu, c)
     if fam == "small_batch_grad::masked_linear_grad_input_small_batch_kernel":
         return small_batch_grad(launch, res, gpu, c)
-    if fam == "weight_stream_grad::masked_linear_grad_input_stream_kernel":
+    if fam in (
+        "weight_stream_grad::masked_linear_grad_input_stream_kernel",
+        "weight_stream_grad::masked_linear_grad_input_f32_weight_stream_kernel",
+    ):
         return weight_stream_grad(launch, res, gpu, c)
     if fam == "mma::masked_gemm_mma_kernel":
         return mma(launch, res, gpu, c, taps)

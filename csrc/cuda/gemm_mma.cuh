@@ -502,16 +502,21 @@ void launch_view(const View& v, int64_t subproblems, cpgdev::stream_t stream) {
     const dim3 grid(p.row_tiles, p.col_tiles, static_cast<unsigned>(z));
     // Launch names of their own, so that the emulator's launch log tells the
     // conv tap-window tiles (conv_window.cuh), wide and narrow, and the weight
-    // gradient (gemm_weight_grad.cuh) from the others.
+    // gradient (gemm_weight_grad.cuh), W as T or fp32, from the others.
     if constexpr (V::Layout::kTapWindow && V::Layout::kTileN == 64) {
       auto* tap_window_n64 = kernel;
       CPG_LAUNCH(tap_window_n64, grid, kThreads, p.smem_bytes, stream, view);
     } else if constexpr (V::Layout::kTapWindow) {
       auto* tap_window = kernel;
       CPG_LAUNCH(tap_window, grid, kThreads, p.smem_bytes, stream, view);
-    } else if constexpr (V::Layout::kATransposed) {
-      auto* weight_grad = kernel;  // gemm_weight_grad.cuh's view
-      CPG_LAUNCH(weight_grad, grid, kThreads, p.smem_bytes, stream, view);
+    } else if constexpr (V::Layout::kATransposed) {  // gemm_weight_grad.cuh's views
+      if constexpr (V::kF32Weight) {
+        auto* f32_weight_grad = kernel;
+        CPG_LAUNCH(f32_weight_grad, grid, kThreads, p.smem_bytes, stream, view);
+      } else {
+        auto* weight_grad = kernel;
+        CPG_LAUNCH(weight_grad, grid, kThreads, p.smem_bytes, stream, view);
+      }
     } else {
       CPG_LAUNCH(kernel, grid, kThreads, p.smem_bytes, stream, view);
     }

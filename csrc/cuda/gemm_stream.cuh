@@ -49,6 +49,7 @@
 
 #include <type_traits>
 
+#include "core/stream_limits.h"
 #include "cuda/gemm_common.cuh"
 
 namespace cpg {
@@ -62,7 +63,8 @@ constexpr int kTileRows = 16;                          // W rows of a tile: the 
 constexpr int kChunkBytes = 256;                       // bytes of each tile row per chunk
 constexpr int kQuads = kChunkBytes / (4 * kVecBytes);  // of 4 lanes x 16 bytes
 constexpr int kMaxTiles = 8;                           // n8 mma tiles of x rows per group
-constexpr int kMaxRows = 8 * kMaxTiles;
+constexpr int kMaxRows = kStreamMaxRows;
+static_assert(kMaxRows == 8 * kMaxTiles, "a group's rows fill at most kMaxTiles n8 tiles");
 // The shared memory the plan query (describe) assumes: sm_90's (H100, H200),
 // the devices the performance model predicts. A launch reads its device's.
 constexpr cpgdev::SmemLimits kSm90Smem{228 * 1024, 227 * 1024, 1024};
@@ -367,6 +369,20 @@ CPG_DEVICE uint4 masked_piece(uint4 raw, uint4 words, int q, int t) {
   return as_operand<T>(mask_piece<T>(raw, bits >> (quad_col % kBitsPerWord + t * kV)));
 }
 
+// Eight consecutive fp32 elements (two 16-byte copies, lo first) rounded to a
+// 16-bit T as a cast rounds, and packed in their order into one 16-byte
+// piece: the mixed form's operand, shared by the forward and grad streams.
+template <typename T>
+CPG_DEVICE uint4 rounded_piece(const uint4& lo, const uint4& hi) {
+  auto f = [](uint32_t u) {
+    float v;
+    memcpy(&v, &u, 4);
+    return v;
+  };
+  return uint4{cpgdev::pack2_rn<T>(f(lo.x), f(lo.y)), cpgdev::pack2_rn<T>(f(lo.z), f(lo.w)),
+               cpgdev::pack2_rn<T>(f(hi.x), f(hi.y)), cpgdev::pack2_rn<T>(f(hi.z), f(hi.w))};
+}
+
 // The lane's raw operand piece of quad q, row half h (0: row g, 1: g + 8) from
 // its stage's W slots: as copied, or (mixed form) its two fp32 copies rounded
 // to T and packed, column order kept.
@@ -376,15 +392,8 @@ CPG_DEVICE uint4 raw_piece(Smem smem, int w_vec, int q, int h) {
   if constexpr (kSources == 1) {
     return cpgdev::load16(&smem[w_vec + (q * 2 + h) * kWarpSize]);
   } else {
-    const uint4 lo = cpgdev::load16(&smem[w_vec + ((q * 2) * 2 + h) * kWarpSize]);
-    const uint4 hi = cpgdev::load16(&smem[w_vec + ((q * 2 + 1) * 2 + h) * kWarpSize]);
-    auto f = [](uint32_t u) {
-      float v;
-      memcpy(&v, &u, 4);
-      return v;
-    };
-    return uint4{cpgdev::pack2_rn<T>(f(lo.x), f(lo.y)), cpgdev::pack2_rn<T>(f(lo.z), f(lo.w)),
-                 cpgdev::pack2_rn<T>(f(hi.x), f(hi.y)), cpgdev::pack2_rn<T>(f(hi.z), f(hi.w))};
+    return rounded_piece<T>(cpgdev::load16(&smem[w_vec + ((q * 2) * 2 + h) * kWarpSize]),
+                            cpgdev::load16(&smem[w_vec + ((q * 2 + 1) * 2 + h) * kWarpSize]));
   }
 }
 

@@ -20,17 +20,16 @@
 // the strips alone cannot fill the device, pricing the partials' bytes.
 //
 // Pipeline: as the forward's: each warp streams its chunks, strip after
-// strip, kStages deep. Each lane copies 8 pieces of 16 bytes of W (evict-first:
-// W is read once) and later reads back exactly those; the warp copies the
-// chunk's bit words and the dy values of its 32 rows beside them (dy is small
-// and stays in L2, so it rides in the ring and a split may be any length).
-// A chunk is used after the lane's cp.async wait and a warp barrier; no block
-// barrier lies between landing and use.
+// strip, 4 stages deep (3 in the mixed form). Each lane copies 8 pieces of 16 bytes of W
+// (evict-first: W is read once) and later reads back exactly those; the warp copies the chunk's bit
+// words and the dy values of its 32 rows beside them (dy is small and stays in L2, so it rides in
+// the ring and a split may be any length). A chunk is used after the lane's cp.async wait and a
+// warp barrier; no block barrier lies between landing and use.
 //
 // Fragments: A = W'^T, so m is a W column and k a W row, and a 32-bit A
 // register of a 16-bit type holds two W rows at one column. Lane (g, t)
 // (g = lane / 4, t = lane % 4) copies rows 8t .. 8t + 7 of the chunk at
-// columns g kV .. g kV + kV - 1 of the strip (kV elements: 16 bytes). Under a
+// columns g kV .. g kV + kV - 1 of the strip (kV elements: 16 bytes of T). Under a
 // fixed permutation of the reduction index (lane t's k indices are its own
 // rows) and of the strip's columns (m = g is column g kV + 2i of m-tile i,
 // m = g + 8 the one after it) each of its A registers is one byte permute of
@@ -38,6 +37,12 @@
 // read as B under the same row permutation: 16 (fp32: 32) bytes of dy row g
 // at the chunk's row 8t. The lane's sums then hold kV consecutive columns of
 // dy rows 2t and 2t + 1, written as whole vectors.
+//
+// Mixed form (WT = float, T 16-bit: the fp32 master weight of a training step
+// under autocast): the strip keeps its 64 columns, so W streams as 256 bytes
+// of each row; a lane's piece is two 16-byte fp32 copies, rounded to T in
+// registers as a cast rounds (weight_stream::rounded_piece) before the mask.
+// The operands are those of W cast to T, without the cast's copy.
 #pragma once
 
 #include <type_traits>
@@ -53,7 +58,6 @@ using weight_stream::kMaxRows;
 using weight_stream::kMaxTiles;
 using weight_stream::kSm90Smem;
 using weight_stream::kSplitLaunchChunks;
-using weight_stream::kStages;
 using weight_stream::kThreads;
 using weight_stream::kWarps;
 using weight_stream::word_at;
@@ -61,9 +65,31 @@ using weight_stream::word_at;
 constexpr int kStripBytes = 128;         // of each W row per strip: 8 lane groups x 16 bytes
 constexpr int kChunkRows = 32;           // W rows per chunk: 8 per lane group t
 constexpr int kPieces = kChunkRows / 4;  // 16-byte W pieces a lane copies per chunk
-constexpr int kChunkBytes = kChunkRows * kStripBytes;  // W bytes of a chunk (as the forward's)
-constexpr int kWSlotVecs = kPieces * kWarpSize;        // uint4 per warp and stage
-constexpr int kBitsSlotVecs = 2 * kChunkRows / 4;      // 2 words per row (16-bit), [word][row]
+constexpr int kBitsSlotVecs = 2 * kChunkRows / 4;  // 2 words per row (16-bit), [word][row]
+
+// Chunks in flight per warp (one being used): the forward's 4, or 3 in the
+// mixed form, whose chunks are twice the bytes (so that 64 rows of dy still
+// fit one block per multiprocessor, and 2 blocks up to 16 rows).
+template <typename T, typename WT>
+CPG_HD constexpr int stages() {
+  return std::is_same<T, WT>::value ? weight_stream::kStages : weight_stream::kStages - 1;
+}
+
+// 16-byte copies of W (stored as WT) per 16-byte operand piece: 1, or 2 mixed.
+template <typename T, typename WT>
+CPG_HD constexpr int sources() {
+  return weight_stream::source_vecs<T, WT>();
+}
+// W bytes of a chunk: 4 KB (as the forward's), 8 KB in the mixed form.
+template <typename T, typename WT>
+CPG_HD constexpr int chunk_bytes() {
+  return kChunkRows * kStripBytes * sources<T, WT>();
+}
+// uint4 of W per warp and stage.
+template <typename T, typename WT>
+CPG_HD constexpr int w_slot_vecs() {
+  return kPieces * kWarpSize * sources<T, WT>();
+}
 
 template <typename T>
 CPG_HD constexpr int strip_cols() {
@@ -120,6 +146,7 @@ struct Block {
   int dy_vec;       // its warp's dy of stage 0
 };
 
+template <typename T, typename WT>
 CPG_DEVICE Block block_of(const Shape& s) {
   Block b;
   b.chunk0 = static_cast<int64_t>(blockIdx.y) * s.chunks_per_split;
@@ -133,7 +160,8 @@ CPG_DEVICE Block block_of(const Shape& s) {
   b.t = b.lane % 4;
   b.warp_chunks = b.warp < b.chunks ? (b.chunks - b.warp + kWarps - 1) / kWarps : 0;
   b.positions = b.tiles * b.warp_chunks;
-  b.w_vec = b.warp * kStages * kWSlotVecs + b.lane;
+  constexpr int kStages = stages<T, WT>();
+  b.w_vec = b.warp * kStages * w_slot_vecs<T, WT>() + b.lane;
   b.bits_vec = s.bits_offset + b.warp * kStages * kBitsSlotVecs;
   b.dy_vec = s.dy_offset + b.warp * kStages * s.dy_slot_vecs;
   return b;
@@ -148,7 +176,7 @@ struct Cursor {
   int64_t n0 = 0;    // the chunk's first W row
   int64_t col0 = 0;  // the strip's first W column
 
-  template <typename T>
+  template <typename T, typename WT>
   CPG_DEVICE void advance(const Shape& s, const Block& b) {
     n0 += kWarps * kChunkRows;
     if (++j == b.warp_chunks) {
@@ -157,7 +185,7 @@ struct Cursor {
       n0 = (b.chunk0 + b.warp) * kChunkRows;
       col0 += int64_t{s.strip_blocks} * strip_cols<T>();
     }
-    stage = stage + 1 == kStages ? 0 : stage + 1;
+    stage = stage + 1 == stages<T, WT>() ? 0 : stage + 1;
   }
 };
 
@@ -170,22 +198,28 @@ CPG_DEVICE Cursor first_position(const Block& b) {
 }
 
 // Issues the copies of the position at cursor c into its stage: this lane's 8
-// W pieces, the chunk's bit words (lane l: row l), and the M dy rows at the
-// chunk's 32 rows of W (n). Rows past N and columns past K read as zeros.
-template <typename T, typename Smem>
-CPG_DEVICE void issue(const MaskedGemm<T>& g, const Shape& s, const Block& b, const Cursor& c,
+// W pieces (each 1 or, mixed, 2 copies), the chunk's bit words (lane l: row
+// l), and the M dy rows at the chunk's 32 rows of W (n). Rows past N and
+// columns past K read as zeros.
+template <typename T, typename WT, typename Smem>
+CPG_DEVICE void issue(const MaskedGemm<T, WT>& g, const Shape& s, const Block& b, const Cursor& c,
                       uint64_t policy, Smem smem) {
   constexpr int kV = vec_elems<T>();
+  constexpr int kSources = sources<T, WT>();
   const int64_t col = c.col0 + b.g * kV;
   const bool col_valid = col < g.K;
   const int64_t row0 = c.n0 + 8 * b.t;
-  const T* w = g.w + row0 * g.K + col;
-  const int w_vec = b.w_vec + c.stage * kWSlotVecs;
+  const WT* w = g.w + row0 * g.K + col;
+  const int w_vec = b.w_vec + c.stage * w_slot_vecs<T, WT>();
 #pragma unroll
   for (int p = 0; p < kPieces; ++p) {
     const bool valid = col_valid && row0 + p < g.N;
-    cpgdev::cp_async16_zfill_hint(&smem[w_vec + p * kWarpSize], valid ? w + p * g.K : g.w, valid,
-                                  policy);
+#pragma unroll
+    for (int src = 0; src < kSources; ++src) {
+      cpgdev::cp_async16_zfill_hint(&smem[w_vec + (p * kSources + src) * kWarpSize],
+                                    valid ? w + p * g.K + src * vec_elems<WT>() : g.w, valid,
+                                    policy);
+    }
   }
   const int64_t row = c.n0 + b.lane;
   const int64_t word0 = c.col0 / kBitsPerWord;
@@ -216,11 +250,22 @@ CPG_DEVICE uint32_t reg_of(const uint4& v, int i) {
 
 // acc[m-tile][n8 tile] += W'^T[strip columns, chunk rows] . dy^T[chunk rows,
 // tile's dy rows] for the chunk at cursor c (landed and visible to the warp).
-template <typename T, int kTiles, typename Smem>
-CPG_DEVICE void multiply(const MaskedGemm<T>& g, const Shape& s, const Block& b, const Cursor& c,
-                         Smem smem, float (&acc)[m_tiles<T>()][kTiles][4]) {
+template <typename T, typename WT, int kTiles, typename Smem>
+CPG_DEVICE void multiply(const MaskedGemm<T, WT>& g, const Shape& s, const Block& b,
+                         const Cursor& c, Smem smem, float (&acc)[m_tiles<T>()][kTiles][4]) {
   constexpr int kV = vec_elems<T>();
-  const int w_vec = b.w_vec + c.stage * kWSlotVecs;
+  constexpr int kSources = sources<T, WT>();
+  const int w_vec = b.w_vec + c.stage * w_slot_vecs<T, WT>();
+  // Piece p of the lane's rows, as T: as copied, or its fp32 copies rounded.
+  auto raw_piece = [&](int p) {
+    if constexpr (kSources == 1) {
+      return cpgdev::load16(&smem[w_vec + p * kWarpSize]);
+    } else {
+      return weight_stream::rounded_piece<T>(
+          cpgdev::load16(&smem[w_vec + 2 * p * kWarpSize]),
+          cpgdev::load16(&smem[w_vec + (2 * p + 1) * kWarpSize]));
+    }
+  };
   // The bit words of the lane's 8 rows at its columns: word g kV / 32 of the
   // strip's, at bit g kV % 32.
   const int word = b.g * kV / kBitsPerWord;
@@ -237,8 +282,7 @@ CPG_DEVICE void multiply(const MaskedGemm<T>& g, const Shape& s, const Block& b,
       uint4 p[4];
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        const uint4 raw = cpgdev::load16(&smem[w_vec + (4 * h + r) * kWarpSize]);
-        p[r] = weight_stream::mask_piece<T>(raw, words[4 * h + r] >> shift);
+        p[r] = weight_stream::mask_piece<T>(raw_piece(4 * h + r), words[4 * h + r] >> shift);
       }
       uint32_t a[4][4];  // per m-tile i: columns 2i (m = g) and 2i + 1 (m = g + 8)
 #pragma unroll
@@ -263,10 +307,10 @@ CPG_DEVICE void multiply(const MaskedGemm<T>& g, const Shape& s, const Block& b,
     // Four k8 steps; step h takes the lane's rows 2h and 2h + 1 as k = t, t + 4.
 #pragma unroll
     for (int h = 0; h < 4; ++h) {
-      const uint4 p0 = weight_stream::as_operand<T>(weight_stream::mask_piece<T>(
-          cpgdev::load16(&smem[w_vec + (2 * h) * kWarpSize]), words[2 * h] >> shift));
-      const uint4 p1 = weight_stream::as_operand<T>(weight_stream::mask_piece<T>(
-          cpgdev::load16(&smem[w_vec + (2 * h + 1) * kWarpSize]), words[2 * h + 1] >> shift));
+      const uint4 p0 = weight_stream::as_operand<T>(
+          weight_stream::mask_piece<T>(raw_piece(2 * h), words[2 * h] >> shift));
+      const uint4 p1 = weight_stream::as_operand<T>(
+          weight_stream::mask_piece<T>(raw_piece(2 * h + 1), words[2 * h + 1] >> shift));
       const uint32_t a0[4] = {p0.x, p0.y, p1.x, p1.y}, a1[4] = {p0.z, p0.w, p1.z, p1.w};
 #pragma unroll
       for (int nt = 0; nt < kTiles; ++nt) {
@@ -287,9 +331,10 @@ CPG_DEVICE void multiply(const MaskedGemm<T>& g, const Shape& s, const Block& b,
 // them to its own in warp order (every warp's lane holds the same elements)
 // and writes dx (or this split's fp32 partial sums): kV columns of dy rows
 // 2t and 2t + 1 per tile, as whole vectors.
-template <typename T, int kTiles, typename Smem>
-CPG_DEVICE void finish_tile(const MaskedGemm<T>& g, const Shape& s, const Block& b, int64_t col0,
-                            float (&acc)[m_tiles<T>()][kTiles][4], Smem smem, float* partials) {
+template <typename T, typename WT, int kTiles, typename Smem>
+CPG_DEVICE void finish_tile(const MaskedGemm<T, WT>& g, const Shape& s, const Block& b,
+                            int64_t col0, float (&acc)[m_tiles<T>()][kTiles][4], Smem smem,
+                            float* partials) {
   constexpr int kV = vec_elems<T>();
   constexpr int kM = m_tiles<T>();
   constexpr int kRegs = kM * kTiles * 4;
@@ -345,21 +390,22 @@ CPG_DEVICE void finish_tile(const MaskedGemm<T>& g, const Shape& s, const Block&
   cpgdev::syncthreads();  // the sums are read before the next strip writes them
 }
 
-// Grid (strip_blocks, splits, 1), kThreads threads, s.smem_bytes of dynamic
-// shared memory. partials: null when splits == 1, else [splits][M][K].
-template <typename T, int kTiles>
-CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
-    masked_linear_grad_input_stream_kernel(MaskedGemm<T> g, Shape s, float* partials) {
-  CPG_DYNAMIC_SHARED(uint4, smem);
-  const Block b = block_of(s);
+// A block's whole stream. Grid (strip_blocks, splits, 1), kThreads threads,
+// s.smem_bytes of dynamic shared memory. partials: null when splits == 1,
+// else [splits][M][K].
+template <typename T, typename WT, int kTiles, typename Smem>
+CPG_DEVICE void grad_stream_body(const MaskedGemm<T, WT>& g, const Shape& s, float* partials,
+                                 Smem smem) {
+  const Block b = block_of<T, WT>(s);
   const uint64_t policy = cpgdev::l2_evict_first();
 
   Cursor ahead = first_position<T>(b);  // the next position to issue
 #pragma unroll
+  constexpr int kStages = stages<T, WT>();
   for (int p = 0; p < kStages - 1; ++p) {
     if (p < b.positions) {
-      issue<T>(g, s, b, ahead, policy, smem);
-      ahead.advance<T>(s, b);
+      issue(g, s, b, ahead, policy, smem);
+      ahead.advance<T, WT>(s, b);
     }
     cpgdev::cp_async_commit();
   }
@@ -370,17 +416,43 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
       cpgdev::cp_async_wait<kStages - 2>();  // the position has landed (for this lane)
       cpgdev::syncwarp();  // ... and for the warp; the previous stage is no longer read
       if (ahead.tile_i < b.tiles) {
-        issue<T>(g, s, b, ahead, policy, smem);
-        ahead.advance<T>(s, b);
+        issue(g, s, b, ahead, policy, smem);
+        ahead.advance<T, WT>(s, b);
       }
       cpgdev::cp_async_commit();
-      multiply<T, kTiles>(g, s, b, now, smem, acc);
-      now.advance<T>(s, b);
+      multiply<T, WT, kTiles>(g, s, b, now, smem, acc);
+      now.advance<T, WT>(s, b);
     }
     const int64_t strip = static_cast<int64_t>(blockIdx.x) + int64_t{tile_i} * s.strip_blocks;
-    finish_tile<T, kTiles>(g, s, b, strip * strip_cols<T>(), acc, smem, partials);
+    finish_tile<T, WT, kTiles>(g, s, b, strip * strip_cols<T>(), acc, smem, partials);
   }
   cpgdev::cp_async_wait<0>();
+}
+
+template <typename T, int kTiles>
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
+    masked_linear_grad_input_stream_kernel(MaskedGemm<T> g, Shape s, float* partials) {
+  CPG_DYNAMIC_SHARED(uint4, smem);
+  grad_stream_body<T, T, kTiles>(g, s, partials, smem);
+}
+
+// The mixed form: W stored as fp32, T 16-bit.
+template <typename T, int kTiles>
+CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
+    masked_linear_grad_input_f32_weight_stream_kernel(MaskedGemm<T, float> g, Shape s,
+                                                      float* partials) {
+  CPG_DYNAMIC_SHARED(uint4, smem);
+  grad_stream_body<T, float, kTiles>(g, s, partials, smem);
+}
+
+// The kernel of the form: masked_linear_grad_input_stream_kernel, or the mixed one.
+template <typename T, typename WT, int kTiles>
+auto grad_stream_kernel() {
+  if constexpr (std::is_same<T, WT>::value) {
+    return &masked_linear_grad_input_stream_kernel<T, kTiles>;
+  } else {
+    return &masked_linear_grad_input_f32_weight_stream_kernel<T, kTiles>;
+  }
 }
 
 // dx[i] = the splits' partial sums of element i added in split order, as T.
@@ -401,14 +473,14 @@ struct Layout {
   int64_t smem_bytes;  // W ring, bits ring, dy ring, warps 1-3's sums
 };
 
-template <typename T>
-Layout layout_of(const MaskedGemm<T>& g) {
+template <typename T, typename WT>
+Layout layout_of(const MaskedGemm<T, WT>& g) {
   Layout l;
   const int64_t used = ceil_div(g.M, 8);
   l.tiles = used <= 1 ? 1 : used <= 2 ? 2 : used <= 4 ? 4 : 8;
   l.dy_slot_vecs = static_cast<int>(g.M) * dy_row_vecs<T>();
   const int64_t ring_vecs =
-      int64_t{kWarps} * kStages * (kWSlotVecs + kBitsSlotVecs + l.dy_slot_vecs);
+      int64_t{kWarps} * stages<T, WT>() * (w_slot_vecs<T, WT>() + kBitsSlotVecs + l.dy_slot_vecs);
   const int64_t sums_bytes = int64_t{kWarps - 1} * m_tiles<T>() * l.tiles * 4 * kWarpSize * 4;
   l.smem_bytes = ring_vecs * kVecBytes + sums_bytes;
   return l;
@@ -424,15 +496,17 @@ inline bool fits(const Layout& l, const cpgdev::SmemLimits& smem, int blocks_per
 
 // Whether the kernel takes g: tensor cores allowed (16-bit, or fp32 with
 // TF32), one task of at most kMaxRows rows, W and dx rows and dy rows in
-// whole 16-byte vectors of 16-byte aligned row-major operands, and one block
-// fitting the device's shared memory `smem`.
-template <typename T>
-bool supports(const MaskedGemm<T>& g, bool allow_tf32, const cpgdev::SmemLimits& smem) {
+// whole 16-byte vectors of 16-byte aligned row-major operands (W rows in
+// whole vectors of both T and WT), and one block fitting the device's shared
+// memory `smem`.
+template <typename T, typename WT>
+bool supports(const MaskedGemm<T, WT>& g, bool allow_tf32, const cpgdev::SmemLimits& smem) {
   constexpr int64_t kBytes = sizeof(T);
   return tensor_cores_allowed<T>(allow_tf32) && g.tasks == 1 && g.M >= 1 && g.M <= kMaxRows &&
          g.K > 0 && g.N > 0 && (g.K * kBytes) % kVecBytes == 0 && (g.N * kBytes) % kVecBytes == 0 &&
-         is_aligned16(g.w) && is_aligned16(g.a) && is_aligned16(g.out) && g.a_plane == 1 &&
-         g.out_plane == 1 && fits(layout_of(g), smem, 1);
+         (g.K * static_cast<int64_t>(sizeof(WT))) % kVecBytes == 0 && is_aligned16(g.w) &&
+         is_aligned16(g.a) && is_aligned16(g.out) && g.a_plane == 1 && g.out_plane == 1 &&
+         fits(layout_of(g), smem, 1);
 }
 
 // A launch: the kernel's kTiles, its shape and grid, and the fp32 partial
@@ -447,8 +521,8 @@ struct Plan {
 // The split of N and the blocks that stream W with the least work on the most
 // loaded multiprocessor (in chunks), plus the splits' partial sums, for
 // sm_count multiprocessors with shared memory `smem`. Requires supports(g, ...).
-template <typename T>
-Plan plan(const MaskedGemm<T>& g, int sm_count, const cpgdev::SmemLimits& smem) {
+template <typename T, typename WT>
+Plan plan(const MaskedGemm<T, WT>& g, int sm_count, const cpgdev::SmemLimits& smem) {
   Plan p;
   Shape& s = p.shape;
   const Layout l = layout_of(g);
@@ -476,7 +550,8 @@ Plan plan(const MaskedGemm<T>& g, int sm_count, const cpgdev::SmemLimits& smem) 
       int64_t cost = ceil_div(blocks, sm_count) * per_block;
       if (real_splits > 1) {
         const int64_t partial_bytes = 2 * real_splits * g.M * g.K * 4;
-        cost += ceil_div(partial_bytes, int64_t{kChunkBytes} * sm_count) + kSplitLaunchChunks;
+        cost +=
+            ceil_div(partial_bytes, int64_t{chunk_bytes<T, WT>()} * sm_count) + kSplitLaunchChunks;
       }
       if (best_cost < 0 || cost < best_cost) {
         best_cost = cost;
@@ -487,7 +562,8 @@ Plan plan(const MaskedGemm<T>& g, int sm_count, const cpgdev::SmemLimits& smem) 
       }
     }
   }
-  s.bits_offset = kWarps * kStages * kWSlotVecs;
+  constexpr int kStages = stages<T, WT>();
+  s.bits_offset = kWarps * kStages * w_slot_vecs<T, WT>();
   s.dy_offset = s.bits_offset + kWarps * kStages * kBitsSlotVecs;
   s.sums_offset = s.dy_offset + kWarps * kStages * s.dy_slot_vecs;
   s.smem_bytes = static_cast<int>(l.smem_bytes);
@@ -496,20 +572,25 @@ Plan plan(const MaskedGemm<T>& g, int sm_count, const cpgdev::SmemLimits& smem) 
   return p;
 }
 
-template <typename T>
-void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
+template <typename T, typename WT>
+void launch(const MaskedGemm<T, WT>& g, cpgdev::stream_t stream) {
   const Plan p = plan(g, cpgdev::sm_count(), cpgdev::smem_limits());
   DeviceWorkspace partials(static_cast<size_t>(p.partials_bytes), stream);
   float* sums = p.shape.splits > 1 ? partials.as<float>() : nullptr;
   auto run = [&](auto kernel) {
     cpgdev::set_max_dynamic_smem(kernel, p.shape.smem_bytes);
-    CPG_LAUNCH(kernel, p.grid, kThreads, p.shape.smem_bytes, stream, g, p.shape, sums);
+    if constexpr (std::is_same<T, WT>::value) {
+      CPG_LAUNCH(kernel, p.grid, kThreads, p.shape.smem_bytes, stream, g, p.shape, sums);
+    } else {  // its own name in the emulator's launch log
+      auto f32_weight_kernel = kernel;
+      CPG_LAUNCH(f32_weight_kernel, p.grid, kThreads, p.shape.smem_bytes, stream, g, p.shape, sums);
+    }
   };
   switch (p.tiles) {
-    case 1: run(&masked_linear_grad_input_stream_kernel<T, 1>); break;
-    case 2: run(&masked_linear_grad_input_stream_kernel<T, 2>); break;
-    case 4: run(&masked_linear_grad_input_stream_kernel<T, 4>); break;
-    default: run(&masked_linear_grad_input_stream_kernel<T, kMaxTiles>); break;
+    case 1: run(grad_stream_kernel<T, WT, 1>()); break;
+    case 2: run(grad_stream_kernel<T, WT, 2>()); break;
+    case 4: run(grad_stream_kernel<T, WT, 4>()); break;
+    default: run(grad_stream_kernel<T, WT, kMaxTiles>()); break;
   }
   if (p.shape.splits > 1) {
     const int64_t count = g.M * g.K;
@@ -522,12 +603,15 @@ void launch(const MaskedGemm<T>& g, cpgdev::stream_t stream) {
 
 // The launches launch(g, ...) makes on sm_count multiprocessors, appended to
 // `out`.
-template <typename T>
-void describe(const MaskedGemm<T>& g, int sm_count, LaunchPlan& out) {
+template <typename T, typename WT>
+void describe(const MaskedGemm<T, WT>& g, int sm_count, LaunchPlan& out) {
   const Plan p = plan(g, sm_count, kSm90Smem);
   const Shape& s = p.shape;
-  out.push_back(planned_launch("weight_stream_grad::masked_linear_grad_input_stream_kernel<" +
-                                   type_name<T>() + ", " + std::to_string(p.tiles) + ">",
+  const char* kernel =
+      std::is_same<T, WT>::value
+          ? "weight_stream_grad::masked_linear_grad_input_stream_kernel<"
+          : "weight_stream_grad::masked_linear_grad_input_f32_weight_stream_kernel<";
+  out.push_back(planned_launch(kernel + type_name<T>() + ", " + std::to_string(p.tiles) + ">",
                                p.grid, kThreads, s.smem_bytes,
                                {{"M", g.M},
                                 {"N", g.N},
@@ -541,7 +625,8 @@ void describe(const MaskedGemm<T>& g, int sm_count, LaunchPlan& out) {
                                 {"chunks_per_split", s.chunks_per_split},
                                 {"chunk_rows", kChunkRows},
                                 {"strip_bytes", kStripBytes},
-                                {"stages", kStages},
+                                {"weight_bytes", static_cast<int64_t>(sizeof(WT))},
+                                {"stages", stages<T, WT>()},
                                 {"warps", kWarps},
                                 {"blocks_per_sm", s.blocks_per_sm}},
                                p.partials_bytes));

@@ -22,7 +22,15 @@
 // 16-byte accesses (write_tile_staged). Split-K (gemm_split_k.cuh) applies
 // when the output tiles are fewer than the multiprocessors; its ordered
 // reduction then applies the rule element by element (store).
+//
+// Mixed form (WT = float, T 16-bit: an fp32 master weight under autocast): the
+// GEMM is T's; W is read as fp32 and rounded to T for the mask gradient, and
+// dW is written as fp32. Both hold exactly the values the T form gives for W
+// cast to T (dW is G rounded to T or 0, widened), so the gradient reaches the
+// fp32 weight without a T-sized dW and the cast's backward.
 #pragma once
+
+#include <type_traits>
 
 #include "cuda/gemm_mma.cuh"
 #include "cuda/grad_rule.cuh"
@@ -31,21 +39,42 @@ namespace cpg {
 namespace CPG_KERNEL_NS {
 namespace weight_grad {
 
-// One weight-gradient problem: dy [M, N], x [M, K], W and grad_w [N, K];
-// owner [N, K] (training form) or bits [N, words] (inference form, owner
-// null); grad_m [N, K] or null.
-template <typename T>
+// One weight-gradient problem: dy [M, N], x [M, K] of T; W and grad_w [N, K]
+// of WT; owner [N, K] (training form) or bits [N, words] (inference form,
+// owner null); grad_m [N, K] or null.
+template <typename T, typename WT = T>
 struct WeightGrad {
+  static_assert(std::is_same<T, WT>::value || (std::is_same<WT, float>::value && sizeof(T) == 2),
+                "W is stored as T, or as fp32 for 16-bit T");
   const T* dy;
   const T* x;
-  const T* w;
+  const WT* w;
   const uint8_t* owner;
   const int32_t* bits;
   int task;
-  T* grad_w;
+  WT* grad_w;
   float* grad_m;
   int64_t M, N, K, words;
 };
+
+// A T value as WT (exact: WT is T or fp32), and a WT value as T (rounded as a
+// cast rounds).
+template <typename WT, typename T>
+CPG_DEVICE WT widened(T v) {
+  if constexpr (std::is_same<T, WT>::value) {
+    return v;
+  } else {
+    return cpgdev::to_float(v);
+  }
+}
+template <typename T, typename WT>
+CPG_DEVICE T narrowed(WT v) {
+  if constexpr (std::is_same<T, WT>::value) {
+    return v;
+  } else {
+    return cpgdev::from_float<T>(v);
+  }
+}
 
 // mma::Layout's tile and warps, with both operands stored reduction-major.
 template <typename T>
@@ -101,13 +130,14 @@ CPG_DEVICE void load_tile_async(const T* src, int64_t rows, int64_t cols, int64_
 
 // The view the mma kernel runs: rows are W's rows (dy's columns), columns
 // W's columns (x's), the reduction dy's and x's rows.
-template <typename T>
-struct WeightGradView {
+template <typename T, typename WT>
+struct WeightGradViewOf {
   using Elem = T;
+  static constexpr bool kF32Weight = !std::is_same<T, WT>::value;
   using Layout = weight_grad::Layout<T>;
   using L = Layout;
   static constexpr bool kGradInput = true;  // the B tile is [k][n], read transposed
-  WeightGrad<T> p;
+  WeightGrad<T, WT> p;
 
   struct BlockRows {};
   struct Pending {};
@@ -142,10 +172,13 @@ struct WeightGradView {
     const T g = cpgdev::from_float<T>(acc);
     if (p.owner != nullptr) {
       const uint8_t owner = p.owner[i];
-      p.grad_w[i] = weight_grad_of(g, owner, p.task);
-      if (p.grad_m != nullptr) p.grad_m[i] = mask_grad_of(g, p.w[i], owner, p.task);
+      p.grad_w[i] = widened<WT>(weight_grad_of(g, owner, p.task));
+      if (p.grad_m != nullptr) {
+        p.grad_m[i] = mask_grad_of(g, narrowed<T>(p.w[i]), owner, p.task);
+      }
     } else {
-      p.grad_w[i] = test_bit(p.bits + row.n * p.words, c) ? g : cpgdev::from_float<T>(0.0f);
+      p.grad_w[i] =
+          widened<WT>(test_bit(p.bits + row.n * p.words, c) ? g : cpgdev::from_float<T>(0.0f));
     }
   }
 
@@ -199,20 +232,23 @@ struct WeightGradView {
       for (int j = 0; j < kRun && k + j < p.K; ++j) store(row, k + j, sums[j]);
       return;
     }
-    T g[kRun], gw[kRun];
+    T g[kRun];
+    WT gw[kRun];
 #pragma unroll
     for (int j = 0; j < kRun; ++j) g[j] = cpgdev::from_float<T>(sums[j]);
     if (p.owner != nullptr) {
       uint8_t owner[kRun];
       load_vec(p.owner + i, owner);
 #pragma unroll
-      for (int j = 0; j < kRun; ++j) gw[j] = weight_grad_of(g[j], owner[j], p.task);
+      for (int j = 0; j < kRun; ++j) gw[j] = widened<WT>(weight_grad_of(g[j], owner[j], p.task));
       if (p.grad_m != nullptr) {
-        T w[kRun];
+        WT w[kRun];
         float gm[kRun];
         load_vec(p.w + i, w);
 #pragma unroll
-        for (int j = 0; j < kRun; ++j) gm[j] = mask_grad_of(g[j], w[j], owner[j], p.task);
+        for (int j = 0; j < kRun; ++j) {
+          gm[j] = mask_grad_of(g[j], narrowed<T>(w[j]), owner[j], p.task);
+        }
         store_vec(p.grad_m + i, gm);
       }
     } else {
@@ -220,7 +256,7 @@ struct WeightGradView {
       const uint32_t word = static_cast<uint32_t>(p.bits[n * p.words + word_of(k)]);
 #pragma unroll
       for (int j = 0; j < kRun; ++j) {
-        gw[j] = (word & bit_of(k + j)) != 0u ? g[j] : cpgdev::from_float<T>(0.0f);
+        gw[j] = widened<WT>((word & bit_of(k + j)) != 0u ? g[j] : cpgdev::from_float<T>(0.0f));
       }
     }
     store_vec(p.grad_w + i, gw);
@@ -230,27 +266,34 @@ struct WeightGradView {
 // Whether the kernel takes the problem: tensor cores (16-bit, or fp32 as TF32
 // where allowed), dy's and x's rows in whole 16-byte vectors and both
 // 16-byte aligned (the tiles move as 16-byte copies), a reduction to run.
-template <typename T>
-bool supports(const WeightGrad<T>& g, bool allow_tf32) {
+template <typename T, typename WT>
+bool supports(const WeightGrad<T, WT>& g, bool allow_tf32) {
   const int64_t v = vec_elems<T>();
   return tensor_cores_allowed<T>(allow_tf32) && g.M > 0 && g.N % v == 0 && g.K % v == 0 &&
          is_aligned16(g.dy) && is_aligned16(g.x);
 }
 
+// The views by name (the kernels' names in plans and the resource table):
+// W as T, and the mixed form.
 template <typename T>
-WeightGradView<T> view(const WeightGrad<T>& g) {
-  WeightGradView<T> v;
+struct WeightGradView : WeightGradViewOf<T, T> {};
+template <typename T>
+struct F32WeightGradView : WeightGradViewOf<T, float> {};
+
+template <typename T, typename WT>
+auto view(const WeightGrad<T, WT>& g) {
+  std::conditional_t<std::is_same<T, WT>::value, WeightGradView<T>, F32WeightGradView<T>> v;
   v.p = g;
   return v;
 }
 
-template <typename T>
-void launch(const WeightGrad<T>& g, cpgdev::stream_t stream) {
+template <typename T, typename WT>
+void launch(const WeightGrad<T, WT>& g, cpgdev::stream_t stream) {
   mma::launch_view(view(g), 1, stream);
 }
 
-template <typename T>
-void describe(const WeightGrad<T>& g, int sm_count, LaunchPlan& out) {
+template <typename T, typename WT>
+void describe(const WeightGrad<T, WT>& g, int sm_count, LaunchPlan& out) {
   mma::describe_view(view(g), 1, sm_count, out);
 }
 

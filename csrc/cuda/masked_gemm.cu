@@ -44,14 +44,16 @@
 //   6. everything else (f32 without TF32, odd K, offset
 //      views, an empty reduction)                         -> simt
 //
-// The mixed forward (masked_linear_f32_weight: fp32 W, 16-bit x and y, the
-// autocast inference form) runs only in weight_stream; the ops layer casts W
-// and takes the rules above where that kernel does not take the problem.
+// The mixed forms (fp32 W, 16-bit activations: autocast's) run only in the
+// streams: masked_linear_f32_weight in weight_stream, its input gradient
+// masked_linear_grad_input_f32_weight in weight_stream_grad; the ops layer
+// casts W and takes the rules above where they do not take the problem.
 //
 // The weight gradient of the training step (linear_weight_grad) has one
 // kernel, weight_grad (gemm_weight_grad.cuh): the mma pipeline over the batch
-// rows with the gradient rule in its epilogue. The ops layer decides when it
-// runs (csrc/ops/gemm_path.h) and takes aten's mm otherwise.
+// rows with the gradient rule in its epilogue, W and dW of the dtype or (mixed)
+// fp32. The ops layer decides when it runs (csrc/ops/gemm_path.h) and takes
+// aten's mm otherwise.
 //
 // Multitask beyond rules 1-2 runs tasks on gridDim.z of the tiled kernels (5-6). All
 // kernels are deterministic: no atomics, fixed reduction orders.
@@ -184,39 +186,61 @@ void linear_grad_input(DType dtype, const void* dy, const void* w, const int32_t
   });
 }
 
-// The mixed forward's problem for 16-bit dtype (fp32 W); false: dtype is not 16-bit.
+// A mixed form's problem for 16-bit dtype (fp32 W): the forward's, or with
+// grad_input the input gradient's (a is dy, out dx); false: dtype is not 16-bit.
 template <typename Fn>
-bool with_f32_weight_gemm(DType dtype, const void* x, const void* w, const int32_t* bits,
-                          const void* bias, void* y, int64_t T, int64_t M, int64_t N, int64_t K,
-                          Fn&& fn) {
+bool with_f32_weight_gemm(DType dtype, const void* a, const void* w, const int32_t* bits,
+                          const void* bias, void* out, int64_t T, int64_t M, int64_t N, int64_t K,
+                          bool grad_input, Fn&& fn) {
   bool sixteen_bit = false;
   dispatch_dtype(dtype, [&](auto tag) {
     using E = typename decltype(tag)::type;
     if constexpr (sizeof(E) == 2) {
       sixteen_bit = true;
-      fn(make_gemm<E, float>(x, w, bits, bias, y, T, M, N, K, /*grad_input=*/false));
+      fn(make_gemm<E, float>(a, w, bits, bias, out, T, M, N, K, grad_input));
     }
   });
   return sixteen_bit;
 }
 
-template <typename T>
-weight_grad::WeightGrad<T> make_weight_grad(const void* dy, const void* x, const void* w,
-                                            const uint8_t* owner, const int32_t* bits, int task,
-                                            void* grad_w, float* grad_m, int64_t M, int64_t N,
-                                            int64_t K) {
-  return weight_grad::WeightGrad<T>{static_cast<const T*>(dy),
-                                    static_cast<const T*>(x),
-                                    static_cast<const T*>(w),
-                                    owner,
-                                    bits,
-                                    task,
-                                    static_cast<T*>(grad_w),
-                                    grad_m,
-                                    M,
-                                    N,
-                                    K,
-                                    words_per_row(K)};
+template <typename T, typename WT = T>
+weight_grad::WeightGrad<T, WT> make_weight_grad(const void* dy, const void* x, const void* w,
+                                                const uint8_t* owner, const int32_t* bits, int task,
+                                                void* grad_w, float* grad_m, int64_t M, int64_t N,
+                                                int64_t K) {
+  return weight_grad::WeightGrad<T, WT>{static_cast<const T*>(dy),
+                                        static_cast<const T*>(x),
+                                        static_cast<const WT*>(w),
+                                        owner,
+                                        bits,
+                                        task,
+                                        static_cast<WT*>(grad_w),
+                                        grad_m,
+                                        M,
+                                        N,
+                                        K,
+                                        words_per_row(K)};
+}
+
+// fn on the weight-gradient problem of dtype with W of dtype or (f32_weight,
+// 16-bit dtype only) fp32.
+template <typename Fn>
+void with_weight_grad(DType dtype, bool f32_weight, const void* dy, const void* x, const void* w,
+                      const uint8_t* owner, const int32_t* bits, int task, void* grad_w,
+                      float* grad_m, int64_t M, int64_t N, int64_t K, Fn&& fn) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    if (!f32_weight) {
+      fn(make_weight_grad<E>(dy, x, w, owner, bits, task, grad_w, grad_m, M, N, K));
+      return;
+    }
+    if constexpr (sizeof(E) == 2) {
+      fn(make_weight_grad<E, float>(dy, x, w, owner, bits, task, grad_w, grad_m, M, N, K));
+    } else {
+      throw std::invalid_argument(
+          "cpg_kernels: linear_weight_grad: f32_weight needs a 16-bit dtype");
+    }
+  });
 }
 
 }  // namespace
@@ -236,22 +260,21 @@ bool linear_weight_grad_supported(DType dtype, const void* dy, const void* x, in
 void linear_weight_grad(DType dtype, const void* dy, const void* x, const void* w,
                         const uint8_t* owner, const int32_t* bits, int task, void* grad_w,
                         float* grad_m, int64_t M, int64_t N, int64_t K, bool allow_tf32,
-                        void* stream) {
+                        bool f32_weight, void* stream) {
   if (N == 0 || K == 0) return;
-  dispatch_dtype(dtype, [&](auto tag) {
-    using E = typename decltype(tag)::type;
-    const auto g = make_weight_grad<E>(dy, x, w, owner, bits, task, grad_w, grad_m, M, N, K);
-    if (!weight_grad::supports(g, allow_tf32)) {
-      throw std::invalid_argument(
-          "cpg_kernels: linear_weight_grad: the fused kernel does not take this problem "
-          "(check linear_weight_grad_supported)");
-    }
-    weight_grad::launch(g, as_stream(stream));
-  });
+  with_weight_grad(dtype, f32_weight, dy, x, w, owner, bits, task, grad_w, grad_m, M, N, K,
+                   [&](const auto& g) {
+                     if (!weight_grad::supports(g, allow_tf32)) {
+                       throw std::invalid_argument(
+                           "cpg_kernels: linear_weight_grad: the fused kernel does not take this "
+                           "problem (check linear_weight_grad_supported)");
+                     }
+                     weight_grad::launch(g, as_stream(stream));
+                   });
 }
 
 LaunchPlan plan_linear_weight_grad(DType dtype, int64_t M, int64_t N, int64_t K, bool allow_tf32,
-                                   int sm_count) {
+                                   bool f32_weight, int sm_count) {
   if (sm_count < 1) throw std::invalid_argument("cpg_kernels: plan: sm_count must be >= 1");
   LaunchPlan plan;
   // Null operands count as aligned, as in plan_masked_linear.
@@ -259,22 +282,44 @@ LaunchPlan plan_linear_weight_grad(DType dtype, int64_t M, int64_t N, int64_t K,
       !linear_weight_grad_supported(dtype, nullptr, nullptr, M, N, K, allow_tf32)) {
     return plan;
   }
-  dispatch_dtype(dtype, [&](auto tag) {
-    using E = typename decltype(tag)::type;
-    weight_grad::describe(make_weight_grad<E>(nullptr, nullptr, nullptr, nullptr, nullptr, 0,
-                                              nullptr, nullptr, M, N, K),
-                          sm_count, plan);
-  });
+  with_weight_grad(dtype, f32_weight, nullptr, nullptr, nullptr, nullptr, nullptr, 0, nullptr,
+                   nullptr, M, N, K,
+                   [&](const auto& g) { weight_grad::describe(g, sm_count, plan); });
   return plan;
 }
 
 bool masked_linear_f32_weight_supported(DType dtype, const void* x, const void* w, int64_t T,
                                         int64_t M, int64_t N, int64_t K) {
   bool ok = false;
-  with_f32_weight_gemm(dtype, x, w, nullptr, nullptr, nullptr, T, M, N, K, [&](const auto& g) {
-    ok = T >= 1 && weight_stream::supports(g, /*allow_tf32=*/false, cpgdev::smem_limits());
-  });
+  with_f32_weight_gemm(
+      dtype, x, w, nullptr, nullptr, nullptr, T, M, N, K, /*grad_input=*/false, [&](const auto& g) {
+        ok = T >= 1 && weight_stream::supports(g, /*allow_tf32=*/false, cpgdev::smem_limits());
+      });
   return ok;
+}
+
+bool masked_linear_grad_input_f32_weight_supported(DType dtype, const void* dy, const void* w,
+                                                   const void* dx, int64_t M, int64_t N,
+                                                   int64_t K) {
+  bool ok = false;
+  with_f32_weight_gemm(dtype, dy, w, nullptr, nullptr, const_cast<void*>(dx), 1, M, N, K,
+                       /*grad_input=*/true, [&](const auto& g) {
+                         ok = weight_stream_grad::supports(g, /*allow_tf32=*/false,
+                                                           cpgdev::smem_limits());
+                       });
+  return ok;
+}
+
+void masked_linear_grad_input_f32_weight(DType dtype, const void* dy, const float* w,
+                                         const int32_t* bits, void* dx, int64_t M, int64_t N,
+                                         int64_t K, void* stream) {
+  if (!masked_linear_grad_input_f32_weight_supported(dtype, dy, w, dx, M, N, K)) {
+    throw std::invalid_argument(
+        "cpg_kernels: masked_linear_grad_input_f32_weight: the weight stream does not take "
+        "this problem (check masked_linear_grad_input_f32_weight_supported)");
+  }
+  with_f32_weight_gemm(dtype, dy, w, bits, nullptr, dx, 1, M, N, K, /*grad_input=*/true,
+                       [&](const auto& g) { weight_stream_grad::launch(g, as_stream(stream)); });
 }
 
 void masked_linear_f32_weight(DType dtype, const void* x, const float* w, const int32_t* bits,
@@ -285,18 +330,26 @@ void masked_linear_f32_weight(DType dtype, const void* x, const float* w, const 
         "cpg_kernels: masked_linear_f32_weight: the weight stream does not take this problem "
         "(check masked_linear_f32_weight_supported)");
   }
-  with_f32_weight_gemm(dtype, x, w, bits, bias, y, T, M, N, K,
+  with_f32_weight_gemm(dtype, x, w, bits, bias, y, T, M, N, K, /*grad_input=*/false,
                        [&](const auto& g) { weight_stream::launch(g, as_stream(stream)); });
 }
 
 LaunchPlan plan_masked_linear_f32_weight(DType dtype, int64_t T, int64_t M, int64_t N, int64_t K,
-                                         int sm_count) {
+                                         bool grad_input, int sm_count) {
   if (sm_count < 1) throw std::invalid_argument("cpg_kernels: plan: sm_count must be >= 1");
+  if (grad_input && T != 1) {
+    throw std::invalid_argument("cpg_kernels: plan: the input gradient has one task (T = 1)");
+  }
   LaunchPlan plan;
   // Null operands count as aligned; sm_90's shared memory, as every plan.
   with_f32_weight_gemm(
-      dtype, nullptr, nullptr, nullptr, nullptr, nullptr, T, M, N, K, [&](const auto& g) {
-        if (T >= 1 && weight_stream::supports(g, false, weight_stream::kSm90Smem)) {
+      dtype, nullptr, nullptr, nullptr, nullptr, nullptr, T, M, N, K, grad_input,
+      [&](const auto& g) {
+        if (grad_input) {
+          if (weight_stream_grad::supports(g, false, weight_stream::kSm90Smem)) {
+            weight_stream_grad::describe(g, sm_count, plan);
+          }
+        } else if (T >= 1 && weight_stream::supports(g, false, weight_stream::kSm90Smem)) {
           weight_stream::describe(g, sm_count, plan);
         }
       });

@@ -4,6 +4,7 @@
 #include "ops/linear_ops.h"
 
 #include "core/mask_format.h"
+#include "core/stream_limits.h"
 #include "cpu/aten_dtype.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
@@ -20,10 +21,12 @@ namespace cpg::ops {
 
 namespace {
 
-// The forwards' fp32-weight form (autocast's): a 16-bit x against an fp32
-// weight. The result is x's dtype, computed with the weight rounded to it as
-// a cast rounds: where the weight stream runs (masked_linear_f32_weight, no
-// grad) in registers, with its own summation order; elsewhere by a cast.
+// The fp32-weight form (autocast's): 16-bit activations (x, or grad_out)
+// against an fp32 weight. Results have the activations' dtype and are
+// computed with the weight rounded to it as a cast rounds: where the streams
+// run (masked_linear_f32_weight, masked_linear_grad_input_f32_weight) in
+// registers, with their own summation order; elsewhere by a cast. The weight
+// gradient of this form is fp32, holding the 16-bit form's values.
 bool f32_weight_form(const at::Tensor& x, const at::Tensor& weight) {
   return weight.scalar_type() == at::kFloat &&
          (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16);
@@ -87,6 +90,26 @@ bool f32_weight_stream(const at::Tensor& x, const at::Tensor& w, int64_t T, int6
   }
   return emu_kernels::masked_linear_f32_weight_supported(dt, x.data_ptr(), w.data_ptr(), T, M, N,
                                                          K);
+}
+
+// Whether the mixed input-gradient stream takes dy [M, N] (16-bit) against the
+// fp32 weight w [N, K], as f32_weight_stream, into a fresh dx [M, K] (the
+// caching allocator's blocks are 16-byte aligned: null stands for it).
+bool f32_weight_grad_stream(const at::Tensor& dy, const at::Tensor& w) {
+  if (!use_fused_kernels(dy)) return false;
+  const cpg::DType dt = *kernel_dtype(dy.scalar_type());
+  const int64_t M = dy.size(0), N = w.size(0), K = w.size(1);
+  if (backend_for(dy) == Backend::CUDA) {
+#if defined(CPG_WITH_CUDA)
+    c10::DeviceGuard guard(dy.device());
+    return cuda::masked_linear_grad_input_f32_weight_supported(dt, dy.data_ptr(), w.data_ptr(),
+                                                               nullptr, M, N, K);
+#else
+    return false;
+#endif
+  }
+  return emu_kernels::masked_linear_grad_input_f32_weight_supported(dt, dy.data_ptr(), w.data_ptr(),
+                                                                    nullptr, M, N, K);
 }
 
 // Runs the mixed weight stream for y [T * M, N] where it takes the problem
@@ -239,7 +262,7 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& weight, const at
 
 at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor& weight,
                                     const at::Tensor& bits) {
-  check_linear_operands(grad_out, weight, bits, "grad_out");
+  check_linear_operands(grad_out, weight, bits, "grad_out", /*f32_weight_ok=*/true);
   const int64_t N = weight.size(0), K = weight.size(1);
   TORCH_CHECK_VALUE(grad_out.dim() >= 1 && grad_out.size(-1) == N,
                     "grad_out: expected last dimension ", N,
@@ -247,10 +270,21 @@ at::Tensor masked_linear_grad_input(const at::Tensor& grad_out, const at::Tensor
                     "shape ",
                     grad_out.sizes());
   const at::Tensor dy = as_matrix(grad_out, N).contiguous();
-  const at::Tensor w = weight.contiguous(), b = bits.contiguous();
+  at::Tensor w = weight.contiguous();
+  const at::Tensor b = bits.contiguous();
   const int64_t M = dy.size(0);
   auto out_sizes = grad_out.sizes().vec();
   out_sizes.back() = K;
+  if (f32_weight_form(grad_out, weight)) {
+    if (M > 0 && K > 0 && N > 0 && f32_weight_grad_stream(dy, w)) {
+      at::Tensor dx_out = at::empty(out_sizes, grad_out.options());
+      CPG_RUN_LAUNCHER(backend_for(dy), dy, masked_linear_grad_input_f32_weight,
+                       *kernel_dtype(dy.scalar_type()), dy.data_ptr(), w.data_ptr<float>(),
+                       b.data_ptr<int32_t>(), dx_out.data_ptr(), M, N, K);
+      return dx_out;
+    }
+    w = w.to(grad_out.scalar_type());
+  }
   const bool fused = fused_gemm(dy, M) && N > 0;
   const bool small = cpu_small_batch(dy, M) && N > 0;
   // The chunked path accumulates tile by tile, so it starts from zeros.
@@ -328,6 +362,7 @@ at::Tensor masked_linear_multitask(const at::Tensor& x, const at::Tensor& weight
 namespace {
 
 // Whether the fused one-pass kernel computes the weight gradient (gemm_path.h).
+// The mixed form (an fp32 weight) runs the same GEMM, so the same rule decides.
 // Its shape check is host code of the kernel sources, the same in both
 // builds, so the emulator's copy answers for the GPU too.
 bool fused_weight_grad(const at::Tensor& dy, const at::Tensor& x2d) {
@@ -348,10 +383,14 @@ constexpr int64_t kMaxDeviceWeightGradChunks = 4;
 // holds decode_chunk_elements() entries (on the CPU exactly, so it stays in
 // cache between the two passes; on the kernel backends at least, and at
 // most kMaxDeviceWeightGradChunks chunks), so no weight-sized G exists.
+// An fp32 weight beside 16-bit dy and x (the mixed form) gets each chunk's
+// rule in the 16-bit dtype on its rows of W cast (chunk-sized), widened into
+// grad_w: the values of the 16-bit form.
 void two_pass_weight_grad(const at::Tensor& dy, const at::Tensor& x2d, const at::Tensor& w,
                           const at::Tensor& bits, const at::Tensor& owner, int64_t task,
                           at::Tensor& grad_w, std::optional<at::Tensor>& grad_m) {
   const int64_t N = w.size(0);
+  const bool mixed = w.scalar_type() != dy.scalar_type();
   int64_t step = chunk_rows(w.size(1));
   if (backend_for(dy) != Backend::CPU) {
     const int64_t fewest = (N + kMaxDeviceWeightGradChunks - 1) / kMaxDeviceWeightGradChunks;
@@ -360,14 +399,18 @@ void two_pass_weight_grad(const at::Tensor& dy, const at::Tensor& x2d, const at:
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t rows = std::min(step, N - n0);
     const at::Tensor G = at::mm(dy.narrow(1, n0, rows).t(), x2d);
-    at::Tensor gw = grad_w.narrow(0, n0, rows);
+    at::Tensor out = grad_w.narrow(0, n0, rows);
+    at::Tensor gw = mixed ? at::empty_like(G) : out;
     if (owner.defined()) {
       std::optional<at::Tensor> gm;
       if (grad_m) gm = grad_m->narrow(0, n0, rows);
-      grad_epilogue_into(G, w.narrow(0, n0, rows), owner.narrow(0, n0, rows), task, gw, gm);
+      const at::Tensor w_rows = w.narrow(0, n0, rows);
+      grad_epilogue_into(G, mixed ? w_rows.to(dy.scalar_type()) : w_rows, owner.narrow(0, n0, rows),
+                         task, gw, gm);
     } else {
       decode_rows_into(G, bits.narrow(0, n0, rows), 0, gw);
     }
+    if (mixed) out.copy_(gw);
   }
 }
 
@@ -376,8 +419,9 @@ void two_pass_weight_grad(const at::Tensor& dy, const at::Tensor& x2d, const at:
 std::tuple<at::Tensor, at::Tensor> masked_linear_weight_grad(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
     const at::Tensor& bits, const std::optional<at::Tensor>& owner, int64_t task, bool mask_grad) {
-  check_linear_operands(x, weight, bits, "x");
-  check_same_dtype(grad_out, weight, "grad_out", "weight");
+  check_linear_operands(x, weight, bits, "x", /*f32_weight_ok=*/true);
+  const bool f32_weight = f32_weight_form(x, weight);
+  check_same_dtype(grad_out, f32_weight ? x : weight, "grad_out", f32_weight ? "x" : "weight");
   check_same_device(grad_out, weight, "grad_out", "weight");
   const int64_t N = weight.size(0), K = weight.size(1);
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x: expected last dimension ", K,
@@ -409,7 +453,7 @@ std::tuple<at::Tensor, at::Tensor> masked_linear_weight_grad(
         backend_for(dy), dy, linear_weight_grad, *kernel_dtype(dy.scalar_type()), dy.data_ptr(),
         x2d.data_ptr(), w.data_ptr(), o.defined() ? o.data_ptr<uint8_t>() : nullptr,
         o.defined() ? nullptr : b.data_ptr<int32_t>(), static_cast<int>(task), grad_w.data_ptr(),
-        grad_m ? grad_m->data_ptr<float>() : nullptr, M, N, K, allow_tf32());
+        grad_m ? grad_m->data_ptr<float>() : nullptr, M, N, K, allow_tf32(), f32_weight);
   } else {
     two_pass_weight_grad(dy, x2d, w, b, o, task, grad_w, grad_m);
   }
@@ -471,9 +515,25 @@ struct MaskedLinear : torch::autograd::Function<MaskedLinear> {
   }
 };
 
-// With grad, the fp32-weight form casts the weight first (differentiably, as
-// autocast would): the backward's kernels take one dtype, and the cast is the
-// copy they read. Without grad the op reads the fp32 weight itself.
+// With grad, the fp32-weight form keeps the fp32 weight where the forward's
+// stream takes x (up to 64 rows on the kernel backends): the forward, the
+// input gradient and the weight gradient then each read it and round it in
+// registers, and dW comes out in fp32, with no weight-sized cast (the
+// backward ops cast where their own kernels do not take the problem).
+// Elsewhere the weight is cast first, differentiably, as autocast would: the
+// backward's kernels take one dtype and the cast is the copy they read.
+// Without grad the op decides alone.
+// The decision reads shapes only, as SymBool guards, so that torch.compile traces it
+// (it never sees data pointers): 1 to kStreamMaxRows rows, K a multiple of 8.
+bool f32_weight_training(const at::Tensor& x, const at::Tensor& weight) {
+  if (!f32_weight_form(x, weight) || !use_fused_kernels(x)) return false;
+  const c10::SymInt& k = weight.sym_size(1);
+  const c10::SymInt rows = x.sym_numel();
+  auto holds = [](const c10::SymBool& b) { return b.guard_bool(__FILE__, __LINE__); };
+  return holds(k.sym_gt(0)) && holds((k % 8).sym_eq(0)) && holds(rows.sym_gt(0)) &&
+         holds(rows.sym_le(k * kStreamMaxRows));
+}
+
 at::Tensor cast_for_grad(const at::Tensor& x, const at::Tensor& weight) {
   return f32_weight_form(x, weight) ? weight.to(x.scalar_type()) : weight;
 }
@@ -485,8 +545,8 @@ at::Tensor masked_linear_autograd(const at::Tensor& x, const at::Tensor& weight,
     Below below;
     return linear_op().call(x, weight, bits, bias, owner, mask, task);
   }
-  return MaskedLinear::apply(x, cast_for_grad(x, weight), Constant{bits}, bias, OptConstant{owner},
-                             mask, task);
+  const at::Tensor w = f32_weight_training(x, weight) ? weight : cast_for_grad(x, weight);
+  return MaskedLinear::apply(x, w, Constant{bits}, bias, OptConstant{owner}, mask, task);
 }
 
 // Arguments: x 0, weight 1, bits 2, bias 3.

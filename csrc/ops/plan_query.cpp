@@ -88,46 +88,51 @@ void bind_plan_query(py::module& m) {
   m.def(
       "plan_masked_linear_f32_weight",
       [](const std::string& dtype, int64_t tasks, int64_t M, int64_t N, int64_t K, int sm_count,
-         const std::string& build) {
+         const std::string& build, bool grad_input) {
         const cpg::DType t = parse_dtype(dtype);
         return planned([&] {
 #if defined(CPG_WITH_CUDA)
           if (use_cuda_build(build)) {
-            return cpg::cuda::plan_masked_linear_f32_weight(t, tasks, M, N, K, sm_count);
+            return cpg::cuda::plan_masked_linear_f32_weight(t, tasks, M, N, K, grad_input,
+                                                            sm_count);
           }
 #else
           use_cuda_build(build);
 #endif
-          return cpg::emu_kernels::plan_masked_linear_f32_weight(t, tasks, M, N, K, sm_count);
+          return cpg::emu_kernels::plan_masked_linear_f32_weight(t, tasks, M, N, K, grad_input,
+                                                                 sm_count);
         });
       },
       py::arg("dtype"), py::arg("tasks"), py::arg("M"), py::arg("N"), py::arg("K"),
-      py::arg("sm_count"), py::arg("build") = "emulator",
+      py::arg("sm_count"), py::arg("build") = "emulator", py::arg("grad_input") = false,
       "The launches of the fp32-weight forward (x and y of 16-bit dtype, an fp32 weight "
-      "rounded in registers) on a GPU of sm_count multiprocessors, as plan_masked_linear; "
-      "empty where the weight stream does not take the problem (the op then casts the "
-      "weight and runs masked_linear's kernels).");
+      "rounded in registers) or, with grad_input, of its input gradient (dy and dx 16-bit; "
+      "tasks must be 1) on a GPU of sm_count multiprocessors, as plan_masked_linear; empty "
+      "where the stream does not take the problem (the op then casts the weight and runs "
+      "masked_linear's kernels).");
   m.def(
       "plan_linear_weight_grad",
       [](const std::string& dtype, int64_t M, int64_t N, int64_t K, bool allow_tf32, int sm_count,
-         const std::string& build) {
+         const std::string& build, bool f32_weight) {
         const cpg::DType t = parse_dtype(dtype);
         return planned([&] {
 #if defined(CPG_WITH_CUDA)
           if (use_cuda_build(build)) {
-            return cpg::cuda::plan_linear_weight_grad(t, M, N, K, allow_tf32, sm_count);
+            return cpg::cuda::plan_linear_weight_grad(t, M, N, K, allow_tf32, f32_weight, sm_count);
           }
 #else
           use_cuda_build(build);
 #endif
-          return cpg::emu_kernels::plan_linear_weight_grad(t, M, N, K, allow_tf32, sm_count);
+          return cpg::emu_kernels::plan_linear_weight_grad(t, M, N, K, allow_tf32, f32_weight,
+                                                           sm_count);
         });
       },
       py::arg("dtype"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("allow_tf32"),
-      py::arg("sm_count"), py::arg("build") = "emulator",
-      "The launches of the fused linear weight gradient (dy [M, N], x [M, K]) on a GPU of "
-      "sm_count multiprocessors, as plan_masked_linear; empty where that kernel does not "
-      "take the problem. Whether the op runs it is gemm_path.h's rule.");
+      py::arg("sm_count"), py::arg("build") = "emulator", py::arg("f32_weight") = false,
+      "The launches of the fused linear weight gradient (dy [M, N], x [M, K]; with "
+      "f32_weight, an fp32 weight and gradient beside 16-bit dy and x) on a GPU of sm_count "
+      "multiprocessors, as plan_masked_linear; empty where that kernel does not take the "
+      "problem. Whether the op runs it is gemm_path.h's rule.");
   m.def(
       "plan_masked_conv2d",
       [](const std::string& dtype, int64_t tasks, std::vector<int64_t> input, int64_t out_ch,

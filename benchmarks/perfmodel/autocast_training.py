@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""The linear training step under autocast, before and after the fp32-weight training kernels.
+
+    PYTHONPATH=. python3 benchmarks/perfmodel/autocast_training.py [--gpu h100-sxm] [-o OUT.md]
+
+Under ``torch.autocast`` a CPG layer's weight is an fp32 master copy and its activations are
+16-bit. Before, the training step cast the weight (4 bytes read and 2 written per weight, one
+op), the 16-bit forward and input-gradient streams read the copy, the fused weight gradient
+wrote a 16-bit dW, and the cast's backward widened it (2 bytes read and 4 written, one op).
+After, up to 64 rows, the forward, input-gradient and weight-gradient kernels read the fp32
+weight and round it in registers, and dW is written as fp32 (the planned launches of
+``plan_masked_linear_f32_weight`` and ``plan_linear_weight_grad(f32_weight=True)``). Where a
+mixed plan is empty the op casts, so that piece costs what it did. Every launch is costed as
+predict.py costs planned launches, the casts as elementwise passes; the step's time is the
+larger of its device time and its host time (three fused calls, plus one torch op per cast).
+Every figure is predicted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BENCH))
+
+import cases  # noqa: E402
+
+from perfmodel import kernels, plan, predict  # noqa: E402
+from perfmodel.autocast_inference import BATCHES, _device_s  # noqa: E402
+from perfmodel.hardware import GPUS  # noqa: E402
+
+
+def predictions(gpu) -> list[dict]:
+    ctx = predict.context(gpu)
+    c = ctx.constants
+    ext = plan._ext()
+    op_s = c.host_torch_op_us * 1e-6
+    out = []
+    for lay in cases.LINEAR_LAYERS:
+        n, k = lay.out_ch, lay.in_ch
+        elems = n * k
+        for m in BATCHES:
+            fwd16 = ext.plan_masked_linear("bfloat16", 1, m, n, k, False, False, gpu.sms)
+            dx16 = ext.plan_masked_linear("bfloat16", 1, m, n, k, True, False, gpu.sms)
+            dw16 = ext.plan_linear_weight_grad("bfloat16", m, n, k, False, gpu.sms)
+            fwd32 = ext.plan_masked_linear_f32_weight("bfloat16", 1, m, n, k, gpu.sms)
+            dx32 = ext.plan_masked_linear_f32_weight(
+                "bfloat16", 1, m, n, k, gpu.sms, grad_input=True
+            )
+            dw32 = ext.plan_linear_weight_grad("bfloat16", m, n, k, False, gpu.sms, f32_weight=True)
+            cast = kernels.elementwise(elems * (4 + 2), gpu, c).seconds
+            widen = kernels.elementwise(elems * (2 + 4), gpu, c).seconds
+            before = {
+                "cast": cast,
+                "forward": _device_s(ctx, fwd16),
+                "grad_input": _device_s(ctx, dx16),
+                "weight_grad": _device_s(ctx, dw16),
+                "widen": widen,
+            }
+            if fwd32:  # the autograd kernel keeps the fp32 weight
+                after = {
+                    "cast": 0.0,
+                    "forward": _device_s(ctx, fwd32),
+                    "grad_input": _device_s(ctx, dx32) if dx32 else cast + before["grad_input"],
+                    "weight_grad": _device_s(ctx, dw32),
+                    "widen": 0.0,
+                }
+            else:
+                after = dict(before)
+            host = 3 * predict.host_fused_us(ctx) * 1e-6
+            casts_after = (0 if fwd32 else 2) + (1 if fwd32 and not dx32 else 0)
+            out.append(
+                {
+                    "layer": lay.name,
+                    "batch": m,
+                    "kernels": bool(fwd32) and bool(dx32),
+                    "before_device": sum(before.values()),
+                    "after_device": sum(after.values()),
+                    "before": max(host + 2 * op_s, sum(before.values())),
+                    "after": max(host + casts_after * op_s, sum(after.values())),
+                    "pieces": (before, after),
+                }
+            )
+    return out
+
+
+def report(gpu) -> str:
+    lines = [
+        f"# Linear training step under bf16 autocast on {gpu.name}: the fp32-weight "
+        "training kernels (predicted)",
+        "",
+        "`PYTHONPATH=. python3 benchmarks/perfmodel/autocast_training.py` (its docstring says "
+        "how). Before: the step casts the fp32 weight, the bf16 kernels read the copy and the "
+        "cast's backward widens dW; after: forward, input gradient and weight gradient read "
+        "the fp32 weight, dW is written in fp32. Device time of the weight's pieces (cast, "
+        "forward, dx, dW and dm, widening), and the step's time (the larger of host and device "
+        "time). `mixed dx`: whether the fp32-weight input-gradient stream takes the shape (else "
+        "the dx op casts). Every figure is predicted; no GPU has run these kernels.",
+        "",
+        "| layer | batch | mixed dx | device before (µs) | device after (µs) | after / before | "
+        "step before (µs) | step after (µs) |",
+        "|---|---:|:---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in predictions(gpu):
+        lines.append(
+            f"| {r['layer']} | {r['batch']} | {'yes' if r['kernels'] else 'no'} | "
+            f"{r['before_device'] * 1e6:.1f} | {r['after_device'] * 1e6:.1f} | "
+            f"{r['after_device'] / r['before_device']:.2f} | {r['before'] * 1e6:.1f} | "
+            f"{r['after'] * 1e6:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gpu", default="h100-sxm", choices=sorted(GPUS))
+    ap.add_argument("-o", "--out", type=Path)
+    args = ap.parse_args()
+    text = report(GPUS[args.gpu])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
