@@ -21,7 +21,10 @@ own for the aten ops these replace:
   weight would give, the weight gradient in fp32. Up to 64 rows the CUDA
   streams read the fp32 weight and round it in registers, at inference and in
   the training step, so no weight-sized copy is made; elsewhere the op casts
-  the weight itself (with grad, differentiably, as here).
+  the weight itself (with grad, differentiably, as here). ``masked_conv2d``
+  keeps it too: without grad, pointwise (NHWC 1x1) convs and the late layers
+  of at most 64 output pixels read it in the weight streams; with grad, and
+  elsewhere, the op casts it (differentiably).
 * ``grad_epilogue`` is elementwise: "promote", its gradient and weight meet
   at the wider of their two dtypes.
 * the mask ops (``pack_bits``, ``unpack_bits``, ``active_bits``, ``count_bits``,
@@ -30,9 +33,9 @@ own for the aten ops these replace:
 
 The cost, as with aten's ``conv2d`` under autocast: each call of a layer op
 writes a 16-bit copy of the fp32 weight (2 bytes per weight, read back by the
-kernel, and kept for the backward), but for the linear calls that the
-streams take. The gradient reaches the fp32 weight through that cast, in
-fp32. The conv kernels do not read an fp32 weight themselves.
+kernel, and kept for the backward), but for the calls that the streams take.
+The gradient reaches the fp32 weight through that cast, in fp32. The conv
+training kernels and the tiled conv kernels do not read an fp32 weight.
 
 The rule is registered as ``torch.library.register_autocast`` does, which
 cannot be used itself: it casts every floating tensor, the mask included, to
@@ -56,13 +59,15 @@ _PROMOTE = ("grad_epilogue",)
 # The arguments a lower-precision op casts: activations, weight, bias; never the mask.
 _CAST_ARGUMENTS = frozenset({"x", "grad_out", "weight", "bias"})
 # The ops that take an fp32 weight with 16-bit activations (their fp32-weight form): the
-# linear forwards and the backward pieces, which a backward run inside autocast calls.
+# linear forwards and backward pieces (a backward run inside autocast calls them), and the
+# conv forward.
 _F32_WEIGHT_OPS = frozenset(
     {
         "masked_linear",
         "masked_linear_multitask",
         "masked_linear_grad_input",
         "masked_linear_weight_grad",
+        "masked_conv2d",
     }
 )
 _CASTABLE = (torch.float32, torch.float16, torch.bfloat16)

@@ -101,9 +101,9 @@ def _check_bias(bias, weight, ref=None, ref_name: str = "weight") -> None:
 
 
 def _f32_weight_form(x, weight) -> bool:
-    """The linear ops' fp32-weight form: a 16-bit x (or grad_out) against an fp32
-    weight (autocast's); results, and the bias, are x's dtype, the weight gradient
-    the weight's."""
+    """The fp32-weight form of the linear ops and the conv forward: a 16-bit x (or
+    grad_out) against an fp32 weight (autocast's); results, and the bias, are x's
+    dtype, the weight gradient the weight's."""
     return weight.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)
 
 
@@ -172,15 +172,15 @@ def _conv_layout(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _conv_output(x, weight, stride, padding, dilation, groups):
+def _conv_output(x, weight, stride, padding, dilation, groups, f32_weight_ok: bool = False):
     """The empty output of a conv of ``x`` [images, C, H, W], in the layout the op promises.
     Its shape is aten's own (a conv on these fake tensors allocates nothing), the rule
-    that csrc/core/conv_shape.h implements for the kernels."""
+    that csrc/core/conv_shape.h implements for the kernels; its dtype is x's."""
     _check(
         x.dim() == 4,
         f"x: expected a 4-D input [batch, channels, height, width], got {x.dim()} dimensions",
     )
-    _check_like(x, weight, "x", "weight")
+    _check_activation(x, weight, "x", f32_weight_ok)
     _check(
         x.shape[1] == weight.shape[1] * groups,
         f"x: expected {weight.shape[1] * groups} "
@@ -194,7 +194,7 @@ def _conv_output(x, weight, stride, padding, dilation, groups):
             f"x: input of spatial size "
             f"{x.shape[2]}x{x.shape[3]} is smaller than the dilated kernel",
         )
-    shape = F.conv2d(x, weight, None, stride, padding, dilation, groups).shape
+    shape = F.conv2d(x, weight.to(x.dtype), None, stride, padding, dilation, groups).shape
     return x.new_empty(shape).contiguous(memory_format=_conv_layout(x))
 
 
@@ -368,8 +368,8 @@ def _(x, weight, bits, bias):
 def _(x, weight, bits, bias, stride, padding, dilation, groups, owner, mask, task):
     _check_conv(weight, bits, stride, padding, dilation, groups)
     _check_training(weight, owner, mask, task)
-    _check_bias(bias, weight)
-    return _conv_output(x, weight, stride, padding, dilation, groups)
+    _check_linear_bias(bias, x, weight)
+    return _conv_output(x, weight, stride, padding, dilation, groups, f32_weight_ok=True)
 
 
 @_fake("masked_conv2d_multitask")

@@ -136,9 +136,10 @@ def test_layer_ops_compute_in_the_autocast_dtype(device, dtype):
 
 
 def test_ops_outside_autocast_keep_their_dtype_rules():
-    """One dtype per op, but for the linear ops' fp32-weight form (16-bit activations against
-    an fp32 weight; tests/test_f32_weight_stream.py and test_f32_weight_training.py), which
-    gives what the cast weight gives. The reverse mix is refused."""
+    """One dtype per op, but for the fp32-weight form of the linear ops and the conv forward
+    (16-bit activations against an fp32 weight; tests/test_f32_weight_stream.py,
+    test_f32_weight_training.py, test_f32_weight_conv.py), which gives what the cast weight
+    gives. The reverse mix is refused."""
     w = torch.randn(4, 8)
     bits = active_bits(torch.ones_like(w, dtype=torch.uint8), 1)
     x16 = torch.randn(2, 8, dtype=torch.bfloat16)
@@ -154,8 +155,12 @@ def test_ops_outside_autocast_keep_their_dtype_rules():
         torch.ops.cpg.masked_linear_grad_input(torch.randn(2, 4), w.bfloat16(), bits)
     cw = torch.randn(3, 2, 1, 1)
     cbits = active_bits(torch.ones_like(cw, dtype=torch.uint8), 1)
-    with pytest.raises(ValueError, match="x: expected dtype Float"):
-        CF.masked_conv2d(torch.randn(1, 2, 4, 4, dtype=torch.bfloat16), cw, cbits)
+    cx16 = torch.randn(1, 2, 4, 4, dtype=torch.bfloat16)
+    assert torch.equal(
+        CF.masked_conv2d(cx16, cw, cbits), CF.masked_conv2d(cx16, cw.bfloat16(), cbits)
+    )
+    with pytest.raises(ValueError, match="x: expected dtype BFloat16"):
+        CF.masked_conv2d(torch.randn(1, 2, 4, 4), cw.bfloat16(), cbits)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         # float64 is never cast by autocast: the op's own check still speaks.
         assert (

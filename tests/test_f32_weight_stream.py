@@ -183,11 +183,12 @@ def test_checks_of_the_fp32_weight_form():
         functional.masked_linear(torch.randn(2, 16), w.bfloat16(), bits[0])  # not the reverse
     with pytest.raises(ValueError, match="x: expected dtype Float"):
         functional.masked_linear(x.double(), w, bits[0])
-    with pytest.raises(ValueError, match="x: expected dtype Float"):  # convs keep one dtype
-        functional.masked_conv2d(
-            torch.randn(1, 2, 4, 4).bfloat16(),
+    # The multi-task conv keeps one dtype (the conv forward's form: test_f32_weight_conv.py).
+    with pytest.raises(ValueError, match="x: expected dtype Float"):
+        functional.masked_conv2d_multitask(
+            torch.randn(2, 1, 2, 4, 4).bfloat16(),
             torch.randn(3, 2, 1, 1),
-            masks.pack(torch.ones(3, 2, dtype=torch.bool)),
+            torch.stack([masks.pack(torch.ones(3, 2, dtype=torch.bool))] * 2),
         )
 
 

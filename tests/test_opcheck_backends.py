@@ -36,6 +36,7 @@ def samples(device):
     cw, cowner, cmask, cbits, cbias = _layer((4, 3, 3, 3), device, grad=False)
     cgw, cgowner, cgmask, cgbits, cgbias = _layer((4, 3, 3, 3), device, grad=True)
     w8, owner8, _, bits8, _ = _layer((8, 40), device, grad=False)
+    lw, lowner, _, lbits, _ = _layer((16, 8, 3, 3), device, grad=False)
 
     def randn(*shape, grad=False):
         return torch.randn(*shape, device=device, requires_grad=grad)
@@ -114,6 +115,37 @@ def samples(device):
             ),
         ),
         ("masked_conv2d_grad_input", (randn(2, 4, 4, 8), cw, cbits, [2, 3, 8, 8], *CONV)),
+        # The conv forward's fp32-weight form: a late layer (16 output pixels) that the
+        # unfolded path's fp32-weight stream takes on a kernel backend; with grad, the cast.
+        (
+            "masked_conv2d",
+            (
+                randn(1, 8, 4, 4).bfloat16(),
+                lw,
+                lbits,
+                randn(16).bfloat16(),
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                1,
+            ),
+        ),
+        (
+            "masked_conv2d",
+            (
+                randn(1, 8, 4, 4).bfloat16().requires_grad_(),
+                lw.clone().requires_grad_(),
+                lbits,
+                None,
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                1,
+                lowner,
+                None,
+                TASK,
+            ),
+        ),
         (
             "masked_conv2d_multitask",
             (randn(2, 1, 3, 8, 8, grad=True), cgw, torch.stack([cgbits] * 2), cgbias, *CONV),

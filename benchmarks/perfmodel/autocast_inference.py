@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The linear inference forward under autocast, before and after the fp32-weight stream.
+"""Linear and late conv inference under autocast, before and after the fp32-weight stream.
 
     PYTHONPATH=. python3 benchmarks/perfmodel/autocast_inference.py [--gpu h100-sxm] [-o OUT.md]
 
@@ -11,7 +11,10 @@ weight stream reads it and rounds it in registers (``masked_linear_f32_weight``'
 launches). Both are costed as predict.py costs every planned launch; the cast as one
 elementwise pass. Dense masking under autocast: unpack the bits, ``W * M`` in fp32, autocast's
 cast, cuBLAS; the limit: cuBLAS on a stored, pre-masked 16-bit weight. Host time as the
-model's (one fused call; one torch op per further op). Every figure is predicted.
+model's (one fused call; one torch op per further op). The late conv layers of the grid at
+batches of at most 64 output pixels get the same before/after (``masked_conv2d``'s
+fp32-weight form: the unfolded windows, then the stream reading the fp32 weight). Every
+figure is predicted.
 """
 
 from __future__ import annotations
@@ -73,6 +76,48 @@ def predictions(gpu) -> list[dict]:
     return out
 
 
+def conv_predictions(gpu) -> list[dict]:
+    """The late conv layers (weight-bound at small batch) at batches whose output pixels the
+    fp32-weight form takes (at most 64), both layouts: before, the cast and the bf16 conv's
+    launches; after, the fp32-weight form's (the unfolded windows, or for a pointwise NHWC
+    conv the linear stream)."""
+    ctx = predict.context(gpu)
+    c = ctx.constants
+    op_s = c.host_torch_op_us * 1e-6
+    out = []
+    for lay in cases.CONV_LAYERS:
+        if not lay.late:
+            continue
+        elems = lay.out_ch * lay.k
+        for m in (1, 4):
+            for channels_last in (False, True):
+                case = cases.Case("conv", lay, m, DTYPE, "inference", channels_last=channels_last)
+                mixed = plan.query_conv(case, 1, False, gpu.sms, f32_weight=True)
+                if not mixed:
+                    continue
+                host = predict.host_fused_us(ctx) * 1e-6
+                cast = kernels.elementwise(elems * (4 + 2), gpu, c).seconds
+                before_dev = cast + _seconds(ctx, plan.query_conv(case, 1, False, gpu.sms))
+                after_dev = _seconds(ctx, mixed)
+                out.append(
+                    {
+                        "layer": f"{lay.net} {lay.name}",
+                        "batch": m,
+                        "layout": "NHWC" if channels_last else "NCHW",
+                        "before_device": before_dev,
+                        "after_device": after_dev,
+                        "before": max(host + op_s, before_dev),
+                        "after": max(host, after_dev),
+                    }
+                )
+    return out
+
+
+def _seconds(ctx, launches) -> float:
+    pieces = predict._launch_pieces(ctx, launches, 1)
+    return sum(p.cost.seconds for p in pieces)
+
+
 def report(gpu) -> str:
     lines = [
         f"# Linear inference under bf16 autocast on {gpu.name}: the fp32-weight stream (predicted)",
@@ -94,6 +139,23 @@ def report(gpu) -> str:
             f"{r['after_device'] * 1e6:.1f} | {r['after_device'] / r['before_device']:.2f} | "
             f"{r['before'] * 1e6:.1f} | {r['after'] * 1e6:.1f} | "
             f"{r['dense'] / r['after']:.2f} | {r['after'] / r['premasked']:.2f} |"
+        )
+    lines += [
+        "",
+        "## Late conv layers (at most 64 output pixels)",
+        "",
+        "Before: the cast, then the bf16 conv (the unfolded windows and the bf16 stream); "
+        "after: the windows and the stream reading the fp32 weight.",
+        "",
+        "| layer | batch | layout | device before (µs) | device after (µs) | after / before | "
+        "call before (µs) | call after (µs) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in conv_predictions(gpu):
+        lines.append(
+            f"| {r['layer']} | {r['batch']} | {r['layout']} | {r['before_device'] * 1e6:.1f} | "
+            f"{r['after_device'] * 1e6:.1f} | {r['after_device'] / r['before_device']:.2f} | "
+            f"{r['before'] * 1e6:.1f} | {r['after'] * 1e6:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

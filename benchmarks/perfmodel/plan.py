@@ -129,8 +129,15 @@ def query_linear(
 
 
 def query_conv(
-    case: Case, tasks: int, grad_input: bool, sms: int, build: str = "emulator"
+    case: Case,
+    tasks: int,
+    grad_input: bool,
+    sms: int,
+    build: str = "emulator",
+    f32_weight: bool = False,
 ) -> list[Launch]:
+    """The conv's launches; with ``f32_weight``, the forward's fp32-weight form (16-bit x
+    against an fp32 weight), empty where no kernel takes it."""
     lay = case.layer
     plan = _ext().plan_masked_conv2d(
         TORCH_DTYPE_NAME[case.dtype],
@@ -147,6 +154,7 @@ def query_conv(
         case.dtype == "tf32",
         sms,
         build,
+        f32_weight=f32_weight,
     )
     return [Launch.from_query(d) for d in plan]
 

@@ -17,6 +17,9 @@
 //   multi-task  the windows of T tasks' images (at most 16 pixels a task),
 //               then the same kernels' multi-task form: each task's rows
 //               under its own bits, W read once for a group of tasks
+//   fp32 W      (16-bit x and y: autocast's) the windows, then the weight
+//               stream's mixed form, which reads the fp32 weight and rounds
+//               it in registers (gemm_stream.cuh): no 16-bit copy of W
 //
 // The workspaces are activation-sized: cols holds at most kMaxRows pixel
 // windows (kMaxRows * K elements; multi-task, 16 per task), dcols the same in
@@ -25,6 +28,8 @@
 // One group only (grouped late layers take the tiled kernels). Every sum has
 // a fixed order: deterministic.
 #pragma once
+
+#include <type_traits>
 
 #include "cuda/conv_direct.cuh"
 #include "cuda/conv_views.cuh"
@@ -94,14 +99,36 @@ CPG_GLOBAL void CPG_LAUNCH_BOUNDS(kThreads)
   }
 }
 
-// The forward GEMM on the windows `cols` of a view over `tasks` tasks' images.
-template <typename T>
-MaskedGemm<T> windows_gemm(const ForwardView<T>& v, const T* cols, bool channels_last,
-                           int64_t tasks) {
-  MaskedGemm<T> g = make_gemm<T>(cols, v.w, v.bits, v.bias, v.out, tasks, v.rows() / tasks,
-                                 v.cols(), v.d.K, /*grad_input=*/false);
+// The forward GEMM on the windows `cols` of a view over `tasks` tasks' images,
+// against W stored as WT: the view's own (WT = T), or an fp32 weight w beside it.
+template <typename T, typename WT = T>
+MaskedGemm<T, WT> windows_gemm(const ForwardView<T>& v, const T* cols, bool channels_last,
+                               int64_t tasks, const WT* w = nullptr) {
+  const void* weight = std::is_same<T, WT>::value ? static_cast<const void*>(v.w) : w;
+  MaskedGemm<T, WT> g = make_gemm<T, WT>(cols, weight, v.bits, v.bias, v.out, tasks,
+                                         v.rows() / tasks, v.cols(), v.d.K, /*grad_input=*/false);
   g.out_plane = channels_last ? 1 : static_cast<int64_t>(v.d.Ho) * v.d.Wo;
   return g;
+}
+
+// Runs gemm(cols) on the windows of v's pixels, unfolded into a workspace.
+template <typename T, typename Gemm>
+void on_windows(const ForwardView<T>& v, cpgdev::stream_t stream, Gemm&& gemm) {
+  const int64_t rows = v.rows(), K = v.d.K;
+  DeviceWorkspace cols(sizeof(T) * rows * K, stream);
+  auto* unfold = &unfold_kernel<T>;
+  CPG_LAUNCH(unfold, grid_stride_blocks(rows * K, kThreads), kThreads, 0, stream, v, cols.as<T>());
+  gemm(cols.as<T>());
+  cols.release();
+}
+
+template <typename T>
+void describe_unfold(const ForwardView<T>& v, int sm_count, LaunchPlan& out) {
+  const int64_t rows = v.rows(), K = v.d.K;
+  out.push_back(planned_launch("conv::unfolded::unfold_kernel<" + type_name<T>() + ">",
+                               dim3(grid_stride_blocks(rows * K, kThreads, sm_count)), kThreads, 0,
+                               {{"elements", rows * K}, {"taps", v.d.taps}},
+                               static_cast<int64_t>(sizeof(T)) * rows * K));
 }
 
 // The input gradient's GEMM on dy's pixels.
@@ -120,17 +147,42 @@ MaskedGemm<T> pixels_gemm(const GradInputView<T>& v, bool channels_last) {
 template <typename T>
 void launch(const ForwardView<T>& v, bool channels_last, cpgdev::stream_t stream,
             int64_t tasks = 1) {
-  const int64_t rows = v.rows(), K = v.d.K;
-  DeviceWorkspace cols(sizeof(T) * rows * K, stream);
-  auto* unfold = &unfold_kernel<T>;
-  CPG_LAUNCH(unfold, grid_stride_blocks(rows * K, kThreads), kThreads, 0, stream, v, cols.as<T>());
-  const MaskedGemm<T> g = windows_gemm(v, cols.as<T>(), channels_last, tasks);
-  if (weight_stream::supports(g, /*allow_tf32=*/false, cpgdev::smem_limits())) {
-    weight_stream::launch(g, stream);
-  } else {
-    small_batch::launch(g, stream);
-  }
-  cols.release();
+  on_windows(v, stream, [&](const T* cols) {
+    const MaskedGemm<T> g = windows_gemm(v, cols, channels_last, tasks);
+    if (weight_stream::supports(g, /*allow_tf32=*/false, cpgdev::smem_limits())) {
+      weight_stream::launch(g, stream);
+    } else {
+      small_batch::launch(g, stream);
+    }
+  });
+}
+
+// The mixed form (one task, 16-bit T, w fp32 [N, K]): whether the weight
+// stream takes the windows' GEMM on a device with shared memory `smem` (the
+// windows' workspace is fresh, so 16-byte aligned: null stands for it), and
+// the launches.
+template <typename T>
+bool supports_f32_weight(const ForwardView<T>& v, const float* w, bool channels_last,
+                         const cpgdev::SmemLimits& smem) {
+  const MaskedGemm<T, float> g = windows_gemm<T, float>(v, nullptr, channels_last, 1, w);
+  return weight_stream::supports(g, /*allow_tf32=*/false, smem);
+}
+
+template <typename T>
+void launch_f32_weight(const ForwardView<T>& v, const float* w, bool channels_last,
+                       cpgdev::stream_t stream) {
+  on_windows(v, stream, [&](const T* cols) {
+    weight_stream::launch(windows_gemm<T, float>(v, cols, channels_last, 1, w), stream);
+  });
+}
+
+template <typename T>
+void describe_f32_weight(const ForwardView<T>& v, bool channels_last, int sm_count,
+                         LaunchPlan& out) {
+  describe_unfold(v, sm_count, out);
+  const float* no_weight = nullptr;
+  weight_stream::describe(windows_gemm<T, float>(v, nullptr, channels_last, 1, no_weight), sm_count,
+                          out);
 }
 
 // The launches launch(v, channels_last, ..., tasks) makes on sm_count
@@ -138,11 +190,7 @@ void launch(const ForwardView<T>& v, bool channels_last, cpgdev::stream_t stream
 template <typename T>
 void describe(const ForwardView<T>& v, bool channels_last, int64_t tasks, int sm_count,
               LaunchPlan& out) {
-  const int64_t rows = v.rows(), K = v.d.K;
-  out.push_back(planned_launch("conv::unfolded::unfold_kernel<" + type_name<T>() + ">",
-                               dim3(grid_stride_blocks(rows * K, kThreads, sm_count)), kThreads, 0,
-                               {{"elements", rows * K}, {"taps", v.d.taps}},
-                               static_cast<int64_t>(sizeof(T)) * rows * K));
+  describe_unfold(v, sm_count, out);
   // The windows' workspace is 16-byte aligned, as the planning operands are.
   const MaskedGemm<T> g = windows_gemm<T>(v, nullptr, channels_last, tasks);
   if (weight_stream::supports(g, /*allow_tf32=*/false, weight_stream::kSm90Smem)) {

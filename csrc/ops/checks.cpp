@@ -84,6 +84,11 @@ void check_grad_context(const at::Tensor& weight, const std::optional<at::Tensor
   if (mask) check_mask(*mask, weight);
 }
 
+bool f32_weight_form(const at::Tensor& x, const at::Tensor& weight) {
+  return weight.scalar_type() == at::kFloat &&
+         (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16);
+}
+
 void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& ref, int64_t N,
                 const char* ref_name) {
   if (!bias) return;

@@ -37,7 +37,12 @@ void check_task(int64_t task);
 // The training form (owner given) needs a task; the inference form has neither.
 void check_grad_context(const at::Tensor& weight, const std::optional<at::Tensor>& owner,
                         const std::optional<at::Tensor>& mask, int64_t task);
-// bias [N] of ref's dtype and device (ref: the weight, or x in the linear ops'
+// The fp32-weight form (autocast's): 16-bit activations (x, or grad_out)
+// against an fp32 weight. The ops that take it (the linear ops, the conv
+// forward) give results of the activations' dtype computed with the weight
+// rounded to it as a cast rounds, and a weight gradient in fp32.
+bool f32_weight_form(const at::Tensor& x, const at::Tensor& weight);
+// bias [N] of ref's dtype and device (ref: the weight, or x in the
 // fp32-weight form, where bias and output are x's dtype).
 void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& ref, int64_t N,
                 const char* ref_name = "weight");

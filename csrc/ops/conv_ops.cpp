@@ -190,6 +190,36 @@ at::Tensor fused_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor&
   return dx;
 }
 
+// The forward's fp32-weight form (ops/checks.h) where a CUDA or emulated
+// weight stream takes it (masked_conv2d_f32_weight: pointwise and unfolded
+// late-layer convs); false leaves y to the caller, which casts the weight.
+bool f32_weight_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bits,
+                       const std::optional<at::Tensor>& bias, const ConvParams& p, at::Tensor& y) {
+  const at::MemoryFormat fmt = layout_of(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  const cpg::ConvShape s = conv_shape(x.sizes(), w, p);
+  const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
+  const cpg::DType dt = *kernel_dtype(x.scalar_type());
+  bool takes = false;
+  if (backend_for(x) == Backend::CUDA) {
+#if defined(CPG_WITH_CUDA)
+    c10::DeviceGuard guard(x.device());
+    takes =
+        cuda::masked_conv2d_f32_weight_supported(dt, xc.data_ptr(), w.data_ptr(), s, channels_last);
+#endif
+  } else {
+    takes = emu_kernels::masked_conv2d_f32_weight_supported(dt, xc.data_ptr(), w.data_ptr(), s,
+                                                            channels_last);
+  }
+  if (!takes) return false;
+  y = at::empty({s.batch, s.N, s.Ho(), s.Wo()}, x.options().memory_format(fmt));
+  const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
+  CPG_RUN_LAUNCHER(backend_for(x), x, masked_conv2d_f32_weight, dt, xc.data_ptr(),
+                   w.data_ptr<float>(), bits.data_ptr<int32_t>(),
+                   bias_c.defined() ? bias_c.data_ptr() : nullptr, y.data_ptr(), s, channels_last);
+  return true;
+}
+
 }  // namespace
 
 at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits,
@@ -199,15 +229,23 @@ at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at
                          const std::optional<at::Tensor>& mask, int64_t task) {
   const ConvParams p = check_conv_params(stride, padding, dilation, groups);
   check_conv_weight(weight, bits, groups);
-  check_same_dtype(x, weight, "x", "weight");
+  const bool f32_weight = f32_weight_form(x, weight);
+  if (!f32_weight) check_same_dtype(x, weight, "x", "weight");
   check_same_device(x, weight, "x", "weight");
   check_grad_context(weight, owner, mask, task);
-  check_bias(bias, weight, weight.size(0));
+  check_bias(bias, f32_weight ? x : weight, weight.size(0), f32_weight ? "x" : "weight");
   TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D input [batch, channels, height, width], got ",
                     x.dim(), " dimensions");
   const auto [Ho, Wo] = check_conv_input(x, weight, p);
-  const at::Tensor w = weight.contiguous(), b = bits.contiguous();
-  if (fused_conv(x, x.size(0), Ho, Wo)) return fused_conv2d(x, w, b, bias, p);
+  at::Tensor w = weight.contiguous();
+  const at::Tensor b = bits.contiguous();
+  const bool fused = fused_conv(x, x.size(0), Ho, Wo);
+  if (f32_weight) {
+    at::Tensor y;
+    if (fused && x.numel() > 0 && f32_weight_conv2d(x, w, b, bias, p, y)) return y;
+    w = w.to(x.scalar_type());
+  }
+  if (fused) return fused_conv2d(x, w, b, bias, p);
   const at::Tensor w2d = w.view({w.size(0), -1});
   const at::ScalarType dt = library_dtype(x);  // fp32 for 16-bit x on some CPUs
   const at::Tensor xc = x.to(dt);
@@ -430,7 +468,10 @@ at::Tensor masked_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
     return conv_op().call(x, weight, bits, bias, stride, padding, dilation, groups, owner, mask,
                           task);
   }
-  return MaskedConv2d::apply(x, weight, Constant{bits}, bias, stride, padding, dilation, groups,
+  // With grad the fp32-weight form casts the weight first, differentiably (as
+  // autocast would): the conv backward's kernels take one dtype.
+  const at::Tensor w = f32_weight_form(x, weight) ? weight.to(x.scalar_type()) : weight;
+  return MaskedConv2d::apply(x, w, Constant{bits}, bias, stride, padding, dilation, groups,
                              OptConstant{owner}, mask, task);
 }
 

@@ -21,16 +21,10 @@ namespace cpg::ops {
 
 namespace {
 
-// The fp32-weight form (autocast's): 16-bit activations (x, or grad_out)
-// against an fp32 weight. Results have the activations' dtype and are
-// computed with the weight rounded to it as a cast rounds: where the streams
-// run (masked_linear_f32_weight, masked_linear_grad_input_f32_weight) in
-// registers, with their own summation order; elsewhere by a cast. The weight
-// gradient of this form is fp32, holding the 16-bit form's values.
-bool f32_weight_form(const at::Tensor& x, const at::Tensor& weight) {
-  return weight.scalar_type() == at::kFloat &&
-         (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16);
-}
+// The fp32-weight form (ops/checks.h) of the linear ops: where the streams run
+// (masked_linear_f32_weight, masked_linear_grad_input_f32_weight) the weight
+// is rounded in registers, with the streams' own summation order; elsewhere by
+// a cast. The weight gradient of this form holds the 16-bit form's values.
 
 void check_linear_operands(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits,
                            const char* x_name, bool f32_weight_ok = false) {

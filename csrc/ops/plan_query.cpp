@@ -138,7 +138,7 @@ void bind_plan_query(py::module& m) {
       [](const std::string& dtype, int64_t tasks, std::vector<int64_t> input, int64_t out_ch,
          std::vector<int64_t> kernel, std::vector<int64_t> stride, std::vector<int64_t> padding,
          std::vector<int64_t> dilation, int64_t groups, bool channels_last, bool grad_input,
-         bool allow_tf32, int sm_count, const std::string& build) {
+         bool allow_tf32, int sm_count, const std::string& build, bool f32_weight) {
         const cpg::DType t = parse_dtype(dtype);
         auto pair = [](const std::vector<int64_t>& v, const char* name) {
           if (v.size() != 2) throw py::value_error(std::string(name) + ": expected 2 values");
@@ -155,15 +155,24 @@ void bind_plan_query(py::module& m) {
         const cpg::ConvShape s{input[0],   input[1],    input[2],    input[3],  out_ch,
                                kernel[0],  kernel[1],   stride[0],   stride[1], padding[0],
                                padding[1], dilation[0], dilation[1], groups};
+        if (f32_weight && (grad_input || tasks != 1)) {
+          throw py::value_error("f32_weight: the fp32-weight form is the one-task forward's");
+        }
         return planned([&] {
 #if defined(CPG_WITH_CUDA)
           if (use_cuda_build(build)) {
+            if (f32_weight) {
+              return cpg::cuda::plan_masked_conv2d_f32_weight(t, s, channels_last, sm_count);
+            }
             return cpg::cuda::plan_masked_conv2d(t, tasks, s, channels_last, grad_input, allow_tf32,
                                                  sm_count);
           }
 #else
           use_cuda_build(build);
 #endif
+          if (f32_weight) {
+            return cpg::emu_kernels::plan_masked_conv2d_f32_weight(t, s, channels_last, sm_count);
+          }
           return cpg::emu_kernels::plan_masked_conv2d(t, tasks, s, channels_last, grad_input,
                                                       allow_tf32, sm_count);
         });
@@ -171,9 +180,11 @@ void bind_plan_query(py::module& m) {
       py::arg("dtype"), py::arg("tasks"), py::arg("input"), py::arg("out_channels"),
       py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
       py::arg("groups"), py::arg("channels_last"), py::arg("grad_input"), py::arg("allow_tf32"),
-      py::arg("sm_count"), py::arg("build") = "emulator",
+      py::arg("sm_count"), py::arg("build") = "emulator", py::arg("f32_weight") = false,
       "The launches of masked_conv2d(_multitask) (or, with grad_input, of "
-      "masked_conv2d_grad_input) for input [batch, C, H, W] per task, as plan_masked_linear.");
+      "masked_conv2d_grad_input) for input [batch, C, H, W] per task, as plan_masked_linear; "
+      "with f32_weight, of the one-task forward's fp32-weight form (16-bit x and y, an fp32 "
+      "weight rounded in registers), empty where no kernel takes it (the op then casts).");
 }
 
 }  // namespace cpg::ops
