@@ -20,22 +20,23 @@
 // the strips alone cannot fill the device, pricing the partials' bytes.
 //
 // Pipeline: as the forward's: each warp streams its chunks, strip after
-// strip, 4 stages deep (3 in the mixed form). Each lane copies 8 pieces of 16 bytes of W
-// (evict-first: W is read once) and later reads back exactly those; the warp copies the chunk's bit
-// words and the dy values of its 32 rows beside them (dy is small and stays in L2, so it rides in
-// the ring and a split may be any length). A chunk is used after the lane's cp.async wait and a
-// warp barrier; no block barrier lies between landing and use.
+// strip, 4 stages deep (3 in the mixed form). Each lane copies 8 pieces of
+// 16 bytes of W (evict-first: W is read once) and later reads back exactly
+// those; the warp copies the chunk's bit words and the dy values of its 32
+// rows beside them (dy is small and stays in L2, so it rides in the ring and
+// a split may be any length). A chunk is used after the lane's cp.async wait
+// and a warp barrier; no block barrier lies between landing and use.
 //
 // Fragments: A = W'^T, so m is a W column and k a W row, and a 32-bit A
 // register of a 16-bit type holds two W rows at one column. Lane (g, t)
 // (g = lane / 4, t = lane % 4) copies rows 8t .. 8t + 7 of the chunk at
-// columns g kV .. g kV + kV - 1 of the strip (kV elements: 16 bytes of T). Under a
-// fixed permutation of the reduction index (lane t's k indices are its own
-// rows) and of the strip's columns (m = g is column g kV + 2i of m-tile i,
-// m = g + 8 the one after it) each of its A registers is one byte permute of
-// two masked row pieces (16-bit) or one masked element as it is (fp32). dy is
-// read as B under the same row permutation: 16 (fp32: 32) bytes of dy row g
-// at the chunk's row 8t. The lane's sums then hold kV consecutive columns of
+// columns g kV .. g kV + kV - 1 of the strip (kV elements: 16 bytes of T).
+// Under a fixed permutation of the reduction index (lane t's k indices are
+// its own rows) and of the strip's columns (m = g is column g kV + 2i of
+// m-tile i, m = g + 8 the one after it) each of its A registers is one byte
+// permute of two masked row pieces (16-bit) or one masked element as it is
+// (fp32). dy is read as B under the same row permutation: 16 (fp32: 32) bytes
+// of dy row g at the chunk's row 8t. The lane's sums then hold kV consecutive columns of
 // dy rows 2t and 2t + 1, written as whole vectors.
 //
 // Mixed form (WT = float, T 16-bit: the fp32 master weight of a training step
@@ -399,9 +400,9 @@ CPG_DEVICE void grad_stream_body(const MaskedGemm<T, WT>& g, const Shape& s, flo
   const Block b = block_of<T, WT>(s);
   const uint64_t policy = cpgdev::l2_evict_first();
 
+  constexpr int kStages = stages<T, WT>();
   Cursor ahead = first_position<T>(b);  // the next position to issue
 #pragma unroll
-  constexpr int kStages = stages<T, WT>();
   for (int p = 0; p < kStages - 1; ++p) {
     if (p < b.positions) {
       issue(g, s, b, ahead, policy, smem);
