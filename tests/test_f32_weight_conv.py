@@ -144,43 +144,15 @@ def test_autocast_keeps_the_conv_weight_fp32_at_inference():
 
 
 def test_the_plan_query_checks_the_form():
+    def plan(dtype, grad_input):
+        return _C.plan_masked_conv2d(
+            dtype, 1, [1, 8, 4, 4], 16, [3, 3], [1, 1], [1, 1], [1, 1], 1, False, grad_input,
+            False, 4, f32_weight=True,
+        )  # fmt: skip
+
     with pytest.raises(ValueError, match="one-task forward"):
-        _C.plan_masked_conv2d(
-            "bfloat16",
-            1,
-            [1, 8, 4, 4],
-            16,
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            [1, 1],
-            1,
-            False,
-            True,
-            False,
-            4,
-            f32_weight=True,
-        )
-    # fp32 x has no mixed form.
-    assert (
-        _C.plan_masked_conv2d(
-            "float32",
-            1,
-            [1, 8, 4, 4],
-            16,
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            [1, 1],
-            1,
-            False,
-            False,
-            False,
-            4,
-            f32_weight=True,
-        )
-        == []
-    )
+        plan("bfloat16", grad_input=True)
+    assert plan("float32", grad_input=False) == []  # fp32 x has no mixed form
 
 
 def test_bias_and_dtype_errors_name_x():

@@ -36,8 +36,9 @@ DTYPE = "bf16"
 
 
 def _device_s(ctx, launches) -> float:
-    pieces = predict._launch_pieces(ctx, [plan.Launch.from_query(d) for d in launches], 1)
-    return sum(p.cost.seconds for p in pieces)
+    """Predicted device time of planned launches (plan query dicts or plan.Launch)."""
+    launches = [d if isinstance(d, plan.Launch) else plan.Launch.from_query(d) for d in launches]
+    return sum(p.cost.seconds for p in predict._launch_pieces(ctx, launches, 1))
 
 
 def predictions(gpu) -> list[dict]:
@@ -97,8 +98,8 @@ def conv_predictions(gpu) -> list[dict]:
                     continue
                 host = predict.host_fused_us(ctx) * 1e-6
                 cast = kernels.elementwise(elems * (4 + 2), gpu, c).seconds
-                before_dev = cast + _seconds(ctx, plan.query_conv(case, 1, False, gpu.sms))
-                after_dev = _seconds(ctx, mixed)
+                before_dev = cast + _device_s(ctx, plan.query_conv(case, 1, False, gpu.sms))
+                after_dev = _device_s(ctx, mixed)
                 out.append(
                     {
                         "layer": f"{lay.net} {lay.name}",
@@ -111,11 +112,6 @@ def conv_predictions(gpu) -> list[dict]:
                     }
                 )
     return out
-
-
-def _seconds(ctx, launches) -> float:
-    pieces = predict._launch_pieces(ctx, launches, 1)
-    return sum(p.cost.seconds for p in pieces)
 
 
 def report(gpu) -> str:
@@ -160,12 +156,14 @@ def report(gpu) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(make_report=report, doc: str = __doc__) -> None:
+    """The command line of this script and autocast_training.py: one GPU's report, to stdout
+    and optionally to a file."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--gpu", default="h100-sxm", choices=sorted(GPUS))
     ap.add_argument("-o", "--out", type=Path)
     args = ap.parse_args()
-    text = report(GPUS[args.gpu])
+    text = make_report(GPUS[args.gpu])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

@@ -18,7 +18,6 @@ Every figure is predicted.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,9 +26,13 @@ sys.path.insert(0, str(BENCH))
 
 import cases  # noqa: E402
 
-from perfmodel import kernels, plan, predict  # noqa: E402
+from perfmodel import (  # noqa: E402
+    autocast_inference,  # noqa: E402
+    kernels,
+    plan,
+    predict,
+)
 from perfmodel.autocast_inference import BATCHES, _device_s  # noqa: E402
-from perfmodel.hardware import GPUS  # noqa: E402
 
 
 def predictions(gpu) -> list[dict]:
@@ -113,17 +116,5 @@ def report(gpu) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gpu", default="h100-sxm", choices=sorted(GPUS))
-    ap.add_argument("-o", "--out", type=Path)
-    args = ap.parse_args()
-    text = report(GPUS[args.gpu])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    sys.stdout.write(text)
-
-
 if __name__ == "__main__":
-    main()
+    autocast_inference.main(report, __doc__)
