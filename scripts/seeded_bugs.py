@@ -273,6 +273,32 @@ BUGS = [
         "the fused weight gradient reaches weights the task does not own",
         backends="emu",
     ),
+    Bug(
+        "unfolded-dy-rows-drop-the-image",
+        "csrc/cuda/conv_unfolded.cuh",
+        "rows[(bn.q * plane + ip.r) * N + bn.r] = dy[i];",
+        "rows[ip.r * N + bn.r] = dy[i];",
+        [
+            "tests/test_conv_unfolded_grad_stream.py::"
+            "test_late_layer_input_gradient_streams_the_weight",
+            "tests/test_conv_unfolded_grad_stream.py::test_both_layouts_give_the_same_bits",
+        ],
+        "the gather of NCHW dy into rows puts every image's pixels on the first image's rows",
+        backends="emu",
+    ),
+    Bug(
+        "unfolded-fold-butterfly-stops-early",
+        "csrc/cuda/conv_unfolded.cuh",
+        "for (int m = lanes / 2; m > 0; m /= 2) acc += cpgdev::shfl_xor(acc, m);",
+        "for (int m = lanes / 2; m > 1; m /= 2) acc += cpgdev::shfl_xor(acc, m);",
+        [
+            f"{CONV}::test_every_conv_variant_forward_and_grad_input",
+            "tests/test_conv_unfolded_grad_stream.py::"
+            "test_late_layer_input_gradient_streams_the_weight",
+        ],
+        "the fold's lanes skip the butterfly's last step: each dx element keeps half its taps",
+        backends="emu",
+    ),
     # ------------------------------------------- global memory (the sanitizer step only)
     Bug(
         "small-batch-reads-past-last-row",

@@ -307,7 +307,8 @@ def test_tf32_switch_is_respected(backend, channels_last):
 # other, "reduction" channels:
 #   linear    1x1, stride 1, unpadded, one group, channels_last: the masked-linear kernels
 #   direct    at most 8 columns
-#   unfolded  one group, at most 64 output pixels: the small-batch linear kernels on the windows
+#   unfolded  one group, at most 64 output pixels: the linear weight streams or small-batch
+#             kernels on the windows
 #   tiled     mma for 16-bit, or fp32 with TF32, with reduction channels in whole 16-byte
 #             vectors; simt for the rest (fp32 without TF32, odd reduction channel counts)
 #   phases    a strided input gradient on the tiled kernels: one per stride phase, over the
@@ -424,6 +425,7 @@ PATH_FILES = {
     "unfolded": {
         "conv_unfolded.cuh",
         "gemm_stream.cuh",
+        "gemm_stream_grad.cuh",
         "gemm_small_batch.cuh",
         "gemm_small_batch_grad.cuh",
     },

@@ -62,6 +62,11 @@ def _workloads(device: str = "cpu"):
     lbits = masks.pack(torch.rand(lw.shape, generator=g) < 0.5)
     lx = torch.randn(1, 16, 5, 5, generator=g)
     ldy = torch.randn(1, 128, 3, 3, generator=g)  # stride 2, padding 1
+    # A late 1x1 layer of 1024 output channels: 16-bit, its input gradient streams one strip
+    # of W columns, so N splits across the emulator's 4 SMs.
+    pw = torch.randn(1024, 16, 1, 1, generator=g)
+    pbits = masks.pack(torch.rand(pw.shape, generator=g) < 0.5)
+    pdy = torch.randn(1, 1024, 3, 3, generator=g)
     # More than 64 rows: 16-bit forwards of up to 64 rows take the weight stream instead.
     x72, x72_long = torch.randn(72, 64, generator=g), torch.randn(72, 1024, generator=g)
     # One row tile of 32 chunks: the weight stream splits K on the emulator's 4 SMs.
@@ -285,6 +290,10 @@ def _workloads(device: str = "cpu"):
         "conv_unfolded_nhwc_bf16": lambda: late(nhwc, torch.bfloat16),
         "conv_grad_input_unfolded": lambda: late_dx(nchw, torch.float32),
         "conv_grad_input_unfolded_nhwc_bf16": lambda: late_dx(nhwc, torch.bfloat16),
+        "conv_grad_input_unfolded_nchw_bf16": lambda: late_dx(nchw, torch.bfloat16),
+        "conv_grad_input_unfolded_split_bf16": lambda: torch.ops.cpg.masked_conv2d_grad_input(
+            pdy.bfloat16(), pw.bfloat16(), pbits, [1, 16, 3, 3], [1, 1], [0, 0], [1, 1], 1
+        ),
     }
 
 
@@ -334,7 +343,9 @@ KERNEL_FILE = {
     "conv_unfolded": "conv_unfolded.cuh",
     "conv_unfolded_nhwc_bf16": "conv_unfolded.cuh",
     "conv_grad_input_unfolded": "conv_unfolded.cuh",
-    "conv_grad_input_unfolded_nhwc_bf16": "conv_unfolded.cuh",
+    "conv_grad_input_unfolded_nhwc_bf16": "gemm_stream_grad.cuh:kernel",
+    "conv_grad_input_unfolded_nchw_bf16": "conv_unfolded.cuh:dy_rows",
+    "conv_grad_input_unfolded_split_bf16": "gemm_stream_grad.cuh:kernel",
 }
 
 
@@ -376,6 +387,8 @@ def test_two_seeds_agree_bitwise(name):
         "conv_grad_input_nhwc_bf16",
         "conv_unfolded",
         "conv_grad_input_unfolded",
+        "conv_grad_input_unfolded_nchw_bf16",
+        "conv_grad_input_unfolded_split_bf16",
         "conv_multitask_unfolded",
     ],
 )

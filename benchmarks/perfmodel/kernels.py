@@ -708,11 +708,16 @@ def reduce_splits(launch: Launch, res, gpu, c, out_elem: int) -> Cost:
 
 
 def unfold(launch: Launch, res, gpu, c) -> Cost:
+    """conv_unfolded.cuh's gathers: the windows (unfold_kernel) or NCHW dy's pixels as rows
+    (dy_rows_kernel), each element read once and written once."""
     e = elem_bytes(launch.kernel)
     return _streaming(launch, res, gpu, c, 2 * launch.params["elements"] * e, e)
 
 
 def fold(launch: Launch, res, gpu, c) -> Cost:
+    """conv_unfolded.cuh fold_kernel: each dx element's taps x splits fp32 partial sums, read by
+    ``lanes`` lanes (one load in flight each: the grid's threads are elements x lanes), then
+    its store."""
     p, e = launch.params, elem_bytes(launch.kernel)
     nbytes = p["elements"] * (e + 4 * p["taps"] * p["splits"])
     return _streaming(launch, res, gpu, c, nbytes, 4)
@@ -757,7 +762,7 @@ def launch_cost(
     ):
         e = elem_bytes(launch.kernel)
         return reduce_splits(launch, res, gpu, c, epilogue_bytes(launch.kernel, e))
-    if fam == "conv::unfolded::unfold_kernel":
+    if fam in ("conv::unfolded::unfold_kernel", "conv::unfolded::dy_rows_kernel"):
         return unfold(launch, res, gpu, c)
     if fam == "conv::unfolded::fold_kernel":
         return fold(launch, res, gpu, c)

@@ -127,7 +127,8 @@ def parse_resource_usage(text: str) -> dict[str, dict]:
     for line in text.splitlines():
         m = _FUNC_RES.match(line)
         if m:
-            current = m.group(1)
+            # An instantiation in two translation units is listed once per cubin: keep the first.
+            current = None if m.group(1) in out else m.group(1)
             continue
         if current and "REG:" in line:
             fields = dict(_RES_FIELD.findall(line))
@@ -170,7 +171,9 @@ def parse_sass(text: str) -> dict[str, dict]:
     for line in text.splitlines():
         m = _FUNC_SASS.match(line)
         if m:
-            current = functions.setdefault(m.group(1), [])
+            # An instantiation in two translation units is listed once per cubin: keep the
+            # first (identical code), not both copies as one function.
+            current = [] if m.group(1) in functions else functions.setdefault(m.group(1), [])
             continue
         if current is None:
             continue

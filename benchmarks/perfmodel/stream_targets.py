@@ -19,6 +19,12 @@ training step, whose call time is the host's): the device time of its launches b
 gemm_small_batch_grad.cuh, planned by :func:`old_grad_input`) and after (the streamed one), and
 the after side against cuBLAS's dy @ W on a pre-masked weight and against dense masking (the
 mask unpacked and multiplied into a weight copy, then that GEMM).
+
+Last, the input gradient of the late conv layers (the unfolded path, at most 64 dy pixels) in
+bf16 up to batch 16, both layouts: before, small_batch_grad's partial sums folded one thread
+a dx element (:func:`old_conv_grad_input`); after, the weight stream's (NCHW dy gathered into
+rows first) folded by lane groups; against cuDNN's dgrad on a pre-masked weight and dense
+masking (the mask multiplied into a weight copy, then that dgrad).
 """
 
 from __future__ import annotations
@@ -155,6 +161,68 @@ def old_grad_input(elem: str, m: int, n: int, k: int, sms: int) -> list[plan.Lau
     return out
 
 
+def old_conv_grad_input(case, sms: int) -> list[plan.Launch]:
+    """The unfolded path's input gradient before the stream took it: small_batch_grad on dy's
+    pixels (its partial sums always written, for the fold), then one thread a dx element
+    adding its taps x splits partial sums in turn."""
+    lay, threads = case.layer, 256
+    m = case.batch * lay.out_hw * lay.out_hw
+    gemm = old_grad_input(case.dtype, m, lay.out_ch, lay.k, sms)[0]
+    splits = gemm.params["splits"]
+    gemm = plan.Launch(gemm.kernel, gemm.grid, gemm.threads, 0, 4 * splits * m * lay.k, gemm.params)
+    elements = case.batch * lay.in_ch * lay.hw * lay.hw
+    fold = plan.Launch(
+        f"conv::unfolded::fold_kernel<{case.dtype}>",
+        (max(1, min(math.ceil(elements / threads), 8 * sms)), 1, 1),
+        threads,
+        0,
+        0,
+        {"elements": elements, "taps": lay.kernel**2, "splits": splits, "lanes": 1},
+    )
+    return [gemm, fold]
+
+
+def conv_grad_cases(sms: int) -> list:
+    """The bf16 conv training cases up to batch 16 whose input gradient takes the unfolded
+    path (a fold), now on the weight stream."""
+    out = []
+    for case in cases.full_grid(("bf16",)):
+        if case.family != "conv" or case.mode != "training" or case.batch > 16:
+            continue
+        kernels_ = [launch.kernel for launch in plan.grad_input_launches(case, sms)]
+        if any(k.startswith(STREAM_GRAD) for k in kernels_) and any(
+            k.startswith("conv::unfolded::fold_kernel") for k in kernels_
+        ):
+            out.append(case)
+    return out
+
+
+def conv_grad_table(gpu) -> list[str]:
+    ctx = predict.context(gpu)
+    c, e = ctx.constants, 2
+    lines = [
+        "| case (dx of a late conv) | before us | after us | after / before | after x pre-masked "
+        "| after x dense | after launches |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in conv_grad_cases(gpu.sms):
+        lay = case.layer
+        m, n, k = case.batch * lay.out_hw * lay.out_hw, lay.out_ch, lay.k
+        after = plan.grad_input_launches(case, gpu.sms)
+        t_before = _device_s(ctx, old_conv_grad_input(case, gpu.sms))
+        t_after = _device_s(ctx, after)
+        premasked = kernels.vendor_gemm(m, k, n, e, "bf16", gpu, c, conv=True).seconds
+        multiply = kernels.elementwise(n * k * (2 * e + 1), gpu, c).seconds
+        dense = kernels.elementwise(n * k * (1 + 1 / 8), gpu, c).seconds + multiply + premasked
+        names = " + ".join(launch.kernel.split("<")[0].split("::")[-1] for launch in after)
+        lines.append(
+            f"| {case.id.removeprefix('conv/').removesuffix('/bf16/training')} | "
+            f"{t_before * 1e6:.1f} | {t_after * 1e6:.1f} | {t_after / t_before:.2f} | "
+            f"{premasked / t_after:.2f} | {dense / t_after:.2f} | {names} |"
+        )
+    return lines
+
+
 def grad_cases(sms: int) -> list:
     out = []
     for lay in cases.LINEAR_LAYERS:
@@ -217,6 +285,16 @@ def main(argv=None) -> int:
             "gemm_small_batch_grad.cuh; after: gemm_stream_grad.cuh)\n"
         )
         print("\n".join(grad_table(gpu)))
+        print(
+            f"\n{gpu.name}, the late conv layers' input gradient, device time, predicted "
+            "(before: gemm_small_batch_grad.cuh, one thread a dx element folding; after: "
+            "gemm_stream_grad.cuh, lane groups folding). cuDNN's dgrad (pre-masked, and in "
+            f"dense masking) carries the fixed {predict.context(gpu).constants.vendor_conv_us:.1f}"
+            " us a call "
+            "that calibration fits to measured calls, host time included: its ratios are not "
+            "device time against device time.\n"
+        )
+        print("\n".join(conv_grad_table(gpu)))
     return 0
 
 

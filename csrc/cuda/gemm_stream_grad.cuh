@@ -392,8 +392,8 @@ CPG_DEVICE void finish_tile(const MaskedGemm<T, WT>& g, const Shape& s, const Bl
 }
 
 // A block's whole stream. Grid (strip_blocks, splits, 1), kThreads threads,
-// s.smem_bytes of dynamic shared memory. partials: null when splits == 1,
-// else [splits][M][K].
+// s.smem_bytes of dynamic shared memory. partials: null (dx written as T into
+// g.out, splits == 1), else the splits' fp32 sums [splits][M][K].
 template <typename T, typename WT, int kTiles, typename Smem>
 CPG_DEVICE void grad_stream_body(const MaskedGemm<T, WT>& g, const Shape& s, float* partials,
                                  Smem smem) {
@@ -573,40 +573,48 @@ Plan plan(const MaskedGemm<T, WT>& g, int sm_count, const cpgdev::SmemLimits& sm
   return p;
 }
 
+// The stream kernel of plan p, writing dx into g.out (partials null) or its
+// split's fp32 partial sums [splits][M][K] into `partials`, whose sum is then
+// the caller's: the conv layers' unfolded path folds them (conv_unfolded.cuh).
 template <typename T, typename WT>
-void launch(const MaskedGemm<T, WT>& g, cpgdev::stream_t stream) {
-  const Plan p = plan(g, cpgdev::sm_count(), cpgdev::smem_limits());
-  DeviceWorkspace partials(static_cast<size_t>(p.partials_bytes), stream);
-  float* sums = p.shape.splits > 1 ? partials.as<float>() : nullptr;
+void launch_kernel(const MaskedGemm<T, WT>& g, const Plan& p, float* partials,
+                   cpgdev::stream_t stream) {
   auto run = [&](auto kernel) {
     cpgdev::set_max_dynamic_smem(kernel, p.shape.smem_bytes);
     if constexpr (std::is_same<T, WT>::value) {
-      CPG_LAUNCH(kernel, p.grid, kThreads, p.shape.smem_bytes, stream, g, p.shape, sums);
+      CPG_LAUNCH(kernel, p.grid, kThreads, p.shape.smem_bytes, stream, g, p.shape, partials);
     } else {  // its own name in the emulator's launch log
       auto f32_weight_kernel = kernel;
-      CPG_LAUNCH(f32_weight_kernel, p.grid, kThreads, p.shape.smem_bytes, stream, g, p.shape, sums);
+      CPG_LAUNCH(f32_weight_kernel, p.grid, kThreads, p.shape.smem_bytes, stream, g, p.shape,
+                 partials);
     }
   };
   switch (p.tiles) {
-    case 1: run(grad_stream_kernel<T, WT, 1>()); break;
-    case 2: run(grad_stream_kernel<T, WT, 2>()); break;
-    case 4: run(grad_stream_kernel<T, WT, 4>()); break;
-    default: run(grad_stream_kernel<T, WT, kMaxTiles>()); break;
+    case 1: return run(grad_stream_kernel<T, WT, 1>());
+    case 2: return run(grad_stream_kernel<T, WT, 2>());
+    case 4: return run(grad_stream_kernel<T, WT, 4>());
+    default: return run(grad_stream_kernel<T, WT, kMaxTiles>());
   }
-  if (p.shape.splits > 1) {
-    const int64_t count = g.M * g.K;
-    auto* sum_kernel = &sum_splits_kernel<T>;
-    CPG_LAUNCH(sum_kernel, grid_stride_blocks(count, kThreads), kThreads, 0, stream, sums, g.out,
-               count, p.shape.splits);
-  }
+}
+
+template <typename T, typename WT>
+void launch(const MaskedGemm<T, WT>& g, cpgdev::stream_t stream) {
+  const Plan p = plan(g, cpgdev::sm_count(), cpgdev::smem_limits());
+  if (p.shape.splits == 1) return launch_kernel(g, p, nullptr, stream);
+  DeviceWorkspace partials(static_cast<size_t>(p.partials_bytes), stream);
+  launch_kernel(g, p, partials.as<float>(), stream);
+  const int64_t count = g.M * g.K;
+  auto* sum_kernel = &sum_splits_kernel<T>;
+  CPG_LAUNCH(sum_kernel, grid_stride_blocks(count, kThreads), kThreads, 0, stream,
+             partials.as<float>(), g.out, count, p.shape.splits);
   partials.release();
 }
 
-// The launches launch(g, ...) makes on sm_count multiprocessors, appended to
-// `out`.
+// The stream kernel's launch (launch_kernel) for plan p, appended to `out`,
+// with `workspace_bytes` of partial sums.
 template <typename T, typename WT>
-void describe(const MaskedGemm<T, WT>& g, int sm_count, LaunchPlan& out) {
-  const Plan p = plan(g, sm_count, kSm90Smem);
+void describe_kernel(const MaskedGemm<T, WT>& g, const Plan& p, int64_t workspace_bytes,
+                     LaunchPlan& out) {
   const Shape& s = p.shape;
   const char* kernel =
       std::is_same<T, WT>::value
@@ -630,12 +638,20 @@ void describe(const MaskedGemm<T, WT>& g, int sm_count, LaunchPlan& out) {
                                 {"stages", stages<T, WT>()},
                                 {"warps", kWarps},
                                 {"blocks_per_sm", s.blocks_per_sm}},
-                               p.partials_bytes));
-  if (s.splits == 1) return;
+                               workspace_bytes));
+}
+
+// The launches launch(g, ...) makes on sm_count multiprocessors, appended to
+// `out`.
+template <typename T, typename WT>
+void describe(const MaskedGemm<T, WT>& g, int sm_count, LaunchPlan& out) {
+  const Plan p = plan(g, sm_count, kSm90Smem);
+  describe_kernel(g, p, p.partials_bytes, out);
+  if (p.shape.splits == 1) return;
   const int64_t count = g.M * g.K;
   out.push_back(planned_launch("weight_stream_grad::sum_splits_kernel<" + type_name<T>() + ">",
                                dim3(grid_stride_blocks(count, kThreads, sm_count)), kThreads, 0,
-                               {{"elements", count}, {"splits", s.splits}}));
+                               {{"elements", count}, {"splits", p.shape.splits}}));
 }
 
 }  // namespace weight_stream_grad
