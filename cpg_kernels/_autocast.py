@@ -22,11 +22,14 @@ own for the aten ops these replace:
   streams read the fp32 weight and round it in registers, at inference and in
   the training step, so no weight-sized copy is made; elsewhere the op casts
   the weight itself (with grad, differentiably, as here). ``masked_conv2d``
-  keeps it too: without grad, pointwise (NHWC 1x1) convs and the late layers
-  of at most 64 output pixels read it in the weight streams; with grad, and
-  elsewhere, the op casts it (differentiably).
+  and ``masked_conv2d_grad_input`` keep it too: pointwise (NHWC 1x1) convs and
+  the late layers of at most 64 output pixels read it in the weight streams,
+  at inference and in the training step (whose weight gradient the gradient
+  epilogue's fp32-weight form writes in fp32); elsewhere the op casts it (with
+  grad, differentiably).
 * ``grad_epilogue`` is elementwise: "promote", its gradient and weight meet
-  at the wider of their two dtypes.
+  at the wider of their two dtypes (called directly with a 16-bit gradient
+  and an fp32 weight, outside autocast, it keeps them: its fp32-weight form).
 * the mask ops (``pack_bits``, ``unpack_bits``, ``active_bits``, ``count_bits``,
   ``owner_histogram``) and ``apply_bits`` have one floating input or none, so
   they run in the dtype they get: autocast's fallthrough, no rule needed.
@@ -34,8 +37,8 @@ own for the aten ops these replace:
 The cost, as with aten's ``conv2d`` under autocast: each call of a layer op
 writes a 16-bit copy of the fp32 weight (2 bytes per weight, read back by the
 kernel, and kept for the backward), but for the calls that the streams take.
-The gradient reaches the fp32 weight through that cast, in fp32. The conv
-training kernels and the tiled conv kernels do not read an fp32 weight.
+The gradient reaches the fp32 weight through that cast, in fp32. The tiled and
+direct conv kernels do not read an fp32 weight.
 
 The rule is registered as ``torch.library.register_autocast`` does, which
 cannot be used itself: it casts every floating tensor, the mask included, to
@@ -60,7 +63,7 @@ _PROMOTE = ("grad_epilogue",)
 _CAST_ARGUMENTS = frozenset({"x", "grad_out", "weight", "bias"})
 # The ops that take an fp32 weight with 16-bit activations (their fp32-weight form): the
 # linear forwards and backward pieces (a backward run inside autocast calls them), and the
-# conv forward.
+# conv forward and input gradient.
 _F32_WEIGHT_OPS = frozenset(
     {
         "masked_linear",
@@ -68,6 +71,7 @@ _F32_WEIGHT_OPS = frozenset(
         "masked_linear_grad_input",
         "masked_linear_weight_grad",
         "masked_conv2d",
+        "masked_conv2d_grad_input",
     }
 )
 _CASTABLE = (torch.float32, torch.float16, torch.bfloat16)

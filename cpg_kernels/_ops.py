@@ -101,9 +101,9 @@ def _check_bias(bias, weight, ref=None, ref_name: str = "weight") -> None:
 
 
 def _f32_weight_form(x, weight) -> bool:
-    """The fp32-weight form of the linear ops and the conv forward: a 16-bit x (or
-    grad_out) against an fp32 weight (autocast's); results, and the bias, are x's
-    dtype, the weight gradient the weight's."""
+    """The fp32-weight form of the linear and conv ops and the gradient epilogue: a 16-bit
+    x (or grad_out, or grad) against an fp32 weight (autocast's); results, and the bias, are
+    x's dtype, the weight gradient the weight's."""
     return weight.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)
 
 
@@ -279,11 +279,12 @@ def _(weight, bits):
 @_fake("grad_epilogue")
 def _(grad, weight, owner, task, mask_grad):
     _check_floating(weight, "weight")
-    _check_like(grad, weight, "grad", "weight")
+    _check_activation(grad, weight, "grad", f32_weight_ok=True)
     _check_shape(grad, weight.shape, "grad")
     _check_owner(owner, weight)
     _check_task(task)
-    grad_w = torch.empty_like(grad, memory_format=torch.contiguous_format)
+    # The fp32-weight form (16-bit grad): the weight gradient is the weight's dtype.
+    grad_w = torch.empty_like(grad, dtype=weight.dtype, memory_format=torch.contiguous_format)
     shape = grad.shape if mask_grad else (0,)
     return grad_w, grad.new_empty(shape, dtype=torch.float32)
 
@@ -388,7 +389,7 @@ def _(x, weight, bits, bias, stride, padding, dilation, groups):
 @_fake("masked_conv2d_grad_input")
 def _(grad_out, weight, bits, input_size, stride, padding, dilation, groups):
     _check_conv(weight, bits, stride, padding, dilation, groups)
-    _check_like(grad_out, weight, "grad_out", "weight")
+    _check_activation(grad_out, weight, "grad_out", f32_weight_ok=True)
     _check(
         len(input_size) == 4 and input_size[1] == weight.shape[1] * groups,
         f"input_size: expected [batch, {weight.shape[1] * groups}, height, width], got "

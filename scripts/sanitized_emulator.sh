@@ -52,6 +52,8 @@ subset=(tests/test_emulator.py::test_sanitized_run_checks_the_library_kernels
         tests/test_f32_weight_training.py::test_weight_gradient_is_fp32_with_the_cast_forms_values
         tests/test_conv_unfolded_grad_stream.py::test_unaligned_nhwc_dy_is_gathered_into_the_same_bits
         tests/test_conv_unfolded_grad_stream.py::test_both_layouts_give_the_same_bits
+        tests/test_f32_weight_conv_training.py::test_input_gradient_op_reads_the_fp32_weight
+        tests/test_f32_weight_conv_training.py::test_grad_epilogue_mixed_form_gives_the_cast_forms_values
         "tests/test_conv_unfolded_grad_stream.py::test_late_layer_input_gradient_streams_the_weight[1x1, 1024 output channels, one strip: N split-bf16-nchw]"
         -k "not (test_every_conv_variant or test_conv_multitask_matches) or bfloat16")
 if [[ $# -gt 0 ]]; then subset=("$@"); fi

@@ -299,6 +299,35 @@ BUGS = [
         "the fold's lanes skip the butterfly's last step: each dx element keeps half its taps",
         backends="emu",
     ),
+    Bug(
+        "conv-f32-dx-pointwise-sizes-swapped",
+        "csrc/cuda/masked_conv.cu",
+        "                                        shape.N, shape.C, stream);",
+        "                                        shape.C, shape.N, stream);",
+        [
+            "tests/test_f32_weight_conv_training.py::"
+            "test_training_keeps_the_fp32_weight_and_makes_no_weight_sized_cast"
+        ],
+        "the pointwise conv's fp32-weight input gradient passes the linear stream C_in as its"
+        " N and C_out as its K",
+        backends="emu",
+    ),
+    Bug(
+        "grad-epilogue-mixed-dm-unrounded",
+        "csrc/cuda/elementwise.cu",
+        "gm[j] = mask_grad_of(g[j], narrowed<T>(wv[j]), own[j], task);",
+        "gm[j] = is_pickable(own[j], task) ? cpgdev::to_float(g[j]) * cpgdev::to_float(wv[j])"
+        " : 0.0f;",
+        [
+            "tests/test_f32_weight_conv_training.py::"
+            "test_grad_epilogue_mixed_form_gives_the_cast_forms_values",
+            "tests/test_f32_weight_conv_training.py::"
+            "test_training_keeps_the_fp32_weight_and_makes_no_weight_sized_cast",
+        ],
+        "the mixed epilogue's mask gradient multiplies G by the fp32 weight, not by the weight"
+        " rounded as the cast rounds",
+        backends="emu",
+    ),
     # ------------------------------------------- global memory (the sanitizer step only)
     Bug(
         "small-batch-reads-past-last-row",

@@ -144,15 +144,16 @@ def test_autocast_keeps_the_conv_weight_fp32_at_inference():
 
 
 def test_the_plan_query_checks_the_form():
-    def plan(dtype, grad_input):
+    def plan(dtype, grad_input, tasks=1):
         return _C.plan_masked_conv2d(
-            dtype, 1, [1, 8, 4, 4], 16, [3, 3], [1, 1], [1, 1], [1, 1], 1, False, grad_input,
+            dtype, tasks, [1, 8, 4, 4], 16, [3, 3], [1, 1], [1, 1], [1, 1], 1, False, grad_input,
             False, 4, f32_weight=True,
         )  # fmt: skip
 
-    with pytest.raises(ValueError, match="one-task forward"):
-        plan("bfloat16", grad_input=True)
+    with pytest.raises(ValueError, match="one task's"):
+        plan("bfloat16", grad_input=False, tasks=2)
     assert plan("float32", grad_input=False) == []  # fp32 x has no mixed form
+    assert plan("float32", grad_input=True) == []
 
 
 def test_bias_and_dtype_errors_name_x():

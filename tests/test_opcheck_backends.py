@@ -37,6 +37,7 @@ def samples(device):
     cgw, cgowner, cgmask, cgbits, cgbias = _layer((4, 3, 3, 3), device, grad=True)
     w8, owner8, _, bits8, _ = _layer((8, 40), device, grad=False)
     lw, lowner, _, lbits, _ = _layer((16, 8, 3, 3), device, grad=False)
+    l16w, l16owner, l16mask, l16bits, _ = _layer((16, 16, 3, 3), device, grad=False)
 
     def randn(*shape, grad=False):
         return torch.randn(*shape, device=device, requires_grad=grad)
@@ -146,6 +147,30 @@ def samples(device):
                 TASK,
             ),
         ),
+        # The conv training step's fp32-weight form: 16 input channels (past the direct
+        # kernel), 16 output pixels: the fp32 weight is kept, the input gradient reads it and
+        # the epilogue writes dW in fp32.
+        (
+            "masked_conv2d",
+            (
+                randn(1, 16, 4, 4).bfloat16().requires_grad_(),
+                l16w.clone().requires_grad_(),
+                l16bits,
+                None,
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                1,
+                l16owner,
+                l16mask.clone().requires_grad_(),
+                TASK,
+            ),
+        ),
+        (
+            "masked_conv2d_grad_input",
+            (randn(1, 16, 4, 4).half(), l16w, l16bits, [1, 16, 4, 4], [1, 1], [1, 1], [1, 1], 1),
+        ),
+        ("grad_epilogue", (randn(6, 37).bfloat16(), w, owner, TASK, True)),
         (
             "masked_conv2d_multitask",
             (randn(2, 1, 3, 8, 8, grad=True), cgw, torch.stack([cgbits] * 2), cgbias, *CONV),

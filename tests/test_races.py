@@ -207,6 +207,9 @@ def _workloads(device: str = "cpu"):
         "count_bits": lambda: torch.ops.cpg.count_bits(bits),
         "apply_bits": lambda: masks.apply_bits(w, bits),
         "grad_epilogue": lambda: torch.ops.cpg.grad_epilogue(grad, w, owner, 3, True),
+        "grad_epilogue_f32_weight": lambda: torch.ops.cpg.grad_epilogue(
+            grad.bfloat16(), w, owner, 3, True
+        ),
         "linear_small_batch": lambda: functional.masked_linear(x[:3], w, bits),
         "linear": lambda: functional.masked_linear(x, w, bits),
         "linear_bf16": lambda: functional.masked_linear(x72.bfloat16(), w64.bfloat16(), bits64),
@@ -294,6 +297,9 @@ def _workloads(device: str = "cpu"):
         "conv_grad_input_unfolded_split_bf16": lambda: torch.ops.cpg.masked_conv2d_grad_input(
             pdy.bfloat16(), pw.bfloat16(), pbits, [1, 16, 3, 3], [1, 1], [0, 0], [1, 1], 1
         ),
+        "conv_grad_input_unfolded_f32_weight": lambda: torch.ops.cpg.masked_conv2d_grad_input(
+            ldy.bfloat16(), lw, lbits, list(lx.shape), [2, 2], [1, 1], [1, 1], 1
+        ),
     }
 
 
@@ -308,6 +314,7 @@ KERNEL_FILE = {
     "count_bits": "elementwise.cu",
     "apply_bits": "elementwise.cu",
     "grad_epilogue": "elementwise.cu",
+    "grad_epilogue_f32_weight": "elementwise.cu:grad_epilogue_pass",
     "linear_small_batch": "gemm_small_batch.cuh",
     "linear": "gemm_simt.cuh",
     "linear_bf16": "gemm_mma.cuh",
@@ -346,6 +353,7 @@ KERNEL_FILE = {
     "conv_grad_input_unfolded_nhwc_bf16": "gemm_stream_grad.cuh:kernel",
     "conv_grad_input_unfolded_nchw_bf16": "conv_unfolded.cuh:dy_rows",
     "conv_grad_input_unfolded_split_bf16": "gemm_stream_grad.cuh:kernel",
+    "conv_grad_input_unfolded_f32_weight": "gemm_stream_grad.cuh:f32_weight_kernel",
 }
 
 
@@ -389,6 +397,7 @@ def test_two_seeds_agree_bitwise(name):
         "conv_grad_input_unfolded",
         "conv_grad_input_unfolded_nchw_bf16",
         "conv_grad_input_unfolded_split_bf16",
+        "conv_grad_input_unfolded_f32_weight",
         "conv_multitask_unfolded",
     ],
 )

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The linear training step under autocast, before and after the fp32-weight training kernels.
+"""The linear and late conv training steps under autocast, before and after the fp32-weight
+training kernels.
 
     PYTHONPATH=. python3 benchmarks/perfmodel/autocast_training.py [--gpu h100-sxm] [-o OUT.md]
 
@@ -13,7 +14,8 @@ weight and round it in registers, and dW is written as fp32 (the planned launche
 mixed plan is empty the op casts, so that piece costs what it did. Every launch is costed as
 predict.py costs planned launches, the casts as elementwise passes; the step's time is the
 larger of its device time and its host time (three fused calls, plus one torch op per cast).
-Every figure is predicted.
+The late conv layers' section (``conv_predictions``) is costed the same way. Every figure is
+predicted.
 """
 
 from __future__ import annotations
@@ -89,6 +91,62 @@ def predictions(gpu) -> list[dict]:
     return out
 
 
+def conv_predictions(gpu) -> list[dict]:
+    """The late conv layers' training step at the batches whose output pixels the fp32-weight
+    form takes (at most 64), both layouts, with owners and a picking mask. Before: the cast,
+    the bf16 forward and input gradient, the library's weight gradient G, the bf16 epilogue
+    (G, W, owner read; dW, dm written) and the widening. After, where the mixed plans are
+    there (the autograd kernel keeps the fp32 weight): the fp32-weight forward and input
+    gradient, the same G, and the mixed epilogue (W read and dW written as fp32)."""
+    ctx = predict.context(gpu)
+    c = ctx.constants
+    op_s = c.host_torch_op_us * 1e-6
+    e = 2
+    out = []
+    for lay in cases.CONV_LAYERS:
+        if not lay.late:
+            continue
+        elems = lay.out_ch * lay.k
+        for m in (1, 4):
+            for channels_last in (False, True):
+                case = cases.Case("conv", lay, m, "bf16", "training", channels_last=channels_last)
+                fwd32 = plan.query_conv(case, 1, False, gpu.sms, f32_weight=True)
+                dx32 = plan.query_conv(case, 1, True, gpu.sms, f32_weight=True)
+                if not (fwd32 and dx32):
+                    continue
+                rows = m * lay.out_hw * lay.out_hw
+                wgrad = kernels.vendor_gemm(lay.out_ch, lay.k, rows, e, "bf16", gpu, c, True)
+                epilogue16 = kernels.elementwise(elems * (3 * e + 1 + 4), gpu, c, 80).seconds
+                epilogue32 = kernels.elementwise(elems * (e + 4 + 4 + 1 + 4), gpu, c, 80).seconds
+                before = {
+                    "cast": kernels.elementwise(elems * (4 + 2), gpu, c).seconds,
+                    "forward": _device_s(ctx, plan.query_conv(case, 1, False, gpu.sms)),
+                    "grad_input": _device_s(ctx, plan.query_conv(case, 1, True, gpu.sms)),
+                    "weight_grad": wgrad.seconds + epilogue16,
+                    "widen": kernels.elementwise(elems * (2 + 4), gpu, c).seconds,
+                }
+                after = {
+                    "forward": _device_s(ctx, fwd32),
+                    "grad_input": _device_s(ctx, dx32),
+                    "weight_grad": wgrad.seconds + epilogue32,
+                }
+                # Calls: forward, dx, G, epilogue (fused ops and one library op), and the
+                # cast's two ops before.
+                host = 3 * predict.host_fused_us(ctx) * 1e-6 + op_s
+                out.append(
+                    {
+                        "layer": f"{lay.net} {lay.name}",
+                        "batch": m,
+                        "layout": "NHWC" if channels_last else "NCHW",
+                        "before_device": sum(before.values()),
+                        "after_device": sum(after.values()),
+                        "before": max(host + 2 * op_s, sum(before.values())),
+                        "after": max(host, sum(after.values())),
+                    }
+                )
+    return out
+
+
 def report(gpu) -> str:
     lines = [
         f"# Linear training step under bf16 autocast on {gpu.name}: the fp32-weight "
@@ -112,6 +170,25 @@ def report(gpu) -> str:
             f"{r['before_device'] * 1e6:.1f} | {r['after_device'] * 1e6:.1f} | "
             f"{r['after_device'] / r['before_device']:.2f} | {r['before'] * 1e6:.1f} | "
             f"{r['after'] * 1e6:.1f} |"
+        )
+    lines += [
+        "",
+        "## Late conv layers (at most 64 output pixels)",
+        "",
+        "Before: the cast, the bf16 conv and input gradient (the unfolded path's streams), "
+        "the library's weight gradient G, the bf16 epilogue and the widening; after: the "
+        "forward and input gradient read the fp32 weight, the same G, the epilogue's mixed "
+        "form writes dW in fp32.",
+        "",
+        "| layer | batch | layout | device before (µs) | device after (µs) | after / before | "
+        "step before (µs) | step after (µs) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in conv_predictions(gpu):
+        lines.append(
+            f"| {r['layer']} | {r['batch']} | {r['layout']} | {r['before_device'] * 1e6:.1f} | "
+            f"{r['after_device'] * 1e6:.1f} | {r['after_device'] / r['before_device']:.2f} | "
+            f"{r['before'] * 1e6:.1f} | {r['after'] * 1e6:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

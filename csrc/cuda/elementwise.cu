@@ -205,10 +205,13 @@ CPG_GLOBAL void apply_bits_kernel(const Raw* w, const int32_t* bits, Raw* out, i
 
 // Chunks of kChunk elements keep every stream on 16-byte accesses (the owner
 // bytes included); `vec_chunks` of them (0 unless all pointers are aligned),
-// then the rest element by element. W is read only when grad_m is wanted.
-template <typename T>
-CPG_GLOBAL void grad_epilogue_kernel(const T* G, const T* w, const uint8_t* owner, int task,
-                                     T* grad_w, float* grad_m, int64_t numel, int64_t vec_chunks) {
+// then the rest element by element. W is read only when grad_m is wanted. W
+// and dW are stored as WT: T, or fp32 beside 16-bit G (the mixed form of a
+// training step under autocast), whose W is rounded to T for the mask
+// gradient and whose dW is the T value widened: the cast form's values.
+template <typename T, typename WT>
+CPG_GLOBAL void grad_epilogue_kernel(const T* G, const WT* w, const uint8_t* owner, int task,
+                                     WT* grad_w, float* grad_m, int64_t numel, int64_t vec_chunks) {
   constexpr int kChunk = vec_elems<uint8_t>();
   for (int64_t c = global_thread_index(); c < vec_chunks; c += global_thread_count()) {
     const int64_t i0 = c * kChunk;
@@ -216,23 +219,25 @@ CPG_GLOBAL void grad_epilogue_kernel(const T* G, const T* w, const uint8_t* owne
     uint8_t own[kChunk];
     load_vec(G + i0, g);
     load_vec(owner + i0, own);
-    T gw[kChunk];
+    WT gw[kChunk];
 #pragma unroll
-    for (int j = 0; j < kChunk; ++j) gw[j] = weight_grad_of(g[j], own[j], task);
+    for (int j = 0; j < kChunk; ++j) gw[j] = widened<WT>(weight_grad_of(g[j], own[j], task));
     store_vec(grad_w + i0, gw);
     if (grad_m != nullptr) {
-      T wv[kChunk];
+      WT wv[kChunk];
       load_vec(w + i0, wv);
       float gm[kChunk];
 #pragma unroll
-      for (int j = 0; j < kChunk; ++j) gm[j] = mask_grad_of(g[j], wv[j], own[j], task);
+      for (int j = 0; j < kChunk; ++j) {
+        gm[j] = mask_grad_of(g[j], narrowed<T>(wv[j]), own[j], task);
+      }
       store_vec(grad_m + i0, gm);
     }
   }
   for (int64_t i = vec_chunks * kChunk + global_thread_index(); i < numel;
        i += global_thread_count()) {
-    grad_w[i] = weight_grad_of(G[i], owner[i], task);
-    if (grad_m != nullptr) grad_m[i] = mask_grad_of(G[i], w[i], owner[i], task);
+    grad_w[i] = widened<WT>(weight_grad_of(G[i], owner[i], task));
+    if (grad_m != nullptr) grad_m[i] = mask_grad_of(G[i], narrowed<T>(w[i]), owner[i], task);
   }
 }
 
@@ -315,21 +320,43 @@ void apply_bits(DType dtype, const void* w, const int32_t* bits, void* out, int6
   });
 }
 
+namespace {
+
+template <typename T, typename WT>
+void launch_grad_epilogue(const T* g, const WT* wt, const uint8_t* owner, int task, WT* gw,
+                          float* grad_m, int64_t numel, void* stream) {
+  const bool aligned = is_aligned16(g) && is_aligned16(owner) && is_aligned16(gw) &&
+                       (grad_m == nullptr || (is_aligned16(wt) && is_aligned16(grad_m)));
+  constexpr int kChunk = vec_elems<uint8_t>();
+  const int64_t vec_chunks = aligned ? numel / kChunk : 0;
+  auto* grad_epilogue_pass = &grad_epilogue_kernel<T, WT>;  // the name in the launch log
+  CPG_LAUNCH(grad_epilogue_pass, grid_stride_blocks(ceil_div(numel, kChunk), kThreads), kThreads, 0,
+             as_stream(stream), g, wt, owner, task, gw, grad_m, numel, vec_chunks);
+}
+
+}  // namespace
+
 void grad_epilogue(DType dtype, const void* G, const void* w, const uint8_t* owner, int task,
                    void* grad_w, float* grad_m, int64_t numel, void* stream) {
   if (numel == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const T* g = static_cast<const T*>(G);
-    const T* wt = static_cast<const T*>(w);
-    T* gw = static_cast<T*>(grad_w);
-    const bool aligned = is_aligned16(g) && is_aligned16(owner) && is_aligned16(gw) &&
-                         (grad_m == nullptr || (is_aligned16(wt) && is_aligned16(grad_m)));
-    constexpr int kChunk = vec_elems<uint8_t>();
-    const int64_t vec_chunks = aligned ? numel / kChunk : 0;
-    auto* grad_epilogue_pass = &grad_epilogue_kernel<T>;  // the name in the launch log
-    CPG_LAUNCH(grad_epilogue_pass, grid_stride_blocks(ceil_div(numel, kChunk), kThreads), kThreads,
-               0, as_stream(stream), g, wt, owner, task, gw, grad_m, numel, vec_chunks);
+    launch_grad_epilogue(static_cast<const T*>(G), static_cast<const T*>(w), owner, task,
+                         static_cast<T*>(grad_w), grad_m, numel, stream);
+  });
+}
+
+void grad_epilogue_f32_weight(DType dtype, const void* G, const float* w, const uint8_t* owner,
+                              int task, float* grad_w, float* grad_m, int64_t numel, void* stream) {
+  if (numel == 0) return;
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (sizeof(T) == 2) {
+      launch_grad_epilogue(static_cast<const T*>(G), w, owner, task, grad_w, grad_m, numel, stream);
+    } else {
+      throw std::invalid_argument(
+          "cpg_kernels: grad_epilogue_f32_weight: G must be 16-bit (float16 or bfloat16)");
+    }
   });
 }
 

@@ -57,25 +57,6 @@ struct WeightGrad {
   int64_t M, N, K, words;
 };
 
-// A T value as WT (exact: WT is T or fp32), and a WT value as T (rounded as a
-// cast rounds).
-template <typename WT, typename T>
-CPG_DEVICE WT widened(T v) {
-  if constexpr (std::is_same<T, WT>::value) {
-    return v;
-  } else {
-    return cpgdev::to_float(v);
-  }
-}
-template <typename T, typename WT>
-CPG_DEVICE T narrowed(WT v) {
-  if constexpr (std::is_same<T, WT>::value) {
-    return v;
-  } else {
-    return cpgdev::from_float<T>(v);
-  }
-}
-
 // mma::Layout's tile and warps, with both operands stored reduction-major.
 template <typename T>
 struct Layout {

@@ -1,15 +1,37 @@
 // The weight and mask gradients of one weight element from G = dL/dW_eff, the
-// rule of csrc/core/mask_format.h applied in the kernels' dtypes: shared by
+// rule of csrc/core/mask_format.h applied in the kernels' dtypes (and, for an
+// fp32 weight beside 16-bit G, the cast between them): shared by
 // the grad_epilogue pass (elementwise.cu) and the fused weight-gradient
 // epilogue (gemm_weight_grad.cuh), so that both give the same bits for the
 // same G.
 #pragma once
+
+#include <type_traits>
 
 #include "core/mask_format.h"
 #include "cuda/kernel_utils.cuh"
 
 namespace cpg {
 namespace CPG_KERNEL_NS {
+
+// A T value as WT (exact: WT is T or fp32), and a WT value as T (rounded as a
+// cast rounds).
+template <typename WT, typename T>
+CPG_DEVICE WT widened(T v) {
+  if constexpr (std::is_same<T, WT>::value) {
+    return v;
+  } else {
+    return cpgdev::to_float(v);
+  }
+}
+template <typename T, typename WT>
+CPG_DEVICE T narrowed(WT v) {
+  if constexpr (std::is_same<T, WT>::value) {
+    return v;
+  } else {
+    return cpgdev::from_float<T>(v);
+  }
+}
 
 // dW = G where the task owns the weight, else 0.
 template <typename T>

@@ -347,25 +347,32 @@ void conv_grad_input(DType dtype, const void* dy, const void* w, const int32_t* 
   });
 }
 
-// The mixed forward (fp32 W, 16-bit x and y) for 16-bit dtype: fn(view) with
-// the view of everything but W (the fp32 weight is passed beside it); false:
-// dtype is not 16-bit.
+// The mixed form (fp32 W, 16-bit activations) for 16-bit dtype: fn(view) with
+// the view of everything but W (the fp32 weight is passed beside it), the
+// forward's (a = x, out = y) or with grad_input the input gradient's (a = dy,
+// out = dx); false: dtype is not 16-bit.
 template <typename Fn>
-bool with_f32_weight_view(DType dtype, const void* x, const int32_t* bits, const void* bias,
-                          void* y, const ConvShape& shape, bool channels_last, Fn&& fn) {
+bool with_f32_weight_view(DType dtype, const void* a, const int32_t* bits, const void* bias,
+                          void* out, const ConvShape& shape, bool channels_last, bool grad_input,
+                          Fn&& fn) {
   bool sixteen_bit = false;
   dispatch_dtype(dtype, [&](auto tag) {
     using E = typename decltype(tag)::type;
     if constexpr (sizeof(E) == 2) {
       sixteen_bit = true;
-      fn(make_view<conv::ForwardView<E>>(x, nullptr, bits, bias, y, shape, channels_last));
+      if (grad_input) {
+        fn(make_view<conv::GradInputView<E>>(a, nullptr, bits, nullptr, out, shape, channels_last));
+      } else {
+        fn(make_view<conv::ForwardView<E>>(a, nullptr, bits, bias, out, shape, channels_last));
+      }
     }
   });
   return sixteen_bit;
 }
 
-// Whether the unfolded path (rule 3) takes the mixed forward: the rules
-// before it do not apply, and the weight stream takes the windows' GEMM.
+// Whether the unfolded path (rule 3) takes the mixed form: the rules before
+// it do not apply, and the weight stream takes the GEMM on the windows
+// (forward) or on dy's pixels (input gradient).
 template <typename View>
 bool unfolded_f32_weight(const View& v, const float* w, const ConvShape& shape, bool channels_last,
                          const cpgdev::SmemLimits& smem) {
@@ -374,12 +381,12 @@ bool unfolded_f32_weight(const View& v, const float* w, const ConvShape& shape, 
          conv::unfolded::supports_f32_weight(v, w, channels_last, smem);
 }
 
-// The mixed forward's kernels for a problem: none (the op casts the weight),
+// The mixed form's kernels for a problem: none (the op casts the weight),
 // the linear weight stream (a pointwise conv: rule 1), or the unfolded path.
 enum class F32WeightConv { None, Pointwise, Unfolded };
 
-F32WeightConv f32_weight_conv_path(DType dtype, const void* x, const void* w,
-                                   const ConvShape& shape, bool channels_last,
+F32WeightConv f32_weight_conv_path(DType dtype, const void* a, const void* w,
+                                   const ConvShape& shape, bool channels_last, bool grad_input,
                                    const cpgdev::SmemLimits& smem) {
   if (shape.batch == 0 || shape.N == 0 || shape.C == 0) return F32WeightConv::None;
   check_dims(shape);
@@ -389,17 +396,17 @@ F32WeightConv f32_weight_conv_path(DType dtype, const void* x, const void* w,
     dispatch_dtype(dtype, [&](auto tag) {
       using E = typename decltype(tag)::type;
       if constexpr (sizeof(E) == 2) {
-        ok = weight_stream::supports(
-            make_gemm<E, float>(x, w, nullptr, nullptr, nullptr, 1, rows, shape.N, shape.C,
-                                /*grad_input=*/false),
-            /*allow_tf32=*/false, smem);
+        const MaskedGemm<E, float> g = make_gemm<E, float>(a, w, nullptr, nullptr, nullptr, 1, rows,
+                                                           shape.N, shape.C, grad_input);
+        ok = grad_input ? weight_stream_grad::supports(g, /*allow_tf32=*/false, smem)
+                        : weight_stream::supports(g, /*allow_tf32=*/false, smem);
       }
     });
     return ok ? F32WeightConv::Pointwise : F32WeightConv::None;
   }
   F32WeightConv path = F32WeightConv::None;
   with_f32_weight_view(
-      dtype, x, nullptr, nullptr, nullptr, shape, channels_last, [&](const auto& v) {
+      dtype, a, nullptr, nullptr, nullptr, shape, channels_last, grad_input, [&](const auto& v) {
         if (unfolded_f32_weight(v, static_cast<const float*>(w), shape, channels_last, smem)) {
           path = F32WeightConv::Unfolded;
         }
@@ -407,48 +414,81 @@ F32WeightConv f32_weight_conv_path(DType dtype, const void* x, const void* w,
   return path;
 }
 
+F32WeightConv checked_f32_weight_path(DType dtype, const void* a, const void* w,
+                                      const ConvShape& shape, bool channels_last, bool grad_input,
+                                      const char* launcher) {
+  const F32WeightConv path =
+      f32_weight_conv_path(dtype, a, w, shape, channels_last, grad_input, cpgdev::smem_limits());
+  if (path == F32WeightConv::None) {
+    throw std::invalid_argument(std::string("cpg_kernels: ") + launcher +
+                                ": no kernel takes this problem (check " + launcher +
+                                "_supported)");
+  }
+  return path;
+}
+
 }  // namespace
 
 bool masked_conv2d_f32_weight_supported(DType dtype, const void* x, const void* w,
                                         const ConvShape& shape, bool channels_last) {
-  return f32_weight_conv_path(dtype, x, w, shape, channels_last, cpgdev::smem_limits()) !=
-         F32WeightConv::None;
+  return f32_weight_conv_path(dtype, x, w, shape, channels_last, /*grad_input=*/false,
+                              cpgdev::smem_limits()) != F32WeightConv::None;
 }
 
 void masked_conv2d_f32_weight(DType dtype, const void* x, const float* w, const int32_t* bits,
                               const void* bias, void* y, const ConvShape& shape, bool channels_last,
                               void* stream) {
   const F32WeightConv path =
-      f32_weight_conv_path(dtype, x, w, shape, channels_last, cpgdev::smem_limits());
-  if (path == F32WeightConv::None) {
-    throw std::invalid_argument(
-        "cpg_kernels: masked_conv2d_f32_weight: no kernel takes this problem "
-        "(check masked_conv2d_f32_weight_supported)");
-  }
+      checked_f32_weight_path(dtype, x, w, shape, channels_last,
+                              /*grad_input=*/false, "masked_conv2d_f32_weight");
   if (path == F32WeightConv::Pointwise) {
     masked_linear_f32_weight(dtype, x, w, bits, bias, y, 1, shape.batch * shape.H * shape.W,
                              shape.N, shape.C, stream);
     return;
   }
-  with_f32_weight_view(dtype, x, bits, bias, y, shape, channels_last, [&](const auto& v) {
-    conv::unfolded::launch_f32_weight(v, w, channels_last, as_stream(stream));
-  });
+  with_f32_weight_view(dtype, x, bits, bias, y, shape, channels_last, /*grad_input=*/false,
+                       [&](const auto& v) {
+                         conv::unfolded::launch_f32_weight(v, w, channels_last, as_stream(stream));
+                       });
+}
+
+bool masked_conv2d_grad_input_f32_weight_supported(DType dtype, const void* dy, const void* w,
+                                                   const ConvShape& shape, bool channels_last) {
+  return f32_weight_conv_path(dtype, dy, w, shape, channels_last, /*grad_input=*/true,
+                              cpgdev::smem_limits()) != F32WeightConv::None;
+}
+
+void masked_conv2d_grad_input_f32_weight(DType dtype, const void* dy, const float* w,
+                                         const int32_t* bits, void* dx, const ConvShape& shape,
+                                         bool channels_last, void* stream) {
+  const F32WeightConv path =
+      checked_f32_weight_path(dtype, dy, w, shape, channels_last,
+                              /*grad_input=*/true, "masked_conv2d_grad_input_f32_weight");
+  if (path == F32WeightConv::Pointwise) {
+    masked_linear_grad_input_f32_weight(dtype, dy, w, bits, dx, shape.batch * shape.H * shape.W,
+                                        shape.N, shape.C, stream);
+    return;
+  }
+  with_f32_weight_view(dtype, dy, bits, nullptr, dx, shape, channels_last, /*grad_input=*/true,
+                       [&](const auto& v) {
+                         conv::unfolded::launch_f32_weight(v, w, channels_last, as_stream(stream));
+                       });
 }
 
 LaunchPlan plan_masked_conv2d_f32_weight(DType dtype, const ConvShape& shape, bool channels_last,
-                                         int sm_count) {
+                                         bool grad_input, int sm_count) {
   if (sm_count < 1) throw std::invalid_argument("cpg_kernels: plan: sm_count must be >= 1");
   // Null operands count as aligned; sm_90's shared memory, as every plan.
-  const F32WeightConv path =
-      f32_weight_conv_path(dtype, nullptr, nullptr, shape, channels_last, weight_stream::kSm90Smem);
+  const F32WeightConv path = f32_weight_conv_path(dtype, nullptr, nullptr, shape, channels_last,
+                                                  grad_input, weight_stream::kSm90Smem);
   if (path == F32WeightConv::Pointwise) {
     return plan_masked_linear_f32_weight(dtype, 1, shape.batch * shape.H * shape.W, shape.N,
-                                         shape.C, /*grad_input=*/false, sm_count);
+                                         shape.C, grad_input, sm_count);
   }
   LaunchPlan plan;
   if (path == F32WeightConv::Unfolded) {
     with_f32_weight_view(dtype, nullptr, nullptr, nullptr, nullptr, shape, channels_last,
-                         [&](const auto& v) {
+                         grad_input, [&](const auto& v) {
                            conv::unfolded::describe_f32_weight(v, channels_last, sm_count, plan);
                          });
   }

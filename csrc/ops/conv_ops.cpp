@@ -6,6 +6,7 @@
 #include <c10/util/accumulate.h>
 
 #include "core/conv_shape.h"
+#include "core/stream_limits.h"
 #include "cpu/precision.h"
 #include "ops/autograd_support.h"
 #include "ops/backend.h"
@@ -220,6 +221,36 @@ bool f32_weight_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return true;
 }
 
+// The input gradient's fp32-weight form where a CUDA or emulated weight
+// stream takes it (masked_conv2d_grad_input_f32_weight: pointwise and
+// unfolded late-layer convs, as the forward's); false leaves dx to the caller,
+// which casts the weight.
+bool f32_weight_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor& w,
+                                  const at::Tensor& bits, at::IntArrayRef input_size,
+                                  const ConvParams& p, at::Tensor& dx) {
+  const at::MemoryFormat fmt = layout_of(grad_out);
+  const at::Tensor dy = grad_out.contiguous(fmt);
+  const cpg::ConvShape s = conv_shape(input_size, w, p);
+  const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
+  const cpg::DType dt = *kernel_dtype(dy.scalar_type());
+  bool takes = false;
+  if (backend_for(dy) == Backend::CUDA) {
+#if defined(CPG_WITH_CUDA)
+    c10::DeviceGuard guard(dy.device());
+    takes = cuda::masked_conv2d_grad_input_f32_weight_supported(dt, dy.data_ptr(), w.data_ptr(), s,
+                                                                channels_last);
+#endif
+  } else {
+    takes = emu_kernels::masked_conv2d_grad_input_f32_weight_supported(
+        dt, dy.data_ptr(), w.data_ptr(), s, channels_last);
+  }
+  if (!takes) return false;
+  dx = at::empty(input_size, grad_out.options().memory_format(fmt));
+  CPG_RUN_LAUNCHER(backend_for(dy), dy, masked_conv2d_grad_input_f32_weight, dt, dy.data_ptr(),
+                   w.data_ptr<float>(), bits.data_ptr<int32_t>(), dx.data_ptr(), s, channels_last);
+  return true;
+}
+
 }  // namespace
 
 at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bits,
@@ -319,7 +350,8 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor
                                     at::IntArrayRef dilation, int64_t groups) {
   const ConvParams p = check_conv_params(stride, padding, dilation, groups);
   check_conv_weight(weight, bits, groups);
-  check_same_dtype(grad_out, weight, "grad_out", "weight");
+  const bool f32_weight = f32_weight_form(grad_out, weight);
+  if (!f32_weight) check_same_dtype(grad_out, weight, "grad_out", "weight");
   check_same_device(grad_out, weight, "grad_out", "weight");
   TORCH_CHECK_VALUE(input_size.size() == 4 && input_size[1] == weight.size(1) * groups,
                     "input_size: expected [batch, ", weight.size(1) * groups,
@@ -339,10 +371,18 @@ at::Tensor masked_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor
     out_pad[d] = input_size[2 + d] -
                  ((expect - 1) * p.stride[d] - 2 * p.padding[d] + p.dilation[d] * (k - 1) + 1);
   }
-  const at::Tensor w = weight.contiguous(), b = bits.contiguous();
-  if (fused_conv(grad_out, grad_out.size(0), grad_out.size(2), grad_out.size(3))) {
-    return fused_conv2d_grad_input(grad_out, w, b, input_size, p);
+  at::Tensor w = weight.contiguous();
+  const at::Tensor b = bits.contiguous();
+  const bool fused = fused_conv(grad_out, grad_out.size(0), grad_out.size(2), grad_out.size(3));
+  if (f32_weight) {
+    at::Tensor dx;
+    if (fused && grad_out.numel() > 0 && c10::multiply_integers(input_size) > 0 &&
+        f32_weight_conv2d_grad_input(grad_out, w, b, input_size, p, dx)) {
+      return dx;
+    }
+    w = w.to(grad_out.scalar_type());
   }
+  if (fused) return fused_conv2d_grad_input(grad_out, w, b, input_size, p);
   const at::Tensor w2d = w.view({w.size(0), -1});
   const at::ScalarType dt = library_dtype(grad_out);  // fp32 for 16-bit dy on some CPUs
   const at::Tensor dyc = grad_out.to(dt);
@@ -405,11 +445,18 @@ struct ConvArgs {
   int64_t groups() const { return packed[6]; }
 };
 
-// dL/dW_eff of a conv from the library: only the weight's shape matters here.
+// dL/dW_eff of a conv from the library, in dy's dtype: only the weight's shape
+// matters here (an fp32 weight beside 16-bit dy and x stands in as an
+// uninitialized 16-bit tensor of its shape, in x's memory format, which the
+// library would otherwise copy it into: it takes one dtype).
 at::Tensor conv_weight_grad(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight,
                             const ConvArgs& c) {
-  return std::get<1>(at::convolution_backward(dy, x, weight, std::nullopt, c.stride(), c.padding(),
-                                              c.dilation(), false, {0, 0}, c.groups(),
+  const at::Tensor shape_of_w =
+      weight.scalar_type() == x.scalar_type()
+          ? weight
+          : at::empty(weight.sizes(), x.options().memory_format(x.suggest_memory_format()));
+  return std::get<1>(at::convolution_backward(dy, x, shape_of_w, std::nullopt, c.stride(),
+                                              c.padding(), c.dilation(), false, {0, 0}, c.groups(),
                                               {false, true, false}));
 }
 
@@ -449,7 +496,8 @@ struct MaskedConv2d : torch::autograd::Function<MaskedConv2d> {
       if (need_w || need_m) {
         auto [dw, dm] = weight_and_mask_grads(conv_weight_grad(dy, x, weight, c), weight, bits,
                                               owner, ctx->saved_data["task"].toInt(), need_m);
-        if (need_w) out[1] = std::move(dw);
+        // The fp32-weight form without owners: the bits applied in 16 bits, widened.
+        if (need_w) out[1] = dw.scalar_type() == weight.scalar_type() ? dw : dw.to(weight.dtype());
         out[9] = std::move(dm);
       }
       if (need_b) out[3] = dy.sum({0, 2, 3});
@@ -457,6 +505,36 @@ struct MaskedConv2d : torch::autograd::Function<MaskedConv2d> {
     return once_differentiable(std::move(out), {dy, x, weight}, "cpg::masked_conv2d");
   }
 };
+
+// Whether a training step in the fp32-weight form (16-bit x, fp32 weight:
+// autocast's) keeps the fp32 weight: where the weight streams' mixed forms
+// take the forward and the input gradient (one group, 1 to kStreamMaxRows
+// output pixels over the batch, the unfolded path's or a pointwise conv's, C_out
+// and C_in taps whole 16-byte vectors of 16-bit elements, past the direct
+// kernel's 8 columns) on the kernel backends. They read the fp32 weight and
+// round it in registers, the gradient epilogue writes dW in fp32, and there is
+// no weight-sized cast (the ops cast where their own kernels do not take a
+// problem). Elsewhere the weight is cast first, differentiably, as autocast
+// would. Shapes only, as SymBool guards, so that torch.compile traces it.
+bool f32_weight_conv_training(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  if (!f32_weight_form(x, weight) || !use_fused_kernels(x) || groups != 1 || x.dim() != 4 ||
+      weight.dim() != 4 || stride.size() != 2 || padding.size() != 2 || dilation.size() != 2) {
+    return false;
+  }
+  auto holds = [](const c10::SymBool& b) { return b.guard_bool(__FILE__, __LINE__); };
+  auto out_size = [&](int d) {
+    const c10::SymInt span = (weight.sym_size(2 + d) - 1) * dilation[d] + 1;
+    return (x.sym_size(2 + d) + 2 * padding[d] - span) / stride[d] + 1;
+  };
+  const c10::SymInt ho = out_size(0), wo = out_size(1);
+  const c10::SymInt& n = weight.sym_size(0);
+  const c10::SymInt& c = weight.sym_size(1);
+  const c10::SymInt k = c * weight.sym_size(2) * weight.sym_size(3);
+  return holds(ho.sym_gt(0)) && holds(wo.sym_gt(0)) && holds(x.sym_size(0).sym_gt(0)) &&
+         holds((x.sym_size(0) * ho * wo).sym_le(kStreamMaxRows)) && holds(n.sym_gt(8)) &&
+         holds(c.sym_gt(8)) && holds((n % 8).sym_eq(0)) && holds((k % 8).sym_eq(0));
+}
 
 at::Tensor masked_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
                                   const at::Tensor& bits, const OptTensor& bias,
@@ -468,9 +546,10 @@ at::Tensor masked_conv2d_autograd(const at::Tensor& x, const at::Tensor& weight,
     return conv_op().call(x, weight, bits, bias, stride, padding, dilation, groups, owner, mask,
                           task);
   }
-  // With grad the fp32-weight form casts the weight first, differentiably (as
-  // autocast would): the conv backward's kernels take one dtype.
-  const at::Tensor w = f32_weight_form(x, weight) ? weight.to(x.scalar_type()) : weight;
+  const at::Tensor w = f32_weight_conv_training(x, weight, stride, padding, dilation, groups) ||
+                               !f32_weight_form(x, weight)
+                           ? weight
+                           : weight.to(x.scalar_type());
   return MaskedConv2d::apply(x, w, Constant{bits}, bias, stride, padding, dilation, groups,
                              OptConstant{owner}, mask, task);
 }

@@ -378,8 +378,9 @@ constexpr int64_t kMaxDeviceWeightGradChunks = 4;
 // cache between the two passes; on the kernel backends at least, and at
 // most kMaxDeviceWeightGradChunks chunks), so no weight-sized G exists.
 // An fp32 weight beside 16-bit dy and x (the mixed form) gets each chunk's
-// rule in the 16-bit dtype on its rows of W cast (chunk-sized), widened into
-// grad_w: the values of the 16-bit form.
+// rule from the epilogue's mixed form (W rounded in registers, dW widened:
+// the values of the 16-bit form); without an owner, the chunk's bits applied
+// in 16 bits, widened.
 void two_pass_weight_grad(const at::Tensor& dy, const at::Tensor& x2d, const at::Tensor& w,
                           const at::Tensor& bits, const at::Tensor& owner, int64_t task,
                           at::Tensor& grad_w, std::optional<at::Tensor>& grad_m) {
@@ -394,17 +395,15 @@ void two_pass_weight_grad(const at::Tensor& dy, const at::Tensor& x2d, const at:
     const int64_t rows = std::min(step, N - n0);
     const at::Tensor G = at::mm(dy.narrow(1, n0, rows).t(), x2d);
     at::Tensor out = grad_w.narrow(0, n0, rows);
-    at::Tensor gw = mixed ? at::empty_like(G) : out;
     if (owner.defined()) {
       std::optional<at::Tensor> gm;
       if (grad_m) gm = grad_m->narrow(0, n0, rows);
-      const at::Tensor w_rows = w.narrow(0, n0, rows);
-      grad_epilogue_into(G, mixed ? w_rows.to(dy.scalar_type()) : w_rows, owner.narrow(0, n0, rows),
-                         task, gw, gm);
+      grad_epilogue_into(G, w.narrow(0, n0, rows), owner.narrow(0, n0, rows), task, out, gm);
     } else {
+      at::Tensor gw = mixed ? at::empty_like(G) : out;
       decode_rows_into(G, bits.narrow(0, n0, rows), 0, gw);
+      if (mixed) out.copy_(gw);
     }
-    if (mixed) out.copy_(gw);
   }
 }
 

@@ -308,6 +308,19 @@ void grad_epilogue_into(const at::Tensor& G, const at::Tensor& w, const at::Tens
                         int64_t task, at::Tensor& grad_w, std::optional<at::Tensor>& grad_m) {
   const Backend be = backend_for(G);
   const auto kdt = kernel_dtype(G.scalar_type());
+  if (f32_weight_form(G, w)) {  // the mixed form: fp32 W and grad_w beside 16-bit G
+    if (be != Backend::CPU) {
+      CPG_RUN_LAUNCHER(be, G, grad_epilogue_f32_weight, *kdt, G.data_ptr(), w.data_ptr<float>(),
+                       owner.data_ptr<uint8_t>(), static_cast<int>(task), grad_w.data_ptr<float>(),
+                       grad_m ? grad_m->data_ptr<float>() : nullptr, G.numel());
+      return;
+    }
+    // The CPU path has no mixed kernel: the rule on W cast, widened (the same values).
+    at::Tensor narrow_w = at::empty_like(G);
+    cpu::grad_epilogue(G, w.to(G.scalar_type()), owner, task, narrow_w, grad_m);
+    grad_w.copy_(narrow_w);
+    return;
+  }
   if (be == Backend::CPU) {
     cpu::grad_epilogue(G, w, owner, task, grad_w, grad_m);
   } else if (kdt) {
@@ -325,14 +338,16 @@ std::tuple<at::Tensor, at::Tensor> grad_epilogue(const at::Tensor& grad, const a
                                                  const at::Tensor& owner, int64_t task,
                                                  bool mask_grad) {
   check_floating(weight, "weight");
-  check_same_dtype(grad, weight, "grad", "weight");
+  // 16-bit grad against an fp32 weight is the mixed form: grad_w in fp32.
+  if (!f32_weight_form(grad, weight)) check_same_dtype(grad, weight, "grad", "weight");
   check_same_device(grad, weight, "grad", "weight");
   TORCH_CHECK_VALUE(grad.sizes() == weight.sizes(), "grad: expected the weight's shape ",
                     weight.sizes(), ", got ", grad.sizes());
   check_owner(owner, weight);
   check_task(task);
   const at::Tensor g = grad.contiguous(), w = weight.contiguous(), o = owner.contiguous();
-  at::Tensor grad_w = at::empty_like(g, at::MemoryFormat::Contiguous);
+  at::Tensor grad_w =
+      at::empty_like(g, g.options().dtype(w.scalar_type()), at::MemoryFormat::Contiguous);
   std::optional<at::Tensor> grad_m;
   if (mask_grad) grad_m = at::empty(g.sizes(), g.options().dtype(at::kFloat));
   grad_epilogue_into(g, w, o, task, grad_w, grad_m);

@@ -22,7 +22,8 @@ std::tuple<at::Tensor, at::Tensor> grad_epilogue(const at::Tensor& grad, const a
                                                  bool mask_grad);
 
 // grad_epilogue's pass into preallocated contiguous outputs of G's shape
-// (grad_m float32, or none): G, w and owner contiguous, of one shape.
+// (grad_m float32, or none): G, w and owner contiguous, of one shape; grad_w
+// of w's dtype (fp32 w and grad_w beside 16-bit G: the mixed form).
 void grad_epilogue_into(const at::Tensor& G, const at::Tensor& w, const at::Tensor& owner,
                         int64_t task, at::Tensor& grad_w, std::optional<at::Tensor>& grad_m);
 

@@ -155,14 +155,15 @@ void bind_plan_query(py::module& m) {
         const cpg::ConvShape s{input[0],   input[1],    input[2],    input[3],  out_ch,
                                kernel[0],  kernel[1],   stride[0],   stride[1], padding[0],
                                padding[1], dilation[0], dilation[1], groups};
-        if (f32_weight && (grad_input || tasks != 1)) {
-          throw py::value_error("f32_weight: the fp32-weight form is the one-task forward's");
+        if (f32_weight && tasks != 1) {
+          throw py::value_error("f32_weight: the fp32-weight form is one task's");
         }
         return planned([&] {
 #if defined(CPG_WITH_CUDA)
           if (use_cuda_build(build)) {
             if (f32_weight) {
-              return cpg::cuda::plan_masked_conv2d_f32_weight(t, s, channels_last, sm_count);
+              return cpg::cuda::plan_masked_conv2d_f32_weight(t, s, channels_last, grad_input,
+                                                              sm_count);
             }
             return cpg::cuda::plan_masked_conv2d(t, tasks, s, channels_last, grad_input, allow_tf32,
                                                  sm_count);
@@ -171,7 +172,8 @@ void bind_plan_query(py::module& m) {
           use_cuda_build(build);
 #endif
           if (f32_weight) {
-            return cpg::emu_kernels::plan_masked_conv2d_f32_weight(t, s, channels_last, sm_count);
+            return cpg::emu_kernels::plan_masked_conv2d_f32_weight(t, s, channels_last, grad_input,
+                                                                   sm_count);
           }
           return cpg::emu_kernels::plan_masked_conv2d(t, tasks, s, channels_last, grad_input,
                                                       allow_tf32, sm_count);
@@ -183,8 +185,9 @@ void bind_plan_query(py::module& m) {
       py::arg("sm_count"), py::arg("build") = "emulator", py::arg("f32_weight") = false,
       "The launches of masked_conv2d(_multitask) (or, with grad_input, of "
       "masked_conv2d_grad_input) for input [batch, C, H, W] per task, as plan_masked_linear; "
-      "with f32_weight, of the one-task forward's fp32-weight form (16-bit x and y, an fp32 "
-      "weight rounded in registers), empty where no kernel takes it (the op then casts).");
+      "with f32_weight, of the one-task fp32-weight form (16-bit activations, an fp32 weight "
+      "rounded in registers) of the forward or, with grad_input, of the input gradient, empty "
+      "where no kernel takes it (the op then casts).");
 }
 
 }  // namespace cpg::ops
