@@ -12,12 +12,17 @@ plans divide the work alike."""
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 
 import pytest
 import torch
 
 from cpg_kernels import _C, backends, functional, masks, reference
 from cpg_kernels.testing import assert_within_bound, oracle, random_owner
+
+sys.path.insert(0, os.path.dirname(__file__))  # the tests' own helper modules (importlib mode)
+from recorded_step import emulated_recording  # noqa: E402
 
 EMULATOR_SMS = 4
 DTYPE_NAME = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -56,30 +61,10 @@ def step(x, w, owner, mask, dy, conv, cast=False):
     w = w.detach().clone().requires_grad_()
     mask = mask.detach().clone().requires_grad_()
     x = x.detach().clone().requires_grad_()
-    with (
-        backends.emulated(),
-        backends.emulator_launches() as log,
-        torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
-        ) as prof,
-    ):
+    with emulated_recording() as (log, casts):
         y = functional.cpg_conv2d(x, w.to(x.dtype) if cast else w, owner, TASK, mask=mask, **conv)
         y.backward(dy)
-    casts = [e.input_shapes[0] for e in prof.events() if is_our_cast(e)]
     return y, x.grad, w.grad, mask.grad, log, casts
-
-
-def is_our_cast(event) -> bool:
-    """A cast the step makes, not one inside the library's conv weight gradient (ATen's CPU
-    kernel, which the emulator's step calls, converts its own result in channels_last)."""
-    if event.name != "aten::_to_copy":
-        return False
-    parent = event.cpu_parent
-    while parent is not None:
-        if parent.name == "aten::convolution_backward":
-            return False
-        parent = parent.cpu_parent
-    return True
 
 
 def dx_plans_divide_alike(x, w, conv, channels_last):

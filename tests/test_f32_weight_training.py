@@ -10,11 +10,17 @@ read the same rounded operands, so where their plans match they give its bits ex
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 
 from cpg_kernels import _C, backends, functional, masks, reference
 from cpg_kernels.testing import assert_within_bound, oracle, random_owner
+
+sys.path.insert(0, os.path.dirname(__file__))  # the tests' own helper modules (importlib mode)
+from recorded_step import emulated_recording  # noqa: E402
 
 EMULATOR_SMS = 4
 GRAD_STREAM = "gemm_stream_grad.cuh"
@@ -246,16 +252,9 @@ def training_step(x, w, owner, mask, dy):
     w = w.detach().clone().requires_grad_()
     mask = mask.detach().clone().requires_grad_()
     x = x.detach().clone().requires_grad_()
-    with (
-        backends.emulated(),
-        backends.emulator_launches() as log,
-        torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
-        ) as prof,
-    ):
+    with emulated_recording() as (log, casts):
         y = functional.cpg_linear(x, w, owner, TASK, mask=mask)
         y.backward(dy)
-    casts = [e.input_shapes[0] for e in prof.events() if e.name == "aten::_to_copy"]
     return y, x.grad, w.grad, mask.grad, log, casts
 
 

@@ -77,6 +77,18 @@ def predictions(gpu) -> list[dict]:
     return out
 
 
+def late_conv_cases(mode: str):
+    """The grid's late conv layers at batch 1 and 4 in both layouts, as bf16 ``mode``
+    ("inference" or "training") cases: those whose output pixels the fp32-weight form may
+    take."""
+    for lay in cases.CONV_LAYERS:
+        if not lay.late:
+            continue
+        for m in (1, 4):
+            for channels_last in (False, True):
+                yield cases.Case("conv", lay, m, DTYPE, mode, channels_last=channels_last)
+
+
 def conv_predictions(gpu) -> list[dict]:
     """The late conv layers (weight-bound at small batch) at batches whose output pixels the
     fp32-weight form takes (at most 64), both layouts: before, the cast and the bf16 conv's
@@ -86,31 +98,25 @@ def conv_predictions(gpu) -> list[dict]:
     c = ctx.constants
     op_s = c.host_torch_op_us * 1e-6
     out = []
-    for lay in cases.CONV_LAYERS:
-        if not lay.late:
+    for case in late_conv_cases("inference"):
+        mixed = plan.query_conv(case, 1, False, gpu.sms, f32_weight=True)
+        if not mixed:
             continue
-        elems = lay.out_ch * lay.k
-        for m in (1, 4):
-            for channels_last in (False, True):
-                case = cases.Case("conv", lay, m, DTYPE, "inference", channels_last=channels_last)
-                mixed = plan.query_conv(case, 1, False, gpu.sms, f32_weight=True)
-                if not mixed:
-                    continue
-                host = predict.host_fused_us(ctx) * 1e-6
-                cast = kernels.elementwise(elems * (4 + 2), gpu, c).seconds
-                before_dev = cast + _device_s(ctx, plan.query_conv(case, 1, False, gpu.sms))
-                after_dev = _device_s(ctx, mixed)
-                out.append(
-                    {
-                        "layer": f"{lay.net} {lay.name}",
-                        "batch": m,
-                        "layout": "NHWC" if channels_last else "NCHW",
-                        "before_device": before_dev,
-                        "after_device": after_dev,
-                        "before": max(host + op_s, before_dev),
-                        "after": max(host, after_dev),
-                    }
-                )
+        host = predict.host_fused_us(ctx) * 1e-6
+        cast = kernels.elementwise(case.layer.out_ch * case.layer.k * (4 + 2), gpu, c).seconds
+        before_dev = cast + _device_s(ctx, plan.query_conv(case, 1, False, gpu.sms))
+        after_dev = _device_s(ctx, mixed)
+        out.append(
+            {
+                "layer": f"{case.layer.net} {case.layer.name}",
+                "batch": case.batch,
+                "layout": "NHWC" if case.channels_last else "NCHW",
+                "before_device": before_dev,
+                "after_device": after_dev,
+                "before": max(host + op_s, before_dev),
+                "after": max(host, after_dev),
+            }
+        )
     return out
 
 
@@ -143,17 +149,26 @@ def report(gpu) -> str:
         "Before: the cast, then the bf16 conv (the unfolded windows and the bf16 stream); "
         "after: the windows and the stream reading the fp32 weight.",
         "",
+        *conv_table(conv_predictions(gpu), "call"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def conv_table(rows: list[dict], what: str) -> list[str]:
+    """The late conv layers' table of conv_predictions (here) or of autocast_training.py's:
+    device time before and after, and the `what` ("call" or "step") time."""
+    lines = [
         "| layer | batch | layout | device before (µs) | device after (µs) | after / before | "
-        "call before (µs) | call after (µs) |",
+        f"{what} before (µs) | {what} after (µs) |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for r in conv_predictions(gpu):
+    for r in rows:
         lines.append(
             f"| {r['layer']} | {r['batch']} | {r['layout']} | {r['before_device'] * 1e6:.1f} | "
             f"{r['after_device'] * 1e6:.1f} | {r['after_device'] / r['before_device']:.2f} | "
             f"{r['before'] * 1e6:.1f} | {r['after'] * 1e6:.1f} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(make_report=report, doc: str = __doc__) -> None:

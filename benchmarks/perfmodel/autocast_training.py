@@ -34,7 +34,12 @@ from perfmodel import (  # noqa: E402
     plan,
     predict,
 )
-from perfmodel.autocast_inference import BATCHES, _device_s  # noqa: E402
+from perfmodel.autocast_inference import (  # noqa: E402
+    BATCHES,
+    _device_s,
+    conv_table,
+    late_conv_cases,
+)
 
 
 def predictions(gpu) -> list[dict]:
@@ -103,47 +108,43 @@ def conv_predictions(gpu) -> list[dict]:
     op_s = c.host_torch_op_us * 1e-6
     e = 2
     out = []
-    for lay in cases.CONV_LAYERS:
-        if not lay.late:
+    for case in late_conv_cases("training"):
+        lay = case.layer
+        fwd32 = plan.query_conv(case, 1, False, gpu.sms, f32_weight=True)
+        dx32 = plan.query_conv(case, 1, True, gpu.sms, f32_weight=True)
+        if not (fwd32 and dx32):
             continue
         elems = lay.out_ch * lay.k
-        for m in (1, 4):
-            for channels_last in (False, True):
-                case = cases.Case("conv", lay, m, "bf16", "training", channels_last=channels_last)
-                fwd32 = plan.query_conv(case, 1, False, gpu.sms, f32_weight=True)
-                dx32 = plan.query_conv(case, 1, True, gpu.sms, f32_weight=True)
-                if not (fwd32 and dx32):
-                    continue
-                rows = m * lay.out_hw * lay.out_hw
-                wgrad = kernels.vendor_gemm(lay.out_ch, lay.k, rows, e, "bf16", gpu, c, True)
-                epilogue16 = kernels.elementwise(elems * (3 * e + 1 + 4), gpu, c, 80).seconds
-                epilogue32 = kernels.elementwise(elems * (e + 4 + 4 + 1 + 4), gpu, c, 80).seconds
-                before = {
-                    "cast": kernels.elementwise(elems * (4 + 2), gpu, c).seconds,
-                    "forward": _device_s(ctx, plan.query_conv(case, 1, False, gpu.sms)),
-                    "grad_input": _device_s(ctx, plan.query_conv(case, 1, True, gpu.sms)),
-                    "weight_grad": wgrad.seconds + epilogue16,
-                    "widen": kernels.elementwise(elems * (2 + 4), gpu, c).seconds,
-                }
-                after = {
-                    "forward": _device_s(ctx, fwd32),
-                    "grad_input": _device_s(ctx, dx32),
-                    "weight_grad": wgrad.seconds + epilogue32,
-                }
-                # Calls: forward, dx, G, epilogue (fused ops and one library op), and the
-                # cast's two ops before.
-                host = 3 * predict.host_fused_us(ctx) * 1e-6 + op_s
-                out.append(
-                    {
-                        "layer": f"{lay.net} {lay.name}",
-                        "batch": m,
-                        "layout": "NHWC" if channels_last else "NCHW",
-                        "before_device": sum(before.values()),
-                        "after_device": sum(after.values()),
-                        "before": max(host + 2 * op_s, sum(before.values())),
-                        "after": max(host, sum(after.values())),
-                    }
-                )
+        rows = case.batch * lay.out_hw * lay.out_hw
+        wgrad = kernels.vendor_gemm(lay.out_ch, lay.k, rows, e, "bf16", gpu, c, True)
+        epilogue16 = kernels.elementwise(elems * (3 * e + 1 + 4), gpu, c, 80).seconds
+        epilogue32 = kernels.elementwise(elems * (e + 4 + 4 + 1 + 4), gpu, c, 80).seconds
+        before = {
+            "cast": kernels.elementwise(elems * (4 + 2), gpu, c).seconds,
+            "forward": _device_s(ctx, plan.query_conv(case, 1, False, gpu.sms)),
+            "grad_input": _device_s(ctx, plan.query_conv(case, 1, True, gpu.sms)),
+            "weight_grad": wgrad.seconds + epilogue16,
+            "widen": kernels.elementwise(elems * (2 + 4), gpu, c).seconds,
+        }
+        after = {
+            "forward": _device_s(ctx, fwd32),
+            "grad_input": _device_s(ctx, dx32),
+            "weight_grad": wgrad.seconds + epilogue32,
+        }
+        # Calls: forward, dx and the epilogue (fused ops) and G (a library op), and before,
+        # the cast's two ops.
+        host = 3 * predict.host_fused_us(ctx) * 1e-6 + op_s
+        out.append(
+            {
+                "layer": f"{lay.net} {lay.name}",
+                "batch": case.batch,
+                "layout": "NHWC" if case.channels_last else "NCHW",
+                "before_device": sum(before.values()),
+                "after_device": sum(after.values()),
+                "before": max(host + 2 * op_s, sum(before.values())),
+                "after": max(host, sum(after.values())),
+            }
+        )
     return out
 
 
@@ -180,16 +181,8 @@ def report(gpu) -> str:
         "forward and input gradient read the fp32 weight, the same G, the epilogue's mixed "
         "form writes dW in fp32.",
         "",
-        "| layer | batch | layout | device before (µs) | device after (µs) | after / before | "
-        "step before (µs) | step after (µs) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        *conv_table(conv_predictions(gpu), "step"),
     ]
-    for r in conv_predictions(gpu):
-        lines.append(
-            f"| {r['layer']} | {r['batch']} | {r['layout']} | {r['before_device'] * 1e6:.1f} | "
-            f"{r['after_device'] * 1e6:.1f} | {r['after_device'] / r['before_device']:.2f} | "
-            f"{r['before'] * 1e6:.1f} | {r['after'] * 1e6:.1f} |"
-        )
     return "\n".join(lines) + "\n"
 
 
