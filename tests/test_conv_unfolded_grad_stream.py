@@ -111,6 +111,7 @@ def test_late_layer_input_gradient_streams_the_weight(case, dtype, fmt):
     # The partial sums are the fold's input even without a split: every launch has them.
     assert stream["workspace_bytes"] == 4 * splits * dy_pixels * w[0].numel()
     assert fold["params"]["splits"] == splits
+    assert fold["params"]["partial_sums"] == splits * dy_pixels * w[0].numel()
     assert stream["params"]["M"] == dy_pixels and stream["params"]["N"] == w.shape[0]
 
 

@@ -717,9 +717,11 @@ def unfold(launch: Launch, res, gpu, c) -> Cost:
 def fold(launch: Launch, res, gpu, c) -> Cost:
     """conv_unfolded.cuh fold_kernel: each dx element's taps x splits fp32 partial sums, read by
     ``lanes`` lanes (one load in flight each: the grid's threads are elements x lanes), then
-    its store."""
+    its store. Every partial sum is read once (``partial_sums``; plans from before it was
+    reported: elements x taps x splits, exact for a stride-1 conv)."""
     p, e = launch.params, elem_bytes(launch.kernel)
-    nbytes = p["elements"] * (e + 4 * p["taps"] * p["splits"])
+    partials = p.get("partial_sums", p["elements"] * p["taps"] * p["splits"])
+    nbytes = p["elements"] * e + 4 * partials
     return _streaming(launch, res, gpu, c, nbytes, 4)
 
 

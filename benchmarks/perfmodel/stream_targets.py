@@ -177,7 +177,13 @@ def old_conv_grad_input(case, sms: int) -> list[plan.Launch]:
         threads,
         0,
         0,
-        {"elements": elements, "taps": lay.kernel**2, "splits": splits, "lanes": 1},
+        {
+            "elements": elements,
+            "taps": lay.kernel**2,
+            "splits": splits,
+            "lanes": 1,
+            "partial_sums": splits * m * lay.k,
+        },
     )
     return [gemm, fold]
 

@@ -284,7 +284,10 @@ void describe_fold(const GradInputView<T>& v, int splits, int sm_count, LaunchPl
       {{"elements", v.rows() * v.cols()},
        {"taps", v.taps()},
        {"splits", splits},
-       {"lanes", lanes}}));
+       {"lanes", lanes},
+       // Each partial sum is read once (taps in the padding never): a strided conv's dx
+       // has more elements than taps x dy pixels reach.
+       {"partial_sums", int64_t{splits} * v.d.batch * v.d.Ho * v.d.Wo * v.d.K}}));
 }
 
 // dcols = dy W' on the weight stream (streams_grad(g, ...)) into fp32
