@@ -245,6 +245,22 @@ def test_sass_parser_finds_loops_and_resource_lines():
     assert usage == {"_Z1kv": {"regs": 164, "stack": 0, "shared": 16896, "local": 8}}
 
 
+def test_a_kernel_in_two_cubins_is_counted_once():
+    """cuobjdump lists an instantiation of two translation units once per cubin; the table
+    keeps the first copy, not both as one function (whose counts would double)."""
+    copy = """
+        Function : _Z1kv
+        /*0000*/                   FFMA R2, R3, R4, R2 ;
+        /*0010*/                   EXIT ;
+"""
+    assert resources.parse_sass(copy + copy)["_Z1kv"]["mix"]["total"] == 2
+    usage = resources.parse_resource_usage(
+        "  Function _Z1kv:\n  REG:40 STACK:0 SHARED:0 LOCAL:0\n"
+        "  Function _Z1kv:\n  REG:42 STACK:0 SHARED:0 LOCAL:0\n"
+    )
+    assert usage["_Z1kv"]["regs"] == 40
+
+
 # ------------------------------------------------------------------------ the costs
 
 
