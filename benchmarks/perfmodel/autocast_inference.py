@@ -35,7 +35,7 @@ BATCHES = (1, 4, 16, 64)
 DTYPE = "bf16"
 
 
-def _device_s(ctx, launches) -> float:
+def device_seconds(ctx, launches) -> float:
     """Predicted device time of planned launches (plan query dicts or plan.Launch)."""
     launches = [d if isinstance(d, plan.Launch) else plan.Launch.from_query(d) for d in launches]
     return sum(p.cost.seconds for p in predict._launch_pieces(ctx, launches, 1))
@@ -55,8 +55,8 @@ def predictions(gpu) -> list[dict]:
             stream16 = ext.plan_masked_linear("bfloat16", 1, m, n, k, False, False, gpu.sms)
             stream32 = ext.plan_masked_linear_f32_weight("bfloat16", 1, m, n, k, gpu.sms)
             cast = kernels.elementwise(elems * (4 + 2), gpu, c).seconds
-            before_dev = cast + _device_s(ctx, stream16)
-            after_dev = _device_s(ctx, stream32)
+            before_dev = cast + device_seconds(ctx, stream16)
+            after_dev = device_seconds(ctx, stream32)
             case = cases.Case("linear", lay, m, DTYPE, "inference")
             fwd = predict.library_forward(ctx, case)
             unpack = kernels.elementwise(elems + elems / 8, gpu, c).seconds
@@ -104,8 +104,8 @@ def conv_predictions(gpu) -> list[dict]:
             continue
         host = predict.host_fused_us(ctx) * 1e-6
         cast = kernels.elementwise(case.layer.out_ch * case.layer.k * (4 + 2), gpu, c).seconds
-        before_dev = cast + _device_s(ctx, plan.query_conv(case, 1, False, gpu.sms))
-        after_dev = _device_s(ctx, mixed)
+        before_dev = cast + device_seconds(ctx, plan.query_conv(case, 1, False, gpu.sms))
+        after_dev = device_seconds(ctx, mixed)
         out.append(
             {
                 "layer": f"{case.layer.net} {case.layer.name}",

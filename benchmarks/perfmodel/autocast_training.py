@@ -36,8 +36,8 @@ from perfmodel import (  # noqa: E402
 )
 from perfmodel.autocast_inference import (  # noqa: E402
     BATCHES,
-    _device_s,
     conv_table,
+    device_seconds,
     late_conv_cases,
 )
 
@@ -64,17 +64,19 @@ def predictions(gpu) -> list[dict]:
             widen = kernels.elementwise(elems * (2 + 4), gpu, c).seconds
             before = {
                 "cast": cast,
-                "forward": _device_s(ctx, fwd16),
-                "grad_input": _device_s(ctx, dx16),
-                "weight_grad": _device_s(ctx, dw16),
+                "forward": device_seconds(ctx, fwd16),
+                "grad_input": device_seconds(ctx, dx16),
+                "weight_grad": device_seconds(ctx, dw16),
                 "widen": widen,
             }
             if fwd32:  # the autograd kernel keeps the fp32 weight
                 after = {
                     "cast": 0.0,
-                    "forward": _device_s(ctx, fwd32),
-                    "grad_input": _device_s(ctx, dx32) if dx32 else cast + before["grad_input"],
-                    "weight_grad": _device_s(ctx, dw32),
+                    "forward": device_seconds(ctx, fwd32),
+                    "grad_input": device_seconds(ctx, dx32)
+                    if dx32
+                    else cast + before["grad_input"],
+                    "weight_grad": device_seconds(ctx, dw32),
                     "widen": 0.0,
                 }
             else:
@@ -121,14 +123,14 @@ def conv_predictions(gpu) -> list[dict]:
         epilogue32 = kernels.elementwise(elems * (e + 4 + 4 + 1 + 4), gpu, c, 80).seconds
         before = {
             "cast": kernels.elementwise(elems * (4 + 2), gpu, c).seconds,
-            "forward": _device_s(ctx, plan.query_conv(case, 1, False, gpu.sms)),
-            "grad_input": _device_s(ctx, plan.query_conv(case, 1, True, gpu.sms)),
+            "forward": device_seconds(ctx, plan.query_conv(case, 1, False, gpu.sms)),
+            "grad_input": device_seconds(ctx, plan.query_conv(case, 1, True, gpu.sms)),
             "weight_grad": wgrad.seconds + epilogue16,
             "widen": kernels.elementwise(elems * (2 + 4), gpu, c).seconds,
         }
         after = {
-            "forward": _device_s(ctx, fwd32),
-            "grad_input": _device_s(ctx, dx32),
+            "forward": device_seconds(ctx, fwd32),
+            "grad_input": device_seconds(ctx, dx32),
             "weight_grad": wgrad.seconds + epilogue32,
         }
         # Calls: forward, dx and the epilogue (fused ops) and G (a library op), and before,

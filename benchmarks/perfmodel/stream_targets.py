@@ -41,6 +41,7 @@ import cases  # noqa: E402
 import model  # noqa: E402
 
 from perfmodel import calibrate, kernels, plan, predict  # noqa: E402
+from perfmodel.autocast_inference import device_seconds  # noqa: E402
 from perfmodel.hardware import GPUS, H100  # noqa: E402
 
 STREAM = "weight_stream::"
@@ -161,6 +162,15 @@ def old_grad_input(elem: str, m: int, n: int, k: int, sms: int) -> list[plan.Lau
     return out
 
 
+def dense_masking_s(n: int, k: int, premasked_s: float, gpu, c, e: int = 2) -> float:
+    """Dense masking's time for an [n, k] weight of e-byte elements: the mask unpacked
+    (1 + 1/8 bytes a weight), multiplied into a weight copy (2e + 1), then the library's call
+    on it (``premasked_s``)."""
+    unpack = kernels.elementwise(n * k * (1 + 1 / 8), gpu, c).seconds
+    multiply = kernels.elementwise(n * k * (2 * e + 1), gpu, c).seconds
+    return unpack + multiply + premasked_s
+
+
 def old_conv_grad_input(case, sms: int) -> list[plan.Launch]:
     """The unfolded path's input gradient before the stream took it: small_batch_grad on dy's
     pixels (its partial sums always written, for the fold), then one thread a dx element
@@ -215,11 +225,10 @@ def conv_grad_table(gpu) -> list[str]:
         lay = case.layer
         m, n, k = case.batch * lay.out_hw * lay.out_hw, lay.out_ch, lay.k
         after = plan.grad_input_launches(case, gpu.sms)
-        t_before = _device_s(ctx, old_conv_grad_input(case, gpu.sms))
-        t_after = _device_s(ctx, after)
+        t_before = device_seconds(ctx, old_conv_grad_input(case, gpu.sms))
+        t_after = device_seconds(ctx, after)
         premasked = kernels.vendor_gemm(m, k, n, e, "bf16", gpu, c, conv=True).seconds
-        multiply = kernels.elementwise(n * k * (2 * e + 1), gpu, c).seconds
-        dense = kernels.elementwise(n * k * (1 + 1 / 8), gpu, c).seconds + multiply + premasked
+        dense = dense_masking_s(n, k, premasked, gpu, c)
         names = " + ".join(launch.kernel.split("<")[0].split("::")[-1] for launch in after)
         lines.append(
             f"| {case.id.removeprefix('conv/').removesuffix('/bf16/training')} | "
@@ -242,13 +251,6 @@ def grad_cases(sms: int) -> list:
     return out
 
 
-def _device_s(ctx, launches) -> float:
-    return sum(
-        kernels.launch_cost(launch, ctx.res(launch.kernel), ctx.gpu, ctx.constants).seconds
-        for launch in launches
-    )
-
-
 def grad_table(gpu) -> list[str]:
     ctx = predict.context(gpu)
     c, e = ctx.constants, 2
@@ -262,11 +264,9 @@ def grad_table(gpu) -> list[str]:
         m, n, k = case.batch, lay.out_ch, lay.in_ch
         after = plan.grad_input_launches(case, gpu.sms)
         before = old_grad_input("bf16", m, n, k, gpu.sms)
-        t_before, t_after = _device_s(ctx, before), _device_s(ctx, after)
+        t_before, t_after = device_seconds(ctx, before), device_seconds(ctx, after)
         premasked = kernels.vendor_gemm(m, k, n, e, "bf16", gpu, c).seconds
-        unpack = kernels.elementwise(n * k * (1 + 1 / 8), gpu, c).seconds
-        multiply = kernels.elementwise(n * k * (2 * e + 1), gpu, c).seconds
-        dense = unpack + multiply + premasked
+        dense = dense_masking_s(n, k, premasked, gpu, c)
         main = kernels.launch_cost(after[0], ctx.res(after[0].kernel), gpu, c)
         met = premasked / t_after >= 0.9 and dense / t_after >= 3
         lines.append(

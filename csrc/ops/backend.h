@@ -47,6 +47,23 @@ struct EmulatorLaunch {
 #define CPG_CUDA_LAUNCHER(fn, ...) TORCH_CHECK(false, "cpg_kernels was built without CUDA support")
 #endif
 
+// The answer of query `fn` (a *_supported function of csrc/cuda/launchers.h)
+// for the backend that runs ref: on the GPU by its device's limits (false in
+// a build without CUDA), under the emulator by sm_90's.
+#if defined(CPG_WITH_CUDA)
+#define CPG_CUDA_QUERY(fn, ...) ::cpg::cuda::fn(__VA_ARGS__)
+#else
+#define CPG_CUDA_QUERY(fn, ...) false
+#endif
+#define CPG_QUERY_LAUNCHER(backend, ref, fn, ...)  \
+  ([&]() -> bool {                                 \
+    if ((backend) == ::cpg::ops::Backend::CUDA) {  \
+      c10::DeviceGuard cpg_guard_((ref).device()); \
+      return CPG_CUDA_QUERY(fn, __VA_ARGS__);      \
+    }                                              \
+    return ::cpg::emu_kernels::fn(__VA_ARGS__);    \
+  }())
+
 // Runs launcher `fn` of csrc/cuda/launchers.h on the GPU or under the emulator.
 #define CPG_RUN_LAUNCHER(backend, ref, fn, ...)                         \
   do {                                                                  \

@@ -201,18 +201,10 @@ bool f32_weight_conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const cpg::ConvShape s = conv_shape(x.sizes(), w, p);
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   const cpg::DType dt = *kernel_dtype(x.scalar_type());
-  bool takes = false;
-  if (backend_for(x) == Backend::CUDA) {
-#if defined(CPG_WITH_CUDA)
-    c10::DeviceGuard guard(x.device());
-    takes =
-        cuda::masked_conv2d_f32_weight_supported(dt, xc.data_ptr(), w.data_ptr(), s, channels_last);
-#endif
-  } else {
-    takes = emu_kernels::masked_conv2d_f32_weight_supported(dt, xc.data_ptr(), w.data_ptr(), s,
-                                                            channels_last);
+  if (!CPG_QUERY_LAUNCHER(backend_for(x), x, masked_conv2d_f32_weight_supported, dt, xc.data_ptr(),
+                          w.data_ptr(), s, channels_last)) {
+    return false;
   }
-  if (!takes) return false;
   y = at::empty({s.batch, s.N, s.Ho(), s.Wo()}, x.options().memory_format(fmt));
   const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
   CPG_RUN_LAUNCHER(backend_for(x), x, masked_conv2d_f32_weight, dt, xc.data_ptr(),
@@ -233,18 +225,10 @@ bool f32_weight_conv2d_grad_input(const at::Tensor& grad_out, const at::Tensor& 
   const cpg::ConvShape s = conv_shape(input_size, w, p);
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   const cpg::DType dt = *kernel_dtype(dy.scalar_type());
-  bool takes = false;
-  if (backend_for(dy) == Backend::CUDA) {
-#if defined(CPG_WITH_CUDA)
-    c10::DeviceGuard guard(dy.device());
-    takes = cuda::masked_conv2d_grad_input_f32_weight_supported(dt, dy.data_ptr(), w.data_ptr(), s,
-                                                                channels_last);
-#endif
-  } else {
-    takes = emu_kernels::masked_conv2d_grad_input_f32_weight_supported(
-        dt, dy.data_ptr(), w.data_ptr(), s, channels_last);
+  if (!CPG_QUERY_LAUNCHER(backend_for(dy), dy, masked_conv2d_grad_input_f32_weight_supported, dt,
+                          dy.data_ptr(), w.data_ptr(), s, channels_last)) {
+    return false;
   }
-  if (!takes) return false;
   dx = at::empty(input_size, grad_out.options().memory_format(fmt));
   CPG_RUN_LAUNCHER(backend_for(dy), dy, masked_conv2d_grad_input_f32_weight, dt, dy.data_ptr(),
                    w.data_ptr<float>(), bits.data_ptr<int32_t>(), dx.data_ptr(), s, channels_last);

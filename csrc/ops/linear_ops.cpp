@@ -74,16 +74,8 @@ bool f32_weight_stream(const at::Tensor& x, const at::Tensor& w, int64_t T, int6
   if (!use_fused_kernels(x)) return false;
   const cpg::DType dt = *kernel_dtype(x.scalar_type());
   const int64_t N = w.size(0), K = w.size(1);
-  if (backend_for(x) == Backend::CUDA) {
-#if defined(CPG_WITH_CUDA)
-    c10::DeviceGuard guard(x.device());
-    return cuda::masked_linear_f32_weight_supported(dt, x.data_ptr(), w.data_ptr(), T, M, N, K);
-#else
-    return false;
-#endif
-  }
-  return emu_kernels::masked_linear_f32_weight_supported(dt, x.data_ptr(), w.data_ptr(), T, M, N,
-                                                         K);
+  return CPG_QUERY_LAUNCHER(backend_for(x), x, masked_linear_f32_weight_supported, dt, x.data_ptr(),
+                            w.data_ptr(), T, M, N, K);
 }
 
 // Whether the mixed input-gradient stream takes dy [M, N] (16-bit) against the
@@ -93,17 +85,8 @@ bool f32_weight_grad_stream(const at::Tensor& dy, const at::Tensor& w) {
   if (!use_fused_kernels(dy)) return false;
   const cpg::DType dt = *kernel_dtype(dy.scalar_type());
   const int64_t M = dy.size(0), N = w.size(0), K = w.size(1);
-  if (backend_for(dy) == Backend::CUDA) {
-#if defined(CPG_WITH_CUDA)
-    c10::DeviceGuard guard(dy.device());
-    return cuda::masked_linear_grad_input_f32_weight_supported(dt, dy.data_ptr(), w.data_ptr(),
-                                                               nullptr, M, N, K);
-#else
-    return false;
-#endif
-  }
-  return emu_kernels::masked_linear_grad_input_f32_weight_supported(dt, dy.data_ptr(), w.data_ptr(),
-                                                                    nullptr, M, N, K);
+  return CPG_QUERY_LAUNCHER(backend_for(dy), dy, masked_linear_grad_input_f32_weight_supported, dt,
+                            dy.data_ptr(), w.data_ptr(), nullptr, M, N, K);
 }
 
 // Runs the mixed weight stream for y [T * M, N] where it takes the problem
